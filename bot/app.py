@@ -1,0 +1,165 @@
+"""The composition root: which adapters each mode plugs into the one engine.
+
+- backtest: replay feed + simulated clock + paper broker (static markets) + group-commit ledger
+- paper:    live ccxt feed + wall clock + paper broker (the exchange's markets) + ledger
+- live:     live ccxt feed + wall clock + ccxt broker + ledger
+
+This is the only place that looks at the mode.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bot.clock import SimulatedClock, WallClock
+from bot.config import Settings, require_live_ready
+from bot.domain import Mode
+from bot.engine import Engine, EngineParts
+from bot.errors import ConfigError
+from bot.feeds.files import CandleSeries, load_candle_file
+from bot.feeds.replay import ReplayFeed
+from bot.brokers.paper import PaperBroker, static_markets
+from bot.ledger.embedded import embedded_url
+from bot.ledger.migrate import upgrade
+from bot.ledger.repository import GroupCommitLedger, PostgresLedger, make_engine
+from bot.logs import get_logger
+from bot.metrics import RunStats
+from bot.portfolio import Portfolio
+from bot.ports import Broker, Feed, Ledger
+from risk.gate import FixedFractionGate
+from strategies.baseline import EmaCrossSignal, TrendFollowStrategy
+
+log = get_logger("app")
+
+
+def database_url(settings: Settings) -> str:
+    """The configured URL, or the embedded server's under the data directory."""
+    if settings.database.url is not None:
+        return settings.database.url.get_secret_value()
+    return embedded_url(settings.home)
+
+
+async def open_postgres(settings: Settings, synchronous_commit: bool = True) -> PostgresLedger:
+    engine = make_engine(database_url(settings))
+    await upgrade(engine)
+    return PostgresLedger(engine, synchronous_commit)
+
+
+def new_run_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass
+class Outcome:
+    run_id: str
+    account: str
+    status: str
+    summary: dict[str, Any]
+
+
+async def drive(
+    settings: Settings, run_id: str, account: str, mode: Mode, exchange_name: str,
+    symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
+    engine_hook: Any = None,
+) -> Outcome:
+    """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
+    started = time.perf_counter()
+    markets = await broker.markets(symbols)
+    cfg = settings
+    source = EmaCrossSignal(cfg.strategy.fast, cfg.strategy.slow)
+    stats = RunStats(cfg.timeframe, cfg.paper.starting_balance)
+    portfolio = Portfolio(account, cfg.paper.starting_balance, cfg.quote_currency)
+    parts = EngineParts(feed, source, TrendFollowStrategy(),
+                        FixedFractionGate(cfg.risk.fraction, cfg.risk.max_position),
+                        broker, ledger, clock)
+    await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
+                           source.model_version, settings.redacted(),
+                           cfg.paper.starting_balance, quote=cfg.quote_currency)
+    engine = Engine(run_id, account, parts, portfolio, markets, stats, cfg.max_candles)
+    if engine_hook is not None:
+        engine_hook(engine)
+    status = "failed"
+    try:
+        await engine.restore()
+        stats.starting_equity = portfolio.equity()
+        await engine.run()
+        status = "stopped" if engine._stop.is_set() else "completed"
+    finally:
+        summary = stats.summary(portfolio.equity(), portfolio.cash,
+                                time.perf_counter() - started)
+        summary.update(run_id=run_id, account=account, mode=mode.value, status=status,
+                       symbols=list(symbols), timeframe=cfg.timeframe)
+        try:
+            await ledger.finish_run(run_id, status, summary)
+        finally:
+            await feed.close()
+            await broker.close()
+            await ledger.close()
+    return Outcome(run_id, account, status, summary)
+
+
+def load_series(files: Sequence[Path], timeframe: str,
+                symbols: Sequence[str] | None) -> list[CandleSeries]:
+    """Read and validate every file before the run starts: a bad file writes nothing."""
+    if symbols and len(symbols) != len(files):
+        raise ConfigError(f"--symbols names {len(symbols)} symbols for {len(files)} files")
+    series = [load_candle_file(f, timeframe, symbols[i] if symbols else None)
+              for i, f in enumerate(files)]
+    seen: dict[str, Path] = {}
+    for s in series:
+        if s.symbol in seen:
+            raise ConfigError(f"{s.path} and {seen[s.symbol]} are both {s.symbol}")
+        seen[s.symbol] = s.path
+    return series
+
+
+async def backtest(settings: Settings, files: Sequence[Path], symbols: Sequence[str] | None,
+                   start_ms: int | None, end_ms: int | None, engine_hook: Any = None) -> Outcome:
+    series = load_series(files, settings.timeframe, symbols)
+    clock = SimulatedClock()
+    feed = ReplayFeed(series, clock, start_ms, end_ms)
+    cfg = settings.paper
+    broker = PaperBroker(static_markets(), clock, cfg.quote, cfg.starting_balance,
+                         cfg.slippage_bps, cfg.participation, cfg.fee_rate)
+    ledger = GroupCommitLedger(await open_postgres(settings, synchronous_commit=False),
+                               settings.database.batch_candles)
+    run_id = new_run_id()
+    return await drive(settings, run_id, f"backtest:{run_id}", Mode.BACKTEST, "replay",
+                       feed.symbols, feed, broker, ledger, clock, engine_hook)
+
+
+async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
+    """Paper or live trading on the exchange's live data."""
+    from bot.exchange.client import make_exchange
+    from bot.exchange.markets import ccxt_markets
+    from bot.feeds.live import LiveFeed
+
+    mode = settings.mode
+    if mode is Mode.BACKTEST:
+        raise ConfigError("use `stackbot backtest` for backtests")
+    if mode is Mode.LIVE:
+        require_live_ready(settings)
+    exchange = make_exchange(settings.exchange, with_ws=settings.exchange.feed != "rest")
+    clock = WallClock()
+    feed = LiveFeed(exchange, settings.symbols, settings.timeframe, settings.exchange, clock)
+    broker: Broker
+    if mode is Mode.LIVE:
+        from bot.brokers.live import LiveBroker
+
+        broker = LiveBroker(exchange, clock, settings.quote_currency)
+    else:
+        cfg = settings.paper
+        broker = PaperBroker(ccxt_markets(exchange), clock, cfg.quote, cfg.starting_balance,
+                             cfg.slippage_bps, cfg.participation, cfg.fee_rate)
+    ledger = await open_postgres(settings)
+    account = f"{settings.instance}:{mode.value}:{settings.exchange.name}"
+    try:
+        return await drive(settings, new_run_id(), account, mode, settings.exchange.name,
+                           settings.symbols, feed, broker, ledger, clock, engine_hook)
+    finally:
+        await exchange.close()

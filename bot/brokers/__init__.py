@@ -1,0 +1,1 @@
+"""Brokers behind one port: the paper fill model and real ccxt orders."""

@@ -1,0 +1,288 @@
+"""One typed, frozen settings object.
+
+Precedence, lowest to highest: defaults, a TOML file (``--config`` or ``STACKBOT_CONFIG``),
+``STACKBOT_*`` environment variables, CLI flags. Unknown keys anywhere fail at start-up with a
+message naming the key. Secrets are ``SecretStr`` and never printed.
+
+Environment names follow the section: ``STACKBOT_EXCHANGE_API_KEY`` sets ``exchange.api_key``,
+``STACKBOT_DATABASE_URL`` sets ``database.url``, ``STACKBOT_MODE`` sets ``mode``.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Mapping
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+from bot.domain import TIMEFRAME_MS, Mode
+from bot.errors import ConfigError
+
+ENV_PREFIX = "STACKBOT_"
+META_ENV = {"STACKBOT_CONFIG"}  # read by the loader itself, not a settings key
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class ExchangeSettings(_Section):
+    name: str = "binance"
+    url: str | None = Field(None, description="REST base URL override (testnet, simulator)")
+    ws_url: str | None = Field(None, description="websocket base URL; derived from url if unset")
+    sandbox: bool = False
+    api_key: SecretStr | None = None
+    secret: SecretStr | None = None
+    secrets_file: Path | None = Field(None, description="TOML file with api_key and secret")
+    feed: Literal["auto", "ws", "rest"] = "auto"
+    poll_interval: float = Field(10.0, gt=0)
+    timeout_ms: int = Field(10_000, gt=0)
+    stall_timeout: float | None = Field(
+        None, gt=0, description="seconds without a closed candle before reconnecting"
+    )
+
+
+class DatabaseSettings(_Section):
+    url: SecretStr | None = Field(None, description="postgresql://user@host:port/db; embedded if unset")
+    batch_candles: int = Field(
+        2000, gt=0, description="backtest: candles per group commit to the ledger"
+    )
+
+
+class PaperSettings(_Section):
+    starting_balance: Decimal = Field(Decimal("10000"), gt=0)
+    quote: str = "USDT"
+    slippage_bps: Decimal = Field(Decimal("2"), ge=0)
+    fee_rate: Decimal | None = Field(None, ge=0, description="overrides the market's taker fee")
+    participation: Decimal = Field(
+        Decimal("0.1"), gt=0, le=1, description="max share of a candle's volume one order fills"
+    )
+
+
+class RiskSettings(_Section):
+    fraction: Decimal = Field(Decimal("0.1"), gt=0, le=1, description="equity share per entry")
+    max_position: Decimal = Field(
+        Decimal("0.25"), gt=0, le=1, description="max equity share held in one symbol"
+    )
+
+
+class StrategySettings(_Section):
+    name: Literal["baseline"] = "baseline"
+    fast: int = Field(12, gt=0)
+    slow: int = Field(26, gt=1)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        frozen=True,
+        extra="forbid",
+    )
+
+    mode: Mode = Mode.PAPER
+    instance: str = "default"
+    symbols: Annotated[tuple[str, ...], NoDecode] = ("BTC/USDT",)
+    timeframe: str = "1m"
+    data_dir: Path = Path("~/.stackbot")
+    confirm_live: bool = False
+    max_candles: int | None = Field(None, gt=0)
+    log_level: str = "INFO"
+    log_format: Literal["auto", "json", "console"] = "auto"
+    exchange: ExchangeSettings = ExchangeSettings()
+    database: DatabaseSettings = DatabaseSettings()
+    paper: PaperSettings = PaperSettings()
+    risk: RiskSettings = RiskSettings()
+    strategy: StrategySettings = StrategySettings()
+
+    @field_validator("symbols", mode="before")
+    @classmethod
+    def _split_symbols(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [s for s in (p.strip() for p in value.split(",")) if s]
+        if isinstance(value, (list, tuple)):
+            bad = [s for s in value if not isinstance(s, str) or s.count("/") != 1]
+            if bad:
+                raise ValueError(f"symbols must look like BASE/QUOTE, got {bad}")
+            return tuple(s.upper() for s in value)
+        return value
+
+    @field_validator("timeframe")
+    @classmethod
+    def _known_timeframe(cls, value: str) -> str:
+        if value not in TIMEFRAME_MS:
+            raise ValueError(f"unknown timeframe {value!r}; known: {', '.join(TIMEFRAME_MS)}")
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # load_settings merges file < environment < CLI itself, so that an unknown key from
+        # any of them is named; pydantic only validates the merged result.
+        return (init_settings,)
+
+    @property
+    def home(self) -> Path:
+        return self.data_dir.expanduser()
+
+    @property
+    def quote_currency(self) -> str:
+        return self.paper.quote
+
+    def redacted(self) -> dict[str, Any]:
+        """The effective config as plain data with every secret masked."""
+        data = self.model_dump(mode="json")
+        for section, key in (("exchange", "api_key"), ("exchange", "secret")):
+            if data[section][key] is not None:
+                data[section][key] = "**********"
+        if self.database.url is not None:
+            data["database"]["url"] = redact_url(self.database.url.get_secret_value())
+        return data
+
+
+def redact_url(url: str) -> str:
+    """``postgresql://user:pw@host/db`` -> ``postgresql://user:***@host/db``."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def _field_names(model: type[BaseModel]) -> dict[str, type[BaseModel] | None]:
+    out: dict[str, type[BaseModel] | None] = {}
+    for name, info in model.model_fields.items():
+        ann = info.annotation
+        out[name] = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+    return out
+
+
+def _check_env(environ: Mapping[str, str]) -> None:
+    """Reject ``STACKBOT_*`` variables that name no setting (typos must not pass silently)."""
+    top = _field_names(Settings)
+    for var in environ:
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in META_ENV:
+            continue
+        rest = upper[len(ENV_PREFIX) :].lower()
+        if rest in top:
+            continue
+        section, _, key = rest.partition("_")
+        sub = top.get(section)
+        if sub is not None and key in sub.model_fields:
+            continue
+        raise ConfigError(f"unknown environment variable {var}: it names no setting")
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = _merge(out[key], value)
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as fh:
+            return tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+
+
+def _explain(exc: ValidationError, source: str) -> ConfigError:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            lines.append(f"unknown config key '{key}'")
+        else:
+            lines.append(f"invalid value for '{key}': {err['msg']}")
+    return ConfigError(f"{source}: " + "; ".join(lines))
+
+
+def load_settings(
+    config_file: Path | str | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build the frozen settings: TOML < environment < ``overrides`` (CLI flags).
+
+    ``overrides`` is a nested mapping; ``None`` values mean "flag not given".
+    """
+    env = os.environ if environ is None else environ
+    _check_env(env)
+    path = config_file or env.get("STACKBOT_CONFIG")
+    file_data = _read_toml(Path(path)) if path else {}
+    source = f"config file {path}" if path else "config"
+    merged = _merge(_merge(file_data, _env_values(env)), overrides or {})
+    try:
+        settings = Settings(**merged)
+    except ValidationError as exc:
+        raise _explain(exc, source) from None
+    return _with_secrets_file(settings)
+
+
+def _env_values(env: Mapping[str, str]) -> dict[str, Any]:
+    """The ``STACKBOT_*`` variables as a nested mapping (validated later by the model)."""
+    top = _field_names(Settings)
+    out: dict[str, Any] = {}
+    for var, value in env.items():
+        upper = var.upper()
+        if not upper.startswith(ENV_PREFIX) or upper in META_ENV:
+            continue
+        rest = upper[len(ENV_PREFIX) :].lower()
+        if rest in top and top[rest] is None:
+            out[rest] = value
+            continue
+        section, _, key = rest.partition("_")
+        out.setdefault(section, {})[key] = value
+    return out
+
+
+def _with_secrets_file(settings: Settings) -> Settings:
+    path = settings.exchange.secrets_file
+    if path is None or (settings.exchange.api_key and settings.exchange.secret):
+        return settings
+    data = _read_toml(path.expanduser())
+    unknown = set(data) - {"api_key", "secret"}
+    if unknown:
+        raise ConfigError(f"secrets file {path}: unknown key(s) {sorted(unknown)}")
+    exchange = settings.exchange.model_copy(
+        update={
+            "api_key": settings.exchange.api_key or _secret(data.get("api_key")),
+            "secret": settings.exchange.secret or _secret(data.get("secret")),
+        }
+    )
+    return settings.model_copy(update={"exchange": exchange})
+
+
+def _secret(value: Any) -> SecretStr | None:
+    return SecretStr(str(value)) if value else None
+
+
+def require_live_ready(settings: Settings) -> None:
+    """Live trading needs keys and an explicit confirmation; say exactly what is missing."""
+    missing = []
+    if settings.exchange.api_key is None or not settings.exchange.api_key.get_secret_value():
+        missing.append("an API key (STACKBOT_EXCHANGE_API_KEY or exchange.secrets_file)")
+    if settings.exchange.secret is None or not settings.exchange.secret.get_secret_value():
+        missing.append("an API secret (STACKBOT_EXCHANGE_SECRET or exchange.secrets_file)")
+    if not settings.confirm_live:
+        missing.append("an explicit confirmation (--confirm-live or confirm_live = true)")
+    if missing:
+        raise ConfigError("live mode refuses to start without " + "; ".join(missing))

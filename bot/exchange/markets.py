@@ -1,0 +1,52 @@
+"""ccxt market structures -> ``MarketSpec``."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from typing import Any
+
+from bot.domain import MarketSpec
+from bot.errors import UnknownSymbol
+from bot.exchange.errors import call
+
+
+def _dec(value: Any, default: str) -> Decimal:
+    return Decimal(str(value)) if value not in (None, "") else Decimal(default)
+
+
+def _step(value: Any, mode: int) -> Decimal:
+    """ccxt precision is either a step (TICK_SIZE mode) or a number of decimals."""
+    if value in (None, ""):
+        return Decimal("0.00000001")
+    from ccxt.base.decimal_to_precision import TICK_SIZE
+
+    if mode == TICK_SIZE:
+        return Decimal(str(value))
+    return Decimal(1).scaleb(-int(value))
+
+
+def spec_from_ccxt(market: Mapping[str, Any], precision_mode: int) -> MarketSpec:
+    limits = market.get("limits") or {}
+    return MarketSpec(
+        symbol=market["symbol"], base=market["base"], quote=market["quote"],
+        amount_step=_step((market.get("precision") or {}).get("amount"), precision_mode),
+        price_tick=_step((market.get("precision") or {}).get("price"), precision_mode),
+        min_qty=_dec((limits.get("amount") or {}).get("min"), "0"),
+        min_notional=_dec((limits.get("cost") or {}).get("min"), "0"),
+        maker_fee=_dec(market.get("maker"), "0.001"),
+        taker_fee=_dec(market.get("taker"), "0.001"),
+    )
+
+
+def ccxt_markets(exchange: Any):  # type: ignore[no-untyped-def]
+    """A ``MarketSource`` reading specs from the exchange."""
+
+    async def source(symbols: Sequence[str]) -> Mapping[str, MarketSpec]:
+        markets = await call(exchange.load_markets())
+        missing = [s for s in symbols if s not in markets]
+        if missing:
+            raise UnknownSymbol(f"{exchange.id} does not list {', '.join(missing)}")
+        return {s: spec_from_ccxt(markets[s], exchange.precisionMode) for s in symbols}
+
+    return source

@@ -1,0 +1,1 @@
+"""Market data in: live (ccxt) and replay (files), both emitting closed candles in order."""

@@ -1,0 +1,80 @@
+"""Candle validation: pure functions, no I/O. Every rejection names the row and the reason."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from bot.domain import Candle, Gap, timeframe_ms
+
+
+class CandleProblem(ValueError):
+    """One row is invalid. ``row`` is 1-based within its source."""
+
+    def __init__(self, row: int, reason: str) -> None:
+        super().__init__(f"row {row}: {reason}")
+        self.row = row
+        self.reason = reason
+
+
+Row = Sequence[float]  # ts, open, high, low, close, volume
+
+
+def check_row(ts: int, o: float, h: float, low: float, c: float, v: float) -> str | None:
+    """The reason this candle is impossible, or None."""
+    for name, value in (("open", o), ("high", h), ("low", low), ("close", c)):
+        if math.isnan(value) or math.isinf(value):
+            return f"{name} is {value}"
+        if value <= 0:
+            return f"{name} is not positive ({value})"
+    if math.isnan(v) or math.isinf(v):
+        return f"volume is {v}"
+    if v < 0:
+        return f"volume is negative ({v})"
+    if h < max(o, c):
+        return f"high {h} is below max(open, close) {max(o, c)}"
+    if low > min(o, c):
+        return f"low {low} is above min(open, close) {min(o, c)}"
+    if ts < 0:
+        return f"timestamp {ts} is negative"
+    return None
+
+
+def validate_series(
+    symbol: str, timeframe: str, rows: Sequence[Row], first_row: int = 1
+) -> tuple[list[Candle], list[Gap]]:
+    """Turn rows into candles, or raise ``CandleProblem`` for the first bad one.
+
+    Checks prices, volume, OHLC consistency, timestamp alignment to the timeframe,
+    duplicates and ordering; collects gaps.
+    """
+    step = timeframe_ms(timeframe)
+    candles: list[Candle] = []
+    gaps: list[Gap] = []
+    prev_ts: int | None = None
+    for i, row in enumerate(rows):
+        n = first_row + i
+        ts, o, h, low, c, v = row
+        ts = int(ts)
+        reason = check_row(ts, o, h, low, c, v)
+        if reason:
+            raise CandleProblem(n, reason)
+        if ts % step:
+            raise CandleProblem(n, f"timestamp {ts} is not aligned to the {timeframe} timeframe")
+        if prev_ts is not None:
+            if ts == prev_ts:
+                raise CandleProblem(n, f"duplicate timestamp {ts}")
+            if ts < prev_ts:
+                raise CandleProblem(n, f"timestamp {ts} is out of order (after {prev_ts})")
+            if ts - prev_ts > step:
+                gaps.append(Gap(symbol, timeframe, prev_ts, ts))
+        candles.append(Candle(symbol, timeframe, ts, o, h, low, c, v))
+        prev_ts = ts
+    return candles, gaps
+
+
+def candle_problem(candle: Candle) -> str | None:
+    """The reason a single streamed candle is impossible, or None."""
+    reason = check_row(candle.ts, candle.open, candle.high, candle.low, candle.close, candle.volume)
+    if reason is None and candle.ts % timeframe_ms(candle.timeframe):
+        reason = f"timestamp {candle.ts} is not aligned to the {candle.timeframe} timeframe"
+    return reason

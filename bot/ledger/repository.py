@@ -1,0 +1,282 @@
+"""The ledger repository: every unit of work (orders, fills, positions, cash, signals, equity,
+cursors and their audit events) commits in one PostgreSQL transaction, or not at all.
+
+Append-only rows go through COPY on the same connection and transaction; mutable rows are
+upserted. Any database failure surfaces as ``LedgerError``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import select, text, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from bot.domain import AuditEvent, Order, OrderStatus, OrderType, Position, Side
+from bot.errors import LedgerError
+from bot.ledger import tables as t
+from bot.ledger.urls import async_url
+from bot.ports import AccountState, UnitOfWork
+
+_WORKING = [s.value for s in OrderStatus if not s.is_terminal]
+_TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in OrderStatus if s.is_terminal)
+_ORDER_MUTABLE = ("status", "status_reason", "filled_qty", "avg_fill_price", "fees",
+                  "exchange_order_id", "updated_at")
+
+
+def to_dt(ms: int) -> datetime:
+    return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+def to_ms(dt: datetime) -> int:
+    return int(dt.timestamp() * 1000)
+
+
+def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
+    return create_async_engine(async_url(url), pool_size=pool_size, pool_pre_ping=True)
+
+
+def _order_row(o: Order) -> dict[str, Any]:
+    return {
+        "client_order_id": o.client_order_id, "account": o.account, "run_id": o.run_id,
+        "symbol": o.symbol, "side": o.side.value, "order_type": o.order_type.value,
+        "quantity": o.quantity, "limit_price": o.limit_price, "stop_price": o.stop_price,
+        "status": o.status.value, "status_reason": o.status_reason, "filled_qty": o.filled_qty,
+        "avg_fill_price": o.avg_fill_price, "fees": o.fees,
+        "exchange_order_id": o.exchange_order_id, "reduce_only": o.reduce_only,
+        "signal_ts": to_dt(o.signal_ts), "model_version": o.model_version, "reason": o.reason,
+        "created_at": to_dt(o.created_ts), "updated_at": to_dt(o.updated_ts),
+    }
+
+
+def order_from_row(r: Any) -> Order:
+    return Order(
+        client_order_id=r.client_order_id, account=r.account, run_id=r.run_id, symbol=r.symbol,
+        side=Side(r.side), order_type=OrderType(r.order_type), quantity=r.quantity,
+        status=OrderStatus(r.status), created_ts=to_ms(r.created_at),
+        updated_ts=to_ms(r.updated_at), signal_ts=to_ms(r.signal_ts),
+        model_version=r.model_version, reason=r.reason, limit_price=r.limit_price,
+        stop_price=r.stop_price, filled_qty=r.filled_qty, avg_fill_price=r.avg_fill_price,
+        fees=r.fees, exchange_order_id=r.exchange_order_id, reduce_only=r.reduce_only,
+        status_reason=r.status_reason,
+    )
+
+
+def brief(exc: BaseException) -> str:
+    """A one-line cause: the driver's message, never the statement or its parameters."""
+    orig = getattr(exc, "orig", None)
+    msg = str(orig if orig is not None else exc).strip().splitlines()
+    return f"{type(orig or exc).__name__}: {msg[0][:300] if msg else ''}"
+
+
+def _json(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, default=str, separators=(",", ":"), sort_keys=True)
+
+
+class PostgresLedger:
+    """Each ``commit`` is one transaction, durable when it returns."""
+
+    def __init__(self, engine: AsyncEngine, synchronous_commit: bool = True) -> None:
+        self.engine = engine
+        self._sync = "on" if synchronous_commit else "off"
+
+    @classmethod
+    def from_url(cls, url: str, synchronous_commit: bool = True) -> PostgresLedger:
+        return cls(make_engine(url), synchronous_commit)
+
+    async def start_run(
+        self, run_id: str, account: str, mode: str, exchange: str, symbols: Sequence[str],
+        timeframe: str, strategy: str, config: Mapping[str, object], starting_cash: Decimal,
+        quote: str = "USDT", now_ms: int | None = None,
+    ) -> None:
+        now = to_dt(now_ms) if now_ms is not None else datetime.now(UTC)
+        try:
+            async with self.engine.begin() as conn:
+                await conn.execute(pg_insert(t.Run).values(
+                    id=run_id, account=account, mode=mode, exchange=exchange,
+                    symbols=list(symbols), timeframe=timeframe, strategy=strategy,
+                    status="running", config=dict(config)))
+                await conn.execute(pg_insert(t.Account).values(
+                    account=account, mode=mode, exchange=exchange, quote=quote,
+                    starting_cash=starting_cash, cash=starting_cash, updated_at=now,
+                ).on_conflict_do_nothing(index_elements=["account"]))
+                await self._audit(conn, [AuditEvent(
+                    "run.started", "run", run_id, account, run_id, to_ms(now),
+                    {"mode": mode, "exchange": exchange, "symbols": list(symbols),
+                     "timeframe": timeframe, "strategy": strategy})])
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"cannot start run {run_id}: {brief(exc)}") from exc
+
+    async def load_account(self, account: str) -> AccountState:
+        try:
+            async with self.engine.connect() as conn:
+                cash = (await conn.execute(
+                    select(t.Account.cash).where(t.Account.account == account))).scalar()
+                pos_rows = (await conn.execute(
+                    select(t.PositionRow).where(t.PositionRow.account == account))).all()
+                order_rows = (await conn.execute(
+                    select(t.OrderRow).where(t.OrderRow.account == account,
+                                             t.OrderRow.status.in_(_WORKING))
+                    .order_by(t.OrderRow.created_at, t.OrderRow.client_order_id))).all()
+                cursor_rows = (await conn.execute(
+                    select(t.Cursor).where(t.Cursor.account == account))).all()
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"cannot load account {account}: {brief(exc)}") from exc
+        positions = tuple(
+            Position(account, r.symbol, r.quantity, r.avg_price, r.realized_pnl,
+                     to_ms(r.updated_at))
+            for r in pos_rows
+        )
+        return AccountState(
+            cash=cash, positions=positions,
+            working_orders=tuple(order_from_row(r) for r in order_rows),
+            cursors={r.symbol: to_ms(r.last_ts) for r in cursor_rows},
+        )
+
+    async def commit(self, unit: UnitOfWork) -> None:
+        if not unit:
+            return
+        try:
+            async with self.engine.begin() as conn:
+                await conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO {self._sync}")
+                await self._write(conn, unit)
+        except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+            raise LedgerError(f"ledger write failed, nothing of it was kept: {brief(exc)}") from exc
+        except Exception as exc:  # asyncpg errors raised inside COPY are not wrapped
+            if type(exc).__module__.startswith("asyncpg"):
+                raise LedgerError(f"ledger write failed, nothing of it was kept: {brief(exc)}") from exc
+            raise
+
+    async def flush(self) -> None:
+        return None
+
+    async def _write(self, conn: AsyncConnection, unit: UnitOfWork) -> None:
+        if unit.orders:
+            stmt = pg_insert(t.OrderRow)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["client_order_id"],
+                set_={c: stmt.excluded[c] for c in _ORDER_MUTABLE},
+                # a finished order is history: nothing may rewrite it
+                where=text(f"orders.status NOT IN ({_TERMINAL_SQL})"),
+            )
+            await conn.execute(stmt, [_order_row(o) for o in unit.orders.values()])
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        if unit.fills:
+            await raw.copy_records_to_table("fills", columns=[
+                "fill_id", "client_order_id", "account", "symbol", "side", "quantity", "price",
+                "fee", "fee_currency", "liquidity", "ts"], records=[
+                (f.fill_id, f.client_order_id, f.account, f.symbol, f.side.value, f.quantity,
+                 f.price, f.fee, f.fee_currency, f.liquidity, to_dt(f.ts)) for f in unit.fills])
+        if unit.positions:
+            stmt = pg_insert(t.PositionRow)
+            stmt = stmt.on_conflict_do_update(
+                index_elements=["account", "symbol"],
+                set_={c: stmt.excluded[c] for c in ("quantity", "avg_price", "realized_pnl",
+                                                    "updated_at")},
+            )
+            await conn.execute(stmt, [
+                {"account": p.account, "symbol": p.symbol, "quantity": p.quantity,
+                 "avg_price": p.avg_price, "realized_pnl": p.realized_pnl,
+                 "updated_at": to_dt(p.updated_ts)} for p in unit.positions.values()])
+        for account, (cash, ts) in unit.cash.items():
+            await conn.execute(update(t.Account).where(t.Account.account == account)
+                               .values(cash=cash, updated_at=to_dt(ts)))
+        if unit.cursors:
+            stmt = pg_insert(t.Cursor)
+            stmt = stmt.on_conflict_do_update(index_elements=["account", "symbol"],
+                                              set_={"last_ts": stmt.excluded.last_ts})
+            await conn.execute(stmt, [{"account": a, "symbol": s, "last_ts": to_dt(ts)}
+                                      for (a, s), ts in unit.cursors.items()])
+        if unit.signals:
+            await raw.copy_records_to_table("signals", columns=[
+                "run_id", "account", "symbol", "ts", "p_up", "expected_return", "dispersion",
+                "regime", "price", "source", "model_version"], records=[
+                (run_id, account, s.symbol, to_dt(s.ts), s.p_up, s.expected_return,
+                 s.dispersion, s.regime, s.price, s.source, s.model_version)
+                for run_id, account, s in unit.signals])
+        if unit.equity:
+            await raw.copy_records_to_table("equity_snapshots", columns=[
+                "account", "run_id", "ts", "cash", "positions_value", "equity"], records=[
+                (e.account, e.run_id, to_dt(e.ts), e.cash, e.positions_value, e.equity)
+                for e in unit.equity])
+        if unit.audit:
+            await self._audit(conn, unit.audit)
+
+    async def _audit(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> None:
+        raw = (await conn.get_raw_connection()).driver_connection
+        assert raw is not None
+        await raw.copy_records_to_table("audit_events", columns=[
+            "account", "run_id", "ts", "kind", "entity", "entity_id", "payload"], records=[
+            (e.account, e.run_id, to_dt(e.ts), e.kind, e.entity, e.entity_id, _json(e.payload))
+            for e in events])
+
+    async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
+        try:
+            async with self.engine.begin() as conn:
+                row = (await conn.execute(
+                    update(t.Run).where(t.Run.id == run_id)
+                    .values(status=status, ended_at=datetime.now(UTC), summary=dict(summary))
+                    .returning(t.Run.account))).first()
+                if row is not None:
+                    await self._audit(conn, [AuditEvent(
+                        "run.finished", "run", run_id, row.account, run_id,
+                        to_ms(datetime.now(UTC)), {"status": status})])
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"cannot finish run {run_id}: {brief(exc)}") from exc
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+
+class GroupCommitLedger:
+    """Backtests: folds units together and commits every ``batch`` units in one transaction,
+    written in the background while the engine goes on. Each change still lands together with
+    its audit event; what a crash loses is only the tail of a backtest, which is re-runnable.
+    """
+
+    def __init__(self, inner: PostgresLedger, batch: int = 2000) -> None:
+        self.inner = inner
+        self.batch = batch
+        self._pending = UnitOfWork()
+        self._count = 0
+        self._inflight: asyncio.Task[None] | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def commit(self, unit: UnitOfWork) -> None:
+        self._pending.absorb(unit)
+        self._count += 1
+        if self._count >= self.batch:
+            await self._launch()
+
+    async def _launch(self) -> None:
+        if self._inflight is not None:
+            await self._inflight
+        unit, self._pending, self._count = self._pending, UnitOfWork(), 0
+        self._inflight = asyncio.create_task(self.inner.commit(unit))
+
+    async def flush(self) -> None:
+        if self._pending:
+            await self._launch()
+        if self._inflight is not None:
+            task, self._inflight = self._inflight, None
+            await task
+
+    async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
+        await self.flush()
+        await self.inner.finish_run(run_id, status, summary)
+
+    async def close(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            await self.inner.close()

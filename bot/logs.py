@@ -1,0 +1,65 @@
+"""structlog set-up: JSON lines (pretty console on a TTY), run id and symbol bound through
+context variables, and a last-line filter that masks any registered secret."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Iterable, MutableMapping
+from typing import Any
+
+import structlog
+
+_SECRETS: set[str] = set()
+MASK = "**********"
+
+
+def register_secrets(values: Iterable[str | None]) -> None:
+    """Values that must never reach a log line, whatever field they hide in."""
+    for value in values:
+        if value and len(value) >= 4:
+            _SECRETS.add(value)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        for secret in _SECRETS:
+            if secret in value:
+                value = value.replace(secret, MASK)
+        return value
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(_scrub(v) for v in value)
+    return value
+
+
+def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    if not _SECRETS:
+        return event
+    return {k: _scrub(v) for k, v in event.items()}
+
+
+def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None) -> None:
+    stream = stream or sys.stderr
+    pretty = fmt == "console" or (fmt == "auto" and hasattr(stream, "isatty") and stream.isatty())
+    renderer: Any = (
+        structlog.dev.ConsoleRenderer(colors=True) if pretty else structlog.processors.JSONRenderer()
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            _mask_secrets,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level.upper())),
+        logger_factory=structlog.PrintLoggerFactory(file=stream),
+        cache_logger_on_first_use=False,
+    )
+
+
+def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
+    return structlog.get_logger(name)  # type: ignore[no-any-return]

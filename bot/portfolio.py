@@ -1,0 +1,95 @@
+"""The account as the engine sees it: cash, positions, working orders and last prices.
+
+Pure in-memory bookkeeping; the ledger persists it. Strategies and risk read it through
+``PortfolioView``; only the engine mutates it, from broker updates.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from decimal import Decimal
+
+from bot.domain import ZERO, Candle, Fill, Order, Position, Side
+
+
+def to_decimal(value: float) -> Decimal:
+    """A float price as the shortest Decimal that round-trips (no binary noise)."""
+    return Decimal(repr(value))
+
+
+class Portfolio:
+    def __init__(self, account: str, cash: Decimal, quote: str) -> None:
+        self.account = account
+        self.quote = quote
+        self._cash = cash
+        self._positions: dict[str, Position] = {}
+        self._orders: dict[str, Order] = {}
+        self._prices: dict[str, Decimal] = {}
+        self._price_floats: dict[str, float] = {}
+
+    # ---- PortfolioView -------------------------------------------------------------------
+    @property
+    def cash(self) -> Decimal:
+        return self._cash
+
+    def position(self, symbol: str) -> Position:
+        pos = self._positions.get(symbol)
+        return pos if pos is not None else Position(self.account, symbol)
+
+    def positions(self) -> list[Position]:
+        return [p for p in self._positions.values() if p.quantity != 0]
+
+    def working_orders(self, symbol: str | None = None) -> Sequence[Order]:
+        return [o for o in self._orders.values() if symbol is None or o.symbol == symbol]
+
+    def price(self, symbol: str) -> Decimal | None:
+        return self._prices.get(symbol)
+
+    def positions_value(self) -> Decimal:
+        total = ZERO
+        for sym, pos in self._positions.items():
+            if pos.quantity:
+                price = self._prices.get(sym, pos.avg_price)
+                total += pos.quantity * price
+        return total
+
+    def equity(self) -> Decimal:
+        return self._cash + self.positions_value()
+
+    def exposure(self) -> Decimal:
+        return sum((abs(p.quantity) * self._prices.get(s, p.avg_price)
+                    for s, p in self._positions.items()), ZERO)
+
+    # ---- mutation (engine only) ----------------------------------------------------------
+    def mark(self, candle: Candle) -> None:
+        if self._price_floats.get(candle.symbol) != candle.close:
+            self._price_floats[candle.symbol] = candle.close
+            self._prices[candle.symbol] = to_decimal(candle.close)
+
+    def restore(self, positions: Iterable[Position], orders: Iterable[Order]) -> None:
+        for p in positions:
+            self._positions[p.symbol] = p
+        for o in orders:
+            self._orders[o.client_order_id] = o
+
+    def track(self, order: Order) -> None:
+        if order.status.is_terminal:
+            self._orders.pop(order.client_order_id, None)
+        else:
+            self._orders[order.client_order_id] = order
+
+    def apply_fill(self, fill: Fill) -> Position:
+        """Book a fill: position by average cost, cash by notional; the fee comes off the cash
+        when charged in the quote currency, off the holdings when charged in the base asset."""
+        notional = fill.quantity * fill.price
+        quote_fee = fill.fee if fill.fee_currency == self.quote else ZERO
+        if fill.side is Side.BUY:
+            self._cash -= notional + quote_fee
+        else:
+            self._cash += notional - quote_fee
+        pos = self.position(fill.symbol).apply_fill(fill)
+        if fill.fee and fill.fee_currency == fill.symbol.split("/")[0]:
+            pos = Position(pos.account, pos.symbol, pos.quantity - fill.fee, pos.avg_price,
+                           pos.realized_pnl, pos.updated_ts)
+        self._positions[fill.symbol] = pos
+        return pos

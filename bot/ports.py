@@ -1,0 +1,163 @@
+"""The seams of the engine. Every I/O stage sits behind one of these Protocols; the engine
+imports nothing else from the adapters. Backtest, paper and live differ only in what is
+plugged in here (see ``bot/app.py``)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Protocol
+
+from bot.domain import (
+    AuditEvent,
+    Candle,
+    EquitySnapshot,
+    Fill,
+    Gap,
+    MarketSpec,
+    Order,
+    OrderIntent,
+    Position,
+    RiskDecision,
+    Signal,
+)
+
+FeedEvent = tuple[Candle, ...] | Gap
+
+
+class Feed(Protocol):
+    """Closed candles, each once, in order; batches share one open time."""
+
+    def resume_after(self, last_ts: dict[str, int]) -> None: ...
+
+    def stream(self) -> AsyncIterator[FeedEvent]: ...
+
+    async def close(self) -> None: ...
+
+
+class PortfolioView(Protocol):
+    """What strategies and risk may read of the account (never write)."""
+
+    @property
+    def cash(self) -> Decimal: ...
+
+    def equity(self) -> Decimal: ...
+
+    def position(self, symbol: str) -> Position: ...
+
+    def working_orders(self, symbol: str | None = None) -> Sequence[Order]: ...
+
+    def price(self, symbol: str) -> Decimal | None: ...
+
+
+class SignalSource(Protocol):
+    """Turns closed candles into beliefs. The ensemble of issue 3 plugs in here."""
+
+    name: str
+
+    async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]: ...
+
+    def on_gap(self, gap: Gap) -> None: ...
+
+
+class Strategy(Protocol):
+    def decide(self, signal: Signal, portfolio: PortfolioView) -> OrderIntent | None: ...
+
+
+class RiskGate(Protocol):
+    """The mandatory gate between a strategy's wish and an order."""
+
+    def review(
+        self, intent: OrderIntent, portfolio: PortfolioView, market: MarketSpec
+    ) -> RiskDecision: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """What a venue said about one order: a new state and any fills."""
+
+    order: Order
+    fills: tuple[Fill, ...] = ()
+    note: str = ""
+
+
+class Broker(Protocol):
+    """Where orders go: the paper fill model or a real exchange through ccxt."""
+
+    async def markets(self, symbols: Sequence[str]) -> Mapping[str, MarketSpec]: ...
+
+    def restore(self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal) -> None:
+        """Take over working orders and balances known to the ledger (restart)."""
+        ...
+
+    async def submit(self, order: Order) -> OrderUpdate: ...
+
+    async def cancel(self, order: Order) -> OrderUpdate: ...
+
+    async def on_candle(self, candle: Candle) -> list[OrderUpdate]:
+        """Give the venue a closed candle: paper fills resting orders, live polls fills."""
+        ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(slots=True)
+class UnitOfWork:
+    """Changes that commit together, each with its audit event, in one transaction."""
+
+    signals: list[tuple[str, str, Signal]] = field(default_factory=list)  # run, account, signal
+    orders: dict[str, Order] = field(default_factory=dict)  # latest state per client id
+    fills: list[Fill] = field(default_factory=list)
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    cash: dict[str, tuple[Decimal, int]] = field(default_factory=dict)  # account -> (cash, ts)
+    equity: list[EquitySnapshot] = field(default_factory=list)
+    cursors: dict[tuple[str, str], int] = field(default_factory=dict)  # (account, symbol) -> ts
+    audit: list[AuditEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.signals or self.orders or self.fills or self.positions or self.cash
+            or self.equity or self.cursors or self.audit
+        )
+
+    def absorb(self, other: UnitOfWork) -> None:
+        """Fold a later unit into this one (group commit keeps the last state per key)."""
+        self.signals.extend(other.signals)
+        self.orders.update(other.orders)
+        self.fills.extend(other.fills)
+        self.positions.update(other.positions)
+        self.cash.update(other.cash)
+        self.equity.extend(other.equity)
+        self.cursors.update(other.cursors)
+        self.audit.extend(other.audit)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What the ledger knows of an account at start-up."""
+
+    cash: Decimal | None
+    positions: tuple[Position, ...]
+    working_orders: tuple[Order, ...]
+    cursors: Mapping[str, int]
+
+
+class Ledger(Protocol):
+    async def start_run(
+        self, run_id: str, account: str, mode: str, exchange: str, symbols: Sequence[str],
+        timeframe: str, strategy: str, config: Mapping[str, object], starting_cash: Decimal,
+    ) -> None: ...
+
+    async def load_account(self, account: str) -> AccountState: ...
+
+    async def commit(self, unit: UnitOfWork) -> None:
+        """Durable when it returns, or raise ``LedgerError``; group-committing ledgers may
+        defer durability to ``flush``."""
+        ...
+
+    async def flush(self) -> None: ...
+
+    async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None: ...
+
+    async def close(self) -> None: ...

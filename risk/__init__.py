@@ -1,0 +1,1 @@
+"""Risk: the mandatory gate between a strategy's intent and an order."""
