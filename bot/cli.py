@@ -111,6 +111,138 @@ def backtest(
     _print_summary(outcome.summary, as_json)
 
 
+@app.command()
+def run(
+    mode: Annotated[str, typer.Option(help="paper or live")] = "paper",
+    exchange: Annotated[Optional[str], typer.Option(help="ccxt exchange id")] = None,
+    symbols: Annotated[Optional[str], typer.Option(help="comma list, e.g. BTC/USDT,ETH/USDT")] = None,
+    timeframe: Annotated[Optional[str], typer.Option("--timeframe", "-t")] = None,
+    exchange_url: Annotated[Optional[str], typer.Option(help="REST base URL (testnet, simulator)")] = None,
+    feed: Annotated[Optional[str], typer.Option(help="auto, ws or rest")] = None,
+    poll_interval: Annotated[Optional[float], typer.Option(help="REST poll seconds")] = None,
+    max_candles: Annotated[Optional[int], typer.Option(help="stop cleanly after N closed candles")] = None,
+    sandbox: Annotated[Optional[bool], typer.Option("--sandbox/--no-sandbox", help="ccxt sandbox mode")] = None,
+    confirm_live: Annotated[Optional[bool], typer.Option("--confirm-live", help="required for live")] = None,
+    instance: Annotated[Optional[str], typer.Option(help="instance name")] = None,
+    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Trade on live market data: paper (simulated fills) or live (real orders)."""
+    from bot import app as application
+
+    if mode not in ("paper", "live"):
+        raise _fail(ValueError(f"--mode must be paper or live, not {mode!r}"))
+    try:
+        settings = _settings(
+            config, mode=mode, symbols=symbols, timeframe=timeframe, max_candles=max_candles,
+            confirm_live=confirm_live, instance=instance, data_dir=data_dir, database__url=db,
+            exchange__name=exchange, exchange__url=exchange_url, exchange__feed=feed,
+            exchange__poll_interval=poll_interval, exchange__sandbox=sandbox)
+        outcome = _run_async(lambda hook: application.trade(settings, hook))
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    _print_summary(outcome.summary, as_json=False)
+
+
+@app.command()
+def download(
+    exchange: Annotated[str, typer.Option(help="ccxt exchange id")] = "binance",
+    symbols: Annotated[str, typer.Option(help="comma list")] = "BTC/USDT",
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1h",
+    since: Annotated[str, typer.Option(help="first candle, ISO-8601 or ms")] = "2024-01-01",
+    until: Annotated[Optional[str], typer.Option(help="stop before this time (default: now)")] = None,
+    out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("data"),
+    exchange_url: Annotated[Optional[str], typer.Option(help="REST base URL override")] = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Download closed candles to CSV, resumable (appends after the last row on disk)."""
+    from bot.feeds.download import download_all
+
+    try:
+        settings = _settings(config, exchange__name=exchange, exchange__url=exchange_url,
+                             symbols=symbols, timeframe=timeframe)
+        paths = asyncio.run(download_all(settings, _ts(since) or 0, _ts(until), out_dir))
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    for sym, (path, added) in paths.items():
+        out.print(f"{sym}: {added} new candles -> {path}")
+
+
+@app.command()
+def status(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Runs, accounts, open positions and working orders, read from the ledger."""
+    from bot.status import read_status
+
+    try:
+        settings = _settings(config, data_dir=data_dir, database__url=db)
+        report = asyncio.run(read_status(settings))
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(report, indent=2, default=str))
+        return
+    for title, rows in report.items():
+        table = Table(title=title)
+        if rows:
+            for col in rows[0]:
+                table.add_column(col)
+            for row in rows:
+                table.add_row(*(str(v) for v in row.values()))
+        else:
+            table.add_column("(none)")
+        out.print(table)
+
+
+@db_app.command("upgrade")
+def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Apply the ledger migrations (idempotent)."""
+    from bot.app import database_url
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+
+    async def go(url: str) -> str:
+        engine = make_engine(url)
+        try:
+            return await upgrade(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        settings = _settings(config, data_dir=data_dir, database__url=db)
+        rev = asyncio.run(go(database_url(settings)))
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    except Exception as exc:  # connection refused and friends: say it plainly
+        raise _fail(RuntimeError(f"cannot upgrade the database: {exc}")) from None
+    out.print(f"database at revision {rev}")
+
+
+@app.command("sim-exchange")
+def sim_exchange(
+    port: Annotated[int, typer.Option(help="loopback port")] = 8900,
+    symbols: Annotated[str, typer.Option(help="comma list")] = "BTC/USDT",
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1m",
+    speed: Annotated[float, typer.Option(help="exchange seconds per wall second")] = 1.0,
+    history: Annotated[int, typer.Option(help="candles before now")] = 500,
+    seed: Annotated[int, typer.Option(help="random walk seed")] = 7,
+) -> None:
+    """Serve a simulated Binance spot REST API on 127.0.0.1 (synthetic candles)."""
+    from bot.sim.binance import serve_forever
+
+    asyncio.run(serve_forever(port, [s.strip().upper() for s in symbols.split(",")],
+                              timeframe, speed, history, seed))
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None) -> None:
+    """Print the effective configuration (file < environment < flags), secrets masked."""
+    try:
+        settings = _settings(config)
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    print(json.dumps(settings.redacted(), indent=2))
+
+
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:
     if as_json:
         print(json.dumps(summary, indent=2, default=str))

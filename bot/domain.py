@@ -145,6 +145,14 @@ class Gap:
 
 
 @dataclass(frozen=True, slots=True)
+class Warmup:
+    """Closed candles too old to trade on (history at start, a long backfill): they only
+    bring the signal source up to date."""
+
+    candles: tuple[Candle, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class MarketSpec:
     """What the venue allows for one symbol: precision, minimums and fees."""
 

@@ -16,7 +16,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from bot.clock import Clock
-from bot.domain import AuditEvent, Candle, EquitySnapshot, Gap, MarketSpec, Order, OrderIntent, OrderStatus
+from bot.domain import (
+    AuditEvent, Candle, EquitySnapshot, Gap, MarketSpec, Order, OrderIntent, OrderStatus, Warmup,
+)
 from bot.errors import ExchangeError, LedgerError
 from bot.logs import get_logger
 from bot.metrics import RunStats
@@ -95,6 +97,11 @@ class Engine:
                     break
                 if isinstance(event, Gap):
                     self.on_gap(event)
+                    continue
+                if isinstance(event, Warmup):
+                    await self.p.source.on_candles(event.candles)
+                    for c in event.candles:
+                        self.portfolio.mark(c)
                     continue
                 await self.on_candles(event)
                 if self.max_candles is not None and self.stats.candles >= self.max_candles:

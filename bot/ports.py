@@ -21,9 +21,10 @@ from bot.domain import (
     Position,
     RiskDecision,
     Signal,
+    Warmup,
 )
 
-FeedEvent = tuple[Candle, ...] | Gap
+FeedEvent = tuple[Candle, ...] | Gap | Warmup
 
 
 class Feed(Protocol):

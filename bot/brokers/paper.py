@@ -143,8 +143,8 @@ class PaperBroker:
         updates: list[OrderUpdate] = []
         for cid in [k for k, o in self._working.items() if o.symbol == candle.symbol]:
             order = self._working[cid]
-            if candle.ts < order.created_ts:
-                continue  # placed after this candle opened
+            if candle.ts <= order.signal_ts:
+                continue  # decided on this candle's close or later: fills from the next one
             update = self._match(order, candle)
             if update is not None:
                 updates.append(update)

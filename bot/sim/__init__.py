@@ -1,0 +1,1 @@
+"""A loopback exchange simulator speaking the Binance spot protocol."""

@@ -1,0 +1,247 @@
+"""A loopback server speaking the Binance spot REST API, so the real ccxt ``binance`` class can
+be exercised without the internet: ``/api/v3/{ping,time,exchangeInfo,klines,ticker/24hr,
+ticker/price}``.
+
+Candles are replayed on an accelerated clock: exchange time runs ``speed`` times faster than
+wall time from ``origin``. ``klines`` returns closed candles and the one still forming, with
+partial values, exactly as the real venue does, so a client that trades a forming candle is
+caught out.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from bot.domain import Candle, timeframe_ms
+
+INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
+
+
+def synthetic_candles(symbol: str, timeframe: str, start_ms: int, count: int, seed: int = 7,
+                      price: float = 30_000.0, vol: float = 0.004) -> list[Candle]:
+    """A seeded random walk with trends, so EMA rules trade; for tests and demos."""
+    rng = random.Random(f"{symbol}-{seed}")
+    step = timeframe_ms(timeframe)
+    out = []
+    drift = 0.0
+    for i in range(count):
+        if i % 40 == 0:
+            drift = rng.choice((-1, 1)) * vol * 0.3
+        o = price
+        c = o * math.exp(drift + rng.gauss(0, vol))
+        h = max(o, c) * (1 + abs(rng.gauss(0, vol / 2)))
+        low = min(o, c) * (1 - abs(rng.gauss(0, vol / 2)))
+        out.append(Candle(symbol, timeframe, start_ms + i * step, round(o, 2), round(h, 2),
+                          round(low, 2), round(c, 2), round(rng.uniform(5, 50), 5)))
+        price = c
+    return out
+
+
+@dataclass
+class SimClock:
+    """Exchange time: ``origin`` at start, running ``speed`` times faster than wall time."""
+
+    origin_ms: int
+    speed: float = 1.0
+    _t0: float = field(default_factory=time.monotonic)
+
+    def now_ms(self) -> int:
+        return self.origin_ms + int((time.monotonic() - self._t0) * 1000 * self.speed)
+
+
+def _binance_id(symbol: str) -> str:
+    return symbol.replace("/", "")
+
+
+class SimBinance:
+    """State of the simulated venue; ``app()`` builds the aiohttp application over it."""
+
+    def __init__(self, candles: Mapping[str, Sequence[Candle]], clock: SimClock) -> None:
+        self.clock = clock
+        self.series = {_binance_id(s): list(c) for s, c in candles.items()}
+        self.symbols = {_binance_id(s): s for s in candles}
+        self._ts = {k: [c.ts for c in v] for k, v in self.series.items()}
+        self.requests: dict[str, int] = {}
+
+    # ---- helpers ------------------------------------------------------------------------
+    def _error(self, status: int, code: int, msg: str) -> web.Response:
+        return web.json_response({"code": code, "msg": msg}, status=status)
+
+    def _visible(self, sid: str, now: int) -> list[list[Any]]:
+        """Rows up to ``now``; the last one is partial while it is forming."""
+        series, stamps = self.series[sid], self._ts[sid]
+        n = bisect.bisect_right(stamps, now)
+        return [self._kline(c, now) for c in series[:n]]
+
+    @staticmethod
+    def _kline(c: Candle, now: int) -> list[Any]:
+        step = timeframe_ms(c.timeframe)
+        o, h, low, cl, v = c.open, c.high, c.low, c.close, c.volume
+        if now < c.ts + step:  # forming: only part of the move has happened
+            f = max(0.0, (now - c.ts) / step)
+            cl = round(o + f * (cl - o), 8)
+            h, low, v = max(o, cl), min(o, cl), round(v * f, 8)
+        return [c.ts, f"{o:.8f}", f"{h:.8f}", f"{low:.8f}", f"{cl:.8f}", f"{v:.8f}",
+                c.ts + step - 1, f"{v * cl:.8f}", 100, f"{v / 2:.8f}", f"{v * cl / 2:.8f}", "0"]
+
+    # ---- handlers -----------------------------------------------------------------------
+    async def ping(self, request: web.Request) -> web.Response:
+        return web.json_response({})
+
+    async def server_time(self, request: web.Request) -> web.Response:
+        return web.json_response({"serverTime": self.clock.now_ms()})
+
+    async def exchange_info(self, request: web.Request) -> web.Response:
+        symbols = [self._symbol_info(sid, sym) for sid, sym in self.symbols.items()]
+        return web.json_response({
+            "timezone": "UTC", "serverTime": self.clock.now_ms(), "rateLimits": [
+                {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                 "limit": 6000}], "exchangeFilters": [], "symbols": symbols})
+
+    @staticmethod
+    def _symbol_info(sid: str, symbol: str) -> dict[str, Any]:
+        base, quote = symbol.split("/")
+        return {
+            "symbol": sid, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
+            "quoteAsset": quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
+            "baseCommissionPrecision": 8, "quoteCommissionPrecision": 8,
+            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT",
+                           "TAKE_PROFIT", "TAKE_PROFIT_LIMIT"],
+            "icebergAllowed": True, "ocoAllowed": True, "otoAllowed": True,
+            "quoteOrderQtyMarketAllowed": True, "allowTrailingStop": True,
+            "cancelReplaceAllowed": True, "isSpotTradingAllowed": True,
+            "isMarginTradingAllowed": False,
+            "filters": [
+                {"filterType": "PRICE_FILTER", "minPrice": "0.01000000",
+                 "maxPrice": "1000000.00000000", "tickSize": "0.01000000"},
+                {"filterType": "LOT_SIZE", "minQty": "0.00001000", "maxQty": "9000.00000000",
+                 "stepSize": "0.00001000"},
+                {"filterType": "NOTIONAL", "minNotional": "5.00000000",
+                 "applyMinToMarket": True, "maxNotional": "9000000.00000000",
+                 "applyMaxToMarket": False, "avgPriceMins": 5},
+                {"filterType": "MARKET_LOT_SIZE", "minQty": "0.00000000",
+                 "maxQty": "100.00000000", "stepSize": "0.00000000"},
+            ],
+            "permissions": [], "permissionSets": [["SPOT"]],
+            "defaultSelfTradePreventionMode": "EXPIRE_MAKER",
+            "allowedSelfTradePreventionModes": ["EXPIRE_TAKER", "EXPIRE_MAKER", "EXPIRE_BOTH"],
+        }
+
+    async def klines(self, request: web.Request) -> web.Response:
+        q = request.query
+        sid = q.get("symbol", "")
+        if sid not in self.series:
+            return self._error(400, -1121, "Invalid symbol.")
+        interval = q.get("interval")
+        tf = self.series[sid][0].timeframe if self.series[sid] else None
+        if interval not in INTERVALS:
+            return self._error(400, -1120, "Invalid interval.")
+        if interval != tf:
+            return self._error(400, -1120, f"this simulator serves {sid} at {tf} only")
+        try:
+            limit = min(int(q.get("limit", 500)), 1000)
+            start = int(q["startTime"]) if "startTime" in q else None
+            end = int(q["endTime"]) if "endTime" in q else None
+        except ValueError:
+            return self._error(400, -1100, "Illegal characters found in a parameter.")
+        now = self.clock.now_ms()
+        rows = self._visible(sid, now)
+        if start is not None:
+            rows = [r for r in rows if r[0] >= start][:limit]
+        if end is not None:
+            rows = [r for r in rows if r[0] <= end]
+        if start is None:
+            rows = rows[-limit:]
+        return web.json_response(rows)
+
+    async def ticker_24hr(self, request: web.Request) -> web.Response:
+        sid = request.query.get("symbol")
+        ids = [sid] if sid else list(self.series)
+        out = []
+        now = self.clock.now_ms()
+        for i in ids:
+            if i not in self.series:
+                return self._error(400, -1121, "Invalid symbol.")
+            rows = self._visible(i, now)
+            if not rows:
+                continue
+            last, first = rows[-1], rows[max(0, len(rows) - 24)]
+            out.append({
+                "symbol": i, "priceChange": f"{float(last[4]) - float(first[1]):.8f}",
+                "priceChangePercent": f"{(float(last[4]) / float(first[1]) - 1) * 100:.3f}",
+                "weightedAvgPrice": last[4], "prevClosePrice": rows[-2][4] if len(rows) > 1 else last[1],
+                "lastPrice": last[4], "lastQty": "0.1", "bidPrice": last[4], "bidQty": "1",
+                "askPrice": last[4], "askQty": "1", "openPrice": first[1],
+                "highPrice": max(r[2] for r in rows[-24:]), "lowPrice": min(r[3] for r in rows[-24:]),
+                "volume": "100", "quoteVolume": "1000", "openTime": first[0], "closeTime": now,
+                "firstId": 1, "lastId": 2, "count": 2})
+        return web.json_response(out[0] if sid else out)
+
+    async def ticker_price(self, request: web.Request) -> web.Response:
+        sid = request.query.get("symbol")
+        if sid is not None and sid not in self.series:
+            return self._error(400, -1121, "Invalid symbol.")
+        now = self.clock.now_ms()
+        prices = [{"symbol": i, "price": self._visible(i, now)[-1][4]}
+                  for i in ([sid] if sid else self.series) if self._visible(i, now)]
+        return web.json_response(prices[0] if sid else prices)
+
+    @web.middleware
+    async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        self.requests[request.path] = self.requests.get(request.path, 0) + 1
+        return await handler(request)
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[self._count])
+        r = app.router
+        r.add_get("/api/v3/ping", self.ping)
+        r.add_get("/api/v3/time", self.server_time)
+        r.add_get("/api/v3/exchangeInfo", self.exchange_info)
+        r.add_get("/api/v3/klines", self.klines)
+        r.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
+        r.add_get("/api/v3/ticker/price", self.ticker_price)
+        return app
+
+
+async def start_server(sim: SimBinance, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+    """Serve ``sim`` on loopback; returns the runner (to ``cleanup()``) and the bound port."""
+    runner = web.AppRunner(sim.app(), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    server = site._server
+    assert server is not None
+    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    return runner, int(bound)
+
+
+def build(symbols: Sequence[str], timeframe: str, speed: float, history: int, seed: int,
+          future: int = 100_000) -> SimBinance:
+    """A simulator whose clock starts now, with ``history`` candles before it."""
+    step = timeframe_ms(timeframe)
+    origin = int(time.time() * 1000) // step * step
+    candles = {s: synthetic_candles(s, timeframe, origin - history * step, history + future, seed)
+               for s in symbols}
+    return SimBinance(candles, SimClock(origin, speed))
+
+
+async def serve_forever(port: int, symbols: Sequence[str], timeframe: str, speed: float,
+                        history: int, seed: int) -> None:
+    import asyncio
+
+    sim = build(symbols, timeframe, speed, history, seed)
+    runner, bound = await start_server(sim, port=port)
+    print(f"simulated binance on http://127.0.0.1:{bound} ({', '.join(symbols)} {timeframe}, "
+          f"x{speed})", flush=True)
+    try:
+        await asyncio.Event().wait()
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,52 @@
+"""``stackbot status``: what the ledger says, whether or not an instance is running."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import desc, select
+
+from bot.config import Settings
+from bot.domain import OrderStatus
+from bot.errors import LedgerError
+from bot.ledger import tables as t
+
+
+async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    from bot.app import database_url
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+
+    engine = make_engine(database_url(settings))
+    working = [s.value for s in OrderStatus if not s.is_terminal]
+    try:
+        await upgrade(engine)
+        async with engine.connect() as conn:
+            runs = (await conn.execute(
+                select(t.Run.id, t.Run.account, t.Run.mode, t.Run.status, t.Run.started_at,
+                       t.Run.ended_at, t.Run.symbols).order_by(desc(t.Run.started_at))
+                .limit(limit))).mappings().all()
+            accounts = (await conn.execute(
+                select(t.Account.account, t.Account.mode, t.Account.cash, t.Account.updated_at)
+                .where(t.Account.mode != "backtest"))).mappings().all()
+            positions = (await conn.execute(
+                select(t.PositionRow.account, t.PositionRow.symbol, t.PositionRow.quantity,
+                       t.PositionRow.avg_price, t.PositionRow.realized_pnl)
+                .where(t.PositionRow.quantity != 0, ~t.PositionRow.account.like("backtest:%"))
+            )).mappings().all()
+            orders = (await conn.execute(
+                select(t.OrderRow.client_order_id, t.OrderRow.account, t.OrderRow.symbol,
+                       t.OrderRow.side, t.OrderRow.quantity, t.OrderRow.status)
+                .where(t.OrderRow.status.in_(working)))).mappings().all()
+    except LedgerError:
+        raise
+    except Exception as exc:
+        raise LedgerError(f"cannot read the ledger: {exc}") from exc
+    finally:
+        await engine.dispose()
+    return {
+        "recent runs": [dict(r) for r in runs],
+        "accounts": [dict(r) for r in accounts],
+        "open positions": [dict(r) for r in positions],
+        "working orders": [dict(r) for r in orders],
+    }
