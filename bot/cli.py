@@ -26,7 +26,6 @@ config_app = typer.Typer(no_args_is_help=True, help="Configuration commands.")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 out = Console()
-err = Console(stderr=True)
 log = get_logger("cli")
 
 ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file")]
@@ -54,7 +53,7 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {exc}", markup=True, highlight=False)
+    typer.echo(f"error: {exc}", err=True)
     return typer.Exit(2)
 
 

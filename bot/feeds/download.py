@@ -20,8 +20,9 @@ from bot.feeds.validate import candle_problem
 PAGE = 1000
 
 
-def csv_path(out_dir: Path, exchange: str, symbol: str, timeframe: str) -> Path:
-    return out_dir / f"{exchange}-{symbol.replace('/', '_')}-{timeframe}.csv"
+def csv_path(out_dir: Path, symbol: str, timeframe: str) -> Path:
+    """``BTC_USDT-1h.csv``: the name the replay feed reads the symbol and timeframe from."""
+    return out_dir / f"{symbol.replace('/', '_')}-{timeframe}.csv"
 
 
 def _last_ts(path: Path, timeframe: str, symbol: str) -> int | None:
@@ -44,7 +45,7 @@ async def download_all(settings: Settings, since_ms: int, until_ms: int | None,
         end = min(until_ms, now) if until_ms else now
         with Progress(transient=True) as progress:
             for symbol in settings.symbols:
-                path = csv_path(out_dir, settings.exchange.name, symbol, tf)
+                path = csv_path(out_dir, symbol, tf)
                 last = _last_ts(path, tf, symbol)
                 start = max(since_ms - since_ms % step, (last + step) if last is not None else 0)
                 task = progress.add_task(symbol, total=max(1, (end - start) // step))

@@ -1,0 +1,122 @@
+"""Fixtures that connect to a real PostgreSQL: the server at 127.0.0.1:5432 when reachable,
+otherwise an embedded one (pgserver). Never a mock, never SQLite."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from bot.ledger.urls import plain_url
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _admin_url(tmp_root: Path) -> str:
+    explicit = os.environ.get("SB_TEST_PG_URL")
+    if explicit:
+        return explicit
+    if _reachable("127.0.0.1", 5432):
+        return "postgresql://postgres@127.0.0.1:5432/postgres"
+    return _embedded_admin(tmp_root)
+
+
+def _embedded_admin(tmp_root: Path) -> str:
+    from bot.ledger.embedded import embedded_url
+
+    url = embedded_url(tmp_root)  # .../stackbot?host=...
+    return url.replace("/stackbot?", "/postgres?")
+
+
+async def _exec(url: str, sql: str) -> None:
+    import asyncpg
+
+    from bot.ledger.urls import async_url
+
+    dsn = plain_url(async_url(url))
+    conn = await asyncpg.connect(dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+def _with_db(url: str, name: str) -> str:
+    head, _, tail = url.partition("?")
+    base = head.rsplit("/", 1)[0]
+    return f"{base}/{name}" + (f"?{tail}" if tail else "")
+
+
+@pytest.fixture(scope="session")
+def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> str:
+    return _admin_url(tmp_path_factory.mktemp("embedded-pg"))
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A fresh, migrated database for the whole session."""
+    name = f"stackbot_test_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_exec(pg_admin_url, f'CREATE DATABASE "{name}"'))
+    url = _with_db(pg_admin_url, name)
+
+    async def migrate() -> None:
+        from bot.ledger.migrate import upgrade
+        from bot.ledger.repository import make_engine
+
+        engine = make_engine(url)
+        await upgrade(engine)
+        await engine.dispose()
+
+    asyncio.run(migrate())
+    yield url
+    asyncio.run(_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def fresh_db(pg_admin_url: str) -> Iterator[str]:
+    """An empty, un-migrated database for one test."""
+    name = f"stackbot_t_{uuid.uuid4().hex[:8]}"
+    asyncio.run(_exec(pg_admin_url, f'CREATE DATABASE "{name}"'))
+    yield _with_db(pg_admin_url, name)
+    asyncio.run(_exec(pg_admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def ledger(pg_url: str) -> AsyncIterator[object]:
+    from bot.ledger.repository import PostgresLedger
+
+    led = PostgresLedger.from_url(pg_url)
+    yield led
+    await led.close()
+
+
+async def fetch(url: str, sql: str, *args: object) -> list[dict[str, object]]:
+    import asyncpg
+
+    from bot.ledger.urls import async_url
+
+    conn = await asyncpg.connect(plain_url(async_url(url)))
+    try:
+        return [dict(r) for r in await conn.fetch(sql, *args)]
+    finally:
+        await conn.close()
+
+
+def shared_file(*parts: str) -> Path:
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not available: {path} is absent (a fresh clone has no ../shared)")
+    return path

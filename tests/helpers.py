@@ -1,0 +1,33 @@
+"""Test data the tests make themselves (core tests never need ../shared)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bot.domain import Candle, timeframe_ms
+from bot.feeds.files import write_csv
+from bot.sim.binance import synthetic_candles
+
+T0 = 1_600_000_000_000 - 1_600_000_000_000 % 3_600_000  # aligned to the hour
+
+
+def candles(symbol: str = "BTC/USDT", n: int = 500, timeframe: str = "1h", seed: int = 3,
+            start: int = T0) -> list[Candle]:
+    return synthetic_candles(symbol, timeframe, start, n, seed)
+
+
+def write_series(dir_: Path, symbol: str = "BTC/USDT", n: int = 500, timeframe: str = "1h",
+                 seed: int = 3, fmt: str = "csv") -> Path:
+    rows = candles(symbol, n, timeframe, seed)
+    name = f"{symbol.replace('/', '_')}-{timeframe}.{fmt}"
+    path = dir_ / name
+    if fmt == "csv":
+        write_csv(path, rows)
+    else:
+        path.write_text(json.dumps([[c.ts, c.open, c.high, c.low, c.close, c.volume] for c in rows]))
+    return path
+
+
+def step(timeframe: str = "1h") -> int:
+    return timeframe_ms(timeframe)
