@@ -1,0 +1,65 @@
+"""download (resumable), the embedded database default, and status."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from bot.cli import app
+from bot.feeds.files import load_candle_file
+from bot.sim.binance import build, start_server
+from tests.helpers import write_series
+
+
+def test_download_is_paginated_closed_only_and_resumable(tmp_path: Path) -> None:
+    sim = build(["BTC/USDT"], "1m", speed=1.0, history=2500, seed=5)
+
+    async def go() -> tuple[list[str], list[str]]:
+        runner, port = await start_server(sim)
+        try:
+            args = ["download", "--exchange", "binance", "--symbols", "BTC/USDT",
+                    "--timeframe", "1m", "--since", str(sim.clock.origin_ms - 2400 * 60_000),
+                    "--out", str(tmp_path), "--exchange-url", f"http://127.0.0.1:{port}"]
+            loop = asyncio.get_running_loop()
+            first = await loop.run_in_executor(None, lambda: CliRunner().invoke(app, args))
+            second = await loop.run_in_executor(None, lambda: CliRunner().invoke(app, args))
+            return [first.output, str(first.exit_code)], [second.output, str(second.exit_code)]
+        finally:
+            await runner.cleanup()
+
+    first, second = asyncio.run(go())
+    assert first[1] == "0", first[0]
+    path = tmp_path / "BTC_USDT-1m.csv"
+    series = load_candle_file(path, "1m")  # validates: sorted, unique, sane
+    assert len(series.candles) >= 2399  # more than two pages of 1000
+    final = {c.ts: c for c in sim.series["BTCUSDT"]}
+    assert all(final[c.ts].close == c.close for c in series.candles)  # closed values only
+    assert series.candles[-1].close_ts <= sim.clock.now_ms()
+    assert second[1] == "0" and "BTC/USDT: " in second[0]
+    again = load_candle_file(path, "1m")
+    assert len(again.candles) >= len(series.candles)
+    assert [c.ts for c in again.candles[: len(series.candles)]] == [c.ts for c in series.candles]
+    added = int(second[0].split("BTC/USDT: ")[1].split()[0])
+    assert added <= 2  # only what closed in between, nothing re-written
+
+
+def test_embedded_database_is_the_default(tmp_path: Path) -> None:
+    data = write_series(tmp_path, "BTC/USDT", 200)
+    state = tmp_path / "state"
+    runner = CliRunner()
+    up = runner.invoke(app, ["db", "upgrade", "--data-dir", str(state)])
+    assert up.exit_code == 0, up.output
+    assert "database at revision" in up.output
+    bt = runner.invoke(app, ["backtest", "--data", str(data), "--timeframe", "1h", "--json",
+                             "--data-dir", str(state)])
+    assert bt.exit_code == 0, bt.output
+    summary = json.loads(bt.stdout[bt.stdout.index("{"):])
+    assert (state / "postgres" / "PG_VERSION").exists()
+    st = runner.invoke(app, ["status", "--json", "--data-dir", str(state)])
+    assert st.exit_code == 0, st.output
+    report = json.loads(st.stdout[st.stdout.index("{"):])
+    assert report["recent runs"][0]["id"] == summary["run_id"]
+    assert report["recent runs"][0]["status"] == "completed"

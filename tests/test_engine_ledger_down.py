@@ -1,0 +1,93 @@
+"""When PostgreSQL cannot take a write, the engine opens nothing it could not audit, keeps
+streaming, and writes what it held back once the database answers again."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bot.app import drive
+from bot.brokers.paper import PaperBroker, static_markets
+from bot.clock import SimulatedClock
+from bot.config import load_settings
+from bot.domain import Mode
+from bot.engine import Engine
+from bot.feeds.files import load_candle_file
+from bot.feeds.replay import ReplayFeed
+from bot.ledger.repository import PostgresLedger
+from bot.ports import UnitOfWork
+from tests.conftest import fetch
+from tests.helpers import write_series
+
+
+class SwitchableLedger:
+    """A real ledger and a real unreachable one (connection refused); commits go to the
+    unreachable one while ``down`` says so."""
+
+    def __init__(self, up: PostgresLedger, down: PostgresLedger) -> None:
+        self.up, self.dead = up, down
+        self.engine: Engine | None = None
+        self.window = (0, 0)
+        self.failed = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.up, name)
+
+    def is_down(self) -> bool:
+        n = self.engine.stats.candles if self.engine else 0
+        return self.window[0] <= n < self.window[1]
+
+    async def commit(self, unit: UnitOfWork) -> None:
+        if self.is_down():
+            self.failed += 1
+            await self.dead.commit(unit)
+        await self.up.commit(unit)
+
+    async def close(self) -> None:
+        await self.dead.close()
+        await self.up.close()
+
+
+async def test_no_orders_while_the_ledger_is_down(tmp_path: Path, pg_url: str) -> None:
+    path = write_series(tmp_path, "BTC/USDT", 400, seed=4)
+    settings = load_settings(overrides={"database": {"url": pg_url}, "timeframe": "1h"},
+                             environ={})
+    clock = SimulatedClock()
+    feed = ReplayFeed([load_candle_file(path, "1h")], clock)
+    p = settings.paper
+    broker = PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
+    ledger = SwitchableLedger(PostgresLedger.from_url(pg_url),
+                              PostgresLedger.from_url("postgresql://postgres@127.0.0.1:1/none"))
+    ledger.window = (100, 250)
+    submitted: list[tuple[int, str]] = []
+    real_submit = broker.submit
+
+    async def spy_submit(order):  # type: ignore[no-untyped-def]
+        submitted.append((engine_ref[0].stats.candles, order.client_order_id))
+        return await real_submit(order)
+
+    broker.submit = spy_submit  # type: ignore[method-assign]
+    engine_ref: list[Engine] = []
+
+    def hook(engine: Engine) -> None:
+        engine_ref.append(engine)
+        ledger.engine = engine
+
+    outcome = await drive(settings, "ledgerdown" + path.stem[:6].replace("_", ""),
+                          "ledger-down-test", Mode.BACKTEST, "replay", ["BTC/USDT"], feed,
+                          broker, ledger, clock, hook)  # type: ignore[arg-type]
+    assert ledger.failed > 0
+    assert outcome.summary["candles"] == 400
+    # nothing was sent while the ledger could not take the intent
+    assert [n for n, _ in submitted if 100 < n < 250] == []
+    assert any(n >= 250 for n, _ in submitted)  # trading resumed
+    # nothing was lost: every signal of the run reached the ledger once
+    sigs = await fetch(pg_url, "SELECT count(*) AS n, count(DISTINCT ts) AS d FROM signals "
+                       "WHERE account='ledger-down-test'")
+    assert sigs[0]["n"] == sigs[0]["d"] == outcome.summary["signals"]
+    # every order that reached the ledger was either sent or cancelled as unauditable
+    orders = await fetch(pg_url, "SELECT client_order_id, status FROM orders "
+                         "WHERE account='ledger-down-test'")
+    sent = {cid for _, cid in submitted}
+    for o in orders:
+        assert o["client_order_id"] in sent or o["status"] == "cancelled"
