@@ -154,3 +154,42 @@ async def test_paper_run_sigterm_and_restart_without_duplicates(
     pos = await fetch(pg_url, "SELECT symbol, quantity AS q FROM positions WHERE account=$1",
                       account)
     assert {r["symbol"]: r["q"] for r in fills} == {r["symbol"]: r["q"] for r in pos}
+
+
+async def test_websocket_feed_survives_drops_and_stalls(sim: tuple[SimBinance, int]) -> None:
+    """ccxt.pro's binance client over the simulator's kline stream: closed candles only, each
+    once and in order per symbol, through a dropped socket and a silent one (watchdog)."""
+    s, port = sim
+    cfg = ExchangeSettings(url=f"http://127.0.0.1:{port}", feed="ws", stall_timeout=1.5)
+    ex = make_exchange(cfg, with_ws=True)
+    feed = LiveFeed(ex, ["BTC/USDT", "ETH/USDT"], "1m", cfg, WallClock(), warmup=20)
+    seen: dict[str, list[int]] = {"BTC/USDT": [], "ETH/USDT": []}
+    live = 0
+    try:
+        async with asyncio.timeout(40):
+            async for ev in feed.stream():
+                candles = ev.candles if isinstance(ev, Warmup) else ev if isinstance(ev, tuple) else ()
+                for c in candles:
+                    final = [f for f in s.series[c.symbol.replace("/", "")] if f.ts == c.ts][0]
+                    assert (c.open, c.high, c.low, c.close) == (final.open, final.high, final.low,
+                                                                final.close)
+                    seen[c.symbol].append(c.ts)
+                if isinstance(ev, tuple):
+                    live += 1
+                    if live == 3:
+                        assert await s.drop_websockets() >= 1
+                    if live == 6:
+                        s.ws_silent = True  # the socket stays open but says nothing
+
+                        async def speak_again() -> None:
+                            await asyncio.sleep(2.5)
+                            s.ws_silent = False
+
+                        asyncio.get_running_loop().create_task(speak_again())
+                    if live >= 10:
+                        break
+    finally:
+        await ex.close()
+    assert feed.reconnects >= 2  # the drop and the stall
+    for ts in seen.values():
+        assert ts == sorted(ts) and len(ts) == len(set(ts))

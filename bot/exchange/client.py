@@ -54,7 +54,8 @@ def make_exchange(cfg: ExchangeSettings, with_ws: bool = True) -> Any:
         "enableRateLimit": True,
         "timeout": cfg.timeout_ms,
         "options": {"defaultType": "spot", "fetchMarkets": {"types": ["spot"]},
-                    "fetchCurrencies": False, "adjustForTimeDifference": False},
+                    "fetchCurrencies": False, "fetchMargins": False,
+                    "adjustForTimeDifference": False},
     }
     if cfg.api_key is not None:
         params["apiKey"] = cfg.api_key.get_secret_value()

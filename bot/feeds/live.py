@@ -243,10 +243,15 @@ class LiveFeed:
             await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _close_ws(self) -> None:
-        try:
-            await self.exchange.close()
-        except Exception as exc:  # closing a broken socket may fail; we reopen anyway
-            log.debug("ws_close_failed", error=str(exc))
+        """Tear down the websocket connections only; the REST session stays usable and the
+        next ``watch_ohlcv`` opens a fresh socket."""
+        clients = getattr(self.exchange, "clients", {}) or {}
+        for url, client in list(clients.items()):
+            try:
+                await client.close()
+            except Exception as exc:  # a broken socket may fail to close; we reopen anyway
+                log.debug("ws_close_failed", url=url, error=str(exc))
+            clients.pop(url, None)
 
     async def close(self) -> None:
         return None

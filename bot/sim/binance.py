@@ -18,9 +18,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from decimal import Decimal
+
+from aiohttp import WSMsgType, web
 
 from bot.domain import Candle, timeframe_ms
+from bot.sim.account import SimAccount
 
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 
@@ -70,6 +73,24 @@ class SimBinance:
         self.symbols = {_binance_id(s): s for s in candles}
         self._ts = {k: [c.ts for c in v] for k, v in self.series.items()}
         self.requests: dict[str, int] = {}
+        self.ws_push_s = 0.05  # wall seconds between kline pushes
+        self.ws_silent = False  # fault: keep sockets open but send nothing
+        self._sockets: set[web.WebSocketResponse] = set()
+        self.account: SimAccount | None = None
+
+    def open_account(self, api_key: str, secret: str,
+                     balances: Mapping[str, Decimal | str]) -> SimAccount:
+        """Enable the signed private API for one key pair with these balances."""
+        self.account = SimAccount(api_key, secret, {k: Decimal(str(v)) for k, v in balances.items()},
+                                  self.price, self.clock.now_ms)
+        return self.account
+
+    def price(self, sid: str) -> Decimal | None:
+        """The last traded price: the forming candle's current close."""
+        if sid not in self.series:
+            return None
+        rows = self._visible(sid, self.clock.now_ms())
+        return Decimal(rows[-1][4]) if rows else None
 
     # ---- helpers ------------------------------------------------------------------------
     def _error(self, status: int, code: int, msg: str) -> web.Response:
@@ -194,6 +215,74 @@ class SimBinance:
                   for i in ([sid] if sid else self.series) if self._visible(i, now)]
         return web.json_response(prices[0] if sid else prices)
 
+    # ---- websocket kline streams ----------------------------------------------------------
+    async def websocket(self, request: web.Request) -> web.WebSocketResponse:
+        import asyncio
+        import json
+
+        ws = web.WebSocketResponse(heartbeat=20)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        streams: set[str] = set()
+        pusher = asyncio.create_task(self._push(ws, streams))
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                req = json.loads(msg.data)
+                method, params = req.get("method"), req.get("params") or []
+                if method == "SUBSCRIBE":
+                    bad = [p for p in params if p.split("@")[0].upper() not in self.series]
+                    if bad:
+                        await ws.send_json({"error": {"code": 2, "msg": f"Invalid request: {bad}"},
+                                            "id": req.get("id")})
+                        continue
+                    streams.update(params)
+                elif method == "UNSUBSCRIBE":
+                    streams.difference_update(params)
+                await ws.send_json({"result": None, "id": req.get("id")})
+        finally:
+            pusher.cancel()
+            self._sockets.discard(ws)
+        return ws
+
+    async def _push(self, ws: web.WebSocketResponse, streams: set[str]) -> None:
+        import asyncio
+
+        last_sent: dict[str, int] = {}
+        while not ws.closed:
+            await asyncio.sleep(self.ws_push_s)
+            if self.ws_silent:
+                continue
+            now = self.clock.now_ms()
+            for stream in list(streams):
+                sid = stream.split("@")[0].upper()
+                rows = self._visible(sid, now)
+                if not rows:
+                    continue
+                prev = last_sent.get(stream)
+                # a candle that closed since the last push goes out final (x = true) first
+                if prev is not None and prev < rows[-1][0]:
+                    for r in rows:
+                        if r[0] >= prev and r[0] < rows[-1][0]:
+                            await ws.send_json(self._kline_event(sid, r, True))
+                await ws.send_json(self._kline_event(sid, rows[-1], False))
+                last_sent[stream] = rows[-1][0]
+
+    def _kline_event(self, sid: str, r: list[Any], closed: bool) -> dict[str, Any]:
+        tf = self.series[sid][0].timeframe
+        return {"e": "kline", "E": self.clock.now_ms(), "s": sid, "k": {
+            "t": r[0], "T": r[6], "s": sid, "i": tf, "f": 1, "L": 2, "o": r[1], "c": r[4],
+            "h": r[2], "l": r[3], "v": r[5], "n": 10, "x": closed, "q": r[7], "V": r[9],
+            "Q": r[10], "B": "0"}}
+
+    async def drop_websockets(self) -> int:
+        """Fault: close every websocket (clients must reconnect)."""
+        socks = list(self._sockets)
+        for ws in socks:
+            await ws.close()
+        return len(socks)
+
     @web.middleware
     async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests[request.path] = self.requests.get(request.path, 0) + 1
@@ -208,6 +297,11 @@ class SimBinance:
         r.add_get("/api/v3/klines", self.klines)
         r.add_get("/api/v3/ticker/24hr", self.ticker_24hr)
         r.add_get("/api/v3/ticker/price", self.ticker_price)
+        r.add_get("/ws", self.websocket)
+        r.add_get("/ws/{stream}", self.websocket)
+        r.add_get("/stream/ws/{stream}", self.websocket)
+        if self.account is not None:
+            self.account.routes(app)
         return app
 
 
