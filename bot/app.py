@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from bot.clock import SimulatedClock, WallClock
 from bot.config import Settings, require_live_ready
 from bot.domain import Mode
@@ -69,6 +71,7 @@ async def drive(
 ) -> Outcome:
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
+    structlog.contextvars.bind_contextvars(run_id=run_id, account=account, mode=mode.value)
     markets = await broker.markets(symbols)
     cfg = settings
     source = EmaCrossSignal(cfg.strategy.fast, cfg.strategy.slow)
