@@ -33,7 +33,8 @@ from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
 from bot.ports import Broker, Feed, Ledger
-from risk.gate import FixedFractionGate
+from bot.domain import timeframe_ms
+from risk.manager import RiskManager
 from strategies.baseline import EmaCrossSignal, TrendFollowStrategy
 
 log = get_logger("app")
@@ -67,7 +68,7 @@ class Outcome:
 async def drive(
     settings: Settings, run_id: str, account: str, mode: Mode, exchange_name: str,
     symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
-    engine_hook: Any = None,
+    engine_hook: Any = None, venue_stops: bool = True,
 ) -> Outcome:
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
@@ -77,9 +78,12 @@ async def drive(
     source = EmaCrossSignal(cfg.strategy.fast, cfg.strategy.slow)
     stats = RunStats(cfg.timeframe, cfg.paper.starting_balance)
     portfolio = Portfolio(account, cfg.paper.starting_balance, cfg.quote_currency)
-    parts = EngineParts(feed, source, TrendFollowStrategy(),
-                        FixedFractionGate(cfg.risk.fraction, cfg.risk.max_position),
-                        broker, ledger, clock)
+    fee = float(cfg.paper.fee_rate) if cfg.paper.fee_rate is not None else max(
+        (float(m.taker_fee) for m in markets.values()), default=0.001)
+    cost = 2 * (fee + float(cfg.paper.slippage_bps) / 10_000)
+    risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
+                       venue_stops=venue_stops)
+    parts = EngineParts(feed, source, TrendFollowStrategy(), risk, broker, ledger, clock)
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
                            source.model_version, settings.redacted(),
                            cfg.paper.starting_balance, quote=cfg.quote_currency)
@@ -96,7 +100,12 @@ async def drive(
         summary = stats.summary(portfolio.equity(), portfolio.cash,
                                 time.perf_counter() - started)
         summary.update(run_id=run_id, account=account, mode=mode.value, status=status,
-                       symbols=list(symbols), timeframe=cfg.timeframe)
+                       symbols=list(symbols), timeframe=cfg.timeframe,
+                       trading_state=risk.machine.state.value,
+                       breakers_fired=dict(risk.report.trips),
+                       state_changes=list(risk.report.transitions),
+                       risk_decisions=dict(risk.report.decisions),
+                       retrain_requests=risk.report.retrain_requests)
         try:
             await ledger.finish_run(run_id, status, summary)
         finally:

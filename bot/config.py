@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from bot.domain import TIMEFRAME_MS, Mode
 from bot.errors import ConfigError
+from risk.settings import RiskSettings
 
 ENV_PREFIX = "STACKBOT_"
 META_ENV = {"STACKBOT_CONFIG"}  # read by the loader itself, not a settings key
@@ -62,13 +63,6 @@ class PaperSettings(_Section):
     fee_rate: Decimal | None = Field(None, ge=0, description="overrides the market's taker fee")
     participation: Decimal = Field(
         Decimal("0.1"), gt=0, le=1, description="max share of a candle's volume one order fills"
-    )
-
-
-class RiskSettings(_Section):
-    fraction: Decimal = Field(Decimal("0.1"), gt=0, le=1, description="equity share per entry")
-    max_position: Decimal = Field(
-        Decimal("0.25"), gt=0, le=1, description="max equity share held in one symbol"
     )
 
 

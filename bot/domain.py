@@ -216,7 +216,8 @@ class OrderIntent:
     quantity: Decimal | None = None  # None: let risk size it
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
-    confidence: float = 0.5
+    confidence: float = 0.5  # calibrated P(the move goes our way)
+    dispersion: float = 0.0  # disagreement between ensemble members
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,6 +274,11 @@ class Order:
     @property
     def remaining(self) -> Decimal:
         return self.quantity - self.filled_qty
+
+    @property
+    def is_protective(self) -> bool:
+        """A resting stop that guards a position (placed by risk, not by a strategy)."""
+        return self.reduce_only and self.order_type is OrderType.STOP
 
     def transition(self, status: OrderStatus, ts: int, reason: str = "") -> Order:
         """A copy in ``status``; raises ``InvalidTransition`` when the state machine forbids it."""

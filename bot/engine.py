@@ -5,34 +5,34 @@ Where a signal becomes an order: ``Engine._act``. The spine is
     signal -> strategy.decide -> risk.review -> ledger.commit(intent) -> broker.submit
 
 The engine knows no mode. What differs between modes is only what ``bot/app.py`` plugs into the
-ports: the feed, the clock, the broker and how the ledger commits.
+ports: the feed, the clock, the broker and how the ledger commits. Operator commands (kill,
+resume) from every channel arrive on one queue and are handled between candles.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hashlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
 
 from bot.clock import Clock
+from bot.desk import OrderDesk, client_order_id, exit_intent
 from bot.domain import (
-    AuditEvent, Candle, EquitySnapshot, Gap, MarketSpec, Order, OrderIntent, OrderStatus, Warmup,
+    Candle, EquitySnapshot, Fill, Gap, MarketSpec, Order, OrderIntent, OrderStatus, OrderType,
+    Position, Warmup,
 )
-from bot.errors import ExchangeError, LedgerError
+from bot.errors import LedgerError
 from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
-from bot.ports import Broker, Feed, Ledger, OrderUpdate, RiskGate, SignalSource, Strategy, UnitOfWork
+from bot.ports import Broker, ControlRequest, Feed, Ledger, SignalSource, Strategy, UnitOfWork
+from risk.manager import Protect, RiskManager
+from risk.state import KillLevel, RiskState, Transition
 
 log = get_logger("engine")
-
-
-def client_order_id(account: str, symbol: str, signal_ts: int, side: str) -> str:
-    """Deterministic: the same decision always gets the same id, so a retry or a restart can
-    never create a second order for it (Binance allows 36 characters)."""
-    digest = hashlib.sha256(f"{account}|{symbol}|{signal_ts}|{side}".encode()).hexdigest()
-    return f"sb{digest[:30]}"
+__all__ = ["Engine", "EngineParts", "client_order_id"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +40,7 @@ class EngineParts:
     feed: Feed
     source: SignalSource
     strategy: Strategy
-    risk: RiskGate
+    risk: RiskManager
     broker: Broker
     ledger: Ledger
     clock: Clock
@@ -52,20 +52,33 @@ class Engine:
                  max_candles: int | None = None) -> None:
         self.run_id, self.account = run_id, account
         self.p = parts
+        self.risk = parts.risk
         self.portfolio = portfolio
         self.markets = markets
         self.stats = stats
         self.max_candles = max_candles
+        self.desk = OrderDesk(run_id, account, parts.broker, portfolio, parts.clock, stats)
+        self.desk.on_fill = self._on_fill
+        self.desk.on_venue_call = self._on_venue_call
+        self.controls: asyncio.Queue[tuple[ControlRequest, asyncio.Future[Any] | None]] = \
+            asyncio.Queue()
         self._stop = asyncio.Event()
         self._backlog = UnitOfWork()  # changes the ledger has not taken yet
+        self._pending_protect: list[Protect] = []
+        self._transitions: list[Transition] = []
+        self._done_requests: set[int] = set()
+        self._entry_version: dict[str, str] = {}  # symbol -> model version of its entry
         self.ledger_ok = True
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def restore(self) -> None:
-        """Carry on from the ledger: balances, positions, working orders, last candle."""
+        """Carry on from the ledger: balances, positions, working orders, risk state, last
+        candle, and operator requests made while no instance ran."""
         state = await self.p.ledger.load_account(self.account)
         if state.cash is not None:
             self.portfolio._cash = state.cash
+        if state.risk_state:
+            self.risk.machine.s = RiskState.restore(dict(state.risk_state))
         self.portfolio.restore(state.positions, state.working_orders)
         self.p.broker.restore(state.working_orders, state.positions, self.portfolio.cash)
         self.p.feed.resume_after(dict(state.cursors))
@@ -73,41 +86,62 @@ class Engine:
         for order in state.working_orders:
             if order.status is OrderStatus.PENDING_SUBMIT:
                 # committed but maybe never sent: the broker resolves it by client id
-                self._apply(await self._send(order), unit)
+                self.desk.apply(await self.desk.send(order), unit)
+        for request in state.pending_controls:
+            unit.absorb((await self._control(request))[0])
         await self._commit(unit)
-        log.info("restored", account=self.account, cash=str(self.portfolio.cash),
-                 positions=len(state.positions), working_orders=len(state.working_orders))
+        log.info("restored", cash=str(self.portfolio.cash), positions=len(state.positions),
+                 working_orders=len(state.working_orders),
+                 trading_state=self.risk.machine.state.value)
 
     def request_stop(self) -> None:
         self._stop.set()
 
+    def submit_control(self, request: ControlRequest) -> asyncio.Future[Any]:
+        """Any channel hands operator commands in here; the future gets the result."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.controls.put_nowait((request, fut))
+        return fut
+
     async def run(self) -> None:
         stream = self.p.feed.stream().__aiter__()
         stop = asyncio.ensure_future(self._stop.wait())
+        nxt: asyncio.Future[Any] | None = None
+        ctl: asyncio.Future[Any] | None = None
         try:
             while not self._stop.is_set():
-                nxt = asyncio.ensure_future(stream.__anext__())
-                done, _ = await asyncio.wait({nxt, stop}, return_when=asyncio.FIRST_COMPLETED)
-                if nxt not in done:
-                    nxt.cancel()
+                nxt = nxt or asyncio.ensure_future(stream.__anext__())
+                ctl = ctl or asyncio.ensure_future(self.controls.get())
+                done, _ = await asyncio.wait({nxt, stop, ctl}, return_when=asyncio.FIRST_COMPLETED)
+                if ctl in done:
+                    request, fut = ctl.result()
+                    ctl = None
+                    result = await self._control_now(request)
+                    if fut is not None and not fut.done():
+                        fut.set_result(result)
+                if stop in done:
                     break
+                if nxt not in done:
+                    continue
                 try:
                     event = nxt.result()
                 except StopAsyncIteration:
                     break
+                nxt = None
                 if isinstance(event, Gap):
                     self.on_gap(event)
-                    continue
-                if isinstance(event, Warmup):
+                elif isinstance(event, Warmup):
                     await self.p.source.on_candles(event.candles)
                     for c in event.candles:
                         self.portfolio.mark(c)
-                    continue
-                await self.on_candles(event)
-                if self.max_candles is not None and self.stats.candles >= self.max_candles:
-                    break
+                else:
+                    await self.on_candles(event)
+                    if self.max_candles is not None and self.stats.candles >= self.max_candles:
+                        break
         finally:
-            stop.cancel()
+            for fut in (nxt, ctl, stop):
+                if fut is not None:
+                    fut.cancel()
             await self._commit(UnitOfWork())
             await self.p.ledger.flush()
 
@@ -116,116 +150,174 @@ class Engine:
         self.stats.gaps += 1
         self.stats.missing_candles += gap.missing
         self.p.source.on_gap(gap)
-        self._backlog.audit.append(self._event("feed.gap", "symbol", gap.symbol, gap.next_ts, {
-            "after_ts": gap.after_ts, "next_ts": gap.next_ts, "missing": gap.missing}))
+        self._backlog.audit.append(self.desk.event("feed.gap", "symbol", gap.symbol,
+                                                   gap.next_ts, {"after_ts": gap.after_ts,
+                                                                 "next_ts": gap.next_ts,
+                                                                 "missing": gap.missing}))
         log.warning("gap", symbol=gap.symbol, missing=gap.missing, next_ts=gap.next_ts)
 
     async def on_candles(self, candles: Sequence[Candle]) -> None:
         unit = UnitOfWork()
         for c in candles:
-            for update in await self._venue(self.p.broker.on_candle(c)):
-                self._apply(update, unit)
+            for update in await self.desk.venue(self.p.broker.on_candle(c), []):
+                self.desk.apply(update, unit)
             self.portfolio.mark(c)
             unit.cursors[(self.account, c.symbol)] = c.ts
         self.stats.candles += len(candles)
         signals = await self.p.source.on_candles(candles)
         self.stats.signals += len(signals)
+        atr = {s.symbol: s.atr for s in signals}
+        for c in candles:
+            self._transitions += self.risk.on_candle(c, atr.get(c.symbol, 0.0))
+            self._pending_protect += self.risk.on_candle_protect(
+                c, self.portfolio.position(c.symbol))
+        unit = await self._protect(unit, candles[0].ts)
         for signal in signals:
             unit.signals.append((self.run_id, self.account, signal))
             intent = self.p.strategy.decide(signal, self.portfolio)
+            self.risk.on_signal(signal.symbol, signal.p_up, signal.price)
             if intent is not None:
                 unit = await self._act(intent, unit)
+        unit = await self._protect(unit, candles[0].ts)
         close_ts = candles[0].close_ts
         pv = self.portfolio.positions_value()
+        equity = self.portfolio.cash + pv
         unit.equity.append(EquitySnapshot(self.account, self.run_id, close_ts,
                                           self.portfolio.cash, pv))
-        self.stats.on_step(close_ts, self.portfolio.cash + pv, pv != 0)
+        self.stats.on_step(close_ts, equity, pv != 0)
+        self._transitions += self.risk.on_equity(close_ts, equity)
+        self._audit_transitions(unit)
         await self._commit(unit)
 
-    async def _act(self, intent: OrderIntent, unit: UnitOfWork) -> UnitOfWork:
+    async def _act(self, intent: OrderIntent, unit: UnitOfWork, tag: str = "") -> UnitOfWork:
         """Where a signal becomes an order. Returns the unit to keep filling."""
         now = self.p.clock.now_ms()
-        decision = self.p.risk.review(intent, self.portfolio, self.markets[intent.symbol])
+        decision = self.risk.review(intent, self.portfolio, self.markets[intent.symbol])
         kind = "risk.approved" if decision.approved else "risk.rejected"
-        unit.audit.append(self._event(kind, "intent", f"{intent.symbol}@{intent.signal_ts}", now, {
-            "side": intent.side.value, "quantity": str(decision.quantity),
-            "reason": decision.reason, "intent": intent.reason,
-            "confidence": intent.confidence, "model_version": intent.model_version}))
+        unit.audit.append(self.desk.event(kind, "intent", f"{intent.symbol}@{intent.signal_ts}",
+                                          now, {
+            "side": intent.side.value, "type": intent.order_type.value,
+            "quantity": str(decision.quantity), "reason": decision.reason,
+            "intent": intent.reason, "confidence": intent.confidence,
+            "model_version": intent.model_version}))
         if not decision.approved:
             self.stats.rejected += 1
             return unit
         if not self.ledger_ok:
-            unit.audit.append(self._event("order.skipped", "intent", intent.symbol, now,
-                                          {"reason": "ledger unavailable: cannot audit"}))
+            unit.audit.append(self.desk.event("order.skipped", "intent", intent.symbol, now,
+                                              {"reason": "ledger unavailable: cannot audit"}))
             return unit
-        order = Order(
-            client_order_id=client_order_id(self.account, intent.symbol, intent.signal_ts,
-                                            intent.side.value),
-            account=self.account, run_id=self.run_id, symbol=intent.symbol, side=intent.side,
-            order_type=intent.order_type, quantity=decision.quantity,
-            status=OrderStatus.PENDING_SUBMIT, created_ts=now, updated_ts=now,
-            signal_ts=intent.signal_ts, model_version=intent.model_version, reason=intent.reason,
-            limit_price=intent.limit_price, stop_price=intent.stop_price,
-            reduce_only=intent.reduce_only,
-        )
-        self._record_order(order, unit, "order.created")
+        if intent.reduce_only and not tag:
+            # a closing order needs the holdings a resting protective stop has locked up
+            await self.desk.cancel_where(unit, "replaced by an exit", intent.symbol,
+                                         protective_only=True)
+        order = self.desk.new_order(intent, decision.quantity, tag)
+        self.desk.record(order, unit, "order.created")
         self.stats.orders += 1
         # The intent is committed before anything is sent (group-committing ledgers excepted).
         if not await self._commit(unit):
-            self._record_order(order.transition(OrderStatus.CANCELLED, now,
-                                                "ledger unavailable at submit"),
-                               self._backlog, "order.cancelled")
+            self.desk.record(order.transition(OrderStatus.CANCELLED, now,
+                                              "ledger unavailable at submit"),
+                             self._backlog, "order.cancelled")
             return UnitOfWork()
         unit = UnitOfWork()
-        self._apply(await self._send(order), unit)
+        self.desk.apply(await self.desk.send(order), unit)
         return unit
 
-    async def _send(self, order: Order) -> OrderUpdate:
+    # ---- protection -------------------------------------------------------------------
+    def _on_fill(self, fill: Fill, before: Position, after: Position, order: Order) -> None:
+        if before.quantity == 0 and after.quantity != 0:
+            self._entry_version[fill.symbol] = order.model_version
+        self._pending_protect += self.risk.on_fill(fill, before, after)
+
+    def _on_venue_call(self, ok: bool) -> None:
+        self._transitions += self.risk.on_exchange_call(ok)
+
+    async def _protect(self, unit: UnitOfWork, ts: int) -> UnitOfWork:
+        """Place, move or drop protective stops; exit at market where risk says so."""
+        todo, self._pending_protect = self._pending_protect, []
+        for p in todo:
+            pos = self.portfolio.position(p.symbol)
+            version = self._entry_version.get(p.symbol, "risk")
+            await self.desk.cancel_where(unit, "stop moved or position closed", p.symbol,
+                                         protective_only=True)
+            if pos.quantity <= 0:
+                continue
+            if p.exit_reason is not None:
+                intent = exit_intent(pos, ts, p.exit_reason, version)
+                unit = await self._act(intent, unit, tag="exit")
+            elif p.stop_price is not None:
+                spec = self.markets[p.symbol]
+                intent = exit_intent(pos, ts, "protective stop", version, OrderType.STOP,
+                                     spec.round_price(p.stop_price))
+                unit = await self._act(intent, unit, tag=f"stop{p.stop_price}")
+        return unit
+
+    # ---- operators ----------------------------------------------------------------------
+    async def _control_now(self, request: ControlRequest) -> dict[str, Any]:
+        unit, result = await self._control(request)
+        await self._commit(unit)
+        return result
+
+    async def _control(self, request: ControlRequest) -> tuple[UnitOfWork, dict[str, Any]]:
+        unit = UnitOfWork()
+        now = self.p.clock.now_ms()
+        result: dict[str, Any] = {"action": request.action}
+        if request.request_id is not None and request.request_id in self._done_requests:
+            return unit, {"action": request.action, "note": "already carried out"}
+        if request.action == "kill":
+            level = KillLevel(request.level or "pause")
+            self._transitions.append(self.risk.kill(level, request.reason, request.operator, now))
+            self._audit_transitions(unit, channel=request.channel)
+            if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
+                result["cancelled"] = await self.desk.cancel_where(unit, f"kill {level.value}")
+            if level is KillLevel.FLATTEN:
+                flattened = 0
+                for pos in self.portfolio.positions():
+                    if pos.quantity > 0:
+                        unit = await self._act(exit_intent(pos, now, f"kill flatten: "
+                                                           f"{request.reason}", "operator"), unit)
+                        flattened += 1
+                result["flattened"] = flattened
+        elif request.action == "resume":
+            self._transitions.append(self.risk.resume(request.reason, request.operator, now))
+            self._audit_transitions(unit, channel=request.channel)
+        result.update(state=self.risk.machine.state.value, reason=self.risk.machine.s.reason)
+        if request.request_id is not None:
+            self._done_requests.add(request.request_id)
+            unit.controls_done[request.request_id] = result
+        log.warning("operator_command", channel=request.channel, operator=request.operator,
+                    **result)
+        return unit, result
+
+    async def poll_controls(self) -> None:
+        """The database says there may be new operator requests: queue the unseen ones."""
         try:
-            return await self.p.broker.submit(order)
-        except ExchangeError as exc:
-            # the live broker resolves ambiguous outcomes itself; what reaches here is final
-            return OrderUpdate(order.transition(OrderStatus.REJECTED, self.p.clock.now_ms(),
-                                                f"{type(exc).__name__}: {exc}"))
+            pending = await self.p.ledger.pending_controls(self.account)  # type: ignore[attr-defined]
+        except LedgerError:
+            return
+        for request in pending:
+            if request.request_id not in self._done_requests:
+                self.controls.put_nowait((request, None))
 
-    async def _venue(self, call: object) -> list[OrderUpdate]:
-        try:
-            return await call  # type: ignore[misc,no-any-return]
-        except ExchangeError as exc:
-            log.warning("venue_error", error=str(exc), kind=type(exc).__name__)
-            return []
+    def _audit_transitions(self, unit: UnitOfWork, channel: str | None = None) -> None:
+        if not self._transitions:
+            return
+        for t in self._transitions:
+            payload: dict[str, object] = {"from": t.before.value, "to": t.after.value,
+                                          "reason": t.reason, "by": t.source}
+            if t.operator:
+                payload["operator"] = t.operator
+            if channel:
+                payload["channel"] = channel
+            unit.audit.append(self.desk.event("risk.state_changed", "account", self.account,
+                                              t.ts, payload))
+            log.warning("trading_state", **payload)
+        self._transitions = []
+        unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), self.p.clock.now_ms())
 
-    def _apply(self, update: OrderUpdate, unit: UnitOfWork) -> None:
-        for fill in update.fills:
-            pos = self.portfolio.apply_fill(fill)
-            self.stats.on_fill(fill)
-            unit.fills.append(fill)
-            unit.positions[(self.account, fill.symbol)] = pos
-            unit.cash[self.account] = (self.portfolio.cash, fill.ts)
-            unit.audit.append(self._event("fill.booked", "order", fill.client_order_id, fill.ts, {
-                "fill_id": fill.fill_id, "side": fill.side.value, "quantity": str(fill.quantity),
-                "price": str(fill.price), "fee": str(fill.fee), "fee_currency": fill.fee_currency}))
-            unit.audit.append(self._event("position.changed", "position", fill.symbol, fill.ts, {
-                "quantity": str(pos.quantity), "avg_price": str(pos.avg_price),
-                "realized_pnl": str(pos.realized_pnl), "cash": str(self.portfolio.cash)}))
-        self._record_order(update.order, unit, f"order.{update.order.status.value}", update.note)
-
-    def _record_order(self, order: Order, unit: UnitOfWork, kind: str, note: str = "") -> None:
-        if order.status is OrderStatus.REJECTED:
-            self.stats.rejected += 1
-        self.portfolio.track(order)
-        unit.orders[order.client_order_id] = order
-        payload = {"status": order.status.value, "symbol": order.symbol,
-                   "side": order.side.value, "quantity": str(order.quantity),
-                   "filled": str(order.filled_qty), "reason": order.status_reason or order.reason}
-        if note:
-            payload["note"] = note
-        unit.audit.append(self._event(kind, "order", order.client_order_id, order.updated_ts,
-                                      payload))
-
-    def _event(self, kind: str, entity: str, entity_id: str, ts: int,
-               payload: dict[str, object]) -> AuditEvent:
-        return AuditEvent(kind, entity, entity_id, self.account, self.run_id, ts, payload)
+    def snapshot_equity(self) -> Decimal:
+        return self.portfolio.equity()
 
     async def _commit(self, unit: UnitOfWork) -> bool:
         """Commit the backlog and ``unit`` together. False (and keep both) if the ledger is

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
-from typing import Protocol
+from typing import Any, Protocol
 
 from bot.domain import (
     AuditEvent,
@@ -16,10 +16,9 @@ from bot.domain import (
     Fill,
     Gap,
     MarketSpec,
-    Order,
     OrderIntent,
+    Order,
     Position,
-    RiskDecision,
     Signal,
     Warmup,
 )
@@ -66,14 +65,6 @@ class Strategy(Protocol):
     def decide(self, signal: Signal, portfolio: PortfolioView) -> OrderIntent | None: ...
 
 
-class RiskGate(Protocol):
-    """The mandatory gate between a strategy's wish and an order."""
-
-    def review(
-        self, intent: OrderIntent, portfolio: PortfolioView, market: MarketSpec
-    ) -> RiskDecision: ...
-
-
 @dataclass(frozen=True, slots=True)
 class OrderUpdate:
     """What a venue said about one order: a new state and any fills."""
@@ -114,12 +105,16 @@ class UnitOfWork:
     cash: dict[str, tuple[Decimal, int]] = field(default_factory=dict)  # account -> (cash, ts)
     equity: list[EquitySnapshot] = field(default_factory=list)
     cursors: dict[tuple[str, str], int] = field(default_factory=dict)  # (account, symbol) -> ts
+    risk_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    controls_done: dict[int, dict[str, Any]] = field(default_factory=dict)  # request id -> result
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # MQTT command id -> row
     audit: list[AuditEvent] = field(default_factory=list)
 
     def __bool__(self) -> bool:
         return bool(
             self.signals or self.orders or self.fills or self.positions or self.cash
-            or self.equity or self.cursors or self.audit
+            or self.equity or self.cursors or self.risk_state or self.controls_done
+            or self.commands or self.audit
         )
 
     def absorb(self, other: UnitOfWork) -> None:
@@ -131,6 +126,9 @@ class UnitOfWork:
         self.cash.update(other.cash)
         self.equity.extend(other.equity)
         self.cursors.update(other.cursors)
+        self.risk_state.update(other.risk_state)
+        self.controls_done.update(other.controls_done)
+        self.commands.update(other.commands)
         self.audit.extend(other.audit)
 
 
@@ -142,6 +140,22 @@ class AccountState:
     positions: tuple[Position, ...]
     working_orders: tuple[Order, ...]
     cursors: Mapping[str, int]
+    risk_state: Mapping[str, Any] | None = None
+    pending_controls: tuple[ControlRequest, ...] = ()
+    recent_nonces: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class ControlRequest:
+    """An operator's command, from any channel: kill (pause|cancel|flatten) or resume."""
+
+    action: str  # "kill" | "resume" | "status"
+    reason: str
+    operator: str
+    channel: str  # "cli" | "mqtt" | "signal"
+    level: str | None = None
+    request_id: int | None = None  # control_requests row (CLI channel)
+    command_id: str | None = None  # MQTT command id
 
 
 class Ledger(Protocol):

@@ -86,13 +86,14 @@ class TrendFollowStrategy:
     """Long when the signal leans up, flat when it leans down."""
 
     def decide(self, signal: Signal, portfolio: PortfolioView) -> OrderIntent | None:
-        if portfolio.working_orders(signal.symbol):
-            return None  # one thing at a time per symbol
+        if any(not o.is_protective for o in portfolio.working_orders(signal.symbol)):
+            return None  # one thing at a time per symbol (resting stops do not count)
         held = portfolio.position(signal.symbol).quantity
         if signal.p_up > 0.5 and held == 0:
             return OrderIntent(
                 symbol=signal.symbol, side=Side.BUY, reason=f"{SOURCE}: fast EMA above slow",
                 signal_ts=signal.ts, model_version=signal.model_version, confidence=signal.p_up,
+                dispersion=signal.dispersion,
             )
         if signal.p_up < 0.5 and held > 0:
             return OrderIntent(

@@ -143,9 +143,15 @@ async def test_paper_run_sigterm_and_restart_without_duplicates(
     dup_signals = await fetch(pg_url, "SELECT symbol, ts, count(*) AS n FROM signals WHERE "
                               "account=$1 GROUP BY symbol, ts HAVING count(*) > 1", account)
     assert dup_signals == []
+    # one decision, one order (protective stops are cancel/replaced, so they are checked apart)
     dup_orders = await fetch(pg_url, "SELECT symbol, signal_ts, side, count(*) AS n FROM orders "
-                             "WHERE account=$1 GROUP BY 1, 2, 3 HAVING count(*) > 1", account)
+                             "WHERE account=$1 AND order_type <> 'stop' GROUP BY 1, 2, 3 "
+                             "HAVING count(*) > 1", account)
     assert dup_orders == []
+    stops = await fetch(pg_url, "SELECT symbol, count(*) AS n FROM orders WHERE account=$1 AND "
+                        "order_type = 'stop' AND status IN ('open', 'pending_submit', "
+                        "'partially_filled') GROUP BY 1 HAVING count(*) > 1", account)
+    assert stops == []
     runs = await fetch(pg_url, "SELECT count(*) AS n FROM runs WHERE account=$1", account)
     assert runs[0]["n"] == 3
     # the ledger still reconciles across the three runs: fills = positions

@@ -23,7 +23,7 @@ from bot.domain import AuditEvent, Order, OrderStatus, OrderType, Position, Side
 from bot.errors import LedgerError
 from bot.ledger import tables as t
 from bot.ledger.urls import async_url
-from bot.ports import AccountState, UnitOfWork
+from bot.ports import AccountState, ControlRequest, UnitOfWork
 
 _WORKING = [s.value for s in OrderStatus if not s.is_terminal]
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in OrderStatus if s.is_terminal)
@@ -74,6 +74,11 @@ def brief(exc: BaseException) -> str:
     orig = getattr(exc, "orig", None)
     msg = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(orig or exc).__name__}: {msg[0][:300] if msg else ''}"
+
+
+def control_from_row(r: Any) -> ControlRequest:
+    return ControlRequest(action=r.action, reason=r.reason, operator=r.operator,
+                          channel=r.channel, level=r.level, request_id=r.id)
 
 
 def _json(payload: Mapping[str, Any]) -> str:
@@ -127,6 +132,15 @@ class PostgresLedger:
                     .order_by(t.OrderRow.created_at, t.OrderRow.client_order_id))).all()
                 cursor_rows = (await conn.execute(
                     select(t.Cursor).where(t.Cursor.account == account))).all()
+                risk = (await conn.execute(
+                    select(t.RiskStateRow.detail).where(t.RiskStateRow.account == account))
+                ).scalar()
+                pending = (await conn.execute(
+                    select(t.ControlRequestRow).where(t.ControlRequestRow.account == account,
+                                                      t.ControlRequestRow.processed_at.is_(None))
+                    .order_by(t.ControlRequestRow.id))).all()
+                nonces = (await conn.execute(
+                    select(t.CommandRow.nonce).where(t.CommandRow.account == account))).scalars()
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"cannot load account {account}: {brief(exc)}") from exc
         positions = tuple(
@@ -138,7 +152,21 @@ class PostgresLedger:
             cash=cash, positions=positions,
             working_orders=tuple(order_from_row(r) for r in order_rows),
             cursors={r.symbol: to_ms(r.last_ts) for r in cursor_rows},
+            risk_state=risk,
+            pending_controls=tuple(control_from_row(r) for r in pending),
+            recent_nonces=frozenset(nonces),
         )
+
+    async def pending_controls(self, account: str) -> list[ControlRequest]:
+        try:
+            async with self.engine.connect() as conn:
+                rows = (await conn.execute(
+                    select(t.ControlRequestRow).where(t.ControlRequestRow.account == account,
+                                                      t.ControlRequestRow.processed_at.is_(None))
+                    .order_by(t.ControlRequestRow.id))).all()
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"cannot read control requests: {brief(exc)}") from exc
+        return [control_from_row(r) for r in rows]
 
     async def commit(self, unit: UnitOfWork) -> None:
         if not unit:
@@ -195,6 +223,22 @@ class PostgresLedger:
                                               set_={"last_ts": stmt.excluded.last_ts})
             await conn.execute(stmt, [{"account": a, "symbol": s, "last_ts": to_dt(ts)}
                                       for (a, s), ts in unit.cursors.items()])
+        for account, (detail, ts) in unit.risk_state.items():
+            stmt = pg_insert(t.RiskStateRow).values(account=account, state=detail["state"],
+                                                     reason=detail["reason"], detail=detail,
+                                                     updated_at=to_dt(ts))
+            await conn.execute(stmt.on_conflict_do_update(
+                index_elements=["account"], set_={"state": stmt.excluded.state,
+                                                  "reason": stmt.excluded.reason,
+                                                  "detail": stmt.excluded.detail,
+                                                  "updated_at": stmt.excluded.updated_at}))
+        for req_id, result in unit.controls_done.items():
+            await conn.execute(update(t.ControlRequestRow).where(t.ControlRequestRow.id == req_id)
+                               .values(processed_at=datetime.now(UTC), result=result))
+        if unit.commands:
+            await conn.execute(pg_insert(t.CommandRow).on_conflict_do_nothing(),
+                               [dict(row, received_at=to_dt(row["received_at"]))
+                                for row in unit.commands.values()])
         if unit.signals:
             await raw.copy_records_to_table("signals", columns=[
                 "run_id", "account", "symbol", "ts", "p_up", "expected_return", "dispersion",

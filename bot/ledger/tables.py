@@ -166,3 +166,44 @@ class AuditEventRow(Base):
         Index("ix_audit_account_id", "account", "id"),
         Index("ix_audit_entity", "entity", "entity_id"),
     )
+
+
+class RiskStateRow(Base):
+    """The trading state per account; HALTED latches across restarts through this row."""
+
+    __tablename__ = "risk_states"
+    account: Mapped[str] = mapped_column(Text, primary_key=True)
+    state: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    updated_at: Mapped[datetime] = mapped_column(TS)
+
+
+class ControlRequestRow(Base):
+    """Operator commands from the CLI (and any channel that goes through the database)."""
+
+    __tablename__ = "control_requests"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(Text)
+    action: Mapped[str] = mapped_column(String(16))
+    level: Mapped[str | None] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    operator: Mapped[str] = mapped_column(Text)
+    channel: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    processed_at: Mapped[datetime | None] = mapped_column(TS)
+    result: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    __table_args__ = (Index("ix_control_pending", "account", "processed_at"),)
+
+
+class CommandRow(Base):
+    """Signed MQTT commands seen, accepted or not: idempotency by id, replay by nonce."""
+
+    __tablename__ = "commands"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account: Mapped[str] = mapped_column(Text)
+    nonce: Mapped[str] = mapped_column(Text, unique=True)
+    action: Mapped[str] = mapped_column(Text)
+    verdict: Mapped[str] = mapped_column(String(16))
+    ack: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    received_at: Mapped[datetime] = mapped_column(TS)

@@ -1,0 +1,140 @@
+"""The order desk: sends, cancels and books orders for the engine, and writes each change with
+its audit event into the unit of work. It decides nothing; the engine and risk do."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Awaitable
+from decimal import Decimal
+from typing import Any
+
+from bot.clock import Clock
+from bot.domain import AuditEvent, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+from bot.errors import ExchangeError
+from bot.logs import get_logger
+from bot.metrics import RunStats
+from bot.portfolio import Portfolio
+from bot.ports import Broker, OrderUpdate, UnitOfWork
+
+log = get_logger("desk")
+
+
+def client_order_id(account: str, symbol: str, signal_ts: int, side: str) -> str:
+    """Deterministic: the same decision always gets the same id, so a retry or a restart can
+    never create a second order for it (Binance allows 36 characters)."""
+    digest = hashlib.sha256(f"{account}|{symbol}|{signal_ts}|{side}".encode()).hexdigest()
+    return f"sb{digest[:30]}"
+
+
+class OrderDesk:
+    def __init__(self, run_id: str, account: str, broker: Broker, portfolio: Portfolio,
+                 clock: Clock, stats: RunStats) -> None:
+        self.run_id, self.account = run_id, account
+        self.broker, self.portfolio, self.clock, self.stats = broker, portfolio, clock, stats
+        self.on_fill: Any = None  # callback(fill, before, after, order) set by the engine
+        self.on_venue_call: Any = None  # callback(ok: bool) for the exchange-error breaker
+
+    def event(self, kind: str, entity: str, entity_id: str, ts: int,
+              payload: dict[str, object]) -> AuditEvent:
+        return AuditEvent(kind, entity, entity_id, self.account, self.run_id, ts, payload)
+
+    def new_order(self, intent: OrderIntent, quantity: Decimal, tag: str = "") -> Order:
+        now = self.clock.now_ms()
+        side = intent.side.value + (f":{tag}" if tag else "")
+        return Order(
+            client_order_id=client_order_id(self.account, intent.symbol, intent.signal_ts, side),
+            account=self.account, run_id=self.run_id, symbol=intent.symbol, side=intent.side,
+            order_type=intent.order_type, quantity=quantity, status=OrderStatus.PENDING_SUBMIT,
+            created_ts=now, updated_ts=now, signal_ts=intent.signal_ts,
+            model_version=intent.model_version, reason=intent.reason,
+            limit_price=intent.limit_price, stop_price=intent.stop_price,
+            reduce_only=intent.reduce_only,
+        )
+
+    async def venue(self, call: Awaitable[Any], default: Any) -> Any:
+        """Await a broker call; exchange errors are logged, counted and give ``default``."""
+        try:
+            result = await call
+        except ExchangeError as exc:
+            log.warning("venue_error", error=str(exc), kind=type(exc).__name__)
+            if self.on_venue_call:
+                self.on_venue_call(False)
+            return default
+        if self.on_venue_call:
+            self.on_venue_call(True)
+        return result
+
+    async def send(self, order: Order) -> OrderUpdate:
+        try:
+            update = await self.broker.submit(order)
+        except ExchangeError as exc:
+            if self.on_venue_call:
+                self.on_venue_call(False)
+            # the live broker resolves ambiguous outcomes itself; what reaches here is final
+            return OrderUpdate(order.transition(OrderStatus.REJECTED, self.clock.now_ms(),
+                                                f"{type(exc).__name__}: {exc}"))
+        if self.on_venue_call:
+            self.on_venue_call(True)
+        return update
+
+    async def cancel(self, order: Order, unit: UnitOfWork, why: str) -> bool:
+        update = await self.venue(self.broker.cancel(order), None)
+        if update is None:
+            return False
+        self.apply(update, unit, note=why)
+        return update.order.status.is_terminal
+
+    async def cancel_where(self, unit: UnitOfWork, why: str, symbol: str | None = None,
+                           protective_only: bool = False) -> int:
+        n = 0
+        for o in list(self.portfolio.working_orders(symbol)):
+            if protective_only and not o.is_protective:
+                continue
+            if o.status is OrderStatus.PENDING_SUBMIT:
+                continue  # unknown at the venue yet; the broker resolves it first
+            n += await self.cancel(o, unit, why)
+        return n
+
+    def apply(self, update: OrderUpdate, unit: UnitOfWork, note: str = "") -> None:
+        for fill in update.fills:
+            before = self.portfolio.position(fill.symbol)
+            pos = self.portfolio.apply_fill(fill)
+            self.stats.on_fill(fill)
+            unit.fills.append(fill)
+            unit.positions[(self.account, fill.symbol)] = pos
+            unit.cash[self.account] = (self.portfolio.cash, fill.ts)
+            unit.audit.append(self.event("fill.booked", "order", fill.client_order_id, fill.ts, {
+                "fill_id": fill.fill_id, "side": fill.side.value, "quantity": str(fill.quantity),
+                "price": str(fill.price), "fee": str(fill.fee), "fee_currency": fill.fee_currency}))
+            unit.audit.append(self.event("position.changed", "position", fill.symbol, fill.ts, {
+                "quantity": str(pos.quantity), "avg_price": str(pos.avg_price),
+                "realized_pnl": str(pos.realized_pnl), "cash": str(self.portfolio.cash)}))
+            if self.on_fill:
+                self.on_fill(fill, before, pos, update.order)
+        self.record(update.order, unit, f"order.{update.order.status.value}",
+                    update.note or note)
+
+    def record(self, order: Order, unit: UnitOfWork, kind: str, note: str = "") -> None:
+        if order.status is OrderStatus.REJECTED:
+            self.stats.rejected += 1
+        self.portfolio.track(order)
+        unit.orders[order.client_order_id] = order
+        payload: dict[str, object] = {
+            "status": order.status.value, "symbol": order.symbol, "side": order.side.value,
+            "type": order.order_type.value, "quantity": str(order.quantity),
+            "filled": str(order.filled_qty), "reason": order.status_reason or order.reason}
+        if order.stop_price is not None:
+            payload["stop_price"] = str(order.stop_price)
+        if note:
+            payload["note"] = note
+        unit.audit.append(self.event(kind, "order", order.client_order_id, order.updated_ts,
+                                     payload))
+
+
+def exit_intent(position: Position, signal_ts: int, reason: str, model_version: str,
+                order_type: OrderType = OrderType.MARKET, stop: Decimal | None = None) -> OrderIntent:
+    """A reduce-only order that closes ``position`` (long spot holdings)."""
+    return OrderIntent(symbol=position.symbol, side=Side.SELL, reason=reason,
+                       signal_ts=signal_ts, model_version=model_version, order_type=order_type,
+                       reduce_only=True, quantity=abs(position.quantity), stop_price=stop)
+

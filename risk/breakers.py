@@ -1,0 +1,248 @@
+"""Circuit breakers: small plugins that watch one thing each and say when to trip.
+
+Each sees typed observations (equity, candles, closed trades, exchange calls, predictions,
+clock ticks) and returns ``Trip`` instructions; the risk manager applies them to the state
+machine and audits them. No I/O here.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from risk.state import TradingState
+
+DAY_MS = 86_400_000
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    breaker: str
+    reason: str
+    target: TradingState | None = None  # None: no state change (cooldown or block only)
+    until: int | None = None  # REDUCING end
+    cooldown_until: int | None = None
+    block: tuple[str, bool] | None = None  # (key, on)
+    retrain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EquityObs:
+    ts: int
+    equity: float  # cash + positions marked to market (unrealized P&L included)
+
+
+@dataclass(frozen=True, slots=True)
+class CandleObs:
+    ts: int  # close time
+    symbol: str
+    atr: float
+
+
+@dataclass(frozen=True, slots=True)
+class TradeClosedObs:
+    ts: int
+    symbol: str
+    pnl: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeCallObs:
+    ts: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionObs:
+    ts: int
+    correct: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClockObs:
+    now: int
+
+
+Observation = EquityObs | CandleObs | TradeClosedObs | ExchangeCallObs | PredictionObs | ClockObs
+
+
+class Breaker(Protocol):
+    name: str
+
+    def observe(self, obs: Observation) -> list[Trip]: ...
+
+
+def next_utc_midnight(ts: int) -> int:
+    return (ts // DAY_MS + 1) * DAY_MS
+
+
+class DrawdownBreaker:
+    """Equity more than ``limit`` below its peak within ``window_ms`` -> HALTED."""
+
+    name = "drawdown"
+
+    def __init__(self, limit: float = 0.10, window_ms: int = 7 * DAY_MS) -> None:
+        self.limit, self.window = limit, window_ms
+        self._peaks: deque[tuple[int, float]] = deque()  # decreasing equity, increasing ts
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        if not isinstance(obs, EquityObs):
+            return []
+        q = self._peaks
+        while q and q[-1][1] <= obs.equity:
+            q.pop()
+        q.append((obs.ts, obs.equity))
+        while q[0][0] < obs.ts - self.window:
+            q.popleft()
+        peak = q[0][1]
+        dd = 1 - obs.equity / peak if peak > 0 else 0.0
+        if dd > self.limit:
+            return [Trip(self.name, f"drawdown {dd:.2%} from peak {peak:.2f} within "
+                         f"{self.window // DAY_MS}d exceeds {self.limit:.0%}",
+                         TradingState.HALTED)]
+        return []
+
+
+class DailyLossBreaker:
+    """Equity down more than ``limit`` since the UTC day began -> REDUCING until midnight."""
+
+    name = "daily_loss"
+
+    def __init__(self, limit: float = 0.03) -> None:
+        self.limit = limit
+        self._day: int | None = None
+        self._start = 0.0
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        if not isinstance(obs, EquityObs):
+            return []
+        day = obs.ts // DAY_MS
+        if day != self._day:
+            self._day, self._start = day, obs.equity
+            return []
+        loss = 1 - obs.equity / self._start if self._start > 0 else 0.0
+        if loss > self.limit:
+            return [Trip(self.name, f"daily loss {loss:.2%} exceeds {self.limit:.0%}",
+                         TradingState.REDUCING, until=next_utc_midnight(obs.ts))]
+        return []
+
+
+class ConsecutiveLossBreaker:
+    """``count`` losing trades in a row -> no entries for ``cooldown_ms``."""
+
+    name = "consecutive_losses"
+
+    def __init__(self, count: int = 4, cooldown_ms: int = 12 * 3_600_000) -> None:
+        self.count, self.cooldown = count, cooldown_ms
+        self._streak = 0
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        if not isinstance(obs, TradeClosedObs):
+            return []
+        self._streak = self._streak + 1 if obs.pnl < 0 else 0
+        if self._streak >= self.count:
+            self._streak = 0
+            return [Trip(self.name, f"{self.count} losing trades in a row",
+                         cooldown_until=obs.ts + self.cooldown)]
+        return []
+
+
+class StaleDataBreaker:
+    """No closed candle for ``factor`` timeframes on a symbol -> no entries (until one comes)."""
+
+    name = "stale_data"
+
+    def __init__(self, timeframe_ms: int, factor: float = 2.0) -> None:
+        self.max_age = int(factor * timeframe_ms)
+        self._last: dict[str, int] = {}
+        self._stale: set[str] = set()
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        trips: list[Trip] = []
+        if isinstance(obs, CandleObs):
+            self._last[obs.symbol] = obs.ts
+            if obs.symbol in self._stale:
+                self._stale.discard(obs.symbol)
+                trips.append(Trip(self.name, f"{obs.symbol} data fresh again",
+                                  block=(f"stale:{obs.symbol}", False)))
+        elif isinstance(obs, ClockObs):
+            for sym, last in self._last.items():
+                if sym not in self._stale and obs.now - last > self.max_age:
+                    self._stale.add(sym)
+                    trips.append(Trip(self.name, f"no closed {sym} candle for "
+                                      f"{(obs.now - last) // 1000}s", block=(f"stale:{sym}", True)))
+        return trips
+
+
+class ExchangeErrorBreaker:
+    """More than ``max_rate`` of the last ``window`` exchange calls failed -> HALTED."""
+
+    name = "exchange_errors"
+
+    def __init__(self, max_rate: float = 0.5, window: int = 40, min_calls: int = 10) -> None:
+        self.max_rate, self.min_calls = max_rate, min_calls
+        self._calls: deque[bool] = deque(maxlen=window)
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        if not isinstance(obs, ExchangeCallObs):
+            return []
+        self._calls.append(obs.ok)
+        n = len(self._calls)
+        rate = self._calls.count(False) / n
+        if n >= self.min_calls and rate > self.max_rate:
+            return [Trip(self.name, f"exchange error rate {rate:.0%} over {n} calls",
+                         TradingState.HALTED)]
+        return []
+
+
+class VolatilityBreaker:
+    """ATR above ``k`` times its rolling median -> REDUCING for ``hold_ms``."""
+
+    name = "volatility"
+
+    def __init__(self, k: float = 3.0, window: int = 200, hold_ms: int = DAY_MS) -> None:
+        self.k, self.window, self.hold = k, window, hold_ms
+        self._atr: dict[str, deque[float]] = {}
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        if not isinstance(obs, CandleObs) or not obs.atr > 0:
+            return []
+        hist = self._atr.setdefault(obs.symbol, deque(maxlen=self.window))
+        trips = []
+        if len(hist) >= self.window // 2:
+            med = statistics.median(hist)
+            if med > 0 and obs.atr > self.k * med:
+                trips.append(Trip(self.name, f"{obs.symbol} ATR {obs.atr:.4g} > {self.k}x median "
+                                  f"{med:.4g}", TradingState.REDUCING, until=obs.ts + self.hold))
+        hist.append(obs.atr)
+        return trips
+
+
+class ModelDegradationBreaker:
+    """Rolling live accuracy more than ``drop`` below the validation baseline -> REDUCING,
+    and a retrain is requested. Inactive without a validation baseline."""
+
+    name = "model_degradation"
+
+    def __init__(self, baseline: float | None, drop: float = 0.05, window: int = 200) -> None:
+        self.baseline, self.drop = baseline, drop
+        self._hits: deque[bool] = deque(maxlen=window)
+        self._tripped = False
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        if self.baseline is None or not isinstance(obs, PredictionObs):
+            return []
+        self._hits.append(obs.correct)
+        if len(self._hits) < self._hits.maxlen:  # type: ignore[operator]
+            return []
+        acc = sum(self._hits) / len(self._hits)
+        if acc < self.baseline - self.drop and not self._tripped:
+            self._tripped = True
+            return [Trip(self.name, f"live accuracy {acc:.1%} is more than {self.drop:.0%} "
+                         f"below validation {self.baseline:.1%}", TradingState.REDUCING,
+                         retrain=True)]
+        if acc >= self.baseline - self.drop:
+            self._tripped = False
+        return []

@@ -1,0 +1,245 @@
+"""The risk manager: the mandatory gate between a strategy's intent and an order.
+
+``review`` answers every intent with approve, shrink or reject and the reason. Around it the
+manager watches equity, candles, trades, exchange calls and predictions through its breakers,
+keeps the trading state machine, and says which protective orders (ATR stop, take-profit,
+chandelier trail) each position needs. It does no I/O: the engine executes and audits what it
+returns.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from bot.domain import ZERO, Candle, Fill, MarketSpec, OrderIntent, Position, RiskDecision, Side
+from bot.ports import PortfolioView
+from risk.breakers import (
+    Breaker, CandleObs, ClockObs, ConsecutiveLossBreaker, DailyLossBreaker, DrawdownBreaker,
+    EquityObs, ExchangeCallObs, ExchangeErrorBreaker, ModelDegradationBreaker, Observation,
+    PredictionObs, StaleDataBreaker, TradeClosedObs, Trip, VolatilityBreaker,
+)
+from risk.controls import (
+    Control, MaxExposure, MaxNotional, MaxOpenPositions, MaxQuantity, OrderRateThrottle,
+    PriceCollar, Proposal, VenueMinimums,
+)
+from risk.settings import RiskSettings
+from risk.sizing import SizingInputs, SizingParams, size_entry
+from risk.state import KillLevel, RiskState, StateMachine, Transition
+from risk.stops import StopLevels
+
+
+@dataclass(frozen=True, slots=True)
+class Protect:
+    """What a position needs at the venue: a stop at ``stop_price`` (None: no stop), or an
+    exit at market (``exit_reason``)."""
+
+    symbol: str
+    stop_price: Decimal | None = None
+    exit_reason: str | None = None
+
+
+@dataclass
+class RiskReport:
+    """What fired, for the run summary."""
+
+    trips: dict[str, int] = field(default_factory=dict)
+    transitions: list[dict[str, object]] = field(default_factory=list)
+    decisions: dict[str, int] = field(default_factory=dict)
+    retrain_requests: int = 0
+
+
+class RiskManager:
+    def __init__(self, cfg: RiskSettings, timeframe_ms: int, state: RiskState | None = None,
+                 round_trip_cost: float = 0.003, venue_stops: bool = True) -> None:
+        self.cfg = cfg
+        self.tf = timeframe_ms
+        self.machine = StateMachine(state)
+        self.venue_stops = venue_stops
+        self.sizing = SizingParams(cfg.kelly_fraction, cfg.k_stop, cfg.k_target,
+                                   cfg.max_risk_per_trade, round_trip_cost, cfg.disagreement_limit)
+        self.breakers: list[Breaker] = [
+            DrawdownBreaker(cfg.drawdown_limit, int(cfg.drawdown_window_days * 86_400_000)),
+            DailyLossBreaker(cfg.daily_loss_limit),
+            ConsecutiveLossBreaker(cfg.consecutive_losses, cfg.cooldown_candles * timeframe_ms),
+            StaleDataBreaker(timeframe_ms, cfg.stale_after_timeframes),
+            ExchangeErrorBreaker(cfg.max_exchange_error_rate, cfg.exchange_error_window),
+            VolatilityBreaker(cfg.volatility_k, cfg.volatility_window,
+                              cfg.volatility_hold_candles * timeframe_ms),
+            ModelDegradationBreaker(cfg.model_baseline_accuracy, cfg.model_accuracy_drop),
+        ]
+        self.throttle = OrderRateThrottle(cfg.max_orders, cfg.max_orders_window_s * 1000)
+        self.controls: list[Control] = [
+            MaxNotional(cfg.max_order_notional), MaxQuantity(cfg.max_order_quantity),
+            PriceCollar(cfg.price_collar), MaxOpenPositions(cfg.max_open_positions),
+            MaxExposure(cfg.max_exposure_symbol, cfg.max_exposure_total), self.throttle,
+            VenueMinimums(),
+        ]
+        self.report = RiskReport()
+        self.now = 0
+        self._atr: dict[str, float] = {}
+        self._levels: dict[str, StopLevels] = {}
+        self._round_trip: dict[str, float] = {}  # realized P&L minus fees since entry
+        self._last_call: dict[str, tuple[float, float]] = {}  # symbol -> (p_up, close)
+
+    # ---- the gate -----------------------------------------------------------------------
+    def review(self, intent: OrderIntent, portfolio: PortfolioView,
+               market: MarketSpec) -> RiskDecision:
+        d = self._review(intent, portfolio, market)
+        kind = "approved" if d.approved else "rejected"
+        if d.approved and intent.quantity is not None and d.quantity < intent.quantity:
+            kind = "shrunk"
+        self.report.decisions[kind] = self.report.decisions.get(kind, 0) + 1
+        if d.approved:
+            self.throttle.record(self.now)
+        return d
+
+    def _review(self, intent: OrderIntent, pf: PortfolioView, market: MarketSpec) -> RiskDecision:
+        price = pf.price(intent.symbol)
+        if price is None or price <= 0:
+            return RiskDecision(intent, False, ZERO, "no price for the symbol yet")
+        held = pf.position(intent.symbol).quantity
+        reduces = (intent.side is Side.SELL and held > 0) or (intent.side is Side.BUY and held < 0)
+        if intent.reduce_only and not reduces:
+            return RiskDecision(intent, False, ZERO, "reduce-only order would not reduce")
+        if not self.machine.permits(reduces, self.now):
+            return RiskDecision(intent, False, ZERO, self.machine.entry_block_reason(self.now))
+        if reduces:
+            want = min(intent.quantity or abs(held), abs(held))
+            reason = "reduces exposure"
+        else:
+            if intent.side is Side.SELL:
+                return RiskDecision(intent, False, ZERO, "spot account cannot open a short")
+            s = size_entry(SizingInputs(float(pf.equity()), float(price),
+                                        self._atr.get(intent.symbol, 0.0), intent.confidence,
+                                        intent.dispersion), self.sizing)
+            if s.quantity <= 0:
+                return RiskDecision(intent, False, ZERO, s.reason)
+            want = Decimal(repr(s.quantity))
+            if intent.quantity is not None:
+                want = min(want, intent.quantity)
+            reason = s.reason
+        qty = want
+        for control in self.controls:
+            if reduces and control.name in ("max_notional", "max_quantity", "max_open_positions",
+                                            "max_exposure"):
+                continue
+            v = control.check(Proposal(intent.symbol, intent.side, qty, price, intent.limit_price,
+                                       reduces, self.now, market, pf))
+            if v.quantity <= 0:
+                return RiskDecision(intent, False, ZERO, f"{control.name}: {v.reason}")
+            if v.quantity < qty:
+                qty, reason = v.quantity, f"{reason}; {v.reason}"
+        return RiskDecision(intent, True, qty, reason)
+
+    # ---- observations ---------------------------------------------------------------------
+    def _apply(self, trips: Iterable[Trip], ts: int) -> list[Transition]:
+        out = []
+        for trip in trips:
+            self.report.trips[trip.breaker] = self.report.trips.get(trip.breaker, 0) + 1
+            if trip.retrain:
+                self.report.retrain_requests += 1
+            if trip.cooldown_until is not None:
+                self.machine.cooldown(trip.cooldown_until)
+            if trip.block is not None:
+                self.machine.block(*trip.block)
+            if trip.target is not None:
+                t = self.machine.trip(trip.target, trip.reason, trip.breaker, ts, trip.until)
+                if t is not None:
+                    out.append(t)
+        for t in out:
+            self._remember(t)
+        return out
+
+    def _remember(self, t: Transition) -> None:
+        self.report.transitions.append({"ts": t.ts, "from": t.before.value, "to": t.after.value,
+                                        "by": t.source, "reason": t.reason})
+
+    def observe(self, obs: Observation, ts: int) -> list[Transition]:
+        trips = [trip for b in self.breakers for trip in b.observe(obs)]
+        return self._apply(trips, ts)
+
+    def on_candle(self, candle: Candle, atr: float) -> list[Transition]:
+        self.now = max(self.now, candle.close_ts)
+        if atr > 0:
+            self._atr[candle.symbol] = atr
+        out = []
+        t = self.machine.tick(self.now)
+        if t is not None:
+            self._remember(t)
+            out.append(t)
+        last = self._last_call.pop(candle.symbol, None)
+        if last is not None and candle.close != last[1]:
+            out += self.observe(PredictionObs(self.now, (last[0] > 0.5) == (candle.close > last[1])),
+                                self.now)
+        out += self.observe(CandleObs(candle.close_ts, candle.symbol, atr), self.now)
+        return out
+
+    def on_signal(self, symbol: str, p_up: float, close: float) -> None:
+        self._last_call[symbol] = (p_up, close)
+
+    def on_equity(self, ts: int, equity: Decimal) -> list[Transition]:
+        return self.observe(EquityObs(ts, float(equity)), ts)
+
+    def on_clock(self, now: int) -> list[Transition]:
+        self.now = max(self.now, now)
+        out = []
+        t = self.machine.tick(now)
+        if t is not None:
+            self._remember(t)
+            out.append(t)
+        return out + self.observe(ClockObs(now), now)
+
+    def on_exchange_call(self, ok: bool) -> list[Transition]:
+        return self.observe(ExchangeCallObs(self.now, ok), self.now)
+
+    # ---- operators --------------------------------------------------------------------
+    def kill(self, level: KillLevel, reason: str, operator: str, ts: int) -> Transition:
+        t = self.machine.kill(level, reason, operator, ts)
+        self._remember(t)
+        return t
+
+    def resume(self, reason: str, operator: str, ts: int) -> Transition:
+        t = self.machine.resume(reason, operator, ts)
+        self._remember(t)
+        return t
+
+    # ---- protection -------------------------------------------------------------------
+    def on_fill(self, fill: Fill, before: Position, after: Position) -> list[Protect]:
+        """Entries get a stop; a closed position reports its round trip to the breakers."""
+        sym = fill.symbol
+        self._round_trip[sym] = (self._round_trip.get(sym, 0.0)
+                                 + float(after.realized_pnl - before.realized_pnl) - float(fill.fee))
+        if after.quantity == 0:
+            pnl = self._round_trip.pop(sym, 0.0)
+            self._levels.pop(sym, None)
+            self.observe(TradeClosedObs(fill.ts, sym, pnl), fill.ts)
+            return [Protect(sym)]  # nothing left to protect: cancel its stop
+        if before.quantity == 0 and after.quantity > 0:
+            atr = self._atr.get(sym, 0.0)
+            if atr <= 0:
+                return []
+            self._levels[sym] = StopLevels.on_entry(float(fill.price), atr, self.cfg.k_stop,
+                                                    self.cfg.k_target)
+        levels = self._levels.get(sym)
+        if levels is None or not self.venue_stops:
+            return []
+        return [Protect(sym, stop_price=Decimal(repr(levels.stop)))]
+
+    def on_candle_protect(self, candle: Candle, position: Position) -> list[Protect]:
+        levels = self._levels.get(candle.symbol)
+        if levels is None or position.quantity <= 0:
+            return []
+        hit = levels.hit(candle.low, candle.high)
+        if hit == "target":
+            return [Protect(candle.symbol, exit_reason=f"take-profit at {levels.target:.8g}")]
+        if hit == "stop" and not self.venue_stops:
+            return [Protect(candle.symbol, exit_reason=f"stop (watched) at {levels.stop:.8g}")]
+        trailed = levels.trail(candle.high, self._atr.get(candle.symbol, levels.atr),
+                               self.cfg.k_chandelier)
+        self._levels[candle.symbol] = trailed
+        if trailed.stop > levels.stop * (1 + 1e-4) and self.venue_stops:
+            return [Protect(candle.symbol, stop_price=Decimal(repr(trailed.stop)))]
+        return []
+

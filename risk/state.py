@@ -1,0 +1,161 @@
+"""Trading states and the kill switch: one state machine that every channel converges on.
+
+- ACTIVE: all orders allowed.
+- REDUCING: only orders that reduce exposure (until a time, or until an operator resumes).
+- HALTED: no new orders; cancels and closing orders still pass. HALTED latches: only an
+  operator's resume leaves it, across restarts.
+
+Kill levels: ``pause`` blocks new entries, ``cancel`` also cancels every open order,
+``flatten`` also closes every position at market. Each puts the machine in HALTED.
+
+Besides the state, entries can be blocked for a while without changing it: a cooldown after
+consecutive losses, and stale data. Every change returns a ``Transition`` to be audited.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class KillLevel(StrEnum):
+    PAUSE = "pause"
+    CANCEL = "cancel"
+    FLATTEN = "flatten"
+
+
+_RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    before: TradingState
+    after: TradingState
+    reason: str
+    source: str  # breaker name, "operator", "kill", "clock"
+    ts: int
+    operator: str | None = None
+    kill_level: KillLevel | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RiskState:
+    """The persisted part; ``snapshot``/``restore`` round-trip it through the ledger."""
+
+    state: TradingState = TradingState.ACTIVE
+    reason: str = "start"
+    since_ts: int = 0
+    reducing_until: int | None = None  # None with REDUCING: until an operator resumes
+    kill_level: KillLevel | None = None
+    operator: str | None = None
+    cooldown_until: int | None = None
+    blocks: frozenset[str] = field(default_factory=frozenset)  # e.g. {"stale:BTC/USDT"}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state.value, "reason": self.reason, "since_ts": self.since_ts,
+                "reducing_until": self.reducing_until,
+                "kill_level": self.kill_level.value if self.kill_level else None,
+                "operator": self.operator, "cooldown_until": self.cooldown_until,
+                "blocks": sorted(self.blocks)}
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> RiskState:
+        return cls(TradingState(data["state"]), data.get("reason", ""), data.get("since_ts", 0),
+                   data.get("reducing_until"),
+                   KillLevel(data["kill_level"]) if data.get("kill_level") else None,
+                   data.get("operator"), data.get("cooldown_until"),
+                   frozenset(data.get("blocks") or ()))
+
+
+class StateMachine:
+    def __init__(self, state: RiskState | None = None) -> None:
+        self.s = state or RiskState()
+
+    @property
+    def state(self) -> TradingState:
+        return self.s.state
+
+    # ---- what may pass ----------------------------------------------------------------
+    def entries_allowed(self, now: int) -> bool:
+        if self.s.state is not TradingState.ACTIVE or self.s.blocks:
+            return False
+        return self.s.cooldown_until is None or now >= self.s.cooldown_until
+
+    def permits(self, reduces: bool, now: int) -> bool:
+        """Orders that reduce exposure (and cancels) always pass; entries only when allowed."""
+        return reduces or self.entries_allowed(now)
+
+    def entry_block_reason(self, now: int) -> str:
+        if self.s.state is not TradingState.ACTIVE:
+            return f"{self.s.state.value}: {self.s.reason}"
+        if self.s.blocks:
+            return "entries blocked: " + ", ".join(sorted(self.s.blocks))
+        return f"cooldown until {self.s.cooldown_until}"
+
+    # ---- events -----------------------------------------------------------------------
+    def _move(self, after: TradingState, reason: str, source: str, ts: int,
+              **changes: Any) -> Transition | None:
+        before = self.s.state
+        self.s = dataclasses.replace(self.s, state=after, reason=reason, since_ts=ts, **changes)
+        if before is after and source not in ("kill", "operator"):
+            return None
+        return Transition(before, after, reason, source, ts, changes.get("operator"),
+                          changes.get("kill_level"))
+
+    def trip(self, target: TradingState, reason: str, source: str, ts: int,
+             until: int | None = None) -> Transition | None:
+        """A breaker fired. Never lowers the state: REDUCING does not undo HALTED."""
+        if _RANK[target] < _RANK[self.s.state]:
+            return None
+        if target is self.s.state:
+            if target is TradingState.REDUCING and until is not None:
+                current = self.s.reducing_until
+                if current is not None and until > current:
+                    self.s = dataclasses.replace(self.s, reducing_until=until)
+            return None
+        return self._move(target, reason, source, ts,
+                          reducing_until=until if target is TradingState.REDUCING else None)
+
+    def kill(self, level: KillLevel, reason: str, operator: str, ts: int) -> Transition:
+        t = self._move(TradingState.HALTED, f"kill {level.value}: {reason}", "kill", ts,
+                       kill_level=level, operator=operator, reducing_until=None)
+        assert t is not None
+        return t
+
+    def resume(self, reason: str, operator: str, ts: int) -> Transition:
+        """Only an operator leaves HALTED or an open-ended REDUCING."""
+        t = self._move(TradingState.ACTIVE, f"resumed: {reason}", "operator", ts,
+                       kill_level=None, operator=operator, reducing_until=None,
+                       cooldown_until=None)
+        assert t is not None
+        return t
+
+    def tick(self, now: int) -> Transition | None:
+        """Time passes: a REDUCING with an end expires; a cooldown ends."""
+        if self.s.cooldown_until is not None and now >= self.s.cooldown_until:
+            self.s = dataclasses.replace(self.s, cooldown_until=None)
+        until = self.s.reducing_until
+        if self.s.state is TradingState.REDUCING and until is not None and now >= until:
+            return self._move(TradingState.ACTIVE, "reducing period over", "clock", now,
+                              reducing_until=None)
+        return None
+
+    def cooldown(self, until: int) -> None:
+        current = self.s.cooldown_until or 0
+        self.s = dataclasses.replace(self.s, cooldown_until=max(current, until))
+
+    def block(self, key: str, on: bool) -> bool:
+        """Set or clear an entry block; True when it changed."""
+        blocks = set(self.s.blocks)
+        changed = (key in blocks) != on
+        (blocks.add if on else blocks.discard)(key)
+        self.s = dataclasses.replace(self.s, blocks=frozenset(blocks))
+        return changed
