@@ -134,7 +134,7 @@ async def backtest(settings: Settings, files: Sequence[Path], symbols: Sequence[
                    start_ms: int | None, end_ms: int | None, engine_hook: Any = None) -> Outcome:
     series = load_series(files, settings.timeframe, symbols)
     clock = SimulatedClock()
-    feed = ReplayFeed(series, clock, start_ms, end_ms)
+    feed = ReplayFeed(series, start_ms, end_ms)
     cfg = settings.paper
     broker = PaperBroker(static_markets(), clock, cfg.quote, cfg.starting_balance,
                          cfg.slippage_bps, cfg.participation, cfg.fee_rate)

@@ -9,6 +9,10 @@ from typing import Protocol
 class Clock(Protocol):
     def now_ms(self) -> int: ...
 
+    def observe(self, ts_ms: int) -> None:
+        """The engine reports the close time of each candle batch it processes."""
+        ...
+
 
 class WallClock:
     """UTC wall time in milliseconds."""
@@ -16,9 +20,12 @@ class WallClock:
     def now_ms(self) -> int:
         return time.time_ns() // 1_000_000
 
+    def observe(self, ts_ms: int) -> None:
+        return None
+
 
 class SimulatedClock:
-    """Time that moves only when the replay feed says a candle closed."""
+    """Time that moves only when the engine processes a candle that closed."""
 
     def __init__(self, start_ms: int = 0) -> None:
         self._now = start_ms
@@ -26,6 +33,6 @@ class SimulatedClock:
     def now_ms(self) -> int:
         return self._now
 
-    def advance_to(self, ts_ms: int) -> None:
+    def observe(self, ts_ms: int) -> None:
         if ts_ms > self._now:
             self._now = ts_ms

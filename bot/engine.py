@@ -32,6 +32,7 @@ from risk.manager import Protect, RiskManager
 from risk.state import KillLevel, RiskState, Transition
 
 log = get_logger("engine")
+_END = object()  # the feed is exhausted
 __all__ = ["Engine", "EngineParts", "client_order_id"]
 
 
@@ -69,6 +70,7 @@ class Engine:
         self._done_requests: set[int] = set()
         self._entry_version: dict[str, str] = {}  # symbol -> model version of its entry
         self.ledger_ok = True
+        self._wake = asyncio.Event()
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def restore(self) -> None:
@@ -96,38 +98,48 @@ class Engine:
 
     def request_stop(self) -> None:
         self._stop.set()
+        self._wake.set()
 
     def submit_control(self, request: ControlRequest) -> asyncio.Future[Any]:
         """Any channel hands operator commands in here; the future gets the result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.controls.put_nowait((request, fut))
+        self._wake.set()
         return fut
 
     async def run(self) -> None:
-        stream = self.p.feed.stream().__aiter__()
-        stop = asyncio.ensure_future(self._stop.wait())
-        nxt: asyncio.Future[Any] | None = None
-        ctl: asyncio.Future[Any] | None = None
+        """Feed events and operator commands, one at a time; commands go first."""
+        # a few events of read-ahead; commands are still handled before the next event
+        feed_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)
+        wake = self._wake = asyncio.Event()
+
+        async def pump() -> None:
+            try:
+                async for event in self.p.feed.stream():
+                    await feed_q.put(event)
+                    wake.set()
+            finally:
+                await feed_q.put(_END)
+                wake.set()
+
+        pumping = asyncio.create_task(pump())
         try:
             while not self._stop.is_set():
-                nxt = nxt or asyncio.ensure_future(stream.__anext__())
-                ctl = ctl or asyncio.ensure_future(self.controls.get())
-                done, _ = await asyncio.wait({nxt, stop, ctl}, return_when=asyncio.FIRST_COMPLETED)
-                if ctl in done:
-                    request, fut = ctl.result()
-                    ctl = None
+                if not self.controls.empty():
+                    request, fut = self.controls.get_nowait()
                     result = await self._control_now(request)
                     if fut is not None and not fut.done():
                         fut.set_result(result)
-                if stop in done:
-                    break
-                if nxt not in done:
                     continue
-                try:
-                    event = nxt.result()
-                except StopAsyncIteration:
+                if feed_q.empty():
+                    if pumping.done() and pumping.exception() is not None:
+                        raise pumping.exception()  # type: ignore[misc]
+                    wake.clear()
+                    await wake.wait()
+                    continue
+                event = feed_q.get_nowait()
+                if event is _END:
                     break
-                nxt = None
                 if isinstance(event, Gap):
                     self.on_gap(event)
                 elif isinstance(event, Warmup):
@@ -139,9 +151,8 @@ class Engine:
                     if self.max_candles is not None and self.stats.candles >= self.max_candles:
                         break
         finally:
-            for fut in (nxt, ctl, stop):
-                if fut is not None:
-                    fut.cancel()
+            pumping.cancel()
+            await asyncio.gather(pumping, return_exceptions=True)
             await self._commit(UnitOfWork())
             await self.p.ledger.flush()
 
@@ -157,6 +168,7 @@ class Engine:
         log.warning("gap", symbol=gap.symbol, missing=gap.missing, next_ts=gap.next_ts)
 
     async def on_candles(self, candles: Sequence[Candle]) -> None:
+        self.p.clock.observe(candles[0].close_ts)
         unit = UnitOfWork()
         for c in candles:
             for update in await self.desk.venue(self.p.broker.on_candle(c), []):
@@ -235,6 +247,8 @@ class Engine:
 
     async def _protect(self, unit: UnitOfWork, ts: int) -> UnitOfWork:
         """Place, move or drop protective stops; exit at market where risk says so."""
+        if not self._pending_protect:
+            return unit
         todo, self._pending_protect = self._pending_protect, []
         for p in todo:
             pos = self.portfolio.position(p.symbol)
@@ -299,6 +313,7 @@ class Engine:
         for request in pending:
             if request.request_id not in self._done_requests:
                 self.controls.put_nowait((request, None))
+                self._wake.set()
 
     def _audit_transitions(self, unit: UnitOfWork, channel: str | None = None) -> None:
         if not self._transitions:

@@ -7,7 +7,7 @@ machine and audits them. No I/O here.
 
 from __future__ import annotations
 
-import statistics
+import bisect
 from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
@@ -70,6 +70,7 @@ Observation = EquityObs | CandleObs | TradeClosedObs | ExchangeCallObs | Predict
 
 class Breaker(Protocol):
     name: str
+    watches: tuple[type, ...]  # the observation types it reads
 
     def observe(self, obs: Observation) -> list[Trip]: ...
 
@@ -82,6 +83,7 @@ class DrawdownBreaker:
     """Equity more than ``limit`` below its peak within ``window_ms`` -> HALTED."""
 
     name = "drawdown"
+    watches = (EquityObs,)
 
     def __init__(self, limit: float = 0.10, window_ms: int = 7 * DAY_MS) -> None:
         self.limit, self.window = limit, window_ms
@@ -109,6 +111,7 @@ class DailyLossBreaker:
     """Equity down more than ``limit`` since the UTC day began -> REDUCING until midnight."""
 
     name = "daily_loss"
+    watches = (EquityObs,)
 
     def __init__(self, limit: float = 0.03) -> None:
         self.limit = limit
@@ -133,6 +136,7 @@ class ConsecutiveLossBreaker:
     """``count`` losing trades in a row -> no entries for ``cooldown_ms``."""
 
     name = "consecutive_losses"
+    watches = (TradeClosedObs,)
 
     def __init__(self, count: int = 4, cooldown_ms: int = 12 * 3_600_000) -> None:
         self.count, self.cooldown = count, cooldown_ms
@@ -153,6 +157,7 @@ class StaleDataBreaker:
     """No closed candle for ``factor`` timeframes on a symbol -> no entries (until one comes)."""
 
     name = "stale_data"
+    watches = (CandleObs, ClockObs)
 
     def __init__(self, timeframe_ms: int, factor: float = 2.0) -> None:
         self.max_age = int(factor * timeframe_ms)
@@ -180,6 +185,7 @@ class ExchangeErrorBreaker:
     """More than ``max_rate`` of the last ``window`` exchange calls failed -> HALTED."""
 
     name = "exchange_errors"
+    watches = (ExchangeCallObs,)
 
     def __init__(self, max_rate: float = 0.5, window: int = 40, min_calls: int = 10) -> None:
         self.max_rate, self.min_calls = max_rate, min_calls
@@ -189,6 +195,8 @@ class ExchangeErrorBreaker:
         if not isinstance(obs, ExchangeCallObs):
             return []
         self._calls.append(obs.ok)
+        if obs.ok and self._calls[0]:
+            return []  # the oldest call in the window succeeded: the rate cannot have risen
         n = len(self._calls)
         rate = self._calls.count(False) / n
         if n >= self.min_calls and rate > self.max_rate:
@@ -201,22 +209,29 @@ class VolatilityBreaker:
     """ATR above ``k`` times its rolling median -> REDUCING for ``hold_ms``."""
 
     name = "volatility"
+    watches = (CandleObs,)
 
     def __init__(self, k: float = 3.0, window: int = 200, hold_ms: int = DAY_MS) -> None:
         self.k, self.window, self.hold = k, window, hold_ms
         self._atr: dict[str, deque[float]] = {}
+        self._sorted: dict[str, list[float]] = {}  # the same values, kept sorted for the median
 
     def observe(self, obs: Observation) -> list[Trip]:
         if not isinstance(obs, CandleObs) or not obs.atr > 0:
             return []
-        hist = self._atr.setdefault(obs.symbol, deque(maxlen=self.window))
+        hist = self._atr.setdefault(obs.symbol, deque())
+        ordered = self._sorted.setdefault(obs.symbol, [])
         trips = []
-        if len(hist) >= self.window // 2:
-            med = statistics.median(hist)
+        n = len(ordered)
+        if n >= self.window // 2:
+            med = ordered[n // 2] if n % 2 else (ordered[n // 2 - 1] + ordered[n // 2]) / 2
             if med > 0 and obs.atr > self.k * med:
                 trips.append(Trip(self.name, f"{obs.symbol} ATR {obs.atr:.4g} > {self.k}x median "
                                   f"{med:.4g}", TradingState.REDUCING, until=obs.ts + self.hold))
         hist.append(obs.atr)
+        bisect.insort(ordered, obs.atr)
+        if len(hist) > self.window:
+            del ordered[bisect.bisect_left(ordered, hist.popleft())]
         return trips
 
 
@@ -225,9 +240,12 @@ class ModelDegradationBreaker:
     and a retrain is requested. Inactive without a validation baseline."""
 
     name = "model_degradation"
+    watches = (PredictionObs,)
 
     def __init__(self, baseline: float | None, drop: float = 0.05, window: int = 200) -> None:
         self.baseline, self.drop = baseline, drop
+        if baseline is None:
+            self.watches = ()  # nothing to compare with: stay out of the hot path
         self._hits: deque[bool] = deque(maxlen=window)
         self._tripped = False
 

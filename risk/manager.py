@@ -59,16 +59,18 @@ class RiskManager:
         self.venue_stops = venue_stops
         self.sizing = SizingParams(cfg.kelly_fraction, cfg.k_stop, cfg.k_target,
                                    cfg.max_risk_per_trade, round_trip_cost, cfg.disagreement_limit)
+        self._errors = ExchangeErrorBreaker(cfg.max_exchange_error_rate, cfg.exchange_error_window)
         self.breakers: list[Breaker] = [
             DrawdownBreaker(cfg.drawdown_limit, int(cfg.drawdown_window_days * 86_400_000)),
             DailyLossBreaker(cfg.daily_loss_limit),
             ConsecutiveLossBreaker(cfg.consecutive_losses, cfg.cooldown_candles * timeframe_ms),
             StaleDataBreaker(timeframe_ms, cfg.stale_after_timeframes),
-            ExchangeErrorBreaker(cfg.max_exchange_error_rate, cfg.exchange_error_window),
+            self._errors,
             VolatilityBreaker(cfg.volatility_k, cfg.volatility_window,
                               cfg.volatility_hold_candles * timeframe_ms),
             ModelDegradationBreaker(cfg.model_baseline_accuracy, cfg.model_accuracy_drop),
         ]
+        self._watchers: dict[type, list[Breaker]] = {}
         self.throttle = OrderRateThrottle(cfg.max_orders, cfg.max_orders_window_s * 1000)
         self.controls: list[Control] = [
             MaxNotional(cfg.max_order_notional), MaxQuantity(cfg.max_order_quantity),
@@ -82,6 +84,7 @@ class RiskManager:
         self._levels: dict[str, StopLevels] = {}
         self._round_trip: dict[str, float] = {}  # realized P&L minus fees since entry
         self._last_call: dict[str, tuple[float, float]] = {}  # symbol -> (p_up, close)
+        self._placed_stop: dict[str, float] = {}  # the stop price resting at the venue
 
     # ---- the gate -----------------------------------------------------------------------
     def review(self, intent: OrderIntent, portfolio: PortfolioView,
@@ -157,8 +160,12 @@ class RiskManager:
                                         "by": t.source, "reason": t.reason})
 
     def observe(self, obs: Observation, ts: int) -> list[Transition]:
-        trips = [trip for b in self.breakers for trip in b.observe(obs)]
-        return self._apply(trips, ts)
+        watchers = self._watchers.get(type(obs))
+        if watchers is None:
+            watchers = self._watchers[type(obs)] = [b for b in self.breakers
+                                                    if isinstance(obs, b.watches)]
+        trips = [trip for b in watchers for trip in b.observe(obs)]
+        return self._apply(trips, ts) if trips else []
 
     def on_candle(self, candle: Candle, atr: float) -> list[Transition]:
         self.now = max(self.now, candle.close_ts)
@@ -192,7 +199,8 @@ class RiskManager:
         return out + self.observe(ClockObs(now), now)
 
     def on_exchange_call(self, ok: bool) -> list[Transition]:
-        return self.observe(ExchangeCallObs(self.now, ok), self.now)
+        trips = self._errors.observe(ExchangeCallObs(self.now, ok))
+        return self._apply(trips, self.now) if trips else []
 
     # ---- operators --------------------------------------------------------------------
     def kill(self, level: KillLevel, reason: str, operator: str, ts: int) -> Transition:
@@ -214,6 +222,7 @@ class RiskManager:
         if after.quantity == 0:
             pnl = self._round_trip.pop(sym, 0.0)
             self._levels.pop(sym, None)
+            self._placed_stop.pop(sym, None)
             self.observe(TradeClosedObs(fill.ts, sym, pnl), fill.ts)
             return [Protect(sym)]  # nothing left to protect: cancel its stop
         if before.quantity == 0 and after.quantity > 0:
@@ -222,6 +231,7 @@ class RiskManager:
                 return []
             self._levels[sym] = StopLevels.on_entry(float(fill.price), atr, self.cfg.k_stop,
                                                     self.cfg.k_target)
+            self._placed_stop[sym] = self._levels[sym].stop
         levels = self._levels.get(sym)
         if levels is None or not self.venue_stops:
             return []
@@ -239,7 +249,10 @@ class RiskManager:
         trailed = levels.trail(candle.high, self._atr.get(candle.symbol, levels.atr),
                                self.cfg.k_chandelier)
         self._levels[candle.symbol] = trailed
-        if trailed.stop > levels.stop * (1 + 1e-4) and self.venue_stops:
+        # move the venue's stop only in steps worth an order (a quarter ATR), not every tick
+        moved = trailed.stop - self._placed_stop.get(candle.symbol, levels.stop)
+        if moved > 0.25 * trailed.atr and self.venue_stops:
+            self._placed_stop[candle.symbol] = trailed.stop
             return [Protect(candle.symbol, stop_price=Decimal(repr(trailed.stop)))]
         return []
 

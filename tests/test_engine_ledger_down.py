@@ -53,7 +53,7 @@ async def test_no_orders_while_the_ledger_is_down(tmp_path: Path, pg_url: str) -
     settings = load_settings(overrides={"database": {"url": pg_url}, "timeframe": "1h"},
                              environ={})
     clock = SimulatedClock()
-    feed = ReplayFeed([load_candle_file(path, "1h")], clock)
+    feed = ReplayFeed([load_candle_file(path, "1h")])
     p = settings.paper
     broker = PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
     ledger = SwitchableLedger(PostgresLedger.from_url(pg_url),

@@ -1,11 +1,10 @@
-"""Replay feed: validated candle files merged in time order, driving a simulated clock."""
+"""Replay feed: validated candle files merged in time order."""
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from bot.clock import SimulatedClock
 from bot.domain import Candle, Gap
 from bot.feeds.files import CandleSeries
 
@@ -22,12 +21,10 @@ class ReplayFeed:
     def __init__(
         self,
         series: Sequence[CandleSeries],
-        clock: SimulatedClock | None = None,
         start_ms: int | None = None,
         end_ms: int | None = None,
     ) -> None:
         self._series = list(series)
-        self._clock = clock
         self._start = start_ms
         self._end = end_ms
         self._resume: dict[str, int] = {}
@@ -57,24 +54,17 @@ class ReplayFeed:
     def events(self) -> Iterator[FeedEvent]:
         """Gaps, and batches of candles that share one open time (one per symbol at most)."""
         merged = heapq.merge(*(self._one(s) for s in self._series), key=lambda e: e[:3])
-        clock = self._clock
         batch: list[Candle] = []
         for _, _, _, event in merged:
             if isinstance(event, Gap):
                 yield event
                 continue
             if batch and batch[0].ts != event.ts:
-                yield self._tick(batch, clock)
+                yield tuple(batch)
                 batch = []
             batch.append(event)
         if batch:
-            yield self._tick(batch, clock)
-
-    @staticmethod
-    def _tick(batch: list[Candle], clock: SimulatedClock | None) -> tuple[Candle, ...]:
-        if clock is not None:
-            clock.advance_to(batch[0].close_ts)
-        return tuple(batch)
+            yield tuple(batch)
 
     async def stream(self) -> AsyncIterator[FeedEvent]:
         for event in self.events():
