@@ -9,6 +9,7 @@ This is the only place that looks at the mode.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Sequence
@@ -169,9 +170,80 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
         broker = PaperBroker(ccxt_markets(exchange), clock, cfg.quote, cfg.starting_balance,
                              cfg.slippage_bps, cfg.participation, cfg.fee_rate)
     ledger = await open_postgres(settings)
-    account = f"{settings.instance}:{mode.value}:{settings.exchange.name}"
+    account = account_name(settings)
+    services = Services(settings, database_url(settings), account)
     try:
         return await drive(settings, new_run_id(), account, mode, settings.exchange.name,
-                           settings.symbols, feed, broker, ledger, clock, engine_hook)
+                           settings.symbols, feed, broker, ledger, clock,
+                           services.hook(engine_hook),
+                           venue_stops=mode is Mode.PAPER or exchange_has_stops(exchange))
     finally:
+        await services.close()
         await exchange.close()
+
+
+def account_name(settings: Settings) -> str:
+    """The account a paper or live instance trades and resumes: instance, mode, exchange."""
+    return f"{settings.instance}:{settings.mode.value}:{settings.exchange.name}"
+
+
+def exchange_has_stops(exchange: Any) -> bool:
+    has = getattr(exchange, "has", {}) or {}
+    return bool(has.get("createStopOrder") or has.get("createStopMarketOrder")
+                or has.get("createStopLossOrder"))
+
+
+class Services:
+    """What runs beside a paper or live engine: the database kill-switch listener, the MQTT
+    bus with signed commands, and the scheduled jobs."""
+
+    def __init__(self, settings: Settings, db_url: str, account: str) -> None:
+        self.settings, self.db_url, self.account = settings, db_url, account
+        self.listener: Any = None
+        self.bus: Any = None
+        self.scheduler: Any = None
+
+    def hook(self, outer: Any) -> Any:
+        def attach(engine: Engine) -> None:
+            self.engine = engine
+            if outer is not None:
+                outer(engine)
+            engine.on_started = self.start
+
+        return attach
+
+    async def start(self, engine: Engine, nonces: set[str], acks: dict[str, Any]) -> None:
+        from bot.control import CommandGate
+        from bot.jobs import build_scheduler, heartbeat_job
+        from bot.ledger.control import ControlListener
+
+        cfg = self.settings
+        self.listener = ControlListener(
+            self.db_url, lambda _: asyncio.ensure_future(engine.poll_controls()))
+        self.listener.start(self.account)
+        beat = None
+        if cfg.mqtt.enabled:
+            from bot.bus.mqtt import MqttBus
+            from bot.bus.telemetry import publish_unit
+
+            secret = cfg.mqtt.command_secret.get_secret_value() if cfg.mqtt.command_secret else None
+            gate = CommandGate(engine, secret, nonces, acks, cfg.mqtt.max_skew_s * 1000)
+            self.bus = MqttBus(cfg.mqtt.host, cfg.mqtt.port, cfg.instance, gate.handle,
+                               cfg.mqtt.username,
+                               cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None)
+            engine.telemetry = lambda unit: publish_unit(self.bus, unit)
+            self.bus.set_status({"account": self.account, "mode": cfg.mode.value,
+                                 "state": "online",
+                                 "trading_state": engine.risk.machine.state.value})
+            self.bus.start()
+            beat = heartbeat_job(engine, self.bus)
+        self.scheduler = build_scheduler(engine, cfg.jobs, beat, cfg.mqtt.heartbeat_s)
+        self.scheduler.start()
+
+    async def close(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        if self.bus is not None:
+            await self.bus.close()
+        if self.listener is not None:
+            await self.listener.close()

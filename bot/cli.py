@@ -46,9 +46,9 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
             overrides[key] = value
     settings = load_settings(config, overrides)
     configure_logging(settings.log_level, settings.log_format)
-    register_secrets([s.get_secret_value() for s in (settings.exchange.api_key,
-                                                      settings.exchange.secret,
-                                                      settings.database.url) if s is not None])
+    register_secrets([s.get_secret_value() for s in (
+        settings.exchange.api_key, settings.exchange.secret, settings.database.url,
+        settings.mqtt.password, settings.mqtt.command_secret) if s is not None])
     return settings
 
 
@@ -190,6 +190,79 @@ def status(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = No
         else:
             table.add_column("(none)")
         out.print(table)
+
+
+def _operator(explicit: str | None) -> str:
+    import getpass
+
+    return explicit or getpass.getuser()
+
+
+def _control(action: str, level: str | None, reason: str, operator: str | None,
+             account: str | None, mode: str | None, instance: str | None,
+             exchange: str | None, config: Path | None, db: str | None,
+             data_dir: Path | None) -> None:
+    from bot.app import account_name, database_url
+    from bot.ledger.control import request_control
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+
+    settings = _settings(config, mode=mode, instance=instance, exchange__name=exchange,
+                         data_dir=data_dir, database__url=db)
+    target = account or account_name(settings)
+
+    async def go() -> dict[str, Any]:
+        engine = make_engine(database_url(settings))
+        try:
+            await upgrade(engine)
+            return await request_control(engine, target, action, reason, _operator(operator),
+                                         level)
+        finally:
+            await engine.dispose()
+
+    state = asyncio.run(go())
+    out.print(f"{target}: {state['state']} ({state['reason']}); request {state['request_id']} "
+              "recorded, a running instance carries it out now, a stopped one at its next start")
+
+
+@app.command()
+def kill(
+    reason: Annotated[str, typer.Option(help="why: goes to the audit trail")],
+    level: Annotated[str, typer.Option(help="pause | cancel | flatten")] = "pause",
+    operator: Annotated[Optional[str], typer.Option(help="who (default: OS user)")] = None,
+    account: Annotated[Optional[str], typer.Option(help="account (default instance:mode:exchange)")] = None,
+    mode: Annotated[Optional[str], typer.Option(help="paper or live")] = None,
+    instance: Annotated[Optional[str], typer.Option()] = None,
+    exchange: Annotated[Optional[str], typer.Option()] = None,
+    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Kill switch: HALT trading (pause), also cancel open orders (cancel), also close
+    positions (flatten). Latches until `stackbot resume`. Works through the database."""
+    if level not in ("pause", "cancel", "flatten"):
+        raise _fail(ValueError(f"--level must be pause, cancel or flatten, not {level!r}"))
+    try:
+        _control("kill", level, reason, operator, account, mode, instance, exchange, config,
+                 db, data_dir)
+    except StackbotError as exc:
+        raise _fail(exc) from None
+
+
+@app.command()
+def resume(
+    reason: Annotated[str, typer.Option(help="why: goes to the audit trail")],
+    operator: Annotated[Optional[str], typer.Option(help="who (default: OS user)")] = None,
+    account: Annotated[Optional[str], typer.Option()] = None,
+    mode: Annotated[Optional[str], typer.Option(help="paper or live")] = None,
+    instance: Annotated[Optional[str], typer.Option()] = None,
+    exchange: Annotated[Optional[str], typer.Option()] = None,
+    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Leave HALTED (or an open-ended REDUCING): back to ACTIVE, with who and why recorded."""
+    try:
+        _control("resume", None, reason, operator, account, mode, instance, exchange, config,
+                 db, data_dir)
+    except StackbotError as exc:
+        raise _fail(exc) from None
 
 
 @db_app.command("upgrade")

@@ -66,6 +66,25 @@ class PaperSettings(_Section):
     )
 
 
+class MqttSettings(_Section):
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(1883, gt=0, lt=65536)
+    username: str | None = None
+    password: SecretStr | None = None
+    command_secret: SecretStr | None = Field(None, description="HMAC key for signed commands")
+    max_skew_s: int = Field(30, gt=0, description="commands older or newer than this are stale")
+    heartbeat_s: float = Field(15.0, gt=0)
+
+
+class JobSettings(_Section):
+    equity_snapshot_s: float = Field(60.0, gt=0)
+    housekeeping_s: float = Field(5.0, gt=0, description="stale-data and state-expiry checks")
+    model_check_cron: str = Field("0 * * * *", description="model-degradation check (UTC)")
+    retrain_cron: str = Field("0 3 1 * *", description="retraining (UTC), default monthly")
+    misfire_grace_s: int = Field(300, gt=0)
+
+
 class StrategySettings(_Section):
     name: Literal["baseline"] = "baseline"
     fast: int = Field(12, gt=0)
@@ -92,6 +111,8 @@ class Settings(BaseSettings):
     paper: PaperSettings = PaperSettings()
     risk: RiskSettings = RiskSettings()
     strategy: StrategySettings = StrategySettings()
+    mqtt: MqttSettings = MqttSettings()
+    jobs: JobSettings = JobSettings()
 
     @field_validator("symbols", mode="before")
     @classmethod
@@ -136,7 +157,8 @@ class Settings(BaseSettings):
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain data with every secret masked."""
         data = self.model_dump(mode="json")
-        for section, key in (("exchange", "api_key"), ("exchange", "secret")):
+        for section, key in (("exchange", "api_key"), ("exchange", "secret"),
+                             ("mqtt", "password"), ("mqtt", "command_secret")):
             if data[section][key] is not None:
                 data[section][key] = "**********"
         if self.database.url is not None:

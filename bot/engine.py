@@ -33,6 +33,7 @@ from risk.state import KillLevel, RiskState, Transition
 
 log = get_logger("engine")
 _END = object()  # the feed is exhausted
+HOUSEKEEPING = ("tick", "snapshot", "model_check", "retrain")
 __all__ = ["Engine", "EngineParts", "client_order_id"]
 
 
@@ -71,6 +72,9 @@ class Engine:
         self._entry_version: dict[str, str] = {}  # symbol -> model version of its entry
         self.ledger_ok = True
         self._wake = asyncio.Event()
+        self.telemetry: Any = None  # callback(unit) after each successful commit
+        self._nonces: set[str] = set()
+        self._acks: dict[str, Any] = {}
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def restore(self) -> None:
@@ -92,6 +96,8 @@ class Engine:
         for request in state.pending_controls:
             unit.absorb((await self._control(request))[0])
         await self._commit(unit)
+        self._nonces = set(state.recent_nonces)
+        self._acks = dict(state.command_acks)
         log.info("restored", cash=str(self.portfolio.cash), positions=len(state.positions),
                  working_orders=len(state.working_orders),
                  trading_state=self.risk.machine.state.value)
@@ -107,8 +113,12 @@ class Engine:
         self._wake.set()
         return fut
 
+    on_started: Any = None  # async callback(engine, nonces, acks): services beside the loop
+
     async def run(self) -> None:
         """Feed events and operator commands, one at a time; commands go first."""
+        if self.on_started is not None:
+            await self.on_started(self, self._nonces, self._acks)
         # a few events of read-ahead; commands are still handled before the next event
         feed_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)
         wake = self._wake = asyncio.Event()
@@ -279,6 +289,15 @@ class Engine:
         result: dict[str, Any] = {"action": request.action}
         if request.request_id is not None and request.request_id in self._done_requests:
             return unit, {"action": request.action, "note": "already carried out"}
+        if request.action in HOUSEKEEPING:
+            return self._housekeeping(request.action, now, unit), {"action": request.action}
+        if request.action == "reject":
+            unit.audit.append(self.desk.event("command.rejected", "command",
+                                              request.command_id or "-", now, {
+                "channel": request.channel, "reason": request.reason, "level": request.level,
+                "claimed_nonce": request.nonce, "operator": request.operator}))
+            self._record_command(unit, request, "rejected", {"reason": request.reason}, now)
+            return unit, {"action": "reject", "reason": request.reason}
         if request.action == "kill":
             level = KillLevel(request.level or "pause")
             self._transitions.append(self.risk.kill(level, request.reason, request.operator, now))
@@ -297,12 +316,54 @@ class Engine:
             self._transitions.append(self.risk.resume(request.reason, request.operator, now))
             self._audit_transitions(unit, channel=request.channel)
         result.update(state=self.risk.machine.state.value, reason=self.risk.machine.s.reason)
+        if request.command_id is not None:
+            unit.audit.append(self.desk.event("command.accepted", "command", request.command_id,
+                                              now, {"channel": request.channel,
+                                                    "operator": request.operator, **result}))
+            self._record_command(unit, request, "accepted", result, now)
         if request.request_id is not None:
             self._done_requests.add(request.request_id)
             unit.controls_done[request.request_id] = result
         log.warning("operator_command", channel=request.channel, operator=request.operator,
-                    **result)
+                    **{k: v for k, v in result.items() if k != "action"}, command=request.action)
         return unit, result
+
+    def _housekeeping(self, action: str, now: int, unit: UnitOfWork) -> UnitOfWork:
+        """Scheduled jobs, run in the loop like everything that writes."""
+        if action == "tick":
+            self._transitions += self.risk.on_clock(now)
+            self._audit_transitions(unit)
+        elif action == "snapshot":
+            pv = self.portfolio.positions_value()
+            unit.equity.append(EquitySnapshot(self.account, self.run_id, now,
+                                              self.portfolio.cash, pv))
+            self._transitions += self.risk.on_equity(now, self.portfolio.cash + pv)
+            self._audit_transitions(unit)
+        elif action == "model_check":
+            unit.audit.append(self.desk.event("model.check", "account", self.account, now,
+                                              self.risk.model_health()))
+        elif action == "retrain":
+            unit.audit.append(self.desk.event("retrain.skipped", "account", self.account, now, {
+                "reason": f"signal source {self.p.source.name!r} has no trainable model",
+                "requested_by_breaker": self.risk.report.retrain_requests}))
+        return unit
+
+    def _record_command(self, unit: UnitOfWork, request: ControlRequest, verdict: str,
+                        ack: dict[str, Any], now: int) -> None:
+        """Keep every signed command seen: its id makes it idempotent, its nonce unreplayable."""
+        import uuid
+
+        cid = request.command_id or "anonymous"
+        nonce = request.nonce
+        if verdict != "accepted":
+            # a rejected message proves nothing: its id and nonce must not block real ones
+            tag = uuid.uuid4().hex[:12]
+            cid, nonce = f"{cid}#rejected-{tag}", f"rejected-{tag}"
+        unit.commands[cid] = {"id": cid, "account": self.account,
+                              "nonce": nonce or f"none-{uuid.uuid4().hex}",
+                              "action": request.level and f"{request.action}:{request.level}"
+                              or request.action, "verdict": verdict, "ack": ack,
+                              "received_at": now}
 
     async def poll_controls(self) -> None:
         """The database says there may be new operator requests: queue the unseen ones."""
@@ -352,6 +413,8 @@ class Engine:
             return False
         if unit is self._backlog:
             self._backlog = UnitOfWork()
+        if self.telemetry is not None:
+            self.telemetry(unit)
         if not self.ledger_ok:
             log.info("ledger_back")
         self.ledger_ok = True

@@ -143,6 +143,7 @@ class AccountState:
     risk_state: Mapping[str, Any] | None = None
     pending_controls: tuple[ControlRequest, ...] = ()
     recent_nonces: frozenset[str] = frozenset()
+    command_acks: Mapping[str, Any] = field(default_factory=dict)  # accepted MQTT id -> ack
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +157,7 @@ class ControlRequest:
     level: str | None = None
     request_id: int | None = None  # control_requests row (CLI channel)
     command_id: str | None = None  # MQTT command id
+    nonce: str | None = None  # MQTT command nonce
 
 
 class Ledger(Protocol):

@@ -34,6 +34,10 @@ async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dic
                        t.PositionRow.avg_price, t.PositionRow.realized_pnl)
                 .where(t.PositionRow.quantity != 0, ~t.PositionRow.account.like("backtest:%"))
             )).mappings().all()
+            states = (await conn.execute(
+                select(t.RiskStateRow.account, t.RiskStateRow.state, t.RiskStateRow.reason,
+                       t.RiskStateRow.updated_at).order_by(t.RiskStateRow.account)
+            )).mappings().all()
             orders = (await conn.execute(
                 select(t.OrderRow.client_order_id, t.OrderRow.account, t.OrderRow.symbol,
                        t.OrderRow.side, t.OrderRow.quantity, t.OrderRow.status)
@@ -44,7 +48,12 @@ async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dic
         raise LedgerError(f"cannot read the ledger: {exc}") from exc
     finally:
         await engine.dispose()
+    known = {r["account"] for r in states}
+    trading = [dict(r) for r in states] + [
+        {"account": a["account"], "state": "ACTIVE", "reason": "never changed",
+         "updated_at": a["updated_at"]} for a in accounts if a["account"] not in known]
     return {
+        "trading state": trading,
         "recent runs": [dict(r) for r in runs],
         "accounts": [dict(r) for r in accounts],
         "open positions": [dict(r) for r in positions],

@@ -190,15 +190,19 @@ class ExchangeErrorBreaker:
     def __init__(self, max_rate: float = 0.5, window: int = 40, min_calls: int = 10) -> None:
         self.max_rate, self.min_calls = max_rate, min_calls
         self._calls: deque[bool] = deque(maxlen=window)
+        self._failures = 0
 
     def observe(self, obs: Observation) -> list[Trip]:
         if not isinstance(obs, ExchangeCallObs):
             return []
-        self._calls.append(obs.ok)
-        if obs.ok and self._calls[0]:
-            return []  # the oldest call in the window succeeded: the rate cannot have risen
-        n = len(self._calls)
-        rate = self._calls.count(False) / n
+        calls = self._calls
+        if len(calls) == calls.maxlen and not calls[0]:
+            self._failures -= 1  # the oldest failure leaves the window
+        calls.append(obs.ok)
+        if not obs.ok:
+            self._failures += 1
+        n = len(calls)
+        rate = self._failures / n
         if n >= self.min_calls and rate > self.max_rate:
             return [Trip(self.name, f"exchange error rate {rate:.0%} over {n} calls",
                          TradingState.HALTED)]

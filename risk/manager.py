@@ -202,6 +202,15 @@ class RiskManager:
         trips = self._errors.observe(ExchangeCallObs(self.now, ok))
         return self._apply(trips, self.now) if trips else []
 
+    def model_health(self) -> dict[str, object]:
+        b = next(x for x in self.breakers if isinstance(x, ModelDegradationBreaker))
+        if b.baseline is None:
+            return {"status": "inactive", "reason": "no validation baseline accuracy"}
+        hits = list(b._hits)
+        acc = sum(hits) / len(hits) if hits else None
+        return {"status": "tripped" if b._tripped else "ok", "live_accuracy": acc,
+                "baseline": b.baseline, "window": len(hits)}
+
     # ---- operators --------------------------------------------------------------------
     def kill(self, level: KillLevel, reason: str, operator: str, ts: int) -> Transition:
         t = self.machine.kill(level, reason, operator, ts)

@@ -139,8 +139,9 @@ class PostgresLedger:
                     select(t.ControlRequestRow).where(t.ControlRequestRow.account == account,
                                                       t.ControlRequestRow.processed_at.is_(None))
                     .order_by(t.ControlRequestRow.id))).all()
-                nonces = (await conn.execute(
-                    select(t.CommandRow.nonce).where(t.CommandRow.account == account))).scalars()
+                commands = (await conn.execute(
+                    select(t.CommandRow.id, t.CommandRow.nonce, t.CommandRow.verdict,
+                           t.CommandRow.ack).where(t.CommandRow.account == account))).all()
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"cannot load account {account}: {brief(exc)}") from exc
         positions = tuple(
@@ -154,7 +155,8 @@ class PostgresLedger:
             cursors={r.symbol: to_ms(r.last_ts) for r in cursor_rows},
             risk_state=risk,
             pending_controls=tuple(control_from_row(r) for r in pending),
-            recent_nonces=frozenset(nonces),
+            recent_nonces=frozenset(c.nonce for c in commands),
+            command_acks={c.id: c.ack for c in commands if c.verdict == "accepted"},
         )
 
     async def pending_controls(self, account: str) -> list[ControlRequest]:

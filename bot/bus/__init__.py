@@ -1,0 +1,2 @@
+"""MQTT: telemetry out, HMAC-signed operator commands in (``docs/mqtt.md`` lists every topic
+and payload)."""
