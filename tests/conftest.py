@@ -120,3 +120,24 @@ def shared_file(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"real data not available: {path} is absent (a fresh clone has no ../shared)")
     return path
+
+
+@pytest.fixture
+async def mqtt_broker() -> AsyncIterator[tuple[str, int]]:
+    """The Mosquitto at 127.0.0.1:1883 when reachable, else an in-process amqtt broker."""
+    if _reachable("127.0.0.1", 1883) and not os.environ.get("SB_TEST_FORCE_AMQTT"):
+        yield "127.0.0.1", 1883
+        return
+    from amqtt.broker import Broker
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    broker = Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
+                     "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
+                                 {"allow_anonymous": True}}})
+    await broker.start()
+    try:
+        yield "127.0.0.1", port
+    finally:
+        await broker.shutdown()

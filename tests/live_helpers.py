@@ -1,0 +1,36 @@
+"""Helpers for tests that run the service as a user does: a subprocess against the simulator."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+
+def run_cmd(port: int, db: str, data_dir: Path, instance: str, max_candles: int = 100_000,
+            symbols: str = "BTC/USDT,ETH/USDT") -> list[str]:
+    return [sys.executable, "-m", "bot", "run", "--mode", "paper", "--exchange", "binance",
+            "--symbols", symbols, "--timeframe", "1m",
+            "--exchange-url", f"http://127.0.0.1:{port}", "--feed", "rest",
+            "--poll-interval", "0.1", "--max-candles", str(max_candles), "--db", db,
+            "--data-dir", str(data_dir), "--instance", instance]
+
+
+async def spawn(cmd: list[str], **env: str) -> asyncio.subprocess.Process:
+    full = dict(os.environ, STACKBOT_LOG_FORMAT="json", **env)
+    return await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full)
+
+
+async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0,
+                every: float = 0.1) -> float:
+    """Poll ``check`` until it is true; returns the seconds it took, fails on timeout."""
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if await check():
+            return time.monotonic() - t0
+        await asyncio.sleep(every)
+    raise AssertionError(f"condition not met within {timeout}s")
