@@ -136,10 +136,7 @@ class Engine:
         try:
             while not self._stop.is_set():
                 if not self.controls.empty():
-                    request, fut = self.controls.get_nowait()
-                    result = await self._control_now(request)
-                    if fut is not None and not fut.done():
-                        fut.set_result(result)
+                    await self._drain_controls()
                     continue
                 if feed_q.empty():
                     if pumping.done() and pumping.exception() is not None:
@@ -165,6 +162,15 @@ class Engine:
             await asyncio.gather(pumping, return_exceptions=True)
             await self._commit(UnitOfWork())
             await self.p.ledger.flush()
+
+    async def _drain_controls(self) -> None:
+        """Operator commands first: also between the decisions of one candle step, so a kill
+        takes effect within one order's time even while the engine is busy."""
+        while not self.controls.empty():
+            request, fut = self.controls.get_nowait()
+            result = await self._control_now(request)
+            if fut is not None and not fut.done():
+                fut.set_result(result)
 
     # ---- one step -----------------------------------------------------------------------
     def on_gap(self, gap: Gap) -> None:
@@ -199,6 +205,8 @@ class Engine:
             intent = self.p.strategy.decide(signal, self.portfolio)
             self.risk.on_signal(signal.symbol, signal.p_up, signal.price)
             if intent is not None:
+                if not self.controls.empty():
+                    await self._drain_controls()
                 unit = await self._act(intent, unit)
         unit = await self._protect(unit, candles[0].ts)
         close_ts = candles[0].close_ts
@@ -261,6 +269,8 @@ class Engine:
             return unit
         todo, self._pending_protect = self._pending_protect, []
         for p in todo:
+            if not self.controls.empty():
+                await self._drain_controls()
             pos = self.portfolio.position(p.symbol)
             version = self._entry_version.get(p.symbol, "risk")
             await self.desk.cancel_where(unit, "stop moved or position closed", p.symbol,
@@ -302,6 +312,10 @@ class Engine:
             level = KillLevel(request.level or "pause")
             self._transitions.append(self.risk.kill(level, request.reason, request.operator, now))
             self._audit_transitions(unit, channel=request.channel)
+            # entries are blocked from here; make it durable (and visible) before the slower
+            # cancels and closes
+            await self._commit(unit)
+            unit = UnitOfWork()
             if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
                 result["cancelled"] = await self.desk.cancel_where(unit, f"kill {level.value}")
             if level is KillLevel.FLATTEN:

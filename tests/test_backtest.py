@@ -113,3 +113,30 @@ def test_real_btc_1h_backtest_reconciles(pg_url: str) -> None:
 
     last = load_candle_file(path, "1h").candles[-1].close
     asyncio.run(reconcile(pg_url, summary["account"], summary, {"BTC/USDT": last}))
+
+
+def test_real_eight_pairs_with_full_risk_manager(pg_url: str) -> None:
+    """Acceptance (issue 4): the summary lists every breaker that fired and every state
+    change; the ledger holds their reasons."""
+    import asyncio
+
+    files = [shared_file("binance-spot-1h", f"{p}_USDT-1h.json")
+             for p in ("BTC", "ETH", "BNB", "LTC", "ADA", "XRP", "DOGE", "SOL")]
+    args = ["backtest", "--timeframe", "1h", "--json", "--db", pg_url]
+    for f in files:
+        args += ["--data", str(f)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    s = json.loads(result.stdout[result.stdout.index("{"):])
+    assert s["candles"] > 300_000
+    assert s["breakers_fired"], "five years of crypto should trip something"
+    changes = s["state_changes"]
+    assert changes and all({"ts", "from", "to", "by", "reason"} <= set(c) for c in changes)
+    rows = asyncio.run(fetch(pg_url, "SELECT payload FROM audit_events WHERE account=$1 AND "
+                             "kind='risk.state_changed' ORDER BY id", s["account"]))
+    logged = [json.loads(r["payload"]) for r in rows]
+    assert [(x["from"], x["to"], x["reason"]) for x in logged] == \
+        [(c["from"], c["to"], c["reason"]) for c in changes]
+    rejected = asyncio.run(fetch(pg_url, "SELECT count(*) AS n FROM audit_events WHERE "
+                                 "account=$1 AND kind='risk.rejected'", s["account"]))
+    assert rejected[0]["n"] == s["risk_decisions"].get("rejected", 0)

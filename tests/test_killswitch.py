@@ -188,3 +188,24 @@ async def _signals_after(db: str, account: str, ts: Any, n: int) -> bool:
 
 async def _ack_count(acks: list[dict[str, Any]], n: int) -> bool:
     return len(acks) >= n
+
+
+async def test_mqtt_outage_never_stops_trading(sim: tuple[SimBinance, int], pg_url: str,
+                                               tmp_path: Path) -> None:
+    """MQTT on, but no broker anywhere: the bot trades and finishes its run normally."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    _, port = sim
+    instance = f"nobroker{uuid.uuid4().hex[:6]}"
+    proc = await spawn(run_cmd(port, pg_url, tmp_path, instance, max_candles=12),
+                       STACKBOT_MQTT_ENABLED="true", STACKBOT_MQTT_PORT=str(dead),
+                       STACKBOT_MQTT_COMMAND_SECRET=SECRET)
+    _, err = await asyncio.wait_for(proc.communicate(), 90)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    assert b"mqtt_unavailable" in err
+    rows = await fetch(pg_url, "SELECT count(*) AS n FROM signals WHERE account=$1",
+                       f"{instance}:paper:binance")
+    assert rows[0]["n"] == 12

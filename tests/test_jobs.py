@@ -1,0 +1,63 @@
+"""Scheduled jobs: configured so a restart never runs a missed job twice, and each job's work
+lands in the ledger through the engine."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bot.app import drive
+from bot.brokers.paper import PaperBroker, static_markets
+from bot.clock import SimulatedClock
+from bot.config import JobSettings, load_settings
+from bot.domain import Mode
+from bot.engine import Engine
+from bot.feeds.files import load_candle_file
+from bot.feeds.replay import ReplayFeed
+from bot.jobs import build_scheduler
+from bot.ledger.repository import PostgresLedger
+from bot.ports import ControlRequest
+from tests.conftest import fetch
+from tests.helpers import write_series
+
+
+async def test_scheduler_jobs_coalesce_with_grace(tmp_path: Path) -> None:
+    class Dummy:
+        pass
+
+    sched = build_scheduler(Dummy(), JobSettings(misfire_grace_s=120), heartbeat=lambda: None)  # type: ignore[arg-type]
+    sched.start(paused=True)  # job defaults apply once the scheduler starts
+    jobs = {j.id: j for j in sched.get_jobs()}
+    sched.shutdown(wait=False)
+    assert set(jobs) == {"equity_snapshot", "risk_housekeeping", "daily_risk_reset",
+                         "model_degradation_check", "retrain", "heartbeat"}
+    for job in jobs.values():
+        assert job.coalesce is True and job.misfire_grace_time == 120 and job.max_instances == 1
+    assert str(jobs["daily_risk_reset"].trigger) == "cron[hour='0', minute='0']"
+    assert "day='1'" in str(jobs["retrain"].trigger)  # monthly by default
+
+
+async def test_job_actions_are_carried_out_and_audited(tmp_path: Path, pg_url: str) -> None:
+    path = write_series(tmp_path, "BTC/USDT", 120, seed=9)
+    settings = load_settings(overrides={"database": {"url": pg_url}, "timeframe": "1h"},
+                             environ={})
+    clock = SimulatedClock()
+    feed = ReplayFeed([load_candle_file(path, "1h")])
+    p = settings.paper
+    broker = PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
+
+    def hook(engine: Engine) -> None:
+        for action in ("snapshot", "tick", "model_check", "retrain"):
+            engine.controls.put_nowait((ControlRequest(action, "scheduled", "scheduler", "jobs"),
+                                        None))
+
+    account = "jobs-test"
+    await drive(settings, "jobsrun1", account, Mode.BACKTEST, "replay", ["BTC/USDT"], feed,
+                broker, PostgresLedger.from_url(pg_url), clock, hook)
+    kinds = {r["kind"]: json.loads(r["payload"]) for r in await fetch(
+        pg_url, "SELECT kind, payload FROM audit_events WHERE account=$1", account)}
+    assert kinds["model.check"]["status"] == "inactive"
+    assert "no trainable model" in kinds["retrain.skipped"]["reason"]
+    snaps = await fetch(pg_url, "SELECT count(*) AS n FROM equity_snapshots WHERE account=$1",
+                        account)
+    assert snaps[0]["n"] == 120 + 1  # one per candle step, plus the scheduled one
