@@ -19,6 +19,12 @@ from bot.ports import UnitOfWork
 from tests.conftest import fetch
 
 
+def test_head_constant_matches_alembic() -> None:
+    from bot.ledger.migrate import HEAD
+
+    assert HEAD == head_revision()
+
+
 async def test_migrations_create_exactly_the_model_schema(fresh_db: str) -> None:
     engine = make_engine(fresh_db)
     assert await upgrade(engine) == head_revision()

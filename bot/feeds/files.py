@@ -15,6 +15,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from bot.domain import TIMEFRAME_MS, Candle, Gap
 from bot.errors import DataError
 from bot.feeds.validate import CandleProblem, Row, validate_series
@@ -99,10 +101,14 @@ def _read_csv(path: Path) -> list[Row]:
 
 
 def _read_json(path: Path) -> list[Row]:
+    raw = path.read_bytes()
     try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON: {exc}") from None
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        try:  # the standard parser also reads NaN and Infinity, which validation then names
+            data = json.loads(raw)
+        except ValueError as exc:
+            raise DataError(f"{path}: not valid JSON: {exc}") from None
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of [ms, open, high, low, close, volume] rows")
     rows = []

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import orjson
 from sqlalchemy import select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -31,7 +33,9 @@ _ORDER_MUTABLE = ("status", "status_reason", "filled_qty", "avg_fill_price", "fe
                   "exchange_order_id", "updated_at")
 
 
+@lru_cache(maxsize=8192)
 def to_dt(ms: int) -> datetime:
+    """Milliseconds -> aware datetime (cached: one candle's rows share their timestamps)."""
     return datetime.fromtimestamp(ms / 1000, UTC)
 
 
@@ -82,7 +86,7 @@ def control_from_row(r: Any) -> ControlRequest:
 
 
 def _json(payload: Mapping[str, Any]) -> str:
-    return json.dumps(payload, default=str, separators=(",", ":"), sort_keys=True)
+    return orjson.dumps(payload, default=str, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class PostgresLedger:
