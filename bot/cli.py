@@ -57,8 +57,9 @@ def _fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _run_async(coro_factory: Any, stop_grace_s: float = 5.0) -> Any:
-    """Run a coroutine with SIGINT/SIGTERM mapped to a graceful stop of the engine."""
+def _run_async(coro_factory: Any, kill_level: str = "none") -> Any:
+    """Run a coroutine with SIGINT/SIGTERM mapped to the configured kill level (if any) and
+    a graceful stop of the engine."""
 
     async def main() -> Any:
         loop = asyncio.get_running_loop()
@@ -66,9 +67,11 @@ def _run_async(coro_factory: Any, stop_grace_s: float = 5.0) -> Any:
         task = asyncio.current_task()
 
         def on_signal(signame: str) -> None:
-            log.warning("signal", signal=signame, action="graceful stop")
+            from bot.control import on_signal as converge
+
+            log.warning("signal", signal=signame, action="graceful stop", kill_level=kill_level)
             for eng in engines:
-                eng.request_stop()
+                converge(eng, kill_level, signame)
             if not engines and task is not None:
                 task.cancel()
 
@@ -136,7 +139,8 @@ def run(
             confirm_live=confirm_live, instance=instance, data_dir=data_dir, database__url=db,
             exchange__name=exchange, exchange__url=exchange_url, exchange__feed=feed,
             exchange__poll_interval=poll_interval, exchange__sandbox=sandbox)
-        outcome = _run_async(lambda hook: application.trade(settings, hook))
+        outcome = _run_async(lambda hook: application.trade(settings, hook),
+                             settings.risk.kill_on_signal)
     except StackbotError as exc:
         raise _fail(exc) from None
     _print_summary(outcome.summary, as_json=False)

@@ -209,3 +209,21 @@ async def test_mqtt_outage_never_stops_trading(sim: tuple[SimBinance, int], pg_u
     rows = await fetch(pg_url, "SELECT count(*) AS n FROM signals WHERE account=$1",
                        f"{instance}:paper:binance")
     assert rows[0]["n"] == 12
+
+
+async def test_sigterm_with_configured_kill_level(sim: tuple[SimBinance, int], pg_url: str,
+                                                  tmp_path: Path) -> None:
+    """risk.kill_on_signal = cancel: SIGTERM cancels open orders, HALTs, then stops."""
+    _, port = sim
+    instance = f"sig{uuid.uuid4().hex[:6]}"
+    account = f"{instance}:paper:binance"
+    proc = await spawn(run_cmd(port, pg_url, tmp_path, instance),
+                       STACKBOT_RISK_KILL_ON_SIGNAL="cancel")
+    await until(lambda: _has_working(pg_url, account), timeout=90)
+    t0 = time.monotonic()
+    proc.terminate()
+    await asyncio.wait_for(proc.wait(), 10)
+    assert time.monotonic() - t0 < 5 and proc.returncode == 0
+    assert await working_stops(pg_url, account) == 0
+    st = await state_of(pg_url, account)
+    assert st is not None and st[0] == "HALTED" and "SIGTERM" in st[1]
