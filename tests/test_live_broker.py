@@ -106,3 +106,21 @@ async def test_resting_limit_order_is_polled_until_filled(
     assert await broker.on_candle(candle) == []  # nothing changed at the venue
     cancelled = await broker.cancel(ack.order)
     assert cancelled.order.status is OrderStatus.CANCELLED
+
+
+async def test_protective_stop_rests_at_the_venue(venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    """Stops are placed on the exchange (Binance STOP_LOSS via ccxt's triggerPrice)."""
+    sim, _, broker = venue
+    await broker.submit(market_order("0.05", ts=6))  # something to protect
+    price = sim.price("BTCUSDT")
+    assert price is not None
+    cid = client_order_id("acct", "BTC/USDT", 7, "sell:stop")
+    stop = Order(cid, "acct", "run", "BTC/USDT", Side.SELL, OrderType.STOP, D("0.05"),
+                 OrderStatus.PENDING_SUBMIT, 0, 0, 7, "v", "protective stop",
+                 stop_price=(price * D("0.5")).quantize(D("0.01")), reduce_only=True)
+    ack = await broker.submit(stop)
+    assert ack.order.status is OrderStatus.OPEN
+    assert sim.account is not None
+    resting = sim.account.by_client[cid]
+    assert resting.type == "STOP_LOSS" and resting.price == stop.stop_price
+    assert (await broker.cancel(ack.order)).order.status is OrderStatus.CANCELLED

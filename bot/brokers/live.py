@@ -61,11 +61,12 @@ class LiveBroker:
             if found is not None:
                 return found
         self._working[cid] = order
-        params = {"clientOrderId": cid}
+        params: dict[str, Any] = {"clientOrderId": cid}
         price = order.limit_price if order.order_type is OrderType.LIMIT else None
         if order.order_type is OrderType.STOP:
-            params["stopPrice"] = str(order.stop_price)
-        ccxt_type = {"market": "market", "limit": "limit", "stop": "stop_loss"}[order.order_type]
+            # ccxt's unified stop: a market order with a trigger price (Binance: STOP_LOSS)
+            params["triggerPrice"] = float(order.stop_price)  # type: ignore[arg-type]
+        ccxt_type = "limit" if order.order_type is OrderType.LIMIT else "market"
         try:
             raw = await call(self.exchange.create_order(
                 order.symbol, ccxt_type, order.side.value, float(order.quantity),

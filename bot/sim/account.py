@@ -44,10 +44,12 @@ class SimOrder:
     def view(self) -> dict[str, Any]:
         return {
             "symbol": self.symbol, "orderId": self.order_id, "orderListId": -1,
-            "clientOrderId": self.client_id, "price": f"{self.price or 0:.8f}",
+            "clientOrderId": self.client_id,
+            "price": f"{self.price or 0:.8f}" if self.type == "LIMIT" else "0.00000000",
             "origQty": f"{self.qty:.8f}", "executedQty": f"{self.executed:.8f}",
             "cummulativeQuoteQty": f"{self.quote:.8f}", "status": self.status,
-            "timeInForce": "GTC", "type": self.type, "side": self.side, "stopPrice": "0.00000000",
+            "timeInForce": "GTC", "type": self.type, "side": self.side,
+            "stopPrice": f"{self.price:.8f}" if self.type == "STOP_LOSS" else "0.00000000",
             "icebergQty": "0.00000000", "time": self.time, "updateTime": self.time,
             "isWorking": True, "workingTime": self.time, "origQuoteOrderQty": "0.00000000",
             "selfTradePreventionMode": "EXPIRE_MAKER",
@@ -134,12 +136,17 @@ class SimAccount:
 
     def match(self) -> None:
         for o in self.orders.values():
-            if o.status != "NEW" or o.type != "LIMIT" or o.price is None:
+            if o.status != "NEW" or o.price is None:
                 continue
             px = self.price_of(o.symbol)
-            if px is not None and ((o.side == "BUY" and px < o.price) or
-                                   (o.side == "SELL" and px > o.price)):
+            if px is None:
+                continue
+            if o.type == "LIMIT" and ((o.side == "BUY" and px < o.price) or
+                                      (o.side == "SELL" and px > o.price)):
                 self._execute(o, o.price)
+            elif o.type == "STOP_LOSS" and ((o.side == "SELL" and px <= o.price) or
+                                            (o.side == "BUY" and px >= o.price)):
+                self._execute(o, px)  # triggered: fills at market
 
     def _free(self, asset: str) -> Decimal:
         held = self.balances.get(asset, Decimal(0))
@@ -168,11 +175,16 @@ class SimAccount:
         price_now = self.price_of(sym)
         if price_now is None:
             return self._err(400, -1121, "Invalid symbol.")
+        if kind not in ("MARKET", "LIMIT", "STOP_LOSS"):
+            return self._err(400, -1116, "Invalid orderType.")
         try:
             qty = Decimal(params["quantity"])
             limit = Decimal(params["price"]) if kind == "LIMIT" else None
+            if kind == "STOP_LOSS":
+                limit = Decimal(params["stopPrice"])  # kept in .price: the trigger
         except (KeyError, ArithmeticError):
-            return self._err(400, -1102, "Mandatory parameter 'quantity' was not sent.")
+            return self._err(400, -1102, "Mandatory parameter 'quantity' or 'stopPrice' "
+                                         "was not sent.")
         ref = limit or price_now
         base, quote = sym[:-4], sym[-4:]
         if (side == "BUY" and qty * ref * (1 + FEE) > self._free(quote)) or \
