@@ -1,0 +1,94 @@
+"""From candle series to training data: causal features per symbol, windows per walk-forward
+part, and the aligned panel the cross-asset GNN needs."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from bot.domain import timeframe_ms
+from bot.feeds.files import CandleSeries
+from models.features import compute_features
+from models.windows import Split, Windows, make_windows, walk_forward
+
+
+@dataclass
+class SymbolData:
+    symbol: str
+    ts: np.ndarray  # [T] open times
+    close: np.ndarray  # [T]
+    features: np.ndarray  # [T, F]
+    next_ret: np.ndarray  # [T] log return of the following candle (NaN at the end)
+
+
+def symbol_data(series: CandleSeries) -> SymbolData:
+    c = series.candles
+    ohlcv = np.array([[x.open, x.high, x.low, x.close, x.volume] for x in c], dtype=np.float64)
+    ts = np.array([x.ts for x in c], dtype=np.int64)
+    feats = compute_features(ohlcv, ts, timeframe_ms(series.timeframe))
+    close = ohlcv[:, 3]
+    nxt = np.full(len(close), np.nan)
+    nxt[:-1] = np.log(close[1:] / close[:-1])
+    return SymbolData(series.symbol, ts, close, feats, nxt)
+
+
+@dataclass
+class Parts:
+    train: Windows
+    val: Windows
+    test: Windows
+    split_ts: dict[str, tuple[int, int]]  # part -> (first, last) open time, for the registry
+    sizes: dict[str, list[int]]  # part -> windows per symbol, in the order of the data
+
+
+def _concat(ws: Sequence[Windows]) -> Windows:
+    return Windows(*(np.concatenate([getattr(w, f) for w in ws]) for f in
+                     ("x", "ret", "up", "labeled", "t")))
+
+
+def split_by_time(data: Sequence[SymbolData], split: Split, ref: np.ndarray, lookback: int,
+                  horizon: int, cost: float) -> Parts:
+    """Windows of every symbol whose last candle falls in each part's time range; the parts
+    are defined on the reference timeline ``ref`` so all symbols split at the same instants."""
+    bounds = {name: (ref[a], ref[min(b, len(ref)) - 1]) for name, (a, b) in
+              (("train", split.train), ("val", split.val), ("test", split.test))}
+    out: dict[str, list[Windows]] = {k: [] for k in bounds}
+    for d in data:
+        for name, (t0, t1) in bounds.items():
+            rows = np.nonzero((d.ts >= t0) & (d.ts <= t1))[0]
+            out[name].append(make_windows(d.features, d.close, lookback, horizon, cost, rows))
+    return Parts(*(_concat(out[k]) for k in ("train", "val", "test")),
+                 split_ts={k: (int(v[0]), int(v[1])) for k, v in bounds.items()},
+                 sizes={k: [len(w) for w in v] for k, v in out.items()})
+
+
+def reference_timeline(data: Sequence[SymbolData]) -> np.ndarray:
+    """The longest symbol's open times: the calendar the splits are cut on."""
+    return max(data, key=lambda d: len(d.ts)).ts
+
+
+def splits(ref: np.ndarray, train: int, val: int, test: int, embargo: int,
+           folds: int | None) -> list[Split]:
+    return walk_forward(len(ref), train, val, test, embargo, folds)
+
+
+def panel(data: Sequence[SymbolData], t0: int, t1: int, lookback: int,
+          horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned windows [T, N, L, F], returns [T, N], up [T, N] and open times [T] for the
+    timestamps in [t0, t1] where every symbol has a complete window and a label."""
+    common = data[0].ts
+    for d in data[1:]:
+        common = np.intersect1d(common, d.ts)
+    common = common[(common >= t0) & (common <= t1)]
+    built = []
+    ok = np.ones(len(common), dtype=bool)
+    for d in data:
+        rows = np.searchsorted(d.ts, common)
+        w = make_windows(d.features, d.close, lookback, horizon, 0.0, rows)
+        ok &= np.isin(rows, w.t)
+        built.append((w, rows))
+    X = np.stack([w.x[np.searchsorted(w.t, rows[ok])] for w, rows in built], axis=1)
+    R = np.stack([w.ret[np.searchsorted(w.t, rows[ok])] for w, rows in built], axis=1)
+    return X, R, (R > 0).astype(np.float32), common[ok]

@@ -1,0 +1,103 @@
+"""Temporal Fusion Transformer (Lim et al. 2021), sized for a trading window: per-step variable
+selection, an LSTM encoder, interpretable multi-head attention (one value projection shared by
+all heads, heads averaged), gated residual networks, and quantile outputs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from models.members.base import MU, Member, MemberConfig, direction_loss
+
+QUANTILES = (0.1, 0.5, 0.9)
+Z90 = 1.2816  # standard normal quantile at 0.9
+
+
+class GRN(nn.Module):
+    """Gated residual network: ELU MLP, GLU gate, residual, layer norm."""
+
+    def __init__(self, d_in: int, d: int, d_out: int | None = None, dropout: float = 0.1) -> None:
+        super().__init__()
+        d_out = d_out or d
+        self.fc1, self.fc2 = nn.Linear(d_in, d), nn.Linear(d, 2 * d_out)
+        self.skip = nn.Linear(d_in, d_out) if d_in != d_out else nn.Identity()
+        self.norm = nn.LayerNorm(d_out)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor) -> Tensor:
+        y = F.glu(self.fc2(self.drop(F.elu(self.fc1(x)))), dim=-1)
+        return self.norm(self.skip(x) + y)
+
+
+class InterpretableMHA(nn.Module):
+    def __init__(self, d: int, heads: int, dropout: float) -> None:
+        super().__init__()
+        self.h, self.dk = heads, d // heads
+        self.q, self.k = nn.Linear(d, d), nn.Linear(d, d)
+        self.v = nn.Linear(d, self.dk)  # shared across heads
+        self.o = nn.Linear(self.dk, d)
+        self.drop = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        B, L, _ = x.shape
+        q = self.q(x).view(B, L, self.h, self.dk).transpose(1, 2)
+        k = self.k(x).view(B, L, self.h, self.dk).transpose(1, 2)
+        att = (q @ k.transpose(-1, -2)) / self.dk ** 0.5 + mask
+        w = self.drop(torch.softmax(att, dim=-1))  # [B, h, L, L]
+        v = self.v(x).unsqueeze(1)  # [B, 1, L, dk]
+        out = (w @ v).mean(dim=1)  # heads averaged: one interpretable attention pattern
+        return self.o(out), w.mean(dim=1)
+
+
+class TemporalFusionTransformer(Member):
+    name = "tft"
+
+    def __init__(self, cfg: MemberConfig, heads: int = 4) -> None:
+        super().__init__(cfg)
+        d, nf = cfg.hidden, cfg.n_features
+        self.var_embed = nn.ModuleList([nn.Linear(1, d) for _ in range(nf)])
+        self.var_grns = nn.ModuleList([GRN(d, d, dropout=cfg.dropout) for _ in range(nf)])
+        self.selector = GRN(nf * d, d, nf, cfg.dropout)
+        self.lstm = nn.LSTM(d, d, batch_first=True)
+        self.post_lstm = GRN(d, d, dropout=cfg.dropout)
+        self.attn = InterpretableMHA(d, heads, cfg.dropout)
+        self.post_attn = GRN(d, d, dropout=cfg.dropout)
+        self.quant = nn.Linear(d, len(QUANTILES))
+        self.dir = nn.Linear(d, 1)
+        mask = torch.triu(torch.full((cfg.lookback, cfg.lookback), float("-inf")), diagonal=1)
+        self.register_buffer("mask", mask, persistent=False)
+        self.last_weights: Tensor | None = None  # variable-selection weights, for reports
+
+    def _encode(self, x: Tensor) -> Tensor:
+        emb = [grn(lin(x[..., i:i + 1])) for i, (lin, grn)
+               in enumerate(zip(self.var_embed, self.var_grns))]
+        stacked = torch.stack(emb, dim=-2)  # [B, L, nf, d]
+        weights = torch.softmax(self.selector(stacked.flatten(-2)), dim=-1)  # [B, L, nf]
+        self.last_weights = weights.detach()
+        sel = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
+        enc, _ = self.lstm(sel)
+        enc = self.post_lstm(enc + sel)
+        L = x.shape[1]
+        att, _ = self.attn(enc, self.mask[:L, :L])
+        return self.post_attn(att + enc)[:, -1]
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = self._encode(x)
+        q = torch.sort(self.quant(z), dim=1).values / 100.0  # percent -> log return, ordered
+        sigma = ((q[:, 2] - q[:, 0]) / (2 * Z90)).clamp_min(1e-6) * 100.0
+        return torch.stack((self.dir(z).squeeze(1), q[:, 1], 2 * torch.log(sigma)), dim=1)
+
+    def quantiles(self, x: Tensor) -> Tensor:
+        return torch.sort(self.quant(self._encode(x)), dim=1).values / 100.0
+
+    def loss(self, out: Tensor, up: Tensor, ret: Tensor, labeled: Tensor) -> Tensor:
+        q = out  # the pinball loss on the three quantiles implied by median and spread
+        pinball = torch.zeros((), device=out.device)
+        r = ret * 100.0
+        med = q[:, MU] * 100.0
+        sigma = torch.exp(0.5 * q[:, 2])
+        for tau, val in zip(QUANTILES, (med - Z90 * sigma, med, med + Z90 * sigma)):
+            e = r - val
+            pinball = pinball + torch.maximum(tau * e, (tau - 1) * e).mean()
+        return direction_loss(q, up, labeled) + 0.1 * pinball

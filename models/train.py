@@ -1,0 +1,290 @@
+"""Walk-forward training of the ensemble: each member on the train part with early stopping on
+validation, temperature calibration on validation, the meta-learner on the members'
+validation (out-of-fold) predictions, and metrics on the untouched test part.
+
+Seeds are fixed and CPU runs are deterministic; on CUDA the forward passes run under bf16
+autocast.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.calibrate import Temperature, report, sigmoid
+from models.dataset import Parts, SymbolData, panel, reference_timeline, split_by_time, splits
+from models.features import FEATURE_NAMES
+from models.members import REGISTRY, Member, MemberConfig
+from models.meta import fit_stacker
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lookback: int = 32
+    horizon: int = 4
+    cost: float = 0.002  # round-trip cost threshold for a labeled direction
+    hidden: int = 32
+    epochs: int = 4
+    patience: int = 1
+    batch: int = 256
+    lr: float = 2e-3
+    train_rows: int = 17_520  # 2 years of 1h candles
+    val_rows: int = 2_160  # 3 months
+    test_rows: int = 2_160
+    folds: int | None = 1  # the most recent walk-forward folds; None: all
+    max_train_samples: int = 24_000  # subsample (evenly) above this, per member
+    ppo_passes: int = 2
+    seed: int = 7
+    device: str = "cpu"
+
+
+PRESETS: dict[str, TrainConfig] = {
+    "quick": TrainConfig(),
+    "full": TrainConfig(hidden=64, epochs=30, patience=5, folds=None, max_train_samples=10**9,
+                        ppo_passes=10, lookback=48),
+}
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+@dataclass
+class MemberResult:
+    name: str
+    model: Member
+    temperature: float
+    val_logits: np.ndarray
+    test_logits: np.ndarray
+    metrics: dict[str, Any]
+    epoch_seconds: list[float] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    parts: Parts
+    members: list[MemberResult]
+    meta_weights: np.ndarray
+    meta_bias: float
+    meta_metrics: dict[str, Any]
+    symbols: list[str]
+
+
+def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    perm = torch.randperm(n, generator=gen)
+    return [perm[i:i + size] for i in range(0, n, size)]
+
+
+@torch.no_grad()
+def predict(model: Member, x: np.ndarray, device: str, batch: int = 4096) -> np.ndarray:
+    model.eval()
+    outs = []
+    for i in range(0, len(x), batch):
+        xb = torch.as_tensor(x[i:i + batch], device=device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=device.startswith("cuda")):
+            outs.append(model(xb).float().cpu())
+    return torch.cat(outs).numpy() if outs else np.zeros((0, 3), np.float32)
+
+
+def _subsample(n: int, cap: int) -> np.ndarray:
+    return np.arange(n) if n <= cap else np.linspace(0, n - 1, cap).astype(np.int64)
+
+
+def fit_supervised(model: Member, tr: dict[str, np.ndarray], va: dict[str, np.ndarray],
+                   cfg: TrainConfig, tick: Callable[[], None] | None = None) -> list[float]:
+    """Adam with early stopping on validation loss; restores the best epoch's weights."""
+    dev = cfg.device
+    model.to(dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    T = {k: torch.as_tensor(v, device=dev) for k, v in tr.items()}
+    V = {k: torch.as_tensor(v, device=dev) for k, v in va.items()}
+    best, best_state, bad, times = float("inf"), None, 0, []
+    for _ in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        for idx in _batches(len(T["x"]), cfg.batch, gen):
+            with torch.autocast("cuda", torch.bfloat16, enabled=dev.startswith("cuda")):
+                loss = model.training_loss(T["x"][idx], T["up"][idx], T["ret"][idx],
+                                           T["labeled"][idx])
+            opt.zero_grad()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+        times.append(time.perf_counter() - t0)
+        model.eval()
+        with torch.no_grad():
+            vl = float(model.training_loss(V["x"], V["up"], V["ret"], V["labeled"]))
+        if tick:
+            tick()
+        if vl < best - 1e-5:
+            best, bad = vl, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad > cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return times
+
+
+def _arrays(w: Any, idx: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    sel = slice(None) if idx is None else idx
+    return {"x": w.x[sel], "up": w.up[sel], "ret": w.ret[sel], "labeled": w.labeled[sel]}
+
+
+def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: TrainConfig,
+                 tick: Callable[[], None] | None = None) -> MemberResult:
+    seed_everything(cfg.seed)
+    mcfg = MemberConfig(len(FEATURE_NAMES), cfg.lookback, cfg.hidden)
+    model = REGISTRY[name](mcfg)
+    times: list[float] = []
+    if name == "gnn":
+        (a, b), (c, d) = parts.split_ts["train"], parts.split_ts["val"]
+        Xtr, Rtr, Utr, _ = panel(data, a, b, cfg.lookback, cfg.horizon)
+        Xva, Rva, Uva, _ = panel(data, c, d, cfg.lookback, cfg.horizon)
+        model.to(cfg.device)
+        times = _fit_gnn(model, Xtr, Rtr, Utr, Xva, Rva, Uva, cfg, tick)
+    elif name == "ppo":
+        t0 = time.perf_counter()
+        for d in data:
+            a, b = parts.split_ts["train"]
+            rows = np.nonzero((d.ts >= a) & (d.ts <= b))[0]
+            from models.windows import make_windows
+
+            w = make_windows(d.features, d.close, cfg.lookback, 1, 0.0, rows)
+            model.fit(w.x, w.ret, fee=cfg.cost / 2, passes=cfg.ppo_passes, seed=cfg.seed)
+        times = [(time.perf_counter() - t0) / max(1, cfg.ppo_passes)]
+        if tick:
+            tick()
+    else:
+        idx = _subsample(len(parts.train), cfg.max_train_samples)
+        times = fit_supervised(model, _arrays(parts.train, idx), _arrays(parts.val), cfg, tick)
+        if name == "vae":
+            model.fit_regimes(torch.as_tensor(parts.train.x[idx], device=cfg.device),
+                              parts.train.up[idx], parts.train.ret[idx], cfg.seed)
+    model.cpu()
+    cfg_cpu = replace(cfg, device="cpu")
+    val = _member_logits(model, name, data, parts, "val", cfg_cpu)
+    test = _member_logits(model, name, data, parts, "test", cfg_cpu)
+    lab_v, lab_t = parts.val.labeled, parts.test.labeled
+    temp = Temperature.fit(val[lab_v], parts.val.up[lab_v]) if lab_v.any() else Temperature()
+    metrics = {
+        "val_raw": report(sigmoid(val[lab_v]), parts.val.up[lab_v]),
+        "val_calibrated": report(temp(val[lab_v]), parts.val.up[lab_v]),
+        "test_raw": report(sigmoid(test[lab_t]), parts.test.up[lab_t]),
+        "test_calibrated": report(temp(test[lab_t]), parts.test.up[lab_t]),
+        "temperature": temp.t,
+        "seconds_per_epoch": float(np.mean(times)) if times else 0.0,
+        "epochs": len(times),
+    }
+    return MemberResult(name, model, temp.t, val, test, metrics, times)
+
+
+def _member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: Parts,
+                   part: str, cfg: TrainConfig) -> np.ndarray:
+    """Logits for every window of ``part`` in the parts' order (symbol by symbol)."""
+    w = getattr(parts, part)
+    if name != "gnn":
+        return predict(model, w.x, cfg.device)[:, 0]
+    # the graph member sees all symbols of a timestamp together; a window whose timestamp is
+    # not shared by every symbol is answered by a one-node graph
+    out = predict(model, w.x, cfg.device, batch=1)[:, 0]
+    a, b = parts.split_ts[part]
+    X, _, _, ts = panel(data, a, b, cfg.lookback, cfg.horizon)
+    if len(ts):
+        with torch.no_grad():
+            joint = model.forward_panel(torch.as_tensor(X)).numpy()[:, 0].reshape(len(ts), -1)
+        offset = 0
+        for k, (d, n) in enumerate(zip(data, parts.sizes[part])):
+            when = d.ts[w.t[offset:offset + n]]
+            pos = np.minimum(np.searchsorted(ts, when), len(ts) - 1)
+            hit = ts[pos] == when
+            out[offset:offset + n][hit] = joint[pos[hit], k]
+            offset += n
+    return out
+
+
+def _fit_gnn(model: Member, Xtr: np.ndarray, Rtr: np.ndarray, Utr: np.ndarray, Xva: np.ndarray,
+             Rva: np.ndarray, Uva: np.ndarray, cfg: TrainConfig,
+             tick: Callable[[], None] | None) -> list[float]:
+    from models.members.base import direction_loss, return_nll
+
+    dev = cfg.device
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    idx_all = _subsample(len(Xtr), max(1, cfg.max_train_samples // max(1, Xtr.shape[1])))
+    X, R, U = (torch.as_tensor(a[idx_all], device=dev) for a in (Xtr, Rtr, Utr))
+    XV, RV, UV = (torch.as_tensor(a, device=dev) for a in (Xva, Rva, Uva))
+
+    def loss_of(x: torch.Tensor, r: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        out = model.forward_panel(x)  # type: ignore[attr-defined]
+        r, u = r.reshape(-1), u.reshape(-1)
+        lab = (r.abs() > cfg.cost)
+        return direction_loss(out, u, lab) + return_nll(out, r)
+
+    best, best_state, bad, times = float("inf"), None, 0, []
+    for _ in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        for idx in _batches(len(X), max(1, cfg.batch // X.shape[1]), gen):
+            loss = loss_of(X[idx], R[idx], U[idx])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        times.append(time.perf_counter() - t0)
+        model.eval()
+        with torch.no_grad():
+            vl = float(loss_of(XV, RV, UV)) if len(XV) else 0.0
+        if tick:
+            tick()
+        if vl < best - 1e-5:
+            best, bad = vl, 0
+            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            bad += 1
+            if bad > cfg.patience:
+                break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return times
+
+
+def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequence[str],
+                   on_member: Callable[[str, str], None] | None = None,
+                   tick: Callable[[], None] | None = None) -> TrainResult:
+    ref = reference_timeline(data)
+    embargo = cfg.lookback + cfg.horizon
+    folds = splits(ref, cfg.train_rows, cfg.val_rows, cfg.test_rows, embargo, cfg.folds)
+    if not folds:
+        raise ValueError(f"not enough history: {len(ref)} candles, need "
+                         f"{cfg.train_rows + cfg.val_rows + cfg.test_rows + 2 * embargo}")
+    parts = split_by_time(data, folds[-1], ref, cfg.lookback, cfg.horizon, cfg.cost)
+    results = []
+    for name in members:
+        if on_member:
+            on_member(name, "start")
+        results.append(train_member(name, data, parts, cfg, tick))
+        if on_member:
+            on_member(name, "done")
+    lab_v, lab_t = parts.val.labeled, parts.test.labeled
+    val_l = np.stack([r.val_logits / r.temperature for r in results], axis=1)
+    test_l = np.stack([r.test_logits / r.temperature for r in results], axis=1)
+    w, b = fit_stacker(val_l[lab_v], parts.val.up[lab_v])
+    meta = {"val": report(sigmoid(val_l[lab_v] @ w + b), parts.val.up[lab_v]),
+            "test": report(sigmoid(test_l[lab_t] @ w + b), parts.test.up[lab_t]),
+            "weights": dict(zip([r.name for r in results], map(float, w))), "bias": b}
+    return TrainResult(cfg, parts, results, w, b, meta, [d.symbol for d in data])
+
+
+def config_dict(cfg: TrainConfig) -> dict[str, Any]:
+    return asdict(cfg)

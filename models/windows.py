@@ -1,0 +1,71 @@
+"""Sliding windows and chronological splits.
+
+A sample at row t is the window of features t-L+1..t; its label is the forward log return
+over the next H candles (close t -> close t+H) and its direction, where moves smaller than the
+cost threshold carry no direction (masked out of the classification loss). Splits are
+chronological with an embargo between train, validation and test, so no window or label of
+one part overlaps another.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Windows:
+    x: np.ndarray  # [N, L, F] float32
+    ret: np.ndarray  # [N] forward log return
+    up: np.ndarray  # [N] 1.0 up, 0.0 down
+    labeled: np.ndarray  # [N] bool: |ret| > cost (a direction worth trading)
+    t: np.ndarray  # [N] row index of the window's last candle
+
+    def __len__(self) -> int:
+        return len(self.t)
+
+    def take(self, idx: np.ndarray) -> Windows:
+        return Windows(self.x[idx], self.ret[idx], self.up[idx], self.labeled[idx], self.t[idx])
+
+
+def make_windows(features: np.ndarray, close: np.ndarray, lookback: int, horizon: int,
+                 cost: float, rows: np.ndarray | None = None) -> Windows:
+    """Windows ending at each row in ``rows`` (default: all) that are fully defined and have a
+    label; windows touching a NaN feature are dropped."""
+    t_all = np.arange(len(close)) if rows is None else rows
+    t_all = t_all[(t_all >= lookback - 1) & (t_all + horizon < len(close))]
+    bad = np.isnan(features).any(axis=1)
+    csum = np.concatenate(([0], np.cumsum(bad)))
+    ok = (csum[t_all + 1] - csum[t_all + 1 - lookback]) == 0
+    t = t_all[ok]
+    idx = t[:, None] + np.arange(-lookback + 1, 1)[None, :]
+    x = features[idx].astype(np.float32)
+    ret = np.log(close[t + horizon] / close[t]).astype(np.float32)
+    return Windows(x, ret, (ret > 0).astype(np.float32), np.abs(ret) > cost, t)
+
+
+@dataclass(frozen=True)
+class Split:
+    train: tuple[int, int]  # row ranges [start, end) of the windows' last candle
+    val: tuple[int, int]
+    test: tuple[int, int]
+
+
+def walk_forward(n_rows: int, train: int, val: int, test: int, embargo: int,
+                 folds: int | None = None) -> list[Split]:
+    """Rolling train/val/test row ranges, each separated by ``embargo`` rows, stepping by
+    ``test``. ``folds`` keeps only the most recent ones."""
+    out = []
+    start = 0
+    while True:
+        tr = (start, start + train)
+        va = (tr[1] + embargo, tr[1] + embargo + val)
+        te = (va[1] + embargo, va[1] + embargo + test)
+        if te[1] > n_rows:
+            break
+        out.append(Split(tr, va, te))
+        start += test
+    if folds is not None:
+        out = out[-folds:]
+    return out
