@@ -76,7 +76,6 @@ async def drive(
     structlog.contextvars.bind_contextvars(run_id=run_id, account=account, mode=mode.value)
     markets = await broker.markets(symbols)
     cfg = settings
-    source = EmaCrossSignal(cfg.strategy.fast, cfg.strategy.slow)
     stats = RunStats(cfg.timeframe, cfg.paper.starting_balance)
     portfolio = Portfolio(account, cfg.paper.starting_balance, cfg.quote_currency)
     fee = float(cfg.paper.fee_rate) if cfg.paper.fee_rate is not None else max(
@@ -84,7 +83,8 @@ async def drive(
     cost = 2 * (fee + float(cfg.paper.slippage_bps) / 10_000)
     risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
                        venue_stops=venue_stops)
-    parts = EngineParts(feed, source, TrendFollowStrategy(), risk, broker, ledger, clock)
+    source, strategy = await signal_stack(settings, ledger, cost)
+    parts = EngineParts(feed, source, strategy, risk, broker, ledger, clock)
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
                            source.model_version, settings.redacted(),
                            cfg.paper.starting_balance, quote=cfg.quote_currency)
@@ -114,6 +114,27 @@ async def drive(
             await broker.close()
             await ledger.close()
     return Outcome(run_id, account, status, summary)
+
+
+async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[Any, Any]:
+    """The signal source and strategy: the EMA baseline, or the active model ensemble."""
+    cfg = settings.strategy
+    if cfg.name == "baseline":
+        return EmaCrossSignal(cfg.fast, cfg.slow), TrendFollowStrategy()
+    from models.cli_support import pick_device
+    from models.ensemble import Ensemble, EnsembleSignalSource
+    from models.registry import active_ensemble
+    from strategies.ensemble import EnsembleStrategy
+
+    engine = getattr(ledger, "engine", None) or getattr(getattr(ledger, "inner", None), "engine")
+    active = await active_ensemble(engine)
+    if active is None:
+        raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
+                          "(it promotes the first one) or `stackbot models promote ID`")
+    ens = Ensemble.load(Path(active["path"]), active["sha256"], pick_device(cfg.device),
+                        cfg.compile)
+    return EnsembleSignalSource(ens, settings.timeframe), EnsembleStrategy(
+        cost=cost, max_dispersion=cfg.max_dispersion, horizon=ens.horizon)
 
 
 def load_series(files: Sequence[Path], timeframe: str,

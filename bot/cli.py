@@ -6,6 +6,7 @@ import asyncio
 import json
 import signal
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -22,9 +23,11 @@ from bot.logs import configure_logging, get_logger, register_secrets
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="stackbot: a crypto trading bot. Backtest, paper and live on one engine.")
 db_app = typer.Typer(no_args_is_help=True, help="Database commands.")
+models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration commands.")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
+app.add_typer(models_app, name="models")
 out = Console()
 log = get_logger("cli")
 
@@ -97,6 +100,7 @@ def backtest(
     start: Annotated[Optional[str], typer.Option(help="first candle (ISO-8601 or ms)")] = None,
     end: Annotated[Optional[str], typer.Option(help="stop before this candle")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
+    strategy: Annotated[Optional[str], typer.Option(help="baseline or ensemble (the active models)")] = None,
     config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
 ) -> None:
     """Replay candle files through the engine with the paper broker; every row to the ledger."""
@@ -104,7 +108,7 @@ def backtest(
 
     try:
         settings = _settings(config, timeframe=timeframe, data_dir=data_dir, database__url=db,
-                             mode="backtest")
+                             mode="backtest", strategy__name=strategy)
         syms = [s.strip().upper() for s in symbols.split(",")] if symbols else None
         outcome = _run_async(lambda hook: application.backtest(
             settings, data, syms, _ts(start), _ts(end), hook))
@@ -126,6 +130,7 @@ def run(
     sandbox: Annotated[Optional[bool], typer.Option("--sandbox/--no-sandbox", help="ccxt sandbox mode")] = None,
     confirm_live: Annotated[Optional[bool], typer.Option("--confirm-live", help="required for live")] = None,
     instance: Annotated[Optional[str], typer.Option(help="instance name")] = None,
+    strategy: Annotated[Optional[str], typer.Option(help="baseline or ensemble")] = None,
     config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
 ) -> None:
     """Trade on live market data: paper (simulated fills) or live (real orders)."""
@@ -138,7 +143,8 @@ def run(
             config, mode=mode, symbols=symbols, timeframe=timeframe, max_candles=max_candles,
             confirm_live=confirm_live, instance=instance, data_dir=data_dir, database__url=db,
             exchange__name=exchange, exchange__url=exchange_url, exchange__feed=feed,
-            exchange__poll_interval=poll_interval, exchange__sandbox=sandbox)
+            exchange__poll_interval=poll_interval, exchange__sandbox=sandbox,
+            strategy__name=strategy)
         outcome = _run_async(lambda hook: application.trade(settings, hook),
                              settings.risk.kill_on_signal)
     except StackbotError as exc:
@@ -317,6 +323,125 @@ def config_show(config: ConfigOpt = None) -> None:
     except StackbotError as exc:
         raise _fail(exc) from None
     print(json.dumps(settings.redacted(), indent=2))
+
+
+@app.command()
+def train(
+    data: Annotated[list[Path], typer.Option("--data", help="candle file; repeat per symbol")],
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1h",
+    symbols: Annotated[Optional[str], typer.Option(help="comma list, one per --data")] = None,
+    preset: Annotated[str, typer.Option(help="quick or full")] = "quick",
+    models: Annotated[Optional[str], typer.Option(help="members to train (default: all)")] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
+    promote_mode: Annotated[str, typer.Option("--promote", help="always, if-none, if-better or never")] = "if-none",
+    seed: Annotated[Optional[int], typer.Option(help="override the preset's seed")] = None,
+    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Walk-forward training of the model ensemble; checkpoints are registered as candidates."""
+    from bot.app import database_url, load_series
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+    from models.cli_support import members_from, run_training, store
+    from models.train import PRESETS
+
+    if preset not in PRESETS:
+        raise _fail(ValueError(f"--preset must be one of {', '.join(PRESETS)}"))
+    if promote_mode not in ("always", "if-none", "if-better", "never"):
+        raise _fail(ValueError("--promote must be always, if-none, if-better or never"))
+    try:
+        settings = _settings(config, timeframe=timeframe, data_dir=data_dir, database__url=db)
+        names = members_from(models)
+        syms = [x.strip().upper() for x in symbols.split(",")] if symbols else None
+        series = load_series(data, timeframe, syms)
+        t0 = time.perf_counter()
+        result = run_training(series, timeframe, preset, names, device, seed)
+        elapsed = time.perf_counter() - t0
+
+        async def save() -> Any:
+            engine = make_engine(database_url(settings))
+            try:
+                await upgrade(engine)
+                return await store(engine, result, settings.home / "models", timeframe,
+                                   promote_mode)
+            finally:
+                await engine.dispose()
+
+        ens_id, directory, promoted, why = asyncio.run(save())
+    except (StackbotError, ValueError) as exc:
+        raise _fail(exc) from None
+    table = Table(title=f"ensemble {ens_id} (trained in {elapsed:.0f}s)")
+    for col in ("member", "test acc", "test log-loss", "Brier raw->cal", "ECE raw->cal", "s/epoch"):
+        table.add_column(col)
+    for m in result.members:
+        raw, cal = m.metrics["test_raw"], m.metrics["test_calibrated"]
+        table.add_row(m.name, f"{cal['accuracy']:.3f}", f"{cal['log_loss']:.4f}",
+                      f"{raw['brier']:.4f}->{cal['brier']:.4f}", f"{raw['ece']:.4f}->{cal['ece']:.4f}",
+                      f"{m.metrics['seconds_per_epoch']:.2f}")
+    meta = result.meta_metrics["test"]
+    table.add_row("meta (ensemble)", f"{meta['accuracy']:.3f}", f"{meta['log_loss']:.4f}",
+                  f"{meta['brier']:.4f}", f"{meta['ece']:.4f}", "")
+    out.print(table)
+    out.print(f"checkpoints: {directory}")
+    out.print(f"{'promoted to active' if promoted else 'registered as candidate'} ({why})")
+
+
+@models_app.command("list")
+def models_list(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+                as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+    """Registered model versions, newest first."""
+    from bot.app import database_url
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+    from models.registry import list_versions
+
+    async def go(url: str) -> list[dict[str, Any]]:
+        engine = make_engine(url)
+        try:
+            await upgrade(engine)
+            return await list_versions(engine)
+        finally:
+            await engine.dispose()
+
+    try:
+        settings = _settings(config, data_dir=data_dir, database__url=db)
+        rows = asyncio.run(go(database_url(settings)))
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    table = Table(title="model versions")
+    for col in ("id", "architecture", "status", "symbols", "train end", "test acc"):
+        table.add_column(col)
+    for r in rows:
+        m = r["metrics"] or {}
+        acc = (m.get("test_calibrated") or m.get("test") or {}).get("accuracy")
+        table.add_row(r["id"], r["architecture"], r["status"], ",".join(r["symbols"]),
+                      str(r["train_end"])[:16], f"{acc:.3f}" if acc is not None else "")
+    out.print(table)
+
+
+@models_app.command("promote")
+def models_promote(ensemble_id: Annotated[str, typer.Argument(help="an ensemble id")],
+                   config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Make an ensemble the active one (the previous one is retired)."""
+    from bot.app import database_url
+    from bot.ledger.repository import make_engine
+    from models.registry import promote
+
+    async def go(url: str) -> None:
+        engine = make_engine(url)
+        try:
+            await promote(engine, ensemble_id, reason="operator")
+        finally:
+            await engine.dispose()
+
+    try:
+        settings = _settings(config, data_dir=data_dir, database__url=db)
+        asyncio.run(go(database_url(settings)))
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    out.print(f"{ensemble_id} is now the active ensemble")
 
 
 def _print_summary(summary: dict[str, Any], as_json: bool) -> None:

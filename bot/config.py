@@ -86,7 +86,10 @@ class JobSettings(_Section):
 
 
 class StrategySettings(_Section):
-    name: Literal["baseline"] = "baseline"
+    name: Literal["baseline", "ensemble"] = "baseline"
+    device: str = Field("auto", description="ensemble inference: auto, cpu or cuda")
+    compile: bool = Field(False, description="torch.compile the ensemble on CUDA")
+    max_dispersion: float = Field(0.2, gt=0, description="ensemble: skip entries above this")
     fast: int = Field(12, gt=0)
     slow: int = Field(26, gt=1)
 

@@ -11,9 +11,11 @@ import numpy as np
 from models.calibrate import EPS, sigmoid
 
 
-def fit_stacker(logits: np.ndarray, y: np.ndarray, l2: float = 1.0,
+def fit_stacker(logits: np.ndarray, y: np.ndarray, l2: float = 20.0,
                 iters: int = 200) -> tuple[np.ndarray, float]:
-    """Weights and bias of a logistic regression on member logits [N, M] (Newton steps)."""
+    """Weights and bias of a logistic regression on member logits [N, M] (Newton steps).
+    The L2 penalty is strong on purpose: a dozen correlated members and a few thousand
+    validation samples overfit easily."""
     n, m = logits.shape
     X = np.hstack((logits, np.ones((n, 1))))
     w = np.zeros(m + 1)

@@ -13,6 +13,7 @@ from typing import Any
 from sqlalchemy import (
     BigInteger,
     Boolean,
+    CheckConstraint,
     DateTime,
     Float,
     ForeignKey,
@@ -207,3 +208,29 @@ class CommandRow(Base):
     verdict: Mapped[str] = mapped_column(String(16))
     ack: Mapped[dict[str, Any]] = mapped_column(JSONB)
     received_at: Mapped[datetime] = mapped_column(TS)
+
+
+class ModelVersionRow(Base):
+    """The model registry: one row per trained member, plus one for the ensemble bundle."""
+
+    __tablename__ = "model_versions"
+    id: Mapped[str] = mapped_column(Text, primary_key=True)
+    ensemble_id: Mapped[str] = mapped_column(Text)
+    architecture: Mapped[str] = mapped_column(Text)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    feature_spec_hash: Mapped[str] = mapped_column(String(32))
+    symbols: Mapped[list[str]] = mapped_column(ARRAY(Text))
+    timeframe: Mapped[str] = mapped_column(String(8))
+    train_start: Mapped[datetime] = mapped_column(TS)
+    train_end: Mapped[datetime] = mapped_column(TS)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    checkpoint_path: Mapped[str] = mapped_column(Text)
+    checkpoint_sha256: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(TS, server_default=func.now())
+    promoted_at: Mapped[datetime | None] = mapped_column(TS)
+    __table_args__ = (
+        CheckConstraint("status IN ('candidate', 'active', 'retired')",
+                        name="ck_model_versions_status"),
+        Index("ix_model_versions_ensemble", "ensemble_id"),
+    )

@@ -1,0 +1,105 @@
+"""What ``stackbot train`` and ``stackbot models`` do, apart from parsing flags."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from bot.config import Settings
+from bot.feeds.files import CandleSeries
+from models.calibrate import report
+from models.dataset import symbol_data
+from models.ensemble import Ensemble
+from models.members import REGISTRY
+from models.registry import active_ensemble, promote, register, save_ensemble
+from models.train import PRESETS, TrainConfig, TrainResult, train_ensemble
+
+
+def pick_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return requested
+
+
+def members_from(arg: str | None) -> list[str]:
+    if not arg:
+        return list(REGISTRY)
+    names = [n.strip() for n in arg.split(",") if n.strip() and n.strip() != "meta"]
+    unknown = [n for n in names if n not in REGISTRY]
+    if unknown:
+        raise ValueError(f"unknown model(s) {unknown}; known: {', '.join(REGISTRY)}, meta")
+    return names
+
+
+def run_training(series: Sequence[CandleSeries], timeframe: str, preset: str,
+                 members: Sequence[str], device: str, seed: int | None = None) -> TrainResult:
+    cfg: TrainConfig = PRESETS[preset]
+    cfg = TrainConfig(**{**vars(cfg), "device": pick_device(device),
+                         **({"seed": seed} if seed is not None else {})})
+    data = [symbol_data(s) for s in series]
+    with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                  TimeElapsedColumn()) as progress:
+        tasks: dict[str, Any] = {}
+        current: list[str] = []
+
+        def on_member(name: str, what: str) -> None:
+            if what == "start":
+                tasks[name] = progress.add_task(name, total=cfg.epochs, info="training")
+                current[:] = [name]
+                started[name] = time.perf_counter()
+            else:
+                progress.update(tasks[name], completed=cfg.epochs,
+                                info=f"done in {time.perf_counter() - started[name]:.1f}s")
+
+        started: dict[str, float] = {}
+
+        def tick() -> None:
+            if current:
+                progress.advance(tasks[current[0]])
+
+        return train_ensemble(data, cfg, members, on_member, tick)
+
+
+async def store(engine: Any, result: TrainResult, root: Path, timeframe: str,
+                promote_mode: str) -> tuple[str, Path, bool, str]:
+    """Save and register; promote per ``promote_mode`` (always | if-none | if-better | never).
+    Returns (ensemble id, checkpoint dir, promoted?, why)."""
+    bundle = save_ensemble(result, root, timeframe)
+    await register(engine, bundle)
+    current = await active_ensemble(engine)
+    why = ""
+    if promote_mode == "always":
+        ok, why = True, "asked to promote"
+    elif promote_mode == "if-none":
+        ok, why = current is None, "no active ensemble" if current is None else "an ensemble is active"
+    elif promote_mode == "if-better":
+        if current is None:
+            ok, why = True, "no active ensemble"
+        else:
+            ok, why = better_than_active(result, Path(current["path"]), current["sha256"])
+    else:
+        ok, why = False, "not asked to promote"
+    if ok:
+        await promote(engine, bundle.ensemble_id, reason=why)
+    return bundle.ensemble_id, bundle.directory, ok, why
+
+
+def better_than_active(result: TrainResult, manifest: Path, sha: str) -> tuple[bool, str]:
+    """Compare out-of-sample log-loss on the same (new) test window."""
+    old = Ensemble.load(manifest, sha)
+    test = result.parts.test
+    lab = test.labeled
+    if not lab.any():
+        return False, "no labeled test samples to compare on"
+    old_p = np.array([p.p_up for p in old.predict(test.x[lab])])
+    new_ll = result.meta_metrics["test"]["log_loss"]
+    old_ll = report(old_p, test.up[lab])["log_loss"]
+    if new_ll < old_ll:
+        return True, f"test log-loss {new_ll:.5f} beats the active {old_ll:.5f}"
+    return False, f"test log-loss {new_ll:.5f} does not beat the active {old_ll:.5f}"

@@ -1,0 +1,185 @@
+"""The ensemble at inference: every member over every symbol in one batched call, off the event
+loop, on ``cuda`` when present (or as configured) and ``cpu`` otherwise.
+
+``EnsembleModule`` is one ``nn.Module`` that runs all members on a ``[symbols, L, F]`` batch
+and stacks their outputs. That is the unit handed to ``torch.compile`` on CUDA.
+``EnsembleSignalSource`` is the engine's signal source. It keeps a rolling candle buffer per
+symbol, computes the same causal features as training, and combines the members: the
+meta-learner's stacked P(up) with online re-weighting by recent log-loss, the expected
+return, the dispersion (disagreement of the members' calibrated P(up)), and the VAE regime.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import Executor, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bot.domain import Candle, Gap, Signal, timeframe_ms
+from models.calibrate import sigmoid
+from models.features import FEATURE_NAMES, WARMUP, normalise, raw_features
+from models.members import Member
+from models.meta import OnlineWeights, combine
+from models.registry import RegistryError, load_member, sha256
+
+
+ATR_COL = FEATURE_NAMES.index("atr_pct")
+
+
+class EnsembleModule(nn.Module):
+    """All members in one module: [S, L, F] -> [S, M, 3] plus the regime ids [S]."""
+
+    def __init__(self, members: Sequence[Member]) -> None:
+        super().__init__()
+        self.members = nn.ModuleList(members)
+        self.vae_index = next((i for i, m in enumerate(members) if m.name == "vae"), -1)
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        regime = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        outs = []
+        for i, m in enumerate(self.members):
+            if i == self.vae_index:
+                regime = m.regime(x)  # type: ignore[operator]
+                outs.append(m.regime_stats[regime])  # type: ignore[index]
+            else:
+                outs.append(m(x))
+        return torch.stack(outs, dim=1), regime
+
+
+@dataclass
+class Prediction:
+    """One symbol's view from the ensemble."""
+
+    p_up: float
+    expected_return: float
+    dispersion: float
+    regime: int
+    member_p: np.ndarray  # calibrated P(up) per member
+
+
+class Ensemble:
+    def __init__(self, ensemble_id: str, members: Sequence[Member], temperatures: Sequence[float],
+                 meta_weights: np.ndarray, meta_bias: float, lookback: int, horizon: int,
+                 device: str = "cpu", compile: bool = False) -> None:
+        self.id = ensemble_id
+        self.names = [m.name for m in members]
+        self.temps = np.asarray(temperatures, dtype=np.float64)
+        self.meta_w, self.meta_b = np.asarray(meta_weights), float(meta_bias)
+        self.lookback, self.horizon = lookback, horizon
+        self.device = device
+        self.module = EnsembleModule(members).to(device).eval()
+        self._call: Any = self.module
+        if compile and device.startswith("cuda"):
+            self._call = torch.compile(self.module, mode="reduce-overhead")
+        self.forecasters = np.array([m.kind == "supervised" for m in members])
+
+    @classmethod
+    def load(cls, manifest: Path, expected_sha256: str | None = None, device: str = "cpu",
+             compile: bool = False) -> Ensemble:
+        if expected_sha256 is not None and sha256(manifest) != expected_sha256:
+            raise RegistryError(f"{manifest} does not match its registered sha256")
+        spec = json.loads(manifest.read_text())
+        members, temps = [], []
+        for m in spec["members"]:
+            model, temp = load_member(manifest.parent / m["path"], m["sha256"])
+            members.append(model)
+            temps.append(temp)
+        return cls(spec["ensemble_id"], members, temps, np.array(spec["meta_weights"]),
+                   spec["meta_bias"], spec["lookback"], spec["horizon"], device, compile)
+
+    @torch.no_grad()
+    def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The bare batched forward: member outputs [S, M, 3] and regimes [S]."""
+        xb = torch.as_tensor(x, device=self.device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
+            outs, regime = self._call(xb)
+        return outs.float().cpu().numpy(), regime.cpu().numpy()
+
+    def predict(self, x: np.ndarray, online: np.ndarray | None = None) -> list[Prediction]:
+        outs, regime = self.raw(x)
+        logits = outs[:, :, 0] / self.temps  # calibrated
+        member_p = sigmoid(logits)
+        p = combine(logits, self.meta_w, self.meta_b, online)
+        mu = outs[:, :, 1]
+        exp_ret = mu[:, self.forecasters].mean(axis=1) if self.forecasters.any() else mu.mean(1)
+        disp = member_p.std(axis=1)
+        return [Prediction(float(p[i]), float(exp_ret[i]), float(disp[i]), int(regime[i]),
+                           member_p[i]) for i in range(len(x))]
+
+
+class EnsembleSignalSource:
+    """The engine's ``SignalSource`` for the model ensemble."""
+
+    name = "ensemble"
+
+    def __init__(self, ensemble: Ensemble, timeframe: str, executor: Executor | None = None,
+                 threads: int = 1) -> None:
+        # one intra-op thread: small batches run faster without OpenMP contention with the
+        # event loop's thread (raise it for many symbols)
+        torch.set_num_threads(threads)
+        self.ens = ensemble
+        self.model_version = ensemble.id
+        self.timeframe = timeframe
+        self.step = timeframe_ms(timeframe)
+        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self.keep = WARMUP + ensemble.lookback + 32
+        self._buf: dict[str, deque[Candle]] = {}
+        self._online = OnlineWeights(len(ensemble.names))
+        self._pending: dict[str, deque[tuple[int, float, np.ndarray]]] = {}
+
+    def on_gap(self, gap: Gap) -> None:
+        return None  # the features mark the gap and do not reach across it
+
+    def _window(self, sym: str) -> tuple[np.ndarray, float, float] | None:
+        buf = self._buf[sym]
+        if len(buf) < WARMUP + self.ens.lookback:
+            return None
+        ohlcv = np.array([[c.open, c.high, c.low, c.close, c.volume] for c in buf])
+        ts = np.array([c.ts for c in buf], dtype=np.int64)
+        raw = raw_features(ohlcv, ts, self.step)
+        feats = normalise(raw).astype(np.float32)[-self.ens.lookback:]
+        if np.isnan(feats).any():
+            return None
+        atr = float(raw[-1, ATR_COL] * ohlcv[-1, 3])
+        return feats, atr, float(ohlcv[-1, 3])
+
+    def _learn(self, sym: str, close: float, ts: int) -> None:
+        """Outcomes that are now known re-weight the members (online, by log-loss)."""
+        q = self._pending.setdefault(sym, deque())
+        while q and q[0][0] + self.ens.horizon * self.step <= ts:
+            _, entry_close, member_p = q.popleft()
+            self._online.update(member_p, 1.0 if close > entry_close else 0.0)
+
+    async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
+        ready: list[tuple[Candle, np.ndarray, float]] = []
+        for c in candles:
+            buf = self._buf.setdefault(c.symbol, deque(maxlen=self.keep))
+            buf.append(c)
+            self._learn(c.symbol, c.close, c.ts)
+            w = self._window(c.symbol)
+            if w is not None:
+                ready.append((c, w[0], w[1]))
+        if not ready:
+            return []
+        x = np.stack([r[1] for r in ready])
+        online = self._online.multipliers()
+        loop = asyncio.get_running_loop()
+        preds = await loop.run_in_executor(self.executor, self.ens.predict, x, online)
+        out = []
+        for (c, _, atr), p in zip(ready, preds):
+            self._pending.setdefault(c.symbol, deque()).append((c.ts, c.close, p.member_p))
+            out.append(Signal(symbol=c.symbol, ts=c.ts, p_up=p.p_up,
+                              expected_return=p.expected_return, source=self.name,
+                              model_version=self.model_version, dispersion=p.dispersion,
+                              regime=p.regime, price=c.close, atr=atr))
+        return out
+
