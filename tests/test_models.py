@@ -1,0 +1,212 @@
+"""The model ensemble: no look-ahead, learnability (planted structure vs noise), round trips
+(save/load, batched vs one by one, seeded reproducibility), and the registry."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from bot.domain import Candle
+from bot.feeds.files import CandleSeries
+from models.dataset import symbol_data
+from models.ensemble import Ensemble
+from models.features import FEATURE_NAMES, WARMUP, compute_features
+from models.members import REGISTRY, MemberConfig
+from models.registry import RegistryError, load_member, save_member
+from models.train import TrainConfig, train_ensemble, train_member
+from models.dataset import reference_timeline, split_by_time, splits
+from models.windows import make_windows
+
+H = 3_600_000
+F = len(FEATURE_NAMES)
+
+
+def series(n: int, phi: float = 0.0, seed: int = 0, symbol: str = "SYN/USDT",
+           gap_at: int | None = None) -> CandleSeries:
+    """Candles whose log returns follow r_t = phi * r_(t-1) + noise (phi = 0: pure noise)."""
+    rng = np.random.default_rng(seed)
+    r = np.zeros(n)
+    for i in range(1, n):
+        r[i] = phi * r[i - 1] + rng.normal(0, 0.01)
+    close = 100 * np.exp(np.cumsum(r))
+    candles = []
+    ts = 1_600_000_000_000 - 1_600_000_000_000 % H
+    for i in range(n):
+        if gap_at is not None and i == gap_at:
+            ts += 5 * H
+        o = close[i - 1] if i else close[0]
+        c = close[i]
+        hi, lo = max(o, c) * (1 + abs(rng.normal(0, 0.002))), min(o, c) * (1 - abs(rng.normal(0, 0.002)))
+        candles.append(Candle(symbol, "1h", ts, o, hi, lo, c, float(rng.uniform(1, 10))))
+        ts += H
+    return CandleSeries(Path("synthetic"), symbol, "1h", candles, [], False)
+
+
+def arrays(s: CandleSeries) -> tuple[np.ndarray, np.ndarray]:
+    o = np.array([[c.open, c.high, c.low, c.close, c.volume] for c in s.candles])
+    return o, np.array([c.ts for c in s.candles], dtype=np.int64)
+
+
+# ---- no look-ahead ------------------------------------------------------------------------
+@pytest.mark.parametrize("t", [WARMUP + 5, WARMUP + 60, 700])
+def test_features_ignore_the_future(t: int) -> None:
+    o, ts = arrays(series(800, seed=1, gap_at=400))
+    base = compute_features(o, ts, H)
+    rng = np.random.default_rng(t)
+    o2 = o.copy()
+    o2[t + 1:, :4] *= rng.uniform(0.5, 2.0, size=(len(o) - t - 1, 1))  # the future, scrambled
+    o2[t + 1:, 4] *= rng.uniform(0.1, 10, size=len(o) - t - 1)
+    moved = compute_features(o2, ts, H)
+    np.testing.assert_array_equal(base[: t + 1], moved[: t + 1])
+    assert not np.array_equal(base[t + 1:], moved[t + 1:])  # the perturbation did something
+
+
+def test_gap_is_explicit_and_returns_do_not_cross_it() -> None:
+    o, ts = arrays(series(800, seed=2, gap_at=500))
+    f = compute_features(o, ts, H)
+    gap, r1 = FEATURE_NAMES.index("gap"), FEATURE_NAMES.index("logret_1")
+    assert f[500, gap] == 1 and f[499, gap] == 0
+    assert np.isnan(f[500, r1])  # no one-bar return across the hole
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_members_ignore_the_future(name: str) -> None:
+    torch.manual_seed(0)
+    L = 16
+    model = REGISTRY[name](MemberConfig(F, L, 16)).eval()
+    a = [series(700, seed=3, symbol="A/USDT"), series(700, seed=4, symbol="B/USDT")]
+    t = 600
+    outs = []
+    for scramble in (False, True):
+        xs = []
+        for s in a:
+            o, ts = arrays(s)
+            if scramble:
+                o = o.copy()
+                o[t + 1:, :4] *= 1.7
+            f = compute_features(o, ts, H)
+            xs.append(f[t - L + 1: t + 1])
+        with torch.no_grad():
+            outs.append(model(torch.as_tensor(np.stack(xs))).numpy())
+    np.testing.assert_array_equal(outs[0], outs[1])
+
+
+# ---- learnability -------------------------------------------------------------------------
+SMALL = TrainConfig(lookback=16, horizon=1, cost=0.0, hidden=16, epochs=6, patience=2,
+                    train_rows=3000, val_rows=600, test_rows=900, folds=1, ppo_passes=3,
+                    max_train_samples=10**9, lr=3e-3)
+TRAINABLE = sorted(n for n in REGISTRY if n != "vae")  # the VAE finds regimes, not direction
+
+
+@pytest.fixture(scope="module")
+def planted() -> list:
+    return [symbol_data(series(4800, phi=0.6, seed=11, symbol="P/USDT")),
+            symbol_data(series(4800, phi=0.6, seed=12, symbol="Q/USDT"))]
+
+
+@pytest.fixture(scope="module")
+def noise() -> list:
+    return [symbol_data(series(4800, phi=0.0, seed=13, symbol="N/USDT")),
+            symbol_data(series(4800, phi=0.0, seed=14, symbol="M/USDT"))]
+
+
+def _parts(data: list):  # type: ignore[no-untyped-def]
+    ref = reference_timeline(data)
+    split = splits(ref, SMALL.train_rows, SMALL.val_rows, SMALL.test_rows,
+                   SMALL.lookback + SMALL.horizon, 1)[-1]
+    return split_by_time(data, split, ref, SMALL.lookback, SMALL.horizon, SMALL.cost)
+
+
+@pytest.mark.parametrize("name", TRAINABLE)
+def test_learns_planted_structure_but_not_noise(name: str, planted: list, noise: list) -> None:
+    """AR(1) returns with phi = 0.6 make the next move's sign about 70% predictable; pure noise
+    makes it 50%. Each member must clearly beat chance on the first and not on the second."""
+    good = train_member(name, planted, _parts(planted), SMALL)
+    acc = good.metrics["test_calibrated"]["accuracy"]
+    assert acc > 0.60, f"{name} reached only {acc:.3f} on a learnable series"
+    bad = train_member(name, noise, _parts(noise), SMALL)
+    n = bad.metrics["test_calibrated"]["n"]
+    acc_noise = bad.metrics["test_calibrated"]["accuracy"]
+    assert acc_noise < 0.5 + 3 * math.sqrt(0.25 / n), f"{name} 'learned' noise: {acc_noise:.3f}"
+
+
+def test_vae_regimes_separate_planted_moves(planted: list) -> None:
+    """The regime ids are ordered by mean forward return (0 = the bearish one)."""
+    r = train_member("vae", planted, _parts(planted), SMALL)
+    stats = r.model.regime_stats.numpy()  # type: ignore[attr-defined]
+    assert np.all(np.diff(stats[:, 1]) >= 0)
+    assert len(set(np.round(stats[:, 1], 8))) > 1
+
+
+def test_meta_learner_beats_chance_on_planted(planted: list) -> None:
+    res = train_ensemble(planted, SMALL, ["lstm", "gru", "tcn"])
+    assert res.meta_metrics["test"]["accuracy"] > 0.6
+    assert res.meta_metrics["test"]["ece"] < 0.1
+
+
+# ---- round trips --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_save_load_reproduces_outputs_exactly(name: str, tmp_path: Path) -> None:
+    torch.manual_seed(1)
+    model = REGISTRY[name](MemberConfig(F, 16, 16)).eval()
+    x = torch.randn(5, 16, F)
+    digest = save_member(model, tmp_path / f"{name}.pt", 1.7)
+    loaded, temp = load_member(tmp_path / f"{name}.pt", digest)
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    assert temp == 1.7
+
+
+def test_altered_checkpoint_is_refused(tmp_path: Path) -> None:
+    model = REGISTRY["lstm"](MemberConfig(F, 16, 16))
+    path = tmp_path / "lstm.pt"
+    digest = save_member(model, path, 1.0)
+    with path.open("ab") as fh:
+        fh.write(b"x")
+    with pytest.raises(RegistryError, match="sha256"):
+        load_member(path, digest)
+
+
+def test_batched_ensemble_equals_members_one_by_one() -> None:
+    torch.manual_seed(2)
+    members = [REGISTRY[n](MemberConfig(F, 16, 16)).eval() for n in sorted(REGISTRY)]
+    for m in members:
+        if m.name == "vae":
+            m.regime_stats.copy_(torch.randn(3, 3))  # type: ignore[operator]
+    ens = Ensemble("t", members, [1.0] * len(members), np.zeros(len(members)), 0.0, 16, 1)
+    x = np.random.default_rng(0).normal(size=(7, 16, F)).astype(np.float32)
+    outs, regime = ens.raw(x)
+    with torch.no_grad():
+        for i, m in enumerate(members):
+            alone = m(torch.as_tensor(x)).numpy()
+            np.testing.assert_allclose(outs[:, i], alone, rtol=1e-6, atol=1e-7)
+        vae = members[[m.name for m in members].index("vae")]
+        assert np.array_equal(regime, vae.regime(torch.as_tensor(x)).numpy())  # type: ignore[operator]
+
+
+def test_seeded_cpu_training_is_reproducible(planted: list) -> None:
+    cfg = replace(SMALL, epochs=2)
+    parts = _parts(planted)
+    a = train_member("gru", planted, parts, cfg)
+    b = train_member("gru", planted, parts, cfg)
+    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+        assert torch.equal(v, w), k
+    np.testing.assert_array_equal(a.test_logits, b.test_logits)
+
+
+def test_windows_embargo_and_labels() -> None:
+    o, ts = arrays(series(900, seed=5))
+    f = compute_features(o, ts, H)
+    w = make_windows(f, o[:, 3], 16, 4, 0.001)
+    assert w.x.shape[1:] == (16, F) and not np.isnan(w.x).any()
+    i = 10
+    t = w.t[i]
+    assert w.ret[i] == pytest.approx(math.log(o[t + 4, 3] / o[t, 3]), rel=1e-5)
+    assert w.labeled[i] == (abs(w.ret[i]) > 0.001)
+    sp = splits(ts, 400, 100, 100, 20, None)[0]
+    assert sp.val[0] - sp.train[1] == 20 and sp.test[0] - sp.val[1] == 20
