@@ -16,6 +16,7 @@ import hashlib
 import json
 
 import numpy as np
+from scipy.signal import lfilter
 
 RET_HORIZONS = (1, 3, 6, 12, 24)
 VOL_WINDOW = 24
@@ -75,29 +76,32 @@ def _rolling(x: np.ndarray, w: int, fn: str) -> np.ndarray:
     return out
 
 
-def _ema(x: np.ndarray, span: int) -> np.ndarray:
-    a = 2.0 / (span + 1)
-    out = np.empty_like(x, dtype=np.float64)
-    acc = np.nan
-    for i, v in enumerate(x):
-        if np.isnan(v):
-            out[i] = acc
-            continue
-        acc = v if np.isnan(acc) else acc + a * (v - acc)
-        out[i] = acc
+def _smooth(x: np.ndarray, alpha: float, carry: bool) -> np.ndarray:
+    """Exponential smoothing that starts at the first value and skips NaNs: a NaN row keeps
+    the running value (``carry``) or is NaN. A causal IIR filter (scipy's lfilter), so row t
+    depends on rows <= t only."""
+    x = x.astype(np.float64)
+    out = np.full_like(x, np.nan)
+    valid = ~np.isnan(x)
+    if not valid.any():
+        return out
+    v = x[valid]
+    y, _ = lfilter([alpha], [1.0, alpha - 1.0], v, zi=[(1.0 - alpha) * v[0]])
+    out[valid] = y
+    if carry:
+        idx = np.where(valid, np.arange(len(x)), -1)
+        np.maximum.accumulate(idx, out=idx)
+        ok = idx >= 0
+        out[ok] = out[idx[ok]]
     return out
+
+
+def _ema(x: np.ndarray, span: int) -> np.ndarray:
+    return _smooth(x, 2.0 / (span + 1), carry=True)
 
 
 def _wilder(x: np.ndarray, period: int) -> np.ndarray:
-    a = 1.0 / period
-    out = np.full_like(x, np.nan, dtype=np.float64)
-    acc = np.nan
-    for i, v in enumerate(x):
-        if np.isnan(v):
-            continue
-        acc = v if np.isnan(acc) else acc + a * (v - acc)
-        out[i] = acc
-    return out
+    return _smooth(x, 1.0 / period, carry=False)
 
 
 def raw_features(ohlcv: np.ndarray, ts_ms: np.ndarray, step_ms: int) -> np.ndarray:
