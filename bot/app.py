@@ -64,12 +64,13 @@ class Outcome:
     account: str
     status: str
     summary: dict[str, Any]
+    equity: list[tuple[int, float]] | None = None  # (close time, equity) per step
 
 
 async def drive(
     settings: Settings, run_id: str, account: str, mode: Mode, exchange_name: str,
     symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
-    engine_hook: Any = None, venue_stops: bool = True,
+    engine_hook: Any = None, venue_stops: bool = True, stack: tuple[Any, Any] | None = None,
 ) -> Outcome:
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
@@ -83,7 +84,7 @@ async def drive(
     cost = 2 * (fee + float(cfg.paper.slippage_bps) / 10_000)
     risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
                        venue_stops=venue_stops)
-    source, strategy = await signal_stack(settings, ledger, cost)
+    source, strategy = stack or await signal_stack(settings, ledger, cost)
     parts = EngineParts(feed, source, strategy, risk, broker, ledger, clock)
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
                            source.model_version, settings.redacted(),
@@ -113,7 +114,7 @@ async def drive(
             await feed.close()
             await broker.close()
             await ledger.close()
-    return Outcome(run_id, account, status, summary)
+    return Outcome(run_id, account, status, summary, stats.equity_curve())
 
 
 async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[Any, Any]:
@@ -152,9 +153,12 @@ def load_series(files: Sequence[Path], timeframe: str,
     return series
 
 
-async def backtest(settings: Settings, files: Sequence[Path], symbols: Sequence[str] | None,
-                   start_ms: int | None, end_ms: int | None, engine_hook: Any = None) -> Outcome:
-    series = load_series(files, settings.timeframe, symbols)
+async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSeries],
+                   symbols: Sequence[str] | None, start_ms: int | None, end_ms: int | None,
+                   engine_hook: Any = None, stack: tuple[Any, Any] | None = None) -> Outcome:
+    """``files`` may also be already loaded series (evaluation reuses them)."""
+    series = (list(files) if files and isinstance(files[0], CandleSeries)  # type: ignore[arg-type]
+              else load_series(files, settings.timeframe, symbols))  # type: ignore[arg-type]
     clock = SimulatedClock()
     feed = ReplayFeed(series, start_ms, end_ms)
     cfg = settings.paper
@@ -164,7 +168,7 @@ async def backtest(settings: Settings, files: Sequence[Path], symbols: Sequence[
                                settings.database.batch_candles)
     run_id = new_run_id()
     return await drive(settings, run_id, f"backtest:{run_id}", Mode.BACKTEST, "replay",
-                       feed.symbols, feed, broker, ledger, clock, engine_hook)
+                       feed.symbols, feed, broker, ledger, clock, engine_hook, stack=stack)
 
 
 async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:

@@ -385,6 +385,39 @@ def train(
     out.print(f"{'promoted to active' if promoted else 'registered as candidate'} ({why})")
 
 
+@app.command()
+def evaluate(
+    data: Annotated[list[Path], typer.Option("--data", help="candle file; repeat per symbol")],
+    out_dir: Annotated[Path, typer.Option("--out", help="report directory")],
+    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1h",
+    symbols: Annotated[Optional[str], typer.Option(help="comma list, one per --data")] = None,
+    preset: Annotated[str, typer.Option(help="quick or full")] = "quick",
+    models: Annotated[Optional[str], typer.Option(help="members (default: all)")] = None,
+    folds: Annotated[int, typer.Option(help="most recent walk-forward folds")] = 2,
+    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+) -> None:
+    """Walk-forward out-of-sample report: members, ensemble and baselines; Markdown + PNG."""
+    from models.evaluate_run import run_evaluation
+
+    try:
+        settings = _settings(config, timeframe=timeframe, data_dir=data_dir, database__url=db,
+                             mode="backtest")
+        syms = [x.strip().upper() for x in symbols.split(",")] if symbols else None
+        path, metrics = asyncio.run(run_evaluation(settings, data, syms, out_dir, preset,
+                                                   models, folds, out.print))
+    except (StackbotError, ValueError) as exc:
+        raise _fail(exc) from None
+    table = Table(title="out of sample")
+    for col in ("predictor", "accuracy", "log-loss", "Brier", "ECE", "return %", "Sharpe"):
+        table.add_column(col)
+    for name, m in metrics.items():
+        table.add_row(name, f"{m['accuracy']:.4f}", f"{m['log_loss']:.4f}", f"{m['brier']:.4f}",
+                      f"{m['ece']:.4f}", f"{m.get('return_pct', float('nan')):.2f}",
+                      f"{m.get('sharpe', float('nan')):.2f}")
+    out.print(table)
+    out.print(f"report: {path}")
+
+
 @models_app.command("list")
 def models_list(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:

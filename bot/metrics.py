@@ -30,12 +30,14 @@ class RunStats:
     first_ts: int | None = None
     last_ts: int | None = None
     _equity: list[float] = field(default_factory=list)
+    _ts: list[int] = field(default_factory=list)
 
     def on_step(self, ts: int, equity: Decimal, exposed: bool) -> None:
         self.steps += 1
         self.first_ts = ts if self.first_ts is None else self.first_ts
         self.last_ts = ts
         self._equity.append(float(equity))
+        self._ts.append(ts)
         if exposed:
             self.exposed_steps += 1
 
@@ -46,6 +48,9 @@ class RunStats:
             self.buys += 1
         else:
             self.sells += 1
+
+    def equity_curve(self) -> list[tuple[int, float]]:
+        return list(zip(self._ts, self._equity))
 
     def max_drawdown(self) -> float:
         peak, worst = -math.inf, 0.0

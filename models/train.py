@@ -44,6 +44,9 @@ class TrainConfig:
 
 
 PRESETS: dict[str, TrainConfig] = {
+    # a smoke test of the whole pipeline in seconds (tests, demos); not for trading
+    "tiny": TrainConfig(lookback=16, horizon=2, hidden=8, epochs=1, patience=0, train_rows=1500,
+                        val_rows=300, test_rows=300, max_train_samples=2000, ppo_passes=1),
     "quick": TrainConfig(),
     "full": TrainConfig(hidden=64, epochs=30, patience=5, folds=None, max_train_samples=10**9,
                         ppo_passes=10, lookback=48),
