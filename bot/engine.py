@@ -150,7 +150,11 @@ class Engine:
                 if isinstance(event, Gap):
                     self.on_gap(event)
                 elif isinstance(event, Warmup):
-                    await self.p.source.on_candles(event.candles)
+                    warm = getattr(self.p.source, "warm", None)
+                    if warm is not None:
+                        warm(event.candles)
+                    else:
+                        await self.p.source.on_candles(event.candles)
                     for c in event.candles:
                         self.portfolio.mark(c)
                 else:

@@ -52,7 +52,9 @@ class PortfolioView(Protocol):
 
 
 class SignalSource(Protocol):
-    """Turns closed candles into beliefs. The ensemble of issue 3 plugs in here."""
+    """Turns closed candles into beliefs: the EMA baseline or the model ensemble.
+
+    A source may also offer ``warm(candles)`` for history that must not produce signals."""
 
     name: str
 

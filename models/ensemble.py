@@ -159,6 +159,11 @@ class EnsembleSignalSource:
             _, entry_close, member_p = q.popleft()
             self._online.update(member_p, 1.0 if close > entry_close else 0.0)
 
+    def warm(self, candles: Sequence[Candle]) -> None:
+        """History before trading starts: fill the buffers, run no model."""
+        for c in candles:
+            self._buf.setdefault(c.symbol, deque(maxlen=self.keep)).append(c)
+
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         ready: list[tuple[Candle, np.ndarray, float]] = []
         for c in candles:

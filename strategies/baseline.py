@@ -73,6 +73,11 @@ class EmaCrossSignal:
             source=SOURCE, model_version=self.model_version, price=c.close, atr=st.atr,
         )
 
+    def warm(self, candles: Sequence[Candle]) -> None:
+        """History before trading starts: update the averages, emit nothing."""
+        for c in candles:
+            self.update(c)
+
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         out = []
         for c in candles:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import heapq
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from bot.domain import Candle, Gap
+from bot.domain import Candle, Gap, Warmup
 from bot.feeds.files import CandleSeries
 
-FeedEvent = tuple[Candle, ...] | Gap  # candles sharing one open time, or a hole
+FeedEvent = tuple[Candle, ...] | Gap | Warmup
 
 
 class ReplayFeed:
@@ -23,8 +23,10 @@ class ReplayFeed:
         series: Sequence[CandleSeries],
         start_ms: int | None = None,
         end_ms: int | None = None,
+        warmup: int = 1000,
     ) -> None:
         self._series = list(series)
+        self._warmup = warmup
         self._start = start_ms
         self._end = end_ms
         self._resume: dict[str, int] = {}
@@ -51,8 +53,18 @@ class ReplayFeed:
             first = False
             yield (c.ts, series.symbol, 1, c)
 
+    def _warm(self) -> Iterator[FeedEvent]:
+        """Up to ``warmup`` candles before the start (or the resume point), per symbol: they
+        bring indicators and models up to date and are never traded."""
+        for s in self._series:
+            lo = max(self._start or -1, self._resume.get(s.symbol, -1) + 1)
+            before = [c for c in s.candles if c.ts < lo][-self._warmup:] if lo > 0 else []
+            if before:
+                yield Warmup(tuple(before))
+
     def events(self) -> Iterator[FeedEvent]:
-        """Gaps, and batches of candles that share one open time (one per symbol at most)."""
+        """Warm-up, then gaps and batches of candles that share one open time."""
+        yield from self._warm()
         merged = heapq.merge(*(self._one(s) for s in self._series), key=lambda e: e[:3])
         batch: list[Candle] = []
         for _, _, _, event in merged:

@@ -1,0 +1,80 @@
+"""The model workflow as a user runs it, on generated data with the ``tiny`` preset:
+train -> registry (list, promote) -> backtest --strategy ensemble -> evaluate."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from bot.cli import app
+from tests.conftest import fetch
+from tests.helpers import write_series
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    d = tmp_path_factory.mktemp("mdata")
+    return [write_series(d, "AAA/USDT", 2900, seed=31), write_series(d, "BBB/USDT", 2900, seed=32)]
+
+
+def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
+                                          tmp_path: Path) -> None:
+    runner = CliRunner()
+    data_args = [a for f in files for a in ("--data", str(f))]
+    common = ["--db", fresh_db, "--data-dir", str(tmp_path)]
+    # no active ensemble yet: the ensemble strategy says what to do
+    r0 = runner.invoke(app, ["backtest", *data_args, "--timeframe", "1h", "--strategy",
+                             "ensemble", *common])
+    assert r0.exit_code == 2 and "stackbot train" in r0.output
+    r1 = runner.invoke(app, ["train", *data_args, "--timeframe", "1h", "--preset", "tiny",
+                             *common])
+    assert r1.exit_code == 0, r1.output
+    assert "promoted to active" in r1.output and "checkpoints:" in r1.output
+    ckpts = list((tmp_path / "models").glob("ens-*/*.pt"))
+    assert len(ckpts) == 12
+    rows = asyncio.run(fetch(fresh_db, "SELECT id, architecture, status, checkpoint_sha256, "
+                             "feature_spec_hash FROM model_versions"))
+    assert len(rows) == 13 and {r["status"] for r in rows} == {"active"}
+    ens_id = next(r["id"] for r in rows if r["architecture"] == "ensemble")
+    # a second training run is a candidate until promoted
+    r2 = runner.invoke(app, ["train", *data_args, "--timeframe", "1h", "--preset", "tiny",
+                             "--models", "lstm,gru", "--seed", "3", *common])
+    assert r2.exit_code == 0 and "registered as candidate" in r2.output
+    listed = runner.invoke(app, ["models", "list", "--json", *common])
+    versions = json.loads(listed.stdout[listed.stdout.index("["):])
+    new_id = next(v["id"] for v in versions if v["architecture"] == "ensemble" and v["id"] != ens_id)
+    assert runner.invoke(app, ["models", "promote", new_id, *common]).exit_code == 0
+    st = {r["id"]: r["status"] for r in asyncio.run(fetch(
+        fresh_db, "SELECT id, status FROM model_versions WHERE architecture='ensemble'"))}
+    assert st == {ens_id: "retired", new_id: "active"}
+    bad = runner.invoke(app, ["models", "promote", "ens-nope", *common])
+    assert bad.exit_code == 2 and "no ensemble" in bad.output
+    assert runner.invoke(app, ["models", "promote", ens_id, *common]).exit_code == 0
+    # trade with the active models: every signal and order names that ensemble
+    r3 = runner.invoke(app, ["backtest", *data_args, "--timeframe", "1h", "--strategy",
+                             "ensemble", "--start", str(1_600_000_000_000 + 2600 * 3_600_000),
+                             "--json", *common])
+    assert r3.exit_code == 0, r3.output
+    summary = json.loads(r3.stdout[r3.stdout.index("{"):])
+    assert summary["signals"] > 0
+    versions_used = asyncio.run(fetch(
+        fresh_db, "SELECT DISTINCT model_version FROM signals WHERE account=$1",
+        summary["account"]))
+    assert [v["model_version"] for v in versions_used] == [ens_id]
+    orders = asyncio.run(fetch(fresh_db, "SELECT DISTINCT model_version FROM orders WHERE "
+                               "account=$1", summary["account"]))
+    assert all(o["model_version"] == ens_id for o in orders)
+    # the evaluation report
+    r4 = runner.invoke(app, ["evaluate", *data_args, "--timeframe", "1h", "--preset", "tiny",
+                             "--folds", "1", "--out", str(tmp_path / "report"), *common])
+    assert r4.exit_code == 0, r4.output
+    report = (tmp_path / "report" / "report.md").read_text()
+    for name in ("ensemble", "lstm", "tft", "ppo", "always_flat", "buy_and_hold",
+                 "momentum_sign", "logistic_regression"):
+        assert f"| {name} |" in report
+    for png in ("equity.png", "calibration.png", "accuracy_over_time.png"):
+        assert (tmp_path / "report" / png).stat().st_size > 10_000
