@@ -262,7 +262,10 @@ class Services:
                                  "trading_state": engine.risk.machine.state.value})
             self.bus.start()
             beat = heartbeat_job(engine, self.bus)
-        self.scheduler = build_scheduler(engine, cfg.jobs, beat, cfg.mqtt.heartbeat_s)
+        from bot.jobs import retrain_job
+
+        self.scheduler = build_scheduler(engine, cfg.jobs, beat, cfg.mqtt.heartbeat_s,
+                                         retrain_job(engine, cfg, self.db_url))
         self.scheduler.start()
 
     async def close(self) -> None:

@@ -33,7 +33,7 @@ from risk.state import KillLevel, RiskState, Transition
 
 log = get_logger("engine")
 _END = object()  # the feed is exhausted
-HOUSEKEEPING = ("tick", "snapshot", "model_check", "retrain")
+HOUSEKEEPING = ("tick", "snapshot", "model_check", "retrain", "retrain_done")
 __all__ = ["Engine", "EngineParts", "client_order_id"]
 
 
@@ -304,7 +304,8 @@ class Engine:
         if request.request_id is not None and request.request_id in self._done_requests:
             return unit, {"action": request.action, "note": "already carried out"}
         if request.action in HOUSEKEEPING:
-            return self._housekeeping(request.action, now, unit), {"action": request.action}
+            return (self._housekeeping(request.action, now, unit, request),
+                    {"action": request.action})
         if request.action == "reject":
             unit.audit.append(self.desk.event("command.rejected", "command",
                                               request.command_id or "-", now, {
@@ -346,7 +347,8 @@ class Engine:
                     **{k: v for k, v in result.items() if k != "action"}, command=request.action)
         return unit, result
 
-    def _housekeeping(self, action: str, now: int, unit: UnitOfWork) -> UnitOfWork:
+    def _housekeeping(self, action: str, now: int, unit: UnitOfWork,
+                      request: ControlRequest | None = None) -> UnitOfWork:
         """Scheduled jobs, run in the loop like everything that writes."""
         if action == "tick":
             self._transitions += self.risk.on_clock(now)
@@ -364,6 +366,15 @@ class Engine:
             unit.audit.append(self.desk.event("retrain.skipped", "account", self.account, now, {
                 "reason": f"signal source {self.p.source.name!r} has no trainable model",
                 "requested_by_breaker": self.risk.report.retrain_requests}))
+        elif action == "retrain_done" and request is not None:
+            info = dict(request.payload or {})
+            new = info.pop("ensemble", None)
+            swap = getattr(self.p.source, "swap", None)
+            if new is not None and swap is not None:
+                swap(new)  # the next candle is scored by the promoted version
+                info["now_active"] = new.id
+            unit.audit.append(self.desk.event("retrain.finished", "account", self.account, now,
+                                              {"outcome": request.reason, **info}))
         return unit
 
     def _record_command(self, unit: UnitOfWork, request: ControlRequest, verdict: str,

@@ -29,7 +29,7 @@ def _queue(engine: Engine, action: str) -> Any:
 
 
 def build_scheduler(engine: Engine, cfg: JobSettings, heartbeat: Any = None,
-                    heartbeat_s: float = 15.0) -> AsyncIOScheduler:
+                    heartbeat_s: float = 15.0, retrain: Any = None) -> AsyncIOScheduler:
     sched = AsyncIOScheduler(timezone="UTC", job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": cfg.misfire_grace_s})
     sched.add_job(_queue(engine, "snapshot"), IntervalTrigger(seconds=cfg.equity_snapshot_s),
@@ -41,11 +41,76 @@ def build_scheduler(engine: Engine, cfg: JobSettings, heartbeat: Any = None,
     sched.add_job(_queue(engine, "model_check"),
                   CronTrigger.from_crontab(cfg.model_check_cron, timezone="UTC"),
                   id="model_degradation_check")
-    sched.add_job(_queue(engine, "retrain"),
+    sched.add_job(retrain or _queue(engine, "retrain"),
                   CronTrigger.from_crontab(cfg.retrain_cron, timezone="UTC"), id="retrain")
     if heartbeat is not None:
         sched.add_job(heartbeat, IntervalTrigger(seconds=heartbeat_s), id="heartbeat")
     return sched
+
+
+def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 730) -> Any:
+    """Monthly by default. With the ensemble as signal source: download fresh history, train
+    in a separate process, promote only if the new version beats the active one out of sample
+    on the same window, then score with it. Either way the outcome is audited."""
+    import asyncio
+    import sys
+    from datetime import UTC, datetime, timedelta
+
+    async def run(cmd: list[str]) -> tuple[int, str]:
+        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                    stderr=asyncio.subprocess.STDOUT)
+        out, _ = await proc.communicate()
+        return int(proc.returncode or 0), out.decode(errors="replace")[-2000:]
+
+    async def job() -> None:
+        if engine.p.source.name != "ensemble":
+            engine.submit_control(ControlRequest("retrain", "scheduled", "scheduler", "jobs"))
+            return
+        now = datetime.now(UTC)
+        folder = settings.home / "retrain" / now.strftime("%Y%m%d%H%M%S")
+        since = (now - timedelta(days=history_days)).strftime("%Y-%m-%d")
+        ex = settings.exchange
+        dl = [sys.executable, "-m", "bot", "download", "--exchange", ex.name, "--symbols",
+              ",".join(settings.symbols), "--timeframe", settings.timeframe, "--since", since,
+              "--out", str(folder)]
+        if ex.url:
+            dl += ["--exchange-url", ex.url]
+        rc, log = await run(dl)
+        outcome, info = "download failed", {"log": log}
+        if rc == 0:
+            files = [a for s in settings.symbols for a in
+                     ("--data", str(folder / f"{s.replace('/', '_')}-{settings.timeframe}.csv"))]
+            rc, log = await run([sys.executable, "-m", "bot", "train", *files, "--timeframe",
+                                 settings.timeframe, "--preset", "quick", "--promote", "if-better",
+                                 "--db", db_url, "--data-dir", str(settings.home)])
+            promoted = rc == 0 and "promoted to active" in log
+            outcome = ("promoted" if promoted else "kept the active version") if rc == 0 \
+                else "training failed"
+            info = {"log": log}
+            if promoted:
+                info["ensemble"] = await _load_active(db_url, settings)
+        engine.submit_control(ControlRequest("retrain_done", outcome, "scheduler", "jobs",
+                                             payload=info))
+
+    return job
+
+
+async def _load_active(db_url: str, settings: Any) -> Any:
+    from pathlib import Path
+
+    from bot.ledger.repository import make_engine
+    from models.cli_support import pick_device
+    from models.ensemble import Ensemble
+    from models.registry import active_ensemble
+
+    eng = make_engine(db_url)
+    try:
+        active = await active_ensemble(eng)
+    finally:
+        await eng.dispose()
+    assert active is not None
+    return Ensemble.load(Path(active["path"]), active["sha256"],
+                         pick_device(settings.strategy.device), settings.strategy.compile)
 
 
 def heartbeat_job(engine: Engine, bus: Any) -> Any:

@@ -160,6 +160,7 @@ class ControlRequest:
     request_id: int | None = None  # control_requests row (CLI channel)
     command_id: str | None = None  # MQTT command id
     nonce: str | None = None  # MQTT command nonce
+    payload: Any = None  # internal requests only (e.g. a newly promoted model)
 
 
 class Ledger(Protocol):

@@ -159,6 +159,13 @@ class EnsembleSignalSource:
             _, entry_close, member_p = q.popleft()
             self._online.update(member_p, 1.0 if close > entry_close else 0.0)
 
+    def swap(self, ensemble: Ensemble) -> None:
+        """Score from now on with a newly promoted version (same features, new weights)."""
+        self.ens = ensemble
+        self.model_version = ensemble.id
+        self._online = OnlineWeights(len(ensemble.names))
+        self._pending.clear()
+
     def warm(self, candles: Sequence[Candle]) -> None:
         """History before trading starts: fill the buffers, run no model."""
         for c in candles:

@@ -78,3 +78,25 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
         assert f"| {name} |" in report
     for png in ("equity.png", "calibration.png", "accuracy_over_time.png"):
         assert (tmp_path / "report" / png).stat().st_size > 10_000
+
+
+def test_promote_if_better_compares_on_the_same_window(files: list[Path], fresh_db: str,
+                                                       tmp_path: Path) -> None:
+    """A retrain promotes only when its out-of-sample log-loss beats the active version on
+    the new test window; both verdicts are explained, and the registry follows them."""
+    runner = CliRunner()
+    data_args = [a for f in files for a in ("--data", str(f))]
+    common = ["--db", fresh_db, "--data-dir", str(tmp_path)]
+    first = runner.invoke(app, ["train", *data_args, "--preset", "tiny", "--models", "lstm",
+                                "--promote", "if-better", *common])
+    assert first.exit_code == 0 and "no active ensemble" in first.output
+    second = runner.invoke(app, ["train", *data_args, "--preset", "tiny", "--models", "gru",
+                                 "--seed", "5", "--promote", "if-better", *common])
+    assert second.exit_code == 0, second.output
+    assert "test log-loss" in second.output
+    promoted = "promoted to active" in second.output
+    active = asyncio.run(fetch(fresh_db, "SELECT hyperparameters FROM model_versions WHERE "
+                               "architecture='ensemble' AND status='active'"))
+    members = json.loads(active[0]["hyperparameters"])["members"] if isinstance(
+        active[0]["hyperparameters"], str) else active[0]["hyperparameters"]["members"]
+    assert members[0].startswith("gru" if promoted else "lstm")
