@@ -55,6 +55,24 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
     return settings
 
 
+def _with_db(settings: Settings, work: Any) -> Any:
+    """Open the configured (or embedded) database, bring its schema up to date, then
+    ``await work(engine)`` and close it."""
+    from bot.app import database_url
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+
+    async def go() -> Any:
+        engine = make_engine(database_url(settings))
+        try:
+            await upgrade(engine)
+            return await work(engine)
+        finally:
+            await engine.dispose()
+
+    return asyncio.run(go())
+
+
 def _fail(exc: BaseException) -> typer.Exit:
     typer.echo(f"error: {exc}", err=True)
     return typer.Exit(2)
@@ -212,25 +230,14 @@ def _control(action: str, level: str | None, reason: str, operator: str | None,
              account: str | None, mode: str | None, instance: str | None,
              exchange: str | None, config: Path | None, db: str | None,
              data_dir: Path | None) -> None:
-    from bot.app import account_name, database_url
+    from bot.app import account_name
     from bot.ledger.control import request_control
-    from bot.ledger.migrate import upgrade
-    from bot.ledger.repository import make_engine
 
     settings = _settings(config, mode=mode, instance=instance, exchange__name=exchange,
                          data_dir=data_dir, database__url=db)
     target = account or account_name(settings)
-
-    async def go() -> dict[str, Any]:
-        engine = make_engine(database_url(settings))
-        try:
-            await upgrade(engine)
-            return await request_control(engine, target, action, reason, _operator(operator),
-                                         level)
-        finally:
-            await engine.dispose()
-
-    state = asyncio.run(go())
+    state = _with_db(settings, lambda engine: request_control(
+        engine, target, action, reason, _operator(operator), level))
     out.print(f"{target}: {state['state']} ({state['reason']}); request {state['request_id']} "
               "recorded, a running instance carries it out now, a stopped one at its next start")
 
@@ -278,20 +285,11 @@ def resume(
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None) -> None:
     """Apply the ledger migrations (idempotent)."""
-    from bot.app import database_url
-    from bot.ledger.migrate import upgrade
-    from bot.ledger.repository import make_engine
-
-    async def go(url: str) -> str:
-        engine = make_engine(url)
-        try:
-            return await upgrade(engine)
-        finally:
-            await engine.dispose()
+    from bot.ledger.migrate import current_revision
 
     try:
         settings = _settings(config, data_dir=data_dir, database__url=db)
-        rev = asyncio.run(go(database_url(settings)))
+        rev = _with_db(settings, current_revision)
     except StackbotError as exc:
         raise _fail(exc) from None
     except Exception as exc:  # connection refused and friends: say it plainly
@@ -338,9 +336,7 @@ def train(
     config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
 ) -> None:
     """Walk-forward training of the model ensemble; checkpoints are registered as candidates."""
-    from bot.app import database_url, load_series
-    from bot.ledger.migrate import upgrade
-    from bot.ledger.repository import make_engine
+    from bot.app import load_series
     from models.cli_support import members_from, run_training, store
     from models.train import PRESETS
 
@@ -357,16 +353,8 @@ def train(
         result = run_training(series, timeframe, preset, names, device, seed)
         elapsed = time.perf_counter() - t0
 
-        async def save() -> Any:
-            engine = make_engine(database_url(settings))
-            try:
-                await upgrade(engine)
-                return await store(engine, result, settings.home / "models", timeframe,
-                                   promote_mode)
-            finally:
-                await engine.dispose()
-
-        ens_id, directory, promoted, why = asyncio.run(save())
+        ens_id, directory, promoted, why = _with_db(settings, lambda engine: store(
+            engine, result, settings.home / "models", timeframe, promote_mode))
     except (StackbotError, ValueError) as exc:
         raise _fail(exc) from None
     table = Table(title=f"ensemble {ens_id} (trained in {elapsed:.0f}s)")
@@ -422,22 +410,11 @@ def evaluate(
 def models_list(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
                 as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
     """Registered model versions, newest first."""
-    from bot.app import database_url
-    from bot.ledger.migrate import upgrade
-    from bot.ledger.repository import make_engine
     from models.registry import list_versions
-
-    async def go(url: str) -> list[dict[str, Any]]:
-        engine = make_engine(url)
-        try:
-            await upgrade(engine)
-            return await list_versions(engine)
-        finally:
-            await engine.dispose()
 
     try:
         settings = _settings(config, data_dir=data_dir, database__url=db)
-        rows = asyncio.run(go(database_url(settings)))
+        rows = _with_db(settings, list_versions)
     except StackbotError as exc:
         raise _fail(exc) from None
     if as_json:
@@ -458,20 +435,11 @@ def models_list(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt
 def models_promote(ensemble_id: Annotated[str, typer.Argument(help="an ensemble id")],
                    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None) -> None:
     """Make an ensemble the active one (the previous one is retired)."""
-    from bot.app import database_url
-    from bot.ledger.repository import make_engine
     from models.registry import promote
-
-    async def go(url: str) -> None:
-        engine = make_engine(url)
-        try:
-            await promote(engine, ensemble_id, reason="operator")
-        finally:
-            await engine.dispose()
 
     try:
         settings = _settings(config, data_dir=data_dir, database__url=db)
-        asyncio.run(go(database_url(settings)))
+        _with_db(settings, lambda engine: promote(engine, ensemble_id, reason="operator"))
     except StackbotError as exc:
         raise _fail(exc) from None
     out.print(f"{ensemble_id} is now the active ensemble")

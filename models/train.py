@@ -110,22 +110,37 @@ def fit_supervised(model: Member, tr: dict[str, np.ndarray], va: dict[str, np.nd
     gen = torch.Generator().manual_seed(cfg.seed)
     T = {k: torch.as_tensor(v, device=dev) for k, v in tr.items()}
     V = {k: torch.as_tensor(v, device=dev) for k, v in va.items()}
-    best, best_state, bad, times = float("inf"), None, 0, []
-    for _ in range(cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+    def epoch() -> None:
         for idx in _batches(len(T["x"]), cfg.batch, gen):
             with torch.autocast("cuda", torch.bfloat16, enabled=dev.startswith("cuda")):
                 loss = model.training_loss(T["x"][idx], T["up"][idx], T["ret"][idx],
                                            T["labeled"][idx])
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-            opt.step()
+            _step(model, opt, loss)
+
+    return _early_stopping(model, epoch, lambda: float(model.training_loss(
+        V["x"], V["up"], V["ret"], V["labeled"])), cfg, tick)
+
+
+def _step(model: Member, opt: torch.optim.Optimizer, loss: torch.Tensor) -> None:
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+
+
+def _early_stopping(model: Member, epoch: Callable[[], None], val_loss: Callable[[], float],
+                    cfg: TrainConfig, tick: Callable[[], None] | None) -> list[float]:
+    """Run epochs until validation loss stops improving for ``patience`` epochs; restore the
+    best epoch's weights. Returns seconds per epoch."""
+    best, best_state, bad, times = float("inf"), None, 0, []
+    for _ in range(cfg.epochs):
+        t0 = time.perf_counter()
+        model.train()
+        epoch()
         times.append(time.perf_counter() - t0)
         model.eval()
         with torch.no_grad():
-            vl = float(model.training_loss(V["x"], V["up"], V["ret"], V["labeled"]))
+            vl = val_loss()
         if tick:
             tick()
         if vl < best - 1e-5:
@@ -235,31 +250,12 @@ def _fit_gnn(model: Member, Xtr: np.ndarray, Rtr: np.ndarray, Utr: np.ndarray, X
         lab = (r.abs() > cfg.cost)
         return direction_loss(out, u, lab) + return_nll(out, r)
 
-    best, best_state, bad, times = float("inf"), None, 0, []
-    for _ in range(cfg.epochs):
-        t0 = time.perf_counter()
-        model.train()
+    def epoch() -> None:
         for idx in _batches(len(X), max(1, cfg.batch // X.shape[1]), gen):
-            loss = loss_of(X[idx], R[idx], U[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        times.append(time.perf_counter() - t0)
-        model.eval()
-        with torch.no_grad():
-            vl = float(loss_of(XV, RV, UV)) if len(XV) else 0.0
-        if tick:
-            tick()
-        if vl < best - 1e-5:
-            best, bad = vl, 0
-            best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        else:
-            bad += 1
-            if bad > cfg.patience:
-                break
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    return times
+            _step(model, opt, loss_of(X[idx], R[idx], U[idx]))
+
+    return _early_stopping(model, epoch,
+                           lambda: float(loss_of(XV, RV, UV)) if len(XV) else 0.0, cfg, tick)
 
 
 def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequence[str],

@@ -118,7 +118,8 @@ async def fetch(url: str, sql: str, *args: object) -> list[dict[str, object]]:
 def shared_file(*parts: str) -> Path:
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not available: {path} is absent (a fresh clone has no ../shared)")
+        pytest.skip(reason=f"real data not available: {path} is absent (a fresh clone has no "
+                           "../shared)")
     return path
 
 
