@@ -24,10 +24,12 @@ app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="stackbot: a crypto trading bot. Backtest, paper and live on one engine.")
 db_app = typer.Typer(no_args_is_help=True, help="Database commands.")
 models_app = typer.Typer(no_args_is_help=True, help="The model registry.")
+audit_app = typer.Typer(no_args_is_help=True, help="The audit trail.")
 config_app = typer.Typer(no_args_is_help=True, help="Configuration commands.")
 app.add_typer(db_app, name="db")
 app.add_typer(config_app, name="config")
 app.add_typer(models_app, name="models")
+app.add_typer(audit_app, name="audit")
 out = Console()
 log = get_logger("cli")
 
@@ -311,6 +313,21 @@ def sim_exchange(
 
     asyncio.run(serve_forever(port, [s.strip().upper() for s in symbols.split(",")],
                               timeframe, speed, history, seed))
+
+
+@audit_app.command("verify")
+def audit_verify(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None) -> None:
+    """Walk the audit hash chain; exit 1 and name the first broken link if it is broken."""
+    from bot.ledger.audit import verify_chain
+
+    try:
+        settings = _settings(config, data_dir=data_dir, database__url=db)
+        report = _with_db(settings, verify_chain)
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    out.print(report.describe())
+    if not report.ok:
+        raise typer.Exit(1)
 
 
 @config_app.command("show")

@@ -163,7 +163,12 @@ class AuditEventRow(Base):
     entity: Mapped[str] = mapped_column(Text)
     entity_id: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    # set by the database's chain trigger (migration 0004), never by the application
+    seq: Mapped[int] = mapped_column(BigInteger)
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
     __table_args__ = (
+        Index("ux_audit_events_seq", "seq", unique=True),
         Index("ix_audit_account_id", "account", "id"),
         Index("ix_audit_entity", "entity", "entity_id"),
     )
@@ -234,3 +239,13 @@ class ModelVersionRow(Base):
                         name="ck_model_versions_status"),
         Index("ix_model_versions_ensemble", "ensemble_id"),
     )
+
+
+class AuditChainHead(Base):
+    """The last link of the audit chain (one row, moved only by the chain trigger)."""
+
+    __tablename__ = "audit_chain_head"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    seq: Mapped[int] = mapped_column(BigInteger)
+    hash: Mapped[str] = mapped_column(String(64))
+    __table_args__ = (CheckConstraint("id = 1", name="ck_audit_chain_head_single_row"),)
