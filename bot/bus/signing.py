@@ -74,7 +74,8 @@ def verify(action: str, raw: bytes, secret: str, now_ms: int, seen_nonces: Conta
     if not isinstance(sig, str) or not sig:
         return Rejection("unsigned command", cid, nonce, action)
     expected = hmac.new(secret.encode(), canonical(action, data), hashlib.sha256).hexdigest()
-    if not hmac.compare_digest(sig, expected):
+    # compare bytes: a non-ASCII "signature" is simply wrong, not an error
+    if not hmac.compare_digest(sig.encode("utf-8", "replace"), expected.encode()):
         return Rejection("bad signature", cid, nonce, action)
     # signed from here on: the fields are the operator's, check their shape
     for key in ("id", "nonce", "operator", "reason"):

@@ -89,7 +89,8 @@ class SimAccount:
                 part = head.rstrip("&")
             total += part
         expected = hmac.new(self.secret.encode(), total.encode(), hashlib.sha256).hexdigest()
-        if sig is None or not hmac.compare_digest(sig, expected):
+        if sig is None or not hmac.compare_digest(sig.encode("utf-8", "replace"),
+                                                  expected.encode()):
             self.bad_signatures += 1
             return self._err(400, -1022, "Signature for this request is not valid.")
         params = dict(parse_qsl(query))
