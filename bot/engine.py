@@ -33,6 +33,11 @@ from risk.state import KillLevel, RiskState, Transition
 
 log = get_logger("engine")
 _END = object()  # the feed is exhausted
+
+
+@dataclass(frozen=True, slots=True)
+class _Failed:
+    error: Exception
 HOUSEKEEPING = ("tick", "snapshot", "model_check", "retrain", "retrain_done")
 __all__ = ["Engine", "EngineParts", "client_order_id"]
 
@@ -124,12 +129,15 @@ class Engine:
         wake = self._wake = asyncio.Event()
 
         async def pump() -> None:
+            end: object = _END
             try:
                 async for event in self.p.feed.stream():
                     await feed_q.put(event)
                     wake.set()
+            except Exception as exc:  # handed to the loop, which raises it
+                end = _Failed(exc)
             finally:
-                await feed_q.put(_END)
+                await feed_q.put(end)
                 wake.set()
 
         pumping = asyncio.create_task(pump())
@@ -139,14 +147,14 @@ class Engine:
                     await self._drain_controls()
                     continue
                 if feed_q.empty():
-                    if pumping.done() and pumping.exception() is not None:
-                        raise pumping.exception()  # type: ignore[misc]
                     wake.clear()
                     await wake.wait()
                     continue
                 event = feed_q.get_nowait()
                 if event is _END:
                     break
+                if isinstance(event, _Failed):
+                    raise event.error  # the feed broke: the run fails, loudly
                 if isinstance(event, Gap):
                     self.on_gap(event)
                 elif isinstance(event, Warmup):

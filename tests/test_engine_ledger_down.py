@@ -91,3 +91,45 @@ async def test_no_orders_while_the_ledger_is_down(tmp_path: Path, pg_url: str) -
     sent = {cid for _, cid in submitted}
     for o in orders:
         assert o["client_order_id"] in sent or o["status"] == "cancelled"
+
+
+class BrokenFeed:
+    """A feed that delivers a few candles, then fails the way a revoked API key does."""
+
+    def __init__(self, inner: ReplayFeed, after: int) -> None:
+        self.inner, self.after = inner, after
+
+    def resume_after(self, last_ts: dict[str, int]) -> None:
+        self.inner.resume_after(last_ts)
+
+    async def stream(self):  # type: ignore[no-untyped-def]
+        from bot.errors import AuthenticationFailed
+
+        n = 0
+        async for event in self.inner.stream():
+            yield event
+            n += 1
+            if n >= self.after:
+                raise AuthenticationFailed("API key revoked")
+
+    async def close(self) -> None:
+        return None
+
+
+async def test_a_broken_feed_fails_the_run_loudly(tmp_path: Path, pg_url: str) -> None:
+    import pytest
+
+    from bot.errors import AuthenticationFailed
+
+    path = write_series(tmp_path, "BTC/USDT", 100, seed=6)
+    settings = load_settings(overrides={"database": {"url": pg_url}, "timeframe": "1h"},
+                             environ={})
+    clock = SimulatedClock()
+    feed = BrokenFeed(ReplayFeed([load_candle_file(path, "1h")]), after=30)
+    p = settings.paper
+    broker = PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
+    with pytest.raises(AuthenticationFailed, match="revoked"):
+        await drive(settings, "brokenfeed1", "broken-feed", Mode.BACKTEST, "replay",
+                    ["BTC/USDT"], feed, broker, PostgresLedger.from_url(pg_url), clock)  # type: ignore[arg-type]
+    runs = await fetch(pg_url, "SELECT status FROM runs WHERE id='brokenfeed1'")
+    assert runs == [{"status": "failed"}]
