@@ -7,7 +7,6 @@ import json
 import signal
 import sys
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Annotated, Any, Optional
 

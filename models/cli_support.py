@@ -11,7 +11,6 @@ import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bot.config import Settings
 from bot.feeds.files import CandleSeries
 from models.calibrate import report
 from models.dataset import symbol_data

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,7 +25,7 @@ from models.dataset import SymbolData, reference_timeline, split_by_time, splits
 from bot.domain import timeframe_ms
 from models.features import FEATURE_NAMES, raw_features
 from models.meta import fit_stacker
-from models.train import PRESETS, TrainConfig, train_member
+from models.train import TrainConfig, train_member
 
 ATR = FEATURE_NAMES.index("atr_pct")
 BASELINES = ("always_flat", "buy_and_hold", "momentum_sign", "logistic_regression")
@@ -168,7 +167,3 @@ def reliability_data(oos: OOS) -> dict[str, list[tuple[float, float, int]]]:
     y = np.array(oos.up)[lab]
     return {name: reliability(np.array(p)[lab], y) for name, p in oos.p.items()
             if name not in ("always_flat", "buy_and_hold")}
-
-
-def preset(name: str) -> TrainConfig:
-    return PRESETS[name]

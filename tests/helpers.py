@@ -31,3 +31,21 @@ def write_series(dir_: Path, symbol: str = "BTC/USDT", n: int = 500, timeframe: 
 
 def step(timeframe: str = "1h") -> int:
     return timeframe_ms(timeframe)
+
+
+def backtest_parts(dir_: Path, db_url: str, n: int, seed: int):  # type: ignore[no-untyped-def]
+    """What a backtest plugs into the engine, for tests that drive it by hand:
+    (settings, simulated clock, replay feed, paper broker) over ``n`` generated 1h candles."""
+    from bot.brokers.paper import PaperBroker, static_markets
+    from bot.clock import SimulatedClock
+    from bot.config import load_settings
+    from bot.feeds.files import load_candle_file
+    from bot.feeds.replay import ReplayFeed
+
+    path = write_series(dir_, "BTC/USDT", n, seed=seed)
+    settings = load_settings(overrides={"database": {"url": db_url}, "timeframe": "1h"},
+                             environ={})
+    clock = SimulatedClock()
+    feed = ReplayFeed([load_candle_file(path, "1h")])
+    p = settings.paper
+    return settings, clock, feed, PaperBroker(static_markets(), clock, p.quote, p.starting_balance)

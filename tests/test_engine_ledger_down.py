@@ -7,17 +7,13 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import drive
-from bot.brokers.paper import PaperBroker, static_markets
-from bot.clock import SimulatedClock
-from bot.config import load_settings
 from bot.domain import Mode
 from bot.engine import Engine
-from bot.feeds.files import load_candle_file
 from bot.feeds.replay import ReplayFeed
 from bot.ledger.repository import PostgresLedger
 from bot.ports import UnitOfWork
 from tests.conftest import fetch
-from tests.helpers import write_series
+from tests.helpers import backtest_parts
 
 
 class SwitchableLedger:
@@ -49,13 +45,7 @@ class SwitchableLedger:
 
 
 async def test_no_orders_while_the_ledger_is_down(tmp_path: Path, pg_url: str) -> None:
-    path = write_series(tmp_path, "BTC/USDT", 400, seed=4)
-    settings = load_settings(overrides={"database": {"url": pg_url}, "timeframe": "1h"},
-                             environ={})
-    clock = SimulatedClock()
-    feed = ReplayFeed([load_candle_file(path, "1h")])
-    p = settings.paper
-    broker = PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
+    settings, clock, feed, broker = backtest_parts(tmp_path, pg_url, 400, 4)
     ledger = SwitchableLedger(PostgresLedger.from_url(pg_url),
                               PostgresLedger.from_url("postgresql://postgres@127.0.0.1:1/none"))
     ledger.window = (100, 250)
@@ -73,7 +63,7 @@ async def test_no_orders_while_the_ledger_is_down(tmp_path: Path, pg_url: str) -
         engine_ref.append(engine)
         ledger.engine = engine
 
-    outcome = await drive(settings, "ledgerdown" + path.stem[:6].replace("_", ""),
+    outcome = await drive(settings, "ledgerdownrun1",
                           "ledger-down-test", Mode.BACKTEST, "replay", ["BTC/USDT"], feed,
                           broker, ledger, clock, hook)  # type: ignore[arg-type]
     assert ledger.failed > 0
@@ -121,13 +111,8 @@ async def test_a_broken_feed_fails_the_run_loudly(tmp_path: Path, pg_url: str) -
 
     from bot.errors import AuthenticationFailed
 
-    path = write_series(tmp_path, "BTC/USDT", 100, seed=6)
-    settings = load_settings(overrides={"database": {"url": pg_url}, "timeframe": "1h"},
-                             environ={})
-    clock = SimulatedClock()
-    feed = BrokenFeed(ReplayFeed([load_candle_file(path, "1h")]), after=30)
-    p = settings.paper
-    broker = PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
+    settings, clock, replay, broker = backtest_parts(tmp_path, pg_url, 100, 6)
+    feed = BrokenFeed(replay, after=30)
     with pytest.raises(AuthenticationFailed, match="revoked"):
         await drive(settings, "brokenfeed1", "broken-feed", Mode.BACKTEST, "replay",
                     ["BTC/USDT"], feed, broker, PostgresLedger.from_url(pg_url), clock)  # type: ignore[arg-type]

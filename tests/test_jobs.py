@@ -7,18 +7,14 @@ import json
 from pathlib import Path
 
 from bot.app import drive
-from bot.brokers.paper import PaperBroker, static_markets
-from bot.clock import SimulatedClock
-from bot.config import JobSettings, load_settings
+from bot.config import JobSettings
 from bot.domain import Mode
 from bot.engine import Engine
-from bot.feeds.files import load_candle_file
-from bot.feeds.replay import ReplayFeed
 from bot.jobs import build_scheduler
 from bot.ledger.repository import PostgresLedger
 from bot.ports import ControlRequest
 from tests.conftest import fetch
-from tests.helpers import write_series
+from tests.helpers import backtest_parts
 
 
 async def test_scheduler_jobs_coalesce_with_grace(tmp_path: Path) -> None:
@@ -38,13 +34,7 @@ async def test_scheduler_jobs_coalesce_with_grace(tmp_path: Path) -> None:
 
 
 async def test_job_actions_are_carried_out_and_audited(tmp_path: Path, pg_url: str) -> None:
-    path = write_series(tmp_path, "BTC/USDT", 120, seed=9)
-    settings = load_settings(overrides={"database": {"url": pg_url}, "timeframe": "1h"},
-                             environ={})
-    clock = SimulatedClock()
-    feed = ReplayFeed([load_candle_file(path, "1h")])
-    p = settings.paper
-    broker = PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
+    settings, clock, feed, broker = backtest_parts(tmp_path, pg_url, 120, 9)
 
     def hook(engine: Engine) -> None:
         for action in ("snapshot", "tick", "model_check", "retrain"):

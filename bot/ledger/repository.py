@@ -8,7 +8,6 @@ upserted. Any database failure surfaces as ``LedgerError``.
 from __future__ import annotations
 
 import asyncio
-import json
 from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
