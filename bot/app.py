@@ -90,6 +90,7 @@ async def drive(
                            source.model_version, settings.redacted(),
                            cfg.paper.starting_balance, quote=cfg.quote_currency)
     engine = Engine(run_id, account, parts, portfolio, markets, stats, cfg.max_candles)
+    engine.reconcile_every = cfg.exchange.reconcile_every
     if engine_hook is not None:
         engine_hook(engine)
     status = "failed"
@@ -189,7 +190,8 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
     if mode is Mode.LIVE:
         from bot.brokers.live import LiveBroker
 
-        broker = LiveBroker(exchange, clock, settings.quote_currency)
+        broker = LiveBroker(exchange, clock, settings.quote_currency,
+                            settings.exchange.recv_window_ms)
     else:
         cfg = settings.paper
         broker = PaperBroker(ccxt_markets(exchange), clock, cfg.quote, cfg.starting_balance,

@@ -47,6 +47,15 @@ class ExchangeSettings(_Section):
     stall_timeout: float | None = Field(
         None, gt=0, description="seconds without a closed candle before reconnecting"
     )
+    recv_window_ms: int = Field(
+        5000, gt=0, le=60_000,
+        description="signed requests older than this are refused by the venue; an unanswered "
+        "order not found after it is known never to have arrived")
+    reconcile_every: int = Field(
+        10, ge=0, description="candle steps between ledger/venue reconciliations (0: at start only)")
+    dead_man_s: float = Field(
+        0, ge=0, description="arm the venue's countdown cancel-all with this timeout, refreshed "
+        "at a third of it (0: off; only where the exchange has one)")
 
 
 class DatabaseSettings(_Section):

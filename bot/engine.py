@@ -20,14 +20,15 @@ from typing import Any
 from bot.clock import Clock
 from bot.desk import OrderDesk, client_order_id, exit_intent
 from bot.domain import (
-    Candle, EquitySnapshot, Fill, Gap, MarketSpec, Order, OrderIntent, OrderStatus, OrderType,
+    ZERO, Candle, EquitySnapshot, Fill, Gap, MarketSpec, Order, OrderIntent, OrderStatus, OrderType,
     Position, Warmup,
 )
-from bot.errors import LedgerError
+from bot.errors import ExchangeError, LedgerError
 from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
 from bot.ports import Broker, ControlRequest, Feed, Ledger, SignalSource, Strategy, UnitOfWork
+from bot.reconcile import reconcile
 from risk.manager import Protect, RiskManager
 from risk.state import KillLevel, RiskState, Transition
 
@@ -80,6 +81,9 @@ class Engine:
         self.telemetry: Any = None  # callback(unit) after each successful commit
         self._nonces: set[str] = set()
         self._acks: dict[str, Any] = {}
+        self.reconcile_every = 0  # candle steps between reconciliations with the venue
+        self._steps = 0
+        self._flagged: set[str] = set()  # unknown venue orders already audited
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def restore(self) -> None:
@@ -98,6 +102,7 @@ class Engine:
             if order.status is OrderStatus.PENDING_SUBMIT:
                 # committed but maybe never sent: the broker resolves it by client id
                 self.desk.apply(await self.desk.send(order), unit)
+        await self.reconcile(unit, first_run=state.cash is None)
         for request in state.pending_controls:
             unit.absorb((await self._control(request))[0])
         await self._commit(unit)
@@ -203,6 +208,9 @@ class Engine:
                 self.desk.apply(update, unit)
             self.portfolio.mark(c)
             unit.cursors[(self.account, c.symbol)] = c.ts
+        self._steps += 1
+        if self.reconcile_every and self._steps % self.reconcile_every == 0:
+            await self.reconcile(unit)
         self.stats.candles += len(candles)
         signals = await self.p.source.on_candles(candles)
         self.stats.signals += len(signals)
@@ -265,6 +273,54 @@ class Engine:
         unit = UnitOfWork()
         self.desk.apply(await self.desk.send(order), unit)
         return unit
+
+    async def reconcile(self, unit: UnitOfWork, first_run: bool = False) -> None:
+        """Compare the ledger with the venue (brokers that have one); block all new orders
+        while they disagree, and audit the verdict when it changes."""
+        probe = getattr(self.p.broker, "venue_state", None)
+        if probe is None:
+            return
+        try:
+            venue, updates = await probe(list(self.markets))
+        except ExchangeError as exc:  # keep the last verdict; try again later
+            log.warning("reconcile_unavailable", error=str(exc)[:300])
+            return
+        for update in updates:
+            self.desk.apply(update, unit)
+        pf = self.portfolio
+        r = reconcile(list(self.markets), pf.quote, {p.symbol: p.quantity for p in pf.positions()},
+                      pf.cash, {o.client_order_id for o in pf.working_orders()}, venue,
+                      first_run, getattr(self.p.broker, "in_doubt", 0))
+        now = self.p.clock.now_ms()
+        if r.deferred:
+            log.info("reconcile_deferred", why=r.deferred)
+            return
+        if first_run:
+            adopted = [Position(self.account, s, q, p, ZERO, now)
+                       for s, (q, p) in r.adopted_positions.items()]
+            pf.adopt(pf.cash + r.cash_adopted, adopted)
+            for p in adopted:
+                unit.positions[(self.account, p.symbol)] = p
+            unit.cash[self.account] = (pf.cash, now)
+            unit.audit.append(self.desk.event("reconcile.adopted", "account", self.account, now, {
+                "cash": str(pf.cash), "positions": {p.symbol: str(p.quantity) for p in adopted}}))
+        elif r.cash_adopted:
+            pf.adopt(pf.cash + r.cash_adopted, ())
+            unit.cash[self.account] = (pf.cash, now)
+            unit.audit.append(self.desk.event("reconcile.cash_adopted", "account", self.account,
+                                              now, {"deposit": str(r.cash_adopted),
+                                                    "cash": str(pf.cash)}))
+        for cid, sym, xid in r.unknown_orders:
+            if (cid or xid) not in self._flagged:
+                self._flagged.add(cid or xid)
+                unit.audit.append(self.desk.event("reconcile.unknown_order", "order", cid or xid,
+                                                  now, {"symbol": sym, "exchange_order_id": xid}))
+        if self.risk.machine.block("reconcile", not r.agree) or first_run:
+            unit.audit.append(self.desk.event(
+                "reconcile.ok" if r.agree else "reconcile.mismatch", "account", self.account,
+                now, {"problems": list(r.problems)}))
+            unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), now)
+            (log.info if r.agree else log.error)("reconciled", verdict=r.describe())
 
     # ---- protection -------------------------------------------------------------------
     def _on_fill(self, fill: Fill, before: Position, after: Position, order: Order) -> None:

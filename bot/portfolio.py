@@ -72,6 +72,12 @@ class Portfolio:
         for o in orders:
             self._orders[o.client_order_id] = o
 
+    def adopt(self, cash: Decimal, positions: Iterable[Position]) -> None:
+        """Take the venue's balances as the starting point (an account's first start)."""
+        self._cash = cash
+        for p in positions:
+            self._positions[p.symbol] = p
+
     def track(self, order: Order) -> None:
         if order.status.is_terminal:
             self._orders.pop(order.client_order_id, None)

@@ -76,6 +76,16 @@ class OrderUpdate:
     note: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class VenueState:
+    """The venue's side of a reconciliation: total balances (free + locked) per asset, the
+    open orders as (client id, symbol, exchange id), and last prices for adopting holdings."""
+
+    balances: Mapping[str, Decimal]
+    open_orders: tuple[tuple[str, str, str], ...]
+    prices: Mapping[str, Decimal] = field(default_factory=dict)
+
+
 class Broker(Protocol):
     """Where orders go: the paper fill model or a real exchange through ccxt."""
 

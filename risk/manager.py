@@ -102,6 +102,9 @@ class RiskManager:
         price = pf.price(intent.symbol)
         if price is None or price <= 0:
             return RiskDecision(intent, False, ZERO, "no price for the symbol yet")
+        if "reconcile" in self.machine.s.blocks:
+            return RiskDecision(intent, False, ZERO, "ledger and venue disagree: no new orders "
+                                "until they are reconciled")
         held = pf.position(intent.symbol).quantity
         reduces = (intent.side is Side.SELL and held > 0) or (intent.side is Side.BUY and held < 0)
         if intent.reduce_only and not reduces:

@@ -29,7 +29,7 @@ async def venue() -> AsyncIterator[tuple[SimBinance, Any, LiveBroker]]:
     cfg = ExchangeSettings(url=f"http://127.0.0.1:{port}", api_key=KEY, secret=SECRET,  # type: ignore[arg-type]
                            timeout_ms=800)
     ex = make_exchange(cfg, with_ws=False)
-    broker = LiveBroker(ex, WallClock(), "USDT", lookup_attempts=3)
+    broker = LiveBroker(ex, WallClock(), "USDT", recv_window_ms=1000)
     await broker.markets(["BTC/USDT"])
     yield sim, ex, broker
     await ex.close()
@@ -124,3 +124,114 @@ async def test_protective_stop_rests_at_the_venue(venue: tuple[SimBinance, Any, 
     resting = sim.account.by_client[cid]
     assert resting.type == "STOP_LOSS" and resting.price == stop.stop_price
     assert (await broker.cancel(ack.order)).order.status is OrderStatus.CANCELLED
+
+
+async def test_unanswered_order_is_written_off_only_after_recv_window(
+        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    """A reset before the venue saw the order: it stays in doubt until the recvWindow has
+    passed (a late arrival could still execute), then it is REJECTED. Nothing is resent."""
+    import asyncio
+
+    from bot.sim.faults import FaultPlan
+
+    sim, _, broker = venue
+    sim.faults.rules[:] = FaultPlan.from_specs(["reset=every:1@/api/v3/order:POST"]).rules
+    order = market_order("0.01", ts=8)
+    first = await broker.submit(order)
+    sim.faults.rules.clear()
+    assert first.order.status is OrderStatus.PENDING_SUBMIT and "unknown" in first.note
+    assert broker.in_doubt == 1
+    candle = Candle("BTC/USDT", "1m", 0, 1, 1, 1, 1, 1)
+    assert await broker.on_candle(candle) == []  # still inside the window: still in doubt
+    await asyncio.sleep(2.1)  # recv_window_ms=1000 plus the 1 s margin
+    [update] = await broker.on_candle(candle)
+    assert update.order.status is OrderStatus.REJECTED and "never received" in \
+        update.order.status_reason
+    assert sim.account is not None and sim.account.orders == {}
+    assert sim.faults.counts["reset"] == 1 and broker.in_doubt == 0
+
+
+async def test_late_execution_inside_the_window_is_found(
+        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    """The venue holds the request past the client's timeout and then executes it: the first
+    lookup misses it, a later poll finds and books it, exactly once."""
+    import asyncio
+
+    from bot.sim.faults import FaultPlan
+
+    sim, _, broker = venue
+    sim.faults.rules[:] = FaultPlan.from_specs(["timeout=every:1@/api/v3/order:POST"]).rules
+    sim.faults.hold_s = 1.0  # the client gives up after 0.8 s
+    order = market_order("0.02", ts=9)
+    first = await broker.submit(order)
+    assert first.order.status is OrderStatus.PENDING_SUBMIT
+    sim.faults.rules.clear()
+    await asyncio.sleep(0.6)
+    [update] = await broker.on_candle(Candle("BTC/USDT", "1m", 0, 1, 1, 1, 1, 1))
+    assert update.order.status is OrderStatus.FILLED
+    assert sum(f.quantity for f in update.fills) == D("0.02")
+    assert sim.account is not None and sim.account.duplicate_client_ids() == {}
+    assert len(sim.account.orders) == 1
+
+
+async def test_fills_come_from_the_venue_trades_exactly(
+        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    """A market order that fills in part and expires: the fill is the venue's trade, to the
+    last digit of price, quantity and commission, and the order ends CANCELLED."""
+    from bot.sim.faults import FaultPlan
+
+    sim, _, broker = venue
+    sim.faults.rules[:] = FaultPlan.from_specs(["partial_fill=every:1"]).rules
+    update = await broker.submit(market_order("0.10000", ts=10))
+    sim.faults.rules.clear()
+    assert sim.account is not None
+    [trade] = sim.account.trades
+    [fill] = update.fills
+    assert fill.quantity == D(trade["qty"]) < D("0.1")
+    assert fill.price == D(trade["price"]) and fill.fee == D(trade["commission"])
+    assert update.order.status is OrderStatus.CANCELLED
+    assert update.order.filled_qty == fill.quantity
+
+
+async def test_reads_ride_out_rate_limits_and_server_errors(
+        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    """Polling a working order through 429 (Retry-After), 418 and 5xx: retried, not failed."""
+    from bot.sim.faults import FaultPlan
+
+    sim, _, broker = venue
+    price = sim.price("BTCUSDT")
+    assert price is not None
+    cid = client_order_id("acct", "BTC/USDT", 11, "buy")
+    limit = (price * D("0.5")).quantize(D("0.01"))
+    ack = await broker.submit(Order(cid, "acct", "run", "BTC/USDT", Side.BUY, OrderType.LIMIT,
+                                    D("0.01"), OrderStatus.PENDING_SUBMIT, 0, 0, 11, "v", "t",
+                                    limit_price=limit))
+    sim.faults.retry_after_s = 0
+    sim.faults.rules[:] = FaultPlan.from_specs([
+        "rate_limit=every:4@/api/v3/order:GET", "ban=every:5@/api/v3/order:GET",
+        "server_error=every:3@/api/v3/order:GET"]).rules
+    candle = Candle("BTC/USDT", "1m", 0, 1, 1, 1, 1, 1)
+    for _ in range(6):
+        assert await broker.on_candle(candle) == []
+    assert ack.order.client_order_id in broker._working  # still tracked, never dropped
+    assert {"rate_limit", "ban", "server_error"} <= set(sim.faults.counts)
+
+
+async def test_venue_state_names_orders_the_ledger_does_not_know(
+        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    from bot.reconcile import reconcile
+
+    sim, ex, broker = venue
+    await broker.submit(market_order("0.01", ts=12))
+    price = sim.price("BTCUSDT")
+    assert price is not None
+    # somebody else's order on the same account
+    await ex.create_order("BTC/USDT", "limit", "buy", 0.001, float(price * D("0.5")),
+                          {"clientOrderId": "manual-1"})
+    state, _ = await broker.venue_state(["BTC/USDT"])
+    assert state.balances["BTC"] == D("0.01")
+    assert [o[0] for o in state.open_orders] == ["manual-1"]
+    r = reconcile(["BTC/USDT"], "USDT", {"BTC/USDT": D("0.01")}, state.balances["USDT"],
+                  set(), state)
+    assert not r.agree and r.unknown_orders[0][0] == "manual-1"
+    assert "manual-1" in r.describe()

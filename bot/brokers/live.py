@@ -2,27 +2,34 @@
 
 - Every order carries its deterministic client order id (``clientOrderId``).
 - The engine commits the PENDING_SUBMIT row before ``submit`` is called.
-- A timeout or network error on create is resolved by looking the order up by client id,
-  never by sending it again. An order the venue does not know after that is REJECTED; one
-  whose fate cannot be learned stays PENDING_SUBMIT and is looked up again on the next candle.
-- ccxt errors are translated at the boundary (``bot.exchange.errors``).
+- ``create_order`` is never sent twice. A timeout, reset, 5xx or rate limit on create makes the
+  outcome unknown; it is resolved by looking the order up by client id. "Not found" is only
+  believed once the exchange's ``recvWindow`` has passed since the order could have been sent
+  (after that the venue refuses the request), so a late-arriving order is never written off.
+  Until then the order stays PENDING_SUBMIT and is looked up again on the next candle.
+- Fills are booked from the venue's trades (exact price, quantity and commission per trade),
+  never from an order's averages; a trade is booked once because fills are skipped by the
+  cumulative quantity the ledger already holds.
+- Reads retry by error class (``bot.exchange.retry``); ccxt errors are translated at the
+  boundary (``bot.exchange.errors``).
 """
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
+import time
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
 from bot.clock import Clock
 from bot.domain import ZERO, Candle, Fill, MarketSpec, Order, OrderStatus, OrderType, Position
-from bot.errors import ExchangeUnavailable, OrderNotFound
+from bot.errors import ExchangeError, ExchangeUnavailable, OrderNotFound, OrderRejected
 from bot.exchange.errors import call
 from bot.exchange.markets import ccxt_markets
+from bot.exchange.retry import RetryPolicy, read
 from bot.logs import get_logger
-from bot.ports import OrderUpdate
+from bot.ports import OrderUpdate, VenueState
 
 log = get_logger("broker.live")
 _STATUS = {"open": OrderStatus.OPEN, "closed": OrderStatus.FILLED,
@@ -35,32 +42,37 @@ def _dec(value: Any) -> Decimal:
 
 
 class LiveBroker:
-    def __init__(self, exchange: Any, clock: Clock, quote: str, lookup_attempts: int = 5) -> None:
+    def __init__(self, exchange: Any, clock: Clock, quote: str, recv_window_ms: int = 5000,
+                 policy: RetryPolicy = RetryPolicy(), lookup_policy: RetryPolicy | None = None
+                 ) -> None:
         self.exchange = exchange
         self.clock = clock
         self.quote = quote
-        self.lookup_attempts = lookup_attempts
+        self.recv_window_ms = recv_window_ms
+        self.policy = policy
+        self.lookup_policy = lookup_policy or RetryPolicy(attempts=3, base_s=0.2, cap_s=1.0)
         self._working: dict[str, Order] = {}
-        self._recovered: set[str] = set()  # PENDING_SUBMIT orders inherited from a crash
+        # client id -> wall ms from which it may have reached the venue: outcome unknown
+        self._unresolved: dict[str, int] = {}
+        self._unbooked: set[str] = set()  # filled at the venue beyond the trades booked
 
     async def markets(self, symbols: Sequence[str]) -> Mapping[str, MarketSpec]:
-        return await ccxt_markets(self.exchange)(symbols)
+        return await read(self.exchange, lambda: ccxt_markets(self.exchange)(symbols), "markets",
+                          self.policy)
 
     def restore(self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal) -> None:
         for o in orders:
             self._working[o.client_order_id] = o
             if o.status is OrderStatus.PENDING_SUBMIT:
-                self._recovered.add(o.client_order_id)
+                self._unresolved[o.client_order_id] = o.created_ts  # may have gone out since
 
+    # ---- orders ---------------------------------------------------------------------------
     async def submit(self, order: Order) -> OrderUpdate:
         cid = order.client_order_id
-        if cid in self._recovered:
-            # we may have sent it before dying: ask first, send only if the venue never saw it
-            self._recovered.discard(cid)
-            found = await self._lookup(order)
-            if found is not None:
-                return found
+        if cid in self._unresolved:  # we may have sent it before: ask, never resend blindly
+            return await self._resolve(order)
         self._working[cid] = order
+        self._unresolved[cid] = int(time.time() * 1000)
         params: dict[str, Any] = {"clientOrderId": cid}
         price = order.limit_price if order.order_type is OrderType.LIMIT else None
         if order.order_type is OrderType.STOP:
@@ -71,64 +83,91 @@ class LiveBroker:
             raw = await call(self.exchange.create_order(
                 order.symbol, ccxt_type, order.side.value, float(order.quantity),
                 float(price) if price is not None else None, params))
-        except ExchangeUnavailable as exc:
-            log.warning("submit_ambiguous", client_order_id=cid, error=str(exc))
-            found = await self._lookup(order)
-            if found is not None:
-                return found
-            self._working.pop(cid, None)
-            return OrderUpdate(order.transition(OrderStatus.REJECTED, self.clock.now_ms(),
-                                                f"not at the venue after {exc}"))
-        except Exception:
-            self._working.pop(cid, None)
+        except OrderRejected:  # definitive: the venue refused it (funds, filters)
+            self._forget(cid)
             raise
-        return self._absorb(order, raw)
+        except ExchangeError as exc:  # timeout, reset, 5xx, 429, unknown: outcome unknown
+            log.warning("submit_ambiguous", client_order_id=cid, error=str(exc)[:300],
+                        kind=type(exc).__name__)
+            return await self._resolve(order)
+        self._unresolved.pop(cid, None)
+        return await self._sync(order, raw)
 
-    async def _lookup(self, order: Order) -> OrderUpdate | None:
-        """The venue's view of ``order`` by client id; None when it does not know it."""
-        for attempt in range(self.lookup_attempts):
-            try:
-                raw = await call(self.exchange.fetch_order(
-                    None, order.symbol, {"origClientOrderId": order.client_order_id}))
-            except OrderNotFound:
-                return None
-            except ExchangeUnavailable as exc:
-                await asyncio.sleep(min(5.0, 0.2 * 2 ** attempt))
-                log.warning("lookup_retry", client_order_id=order.client_order_id, error=str(exc))
-                continue
-            self._working[order.client_order_id] = order
-            return self._absorb(order, raw)
-        # unknown fate: keep it pending and ask again on the next candle
-        self._working[order.client_order_id] = order
-        self._recovered.add(order.client_order_id)
-        return OrderUpdate(order, note="outcome unknown: will look it up again")
+    async def _resolve(self, order: Order) -> OrderUpdate:
+        """The venue's view of an order whose submission is in doubt."""
+        cid = order.client_order_id
+        self._working[cid] = order
+        try:
+            raw = await read(self.exchange, lambda: self.exchange.fetch_order(
+                None, order.symbol, {"origClientOrderId": cid}), "lookup", self.lookup_policy)
+        except OrderNotFound:
+            may_arrive_until = self._unresolved.get(cid, 0) + self.recv_window_ms + 1000
+            if time.time() * 1000 < may_arrive_until:
+                return OrderUpdate(order, note="outcome unknown: will look it up again")
+            self._forget(cid)
+            return OrderUpdate(order.transition(
+                OrderStatus.REJECTED, self.clock.now_ms(),
+                f"the venue never received it (not found {self.recv_window_ms} ms past its "
+                "recvWindow)"))
+        except ExchangeError as exc:
+            log.warning("lookup_failed", client_order_id=cid, error=str(exc)[:300])
+            return OrderUpdate(order, note="outcome unknown: will look it up again")
+        self._unresolved.pop(cid, None)
+        return await self._sync(order, raw)
 
-    def _absorb(self, order: Order, raw: Mapping[str, Any]) -> OrderUpdate:
-        """Turn a ccxt order into our state change plus the fills since we last looked."""
-        now = int(raw.get("lastUpdateTimestamp") or raw.get("timestamp") or self.clock.now_ms())
-        filled = _dec(raw.get("filled"))
-        avg = _dec(raw.get("average") or raw.get("price"))
-        fills: list[Fill] = []
-        if filled > order.filled_qty:
-            qty = filled - order.filled_qty
-            price = (avg * filled - order.avg_fill_price * order.filled_qty) / qty
-            fee_total = _dec((raw.get("fee") or {}).get("cost"))
-            fee_ccy = (raw.get("fee") or {}).get("currency") or self.quote
+    def _forget(self, cid: str) -> None:
+        self._working.pop(cid, None)
+        self._unresolved.pop(cid, None)
+
+    async def _trades(self, order: Order, exchange_id: str) -> list[Fill]:
+        """The order's trades the ledger has not booked yet, oldest first."""
+        trades = await read(self.exchange, lambda: self.exchange.fetch_order_trades(
+            exchange_id, order.symbol), "order_trades", self.policy)
+        trades = sorted(trades, key=lambda t: (t.get("timestamp") or 0, str(t.get("id"))))
+        fills, cum = [], ZERO
+        for t in trades:
+            info = t.get("info") or {}
+            qty = _dec(info.get("qty") or t.get("amount"))
+            cum += qty
+            if cum <= order.filled_qty:
+                continue  # booked already
+            fee = t.get("fee") or {}
             fills.append(Fill(
-                fill_id=f"{order.client_order_id}:{filled}",  # unique per cumulative fill
+                fill_id=f"{order.client_order_id}:t{t.get('id')}",
                 client_order_id=order.client_order_id, account=order.account,
-                symbol=order.symbol, side=order.side, quantity=qty, price=price,
-                fee=max(ZERO, fee_total - order.fees), fee_currency=fee_ccy, ts=now))
+                symbol=order.symbol, side=order.side, quantity=qty,
+                price=_dec(info.get("price") or t.get("price")),
+                fee=_dec(info.get("commission") or fee.get("cost")),
+                fee_currency=str(info.get("commissionAsset") or fee.get("currency") or self.quote),
+                ts=int(t.get("timestamp") or self.clock.now_ms())))
+        return fills
+
+    async def _sync(self, order: Order, raw: Mapping[str, Any]) -> OrderUpdate:
+        """Bring ``order`` up to the venue's ``raw`` view: its id, new trades, final state."""
+        now = int(raw.get("lastUpdateTimestamp") or raw.get("timestamp") or self.clock.now_ms())
         updated = order
         if order.exchange_order_id is None and raw.get("id"):
             updated = dataclasses.replace(updated, exchange_order_id=str(raw["id"]))
         if updated.status is OrderStatus.PENDING_SUBMIT:
             updated = updated.transition(OrderStatus.OPEN, now)
+        venue_filled = _dec(raw.get("filled"))
+        fills: list[Fill] = []
+        if venue_filled > updated.filled_qty and updated.exchange_order_id:
+            try:
+                fills = await self._trades(updated, updated.exchange_order_id)
+            except ExchangeError as exc:  # booked on a later poll; the order stays working
+                log.warning("trades_unavailable", client_order_id=order.client_order_id,
+                            error=str(exc)[:300])
         for f in fills:
             updated = updated.apply_fill(f)
         target = _STATUS.get(str(raw.get("status")), OrderStatus.OPEN)
-        if target in (OrderStatus.CANCELLED, OrderStatus.REJECTED) and not updated.status.is_terminal:
+        all_booked = updated.filled_qty >= venue_filled
+        if target in (OrderStatus.CANCELLED, OrderStatus.REJECTED) and all_booked \
+                and not updated.status.is_terminal:
+            if target is OrderStatus.REJECTED and updated.status is not OrderStatus.OPEN:
+                target = OrderStatus.CANCELLED
             updated = updated.transition(target, now, f"venue: {raw.get('status')}")
+        (self._unbooked.discard if all_booked else self._unbooked.add)(order.client_order_id)
         if updated.status.is_terminal:
             self._working.pop(order.client_order_id, None)
         else:
@@ -136,31 +175,73 @@ class LiveBroker:
         return OrderUpdate(updated, tuple(fills))
 
     async def cancel(self, order: Order) -> OrderUpdate:
-        raw = await call(self.exchange.cancel_order(order.exchange_order_id, order.symbol,
-                                                    {"origClientOrderId": order.client_order_id}))
-        return self._absorb(self._working.get(order.client_order_id, order), raw)
+        cid = order.client_order_id
+        current = self._working.get(cid, order)
+        try:
+            raw = await call(self.exchange.cancel_order(order.exchange_order_id, order.symbol,
+                                                        {"origClientOrderId": cid}))
+        except (ExchangeUnavailable, OrderNotFound) as exc:
+            # lost answer, or already gone (filled, cancelled): ask what happened
+            log.info("cancel_unclear", client_order_id=cid, error=str(exc)[:200])
+            raw = await read(self.exchange, lambda: self.exchange.fetch_order(
+                order.exchange_order_id, order.symbol, {"origClientOrderId": cid}), "lookup",
+                self.lookup_policy)
+        return await self._sync(current, raw)
 
     async def on_candle(self, candle: Candle) -> list[OrderUpdate]:
-        """Poll the venue for the symbol's working orders (fills, cancels)."""
+        """Poll the venue for the symbol's working orders (fills, cancels, doubts)."""
+        return await self._poll(candle.symbol)
+
+    async def _poll(self, symbol: str | None) -> list[OrderUpdate]:
         updates = []
         for cid, order in list(self._working.items()):
-            if order.symbol != candle.symbol:
+            if symbol is not None and order.symbol != symbol:
                 continue
-            if cid in self._recovered:
-                self._recovered.discard(cid)
-                found = await self._lookup(order)
-                if found is None:
-                    found = OrderUpdate(order.transition(OrderStatus.REJECTED, self.clock.now_ms(),
-                                                         "the venue never received it"))
-                    self._working.pop(cid, None)
-                updates.append(found)
+            try:
+                if cid in self._unresolved:
+                    update = await self._resolve(order)
+                else:
+                    raw = await read(self.exchange, lambda: self.exchange.fetch_order(
+                        order.exchange_order_id, order.symbol, {"origClientOrderId": cid}),
+                        "order", self.policy)
+                    update = await self._sync(order, raw)
+            except ExchangeError as exc:  # this order waits for the next poll; others go on
+                log.warning("poll_failed", client_order_id=cid, error=str(exc)[:300])
                 continue
-            raw = await call(self.exchange.fetch_order(
-                order.exchange_order_id, order.symbol, {"origClientOrderId": cid}))
-            update = self._absorb(order, raw)
             if update.fills or update.order.status is not order.status:
                 updates.append(update)
         return updates
+
+    # ---- reconciliation -------------------------------------------------------------------
+    async def venue_state(self, symbols: Sequence[str]
+                          ) -> tuple[VenueState, list[OrderUpdate]]:
+        """Balances, open orders and prices as the venue sees them, plus the order updates
+        found on the way. Working orders are polled before and after the snapshot; if a fill
+        landed in between, the snapshot is taken again, so both sides describe one moment."""
+        updates = await self._poll(None)
+        for _ in range(3):
+            balance = await read(self.exchange, lambda: self.exchange.fetch_balance(),
+                                 "balance", self.policy)
+            opened = []
+            for sym in symbols:
+                rows = await read(self.exchange, lambda s=sym: self.exchange.fetch_open_orders(s),
+                                  "open_orders", self.policy)
+                opened += [(str(r.get("clientOrderId") or ""), sym, str(r.get("id") or ""))
+                           for r in rows]
+            after = await self._poll(None)
+            updates += after
+            if not any(u.fills for u in after):
+                break
+        tickers = await read(self.exchange, lambda: self.exchange.fetch_tickers(list(symbols)),
+                             "tickers", self.policy)
+        prices = {s: _dec(t.get("last")) for s, t in tickers.items() if t.get("last")}
+        totals = {str(k): _dec(v) for k, v in (balance.get("total") or {}).items()}
+        return VenueState(totals, tuple(opened), prices), updates
+
+    @property
+    def in_doubt(self) -> int:
+        """Orders whose outcome or fills the broker does not fully know yet."""
+        return len(self._unresolved) + len(self._unbooked)
 
     async def close(self) -> None:
         return None

@@ -55,7 +55,7 @@ def make_exchange(cfg: ExchangeSettings, with_ws: bool = True) -> Any:
         "timeout": cfg.timeout_ms,
         "options": {"defaultType": "spot", "fetchMarkets": {"types": ["spot"]},
                     "fetchCurrencies": False, "fetchMargins": False,
-                    "adjustForTimeDifference": False},
+                    "adjustForTimeDifference": False, "recvWindow": cfg.recv_window_ms},
     }
     if cfg.api_key is not None:
         params["apiKey"] = cfg.api_key.get_secret_value()

@@ -22,6 +22,7 @@ from bot.config import ExchangeSettings
 from bot.domain import Candle, Gap, Warmup, timeframe_ms
 from bot.errors import ExchangeError, ExchangeUnavailable
 from bot.exchange.errors import call
+from bot.exchange.retry import read
 from bot.feeds.validate import candle_problem
 from bot.logs import get_logger
 from bot.ports import FeedEvent
@@ -107,7 +108,7 @@ class LiveFeed:
     # ---- REST helpers -------------------------------------------------------------------
     async def _server_time(self) -> int:
         try:
-            now = int(await call(self.exchange.fetch_time()))
+            now = int(await read(self.exchange, lambda: self.exchange.fetch_time(), "time"))
         except ExchangeError:
             return self.exchange_now()
         self._offset_ms = now - self.clock.now_ms()
@@ -116,7 +117,8 @@ class LiveFeed:
     async def _fetch(self, symbol: str, since: int | None, limit: int = PAGE) -> list[list[Any]]:
         rows: list[list[Any]] = []
         while True:
-            page = await call(self.exchange.fetch_ohlcv(symbol, self.timeframe, since, limit))
+            page = await read(self.exchange, lambda s=since: self.exchange.fetch_ohlcv(
+                symbol, self.timeframe, s, limit), "ohlcv")
             rows.extend(page)
             if since is None or len(page) < limit or not page:
                 return rows
@@ -167,7 +169,7 @@ class LiveFeed:
 
     # ---- the stream ---------------------------------------------------------------------
     async def stream(self) -> AsyncIterator[FeedEvent]:
-        await call(self.exchange.load_markets())
+        await read(self.exchange, lambda: self.exchange.load_markets(), "markets")
         ws = self.use_ws
         log.info("feed_start", mode="ws" if ws else "rest", symbols=self.symbols,
                  timeframe=self.timeframe)

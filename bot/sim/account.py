@@ -3,9 +3,12 @@ balances and orders (``/api/v3/account``, ``order`` create/query/cancel, ``openO
 ``myTrades``).
 
 Market orders fill at the current price (the forming candle's close); limit orders rest and
-fill when the price trades through them, checked on every request. Faults that make a client
-earn its keep can be switched on: ``execute_then_delay_s`` executes an order and then answers
-late (the ambiguous order), ``reject_next`` refuses the next order.
+fill when the price trades through them, checked on every request. As on Binance, a client
+order id must be unique among *open* orders only: a resent order whose first copy already
+filled is accepted and fills again, which is exactly the mistake a client must never make.
+Faults come from the venue's ``FaultPlan`` (partial fills, insufficient funds, rejections);
+``execute_then_delay_s`` executes an order and then answers late, ``reject_next`` refuses the
+next order.
 """
 
 from __future__ import annotations
@@ -23,7 +26,10 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
+from bot.sim.faults import FaultPlan
+
 FEE = Decimal("0.001")
+OPEN = ("NEW", "PARTIALLY_FILLED")
 
 
 @dataclass
@@ -58,7 +64,8 @@ class SimOrder:
 
 class SimAccount:
     def __init__(self, api_key: str, secret: str, balances: dict[str, Decimal],
-                 price_of: Callable[[str], Decimal | None], now_ms: Callable[[], int]) -> None:
+                 price_of: Callable[[str], Decimal | None], now_ms: Callable[[], int],
+                 faults: FaultPlan | None = None) -> None:
         self.api_key, self.secret = api_key, secret
         self.balances = dict(balances)
         self.price_of = price_of
@@ -71,6 +78,8 @@ class SimAccount:
         self.execute_then_delay_s = 0.0
         self.reject_next = 0
         self.bad_signatures = 0
+        self.faults = faults or FaultPlan()
+        self.expired_after_recv_window = 0
 
     # ---- protocol -----------------------------------------------------------------------
     def _err(self, status: int, code: int, msg: str) -> web.Response:
@@ -81,7 +90,7 @@ class SimAccount:
         if request.headers.get("X-MBX-APIKEY") != self.api_key:
             return self._err(401, -2015, "Invalid API-key, IP, or permissions for action.")
         query = request.query_string
-        body = (await request.text()) if request.can_read_body else ""
+        body = (await request.text()) if request.body_exists else ""
         total, sig = "", None
         for part in (query, body):
             if "signature=" in part:
@@ -98,8 +107,16 @@ class SimAccount:
         ts = int(params.get("timestamp", "0"))
         window = int(params.get("recvWindow", "5000"))
         if abs(time.time() * 1000 - ts) > window:
+            self.expired_after_recv_window += 1
             return self._err(400, -1021, "Timestamp for this request is outside of the recvWindow.")
         return params
+
+    def duplicate_client_ids(self) -> dict[str, int]:
+        """Client order ids the venue accepted more than once (a resend that got through)."""
+        seen: dict[str, int] = {}
+        for o in self.orders.values():
+            seen[o.client_id] = seen.get(o.client_id, 0) + 1
+        return {k: n for k, n in seen.items() if n > 1}
 
     def _find(self, params: dict[str, str]) -> SimOrder | None:
         if "orderId" in params:
@@ -109,9 +126,9 @@ class SimAccount:
         return None
 
     # ---- matching -----------------------------------------------------------------------
-    def _execute(self, o: SimOrder, price: Decimal) -> None:
+    def _execute(self, o: SimOrder, price: Decimal, qty: Decimal | None = None) -> None:
         base, quote = o.symbol[:-4], o.symbol[-4:]
-        qty = o.qty - o.executed
+        qty = o.qty - o.executed if qty is None else qty
         cost = qty * price
         fee = (cost * FEE).quantize(Decimal("0.00000001"))
         if o.side == "BUY":
@@ -126,7 +143,7 @@ class SimAccount:
         o.fills.append(fill)
         o.executed += qty
         o.quote += cost
-        o.status = "FILLED"
+        o.status = "FILLED" if o.executed >= o.qty else "PARTIALLY_FILLED"
         o.time = self.now_ms()
         self.trades.append({"symbol": o.symbol, "id": tid, "orderId": o.order_id,
                             "orderListId": -1, "price": fill["price"], "qty": fill["qty"],
@@ -137,7 +154,7 @@ class SimAccount:
 
     def match(self) -> None:
         for o in self.orders.values():
-            if o.status != "NEW" or o.price is None:
+            if o.status not in OPEN or o.price is None:
                 continue
             px = self.price_of(o.symbol)
             if px is None:
@@ -152,7 +169,7 @@ class SimAccount:
     def _free(self, asset: str) -> Decimal:
         held = self.balances.get(asset, Decimal(0))
         for o in self.orders.values():
-            if o.status != "NEW":
+            if o.status not in OPEN:
                 continue
             if o.side == "BUY" and o.symbol.endswith(asset) and o.price is not None:
                 held -= (o.qty - o.executed) * o.price
@@ -167,11 +184,18 @@ class SimAccount:
             return params
         self.match()
         cid = params.get("newClientOrderId") or f"sim-{next(self._ids)}"
-        if cid in self.by_client:
+        if cid in self.by_client and self.by_client[cid].status in OPEN:
             return self._err(400, -2010, "Duplicate order sent.")
         if self.reject_next > 0:
             self.reject_next -= 1
             return self._err(400, -2010, "Order would immediately trigger.")
+        fault = self.faults.order(str(params.get("type")))
+        if fault == "insufficient_funds":
+            self.faults.record(fault)
+            return self._err(400, -2010, "Account has insufficient balance for requested action.")
+        if fault == "reject":
+            self.faults.record(fault)
+            return self._err(400, -1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
         sym, side, kind = params.get("symbol", ""), params.get("side"), params.get("type")
         price_now = self.price_of(sym)
         if price_now is None:
@@ -195,7 +219,13 @@ class SimAccount:
                      time=self.now_ms())
         self.orders[o.order_id] = o
         self.by_client[cid] = o
-        if kind == "MARKET":
+        if kind == "MARKET" and fault == "partial_fill":
+            self.faults.record(fault)
+            part = (qty * Decimal(repr(self.faults.fraction()))).quantize(Decimal("0.00001"))
+            if part > 0:
+                self._execute(o, price_now, part)
+            o.status = "EXPIRED"  # the rest found no liquidity
+        elif kind == "MARKET":
             self._execute(o, price_now)
         else:
             self.match()
@@ -220,7 +250,7 @@ class SimAccount:
             return params
         self.match()
         o = self._find(params)
-        if o is None or o.status != "NEW":
+        if o is None or o.status not in OPEN:
             return self._err(400, -2011, "Unknown order sent.")
         o.status = "CANCELED"
         return web.json_response(o.view())
@@ -232,14 +262,15 @@ class SimAccount:
         self.match()
         sym = params.get("symbol")
         return web.json_response([o.view() for o in self.orders.values()
-                                  if o.status == "NEW" and (sym is None or o.symbol == sym)])
+                                  if o.status in OPEN and (sym is None or o.symbol == sym)])
 
     async def my_trades(self, request: web.Request) -> web.Response:
         params = await self._params(request)
         if isinstance(params, web.Response):
             return params
-        sym = params.get("symbol")
-        return web.json_response([t for t in self.trades if sym is None or t["symbol"] == sym])
+        sym, oid = params.get("symbol"), params.get("orderId")
+        return web.json_response([t for t in self.trades if (sym is None or t["symbol"] == sym)
+                                  and (oid is None or str(t["orderId"]) == oid)])
 
     async def account(self, request: web.Request) -> web.Response:
         params = await self._params(request)

@@ -24,6 +24,7 @@ from aiohttp import WSMsgType, web
 
 from bot.domain import Candle, timeframe_ms
 from bot.sim.account import SimAccount
+from bot.sim.faults import FaultPlan
 
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 
@@ -77,12 +78,13 @@ class SimBinance:
         self.ws_silent = False  # fault: keep sockets open but send nothing
         self._sockets: set[web.WebSocketResponse] = set()
         self.account: SimAccount | None = None
+        self.faults = FaultPlan()
 
     def open_account(self, api_key: str, secret: str,
                      balances: Mapping[str, Decimal | str]) -> SimAccount:
         """Enable the signed private API for one key pair with these balances."""
         self.account = SimAccount(api_key, secret, {k: Decimal(str(v)) for k, v in balances.items()},
-                                  self.price, self.clock.now_ms)
+                                  self.price, self.clock.now_ms, self.faults)
         return self.account
 
     def price(self, sid: str) -> Decimal | None:
@@ -250,6 +252,7 @@ class SimBinance:
         import asyncio
 
         last_sent: dict[str, int] = {}
+        held: list[dict[str, Any]] = []  # "late" klines, sent after newer ones
         while not ws.closed:
             await asyncio.sleep(self.ws_push_s)
             if self.ws_silent:
@@ -261,13 +264,41 @@ class SimBinance:
                 if not rows:
                     continue
                 prev = last_sent.get(stream)
+                out: list[dict[str, Any]] = []
                 # a candle that closed since the last push goes out final (x = true) first
                 if prev is not None and prev < rows[-1][0]:
-                    for r in rows:
-                        if r[0] >= prev and r[0] < rows[-1][0]:
-                            await ws.send_json(self._kline_event(sid, r, True))
-                await ws.send_json(self._kline_event(sid, rows[-1], False))
+                    out += [self._kline_event(sid, r, True) for r in rows
+                            if prev <= r[0] < rows[-1][0]]
+                out.append(self._kline_event(sid, rows[-1], False))
                 last_sent[stream] = rows[-1][0]
+                out = self._disturb(out, held)
+                if out is None:
+                    await ws.close()
+                    return
+                for event in out:
+                    await ws.send_json(event)
+
+    def _disturb(self, out: list[dict[str, Any]],
+                 held: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Apply a websocket fault to one push; None means drop the socket."""
+        late, held[:] = list(held), []
+        kind = self.faults.ws()
+        closed = [e for e in out if e["k"]["x"]]
+        if kind == "ws_drop":
+            self.faults.record(kind)
+            return None
+        if kind == "duplicate":
+            out = out + out[:1]
+        elif kind == "late" and closed:
+            held.append(closed[0])  # this closed kline arrives after newer ones
+            out = [e for e in out if e is not closed[0]]
+        elif kind == "out_of_order" and len(out) > 1:
+            out = list(reversed(out))
+        elif kind is not None:
+            kind = None  # nothing to disturb in this push
+        if kind is not None:
+            self.faults.record(kind)
+        return out + late
 
     def _kline_event(self, sid: str, r: list[Any], closed: bool) -> dict[str, Any]:
         tf = self.series[sid][0].timeframe
@@ -286,7 +317,48 @@ class SimBinance:
     @web.middleware
     async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests[request.path] = self.requests.get(request.path, 0) + 1
-        return await handler(request)
+        if request.path.startswith("/ws") or request.path.startswith("/stream"):
+            return await handler(request)
+        kind = self.faults.http(request.method, request.path)
+        if kind is None:
+            return await handler(request)
+        return await self._http_fault(kind, request, handler)
+
+    async def _http_fault(self, kind: str, request: web.Request,
+                          handler: Any) -> web.StreamResponse:
+        import asyncio
+
+        f = self.faults
+        f.record(kind)
+        if kind == "rate_limit":
+            return web.json_response(
+                {"code": -1003, "msg": "Too much request weight used; current limit is 6000 "
+                 "request weight per 1 MINUTE."}, status=429,
+                headers={"Retry-After": str(f.retry_after_s)})
+        if kind == "ban":
+            return web.json_response(
+                {"code": -1003, "msg": "Way too much request weight used; IP banned until "
+                 f"{self.clock.now_ms() + 1000 * f.retry_after_s}."}, status=418,
+                headers={"Retry-After": str(f.retry_after_s)})
+        if kind == "server_error":
+            return web.Response(status=f._rng.choice((500, 502, 503, 504)),
+                                text="Service Unavailable")
+        if kind in ("slow", "timeout"):
+            if request.can_read_body:
+                await request.read()  # arrived whole; the answer is what is late
+
+            async def late() -> web.StreamResponse:
+                await asyncio.sleep(f.slow_s if kind == "slow" else f.hold_s)
+                return await handler(request)
+
+            # shielded: the venue carries it out even after the client hung up
+            return await asyncio.shield(asyncio.ensure_future(late()))
+        if kind == "lost":
+            await asyncio.shield(asyncio.ensure_future(handler(request)))  # no answer arrives
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        raise ConnectionResetError(f"fault: {kind}")
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._count])
