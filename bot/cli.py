@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bot.config import Settings, load_settings
-from bot.errors import StackbotError
+from bot.errors import ConfigError, StackbotError
 from bot.feeds.files import parse_timestamp
 from bot.logs import configure_logging, get_logger, register_secrets
 
@@ -99,12 +99,20 @@ def _run_async(coro_factory: Any, kill_level: str = "none") -> Any:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, on_signal, sig.name)
+        loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)  # what is it waiting for?
         return await coro_factory(engines.append)
 
     try:
         return asyncio.run(main())
     except asyncio.CancelledError:
         raise typer.Exit(130) from None
+
+
+def _dump_tasks() -> None:
+    for t in asyncio.all_tasks():
+        print(f"--- task {t.get_name()}: {t.get_coro()}", file=sys.stderr)
+        t.print_stack(limit=12, file=sys.stderr)
+    sys.stderr.flush()
 
 
 def _ts(text: str | None) -> int | None:
@@ -306,12 +314,35 @@ def sim_exchange(
     speed: Annotated[float, typer.Option(help="exchange seconds per wall second")] = 1.0,
     history: Annotated[int, typer.Option(help="candles before now")] = 500,
     seed: Annotated[int, typer.Option(help="random walk seed")] = 7,
+    api_key: Annotated[Optional[str], typer.Option(help="enable the signed API for this key")] = None,
+    secret: Annotated[Optional[str], typer.Option(help="HMAC secret for --api-key")] = None,
+    balance: Annotated[Optional[list[str]], typer.Option(help="ASSET=AMOUNT, repeatable")] = None,
+    fault: Annotated[Optional[list[str]], typer.Option(
+        help="KIND=RATE|every:N|window:T0-T1[@PATH][:METHOD], repeatable; see docs/faults.md")] = None,
+    fault_seed: Annotated[int, typer.Option(help="seed of the fault dice")] = 0,
 ) -> None:
-    """Serve a simulated Binance spot REST API on 127.0.0.1 (synthetic candles)."""
-    from bot.sim.binance import serve_forever
+    """Serve a simulated Binance spot API on 127.0.0.1 (synthetic candles), with an account
+    and injected faults when asked."""
+    from decimal import Decimal, InvalidOperation
 
+    from bot.sim.binance import serve_forever
+    from bot.sim.faults import FaultPlan, FaultSpecError
+
+    try:
+        plan = FaultPlan.from_specs(fault or [], seed=fault_seed)
+        balances = {}
+        for item in balance or ["USDT=10000"]:
+            asset, _, amount = item.partition("=")
+            balances[asset.strip().upper()] = Decimal(amount)
+    except FaultSpecError as exc:
+        raise _fail(exc) from None
+    except InvalidOperation:
+        raise _fail(ConfigError(f"--balance {item!r}: expected ASSET=AMOUNT")) from None
+    if (api_key is None) != (secret is None):
+        raise _fail(ConfigError("--api-key and --secret go together"))
+    account = (api_key, secret, balances) if api_key and secret else None
     asyncio.run(serve_forever(port, [s.strip().upper() for s in symbols.split(",")],
-                              timeframe, speed, history, seed))
+                              timeframe, speed, history, seed, account, plan))
 
 
 @audit_app.command("verify")

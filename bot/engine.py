@@ -102,7 +102,9 @@ class Engine:
             if order.status is OrderStatus.PENDING_SUBMIT:
                 # committed but maybe never sent: the broker resolves it by client id
                 self.desk.apply(await self.desk.send(order), unit)
-        await self.reconcile(unit, first_run=state.cash is None)
+        # an account that never saw a candle starts from the venue's balances
+        first = not state.cursors and not state.positions and not state.working_orders
+        await self.reconcile(unit, first_run=first, at_start=True)
         for request in state.pending_controls:
             unit.absorb((await self._control(request))[0])
         await self._commit(unit)
@@ -141,9 +143,9 @@ class Engine:
                     wake.set()
             except Exception as exc:  # handed to the loop, which raises it
                 end = _Failed(exc)
-            finally:
-                await feed_q.put(end)
-                wake.set()
+            # (cancelled: nobody reads the queue any more, so nothing is put on it)
+            await feed_q.put(end)
+            wake.set()
 
         pumping = asyncio.create_task(pump())
         try:
@@ -274,7 +276,8 @@ class Engine:
         self.desk.apply(await self.desk.send(order), unit)
         return unit
 
-    async def reconcile(self, unit: UnitOfWork, first_run: bool = False) -> None:
+    async def reconcile(self, unit: UnitOfWork, first_run: bool = False,
+                        at_start: bool = False) -> None:
         """Compare the ledger with the venue (brokers that have one); block all new orders
         while they disagree, and audit the verdict when it changes."""
         probe = getattr(self.p.broker, "venue_state", None)
@@ -315,7 +318,7 @@ class Engine:
                 self._flagged.add(cid or xid)
                 unit.audit.append(self.desk.event("reconcile.unknown_order", "order", cid or xid,
                                                   now, {"symbol": sym, "exchange_order_id": xid}))
-        if self.risk.machine.block("reconcile", not r.agree) or first_run:
+        if self.risk.machine.block("reconcile", not r.agree) or at_start:
             unit.audit.append(self.desk.event(
                 "reconcile.ok" if r.agree else "reconcile.mismatch", "account", self.account,
                 now, {"problems": list(r.problems)}))

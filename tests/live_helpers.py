@@ -25,6 +25,13 @@ async def spawn(cmd: list[str], **env: str) -> asyncio.subprocess.Process:
         *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=full)
 
 
+async def spawn_logged(cmd: list[str], log: Path, **env: str) -> asyncio.subprocess.Process:
+    """Like ``spawn`` but output goes to a file: a long run must never block on a full pipe."""
+    full = dict(os.environ, STACKBOT_LOG_FORMAT="json", **env)
+    with log.open("ab") as sink:
+        return await asyncio.create_subprocess_exec(*cmd, stdout=sink, stderr=sink, env=full)
+
+
 async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0,
                 every: float = 0.1) -> float:
     """Poll ``check`` until it is true; returns the seconds it took, fails on timeout."""

@@ -357,8 +357,8 @@ class SimBinance:
             await asyncio.shield(asyncio.ensure_future(handler(request)))  # no answer arrives
         transport = request.transport
         if transport is not None:
-            transport.abort()
-        raise ConnectionResetError(f"fault: {kind}")
+            transport.abort()  # the client sees the connection reset
+        return web.Response(status=499)  # never delivered
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._count])
@@ -400,13 +400,20 @@ def build(symbols: Sequence[str], timeframe: str, speed: float, history: int, se
 
 
 async def serve_forever(port: int, symbols: Sequence[str], timeframe: str, speed: float,
-                        history: int, seed: int) -> None:
+                        history: int, seed: int,
+                        account: tuple[str, str, Mapping[str, Decimal]] | None = None,
+                        faults: FaultPlan | None = None) -> None:
     import asyncio
 
     sim = build(symbols, timeframe, speed, history, seed)
+    if faults is not None:
+        sim.faults = faults
+    if account is not None:
+        sim.open_account(*account)
     runner, bound = await start_server(sim, port=port)
     print(f"simulated binance on http://127.0.0.1:{bound} ({', '.join(symbols)} {timeframe}, "
-          f"x{speed})", flush=True)
+          f"x{speed}; account {'on' if account else 'off'}; {len(sim.faults.rules)} fault "
+          "rule(s))", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

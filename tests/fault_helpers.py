@@ -1,0 +1,95 @@
+"""Shared by the fault tests: a live-mode bot (a subprocess, as users run it) against the
+in-process simulator, and the four checks every fault test ends with."""
+
+from __future__ import annotations
+
+import sys
+from decimal import Decimal
+from pathlib import Path
+
+from bot.sim.binance import SimBinance
+
+KEY, SECRET = "soak-key-0123456789abcdef", "soak-secret-0123456789abcdef"
+SYMBOLS = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+
+CONFIG = """
+[exchange]
+timeout_ms = 1000
+recv_window_ms = 3000
+reconcile_every = 4
+stall_timeout = 4.0
+
+[strategy]
+fast = 3
+slow = 8
+
+[risk]
+max_exchange_error_rate = 1.0
+stale_after_timeframes = 1000
+cooldown_candles = 0
+consecutive_losses = 1000
+daily_loss_limit = 0.9
+drawdown_limit = 0.9
+max_orders = 1000
+max_risk_per_trade = 0.05
+max_exposure_symbol = 0.3
+volatility_k = 100
+"""
+
+
+def live_config(tmp: Path, extra: str = "") -> Path:
+    path = tmp / "live.toml"
+    path.write_text(CONFIG + extra)
+    return path
+
+
+def live_cmd(port: int, db: str, data_dir: Path, instance: str, config: Path,
+             feed: str = "ws") -> list[str]:
+    return [sys.executable, "-m", "bot", "run", "--mode", "live", "--confirm-live",
+            "--exchange", "binance", "--symbols", ",".join(SYMBOLS), "--timeframe", "1m",
+            "--exchange-url", f"http://127.0.0.1:{port}", "--feed", feed,
+            "--poll-interval", "0.2", "--db", db, "--data-dir", str(data_dir),
+            "--instance", instance, "--config", str(config)]
+
+
+LIVE_ENV = {"STACKBOT_EXCHANGE_API_KEY": KEY, "STACKBOT_EXCHANGE_SECRET": SECRET}
+
+
+async def check_books(sim: SimBinance, pg_url: str, account: str) -> dict[str, object]:
+    """The invariants of issue 5, asserted; returns a few counts for the caller."""
+    from bot.ledger.audit import verify_chain
+    from bot.ledger.repository import make_engine
+    from tests.conftest import fetch
+
+    acct = sim.account
+    assert acct is not None
+    # 1. the venue never accepted one client order id twice
+    assert acct.duplicate_client_ids() == {}
+    # 2. every order at the venue is in the ledger, under its exchange id
+    rows = await fetch(pg_url, "SELECT client_order_id, exchange_order_id, status FROM orders "
+                       "WHERE account=$1", account)
+    ledger = {r["client_order_id"]: r for r in rows}
+    unknown = [o.client_id for o in acct.orders.values() if o.client_id not in ledger]
+    assert unknown == [], f"orders at the venue the ledger does not know: {unknown}"
+    wrong_id = [o.client_id for o in acct.orders.values()
+                if ledger[o.client_id]["exchange_order_id"] not in (None, str(o.order_id))]
+    assert wrong_id == []
+    # 3. the ledger's positions and cash are the venue's balances, to the last digit
+    pos = await fetch(pg_url, "SELECT symbol, quantity FROM positions WHERE account=$1", account)
+    held = {r["symbol"].split("/")[0]: Decimal(r["quantity"]) for r in pos}
+    for sym in SYMBOLS:
+        base = sym.split("/")[0]
+        assert held.get(base, Decimal(0)) == acct.balances.get(base, Decimal(0)), \
+            f"{base}: ledger {held.get(base)} venue {acct.balances.get(base)}"
+    [cash] = await fetch(pg_url, "SELECT cash FROM accounts WHERE account=$1", account)
+    assert Decimal(cash["cash"]) == acct.balances["USDT"]
+    # 4. the audit chain verifies
+    engine = make_engine(pg_url)
+    try:
+        report = await verify_chain(engine)
+    finally:
+        await engine.dispose()
+    assert report.ok, report.describe()
+    fills = await fetch(pg_url, "SELECT count(*) AS n FROM fills WHERE account=$1", account)
+    return {"venue_orders": len(acct.orders), "ledger_orders": len(rows),
+            "fills": fills[0]["n"], "trades": len(acct.trades)}
