@@ -84,6 +84,7 @@ class Engine:
         self.reconcile_every = 0  # candle steps between reconciliations with the venue
         self._steps = 0
         self._flagged: set[str] = set()  # unknown venue orders already audited
+        self._first_run = self._awaiting_verdict = False
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def restore(self) -> None:
@@ -211,7 +212,8 @@ class Engine:
             self.portfolio.mark(c)
             unit.cursors[(self.account, c.symbol)] = c.ts
         self._steps += 1
-        if self.reconcile_every and self._steps % self.reconcile_every == 0:
+        if self._awaiting_verdict or (self.reconcile_every and
+                                      self._steps % self.reconcile_every == 0):
             await self.reconcile(unit)
         self.stats.candles += len(candles)
         signals = await self.p.source.on_candles(candles)
@@ -278,25 +280,34 @@ class Engine:
 
     async def reconcile(self, unit: UnitOfWork, first_run: bool = False,
                         at_start: bool = False) -> None:
-        """Compare the ledger with the venue (brokers that have one); block all new orders
-        while they disagree, and audit the verdict when it changes."""
+        """Compare the ledger with the venue (brokers that have one). From start-up until a
+        verdict, and whenever they disagree, no new order passes risk; the verdict is audited
+        when it changes, and at every start."""
         probe = getattr(self.p.broker, "venue_state", None)
         if probe is None:
             return
+        now = self.p.clock.now_ms()
+        if at_start:
+            self._first_run = first_run
+            self._awaiting_verdict = True
+            self.risk.machine.block("reconcile", True)
         try:
             venue, updates = await probe(list(self.markets))
-        except ExchangeError as exc:  # keep the last verdict; try again later
+        except ExchangeError as exc:  # keep the last verdict; try again next step
             log.warning("reconcile_unavailable", error=str(exc)[:300])
             return
         for update in updates:
             self.desk.apply(update, unit)
         pf = self.portfolio
+        first_run = self._first_run
         r = reconcile(list(self.markets), pf.quote, {p.symbol: p.quantity for p in pf.positions()},
                       pf.cash, {o.client_order_id for o in pf.working_orders()}, venue,
                       first_run, getattr(self.p.broker, "in_doubt", 0))
-        now = self.p.clock.now_ms()
         if r.deferred:
             log.info("reconcile_deferred", why=r.deferred)
+            if at_start:
+                unit.audit.append(self.desk.event("reconcile.deferred", "account", self.account,
+                                                  now, {"why": r.deferred}))
             return
         if first_run:
             adopted = [Position(self.account, s, q, p, ZERO, now)
@@ -318,12 +329,14 @@ class Engine:
                 self._flagged.add(cid or xid)
                 unit.audit.append(self.desk.event("reconcile.unknown_order", "order", cid or xid,
                                                   now, {"symbol": sym, "exchange_order_id": xid}))
-        if self.risk.machine.block("reconcile", not r.agree) or at_start:
+        changed = self.risk.machine.block("reconcile", not r.agree)
+        if changed or self._awaiting_verdict:
             unit.audit.append(self.desk.event(
                 "reconcile.ok" if r.agree else "reconcile.mismatch", "account", self.account,
                 now, {"problems": list(r.problems)}))
             unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), now)
             (log.info if r.agree else log.error)("reconciled", verdict=r.describe())
+        self._first_run = self._awaiting_verdict = False
 
     # ---- protection -------------------------------------------------------------------
     def _on_fill(self, fill: Fill, before: Position, after: Position, order: Order) -> None:

@@ -79,6 +79,7 @@ class SimBinance:
         self._sockets: set[web.WebSocketResponse] = set()
         self.account: SimAccount | None = None
         self.faults = FaultPlan()
+        self.on_request: Any = None  # callback(method, path) before anything else happens
 
     def open_account(self, api_key: str, secret: str,
                      balances: Mapping[str, Decimal | str]) -> SimAccount:
@@ -317,6 +318,8 @@ class SimBinance:
     @web.middleware
     async def _count(self, request: web.Request, handler: Any) -> web.StreamResponse:
         self.requests[request.path] = self.requests.get(request.path, 0) + 1
+        if self.on_request is not None:
+            self.on_request(request.method, request.path)
         if request.path.startswith("/ws") or request.path.startswith("/stream"):
             return await handler(request)
         kind = self.faults.http(request.method, request.path)
