@@ -55,6 +55,11 @@ def live_cmd(port: int, db: str, data_dir: Path, instance: str, config: Path,
 LIVE_ENV = {"STACKBOT_EXCHANGE_API_KEY": KEY, "STACKBOT_EXCHANGE_SECRET": SECRET}
 
 
+def assert_no_secrets(log: Path) -> None:
+    text = log.read_text()
+    assert KEY not in text and SECRET not in text, "an API secret reached the logs"
+
+
 async def check_books(sim: SimBinance, pg_url: str, account: str) -> dict[str, object]:
     """The invariants of issue 5, asserted; returns a few counts for the caller."""
     from bot.ledger.audit import verify_chain
@@ -71,6 +76,13 @@ async def check_books(sim: SimBinance, pg_url: str, account: str) -> dict[str, o
     ledger = {r["client_order_id"]: r for r in rows}
     unknown = [o.client_id for o in acct.orders.values() if o.client_id not in ledger]
     assert unknown == [], f"orders at the venue the ledger does not know: {unknown}"
+    # ... and was audited before it reached the venue
+    created = await fetch(pg_url, "SELECT entity_id, extract(epoch FROM recorded_at) AS t FROM "
+                          "audit_events WHERE account=$1 AND kind = 'order.created'", account)
+    audited_at = {r["entity_id"]: float(r["t"]) for r in created}
+    late = [o.client_id for o in acct.orders.values()
+            if audited_at.get(o.client_id, float("inf")) > o.received_at]
+    assert late == [], f"orders sent before their audit row committed: {late}"
     wrong_id = [o.client_id for o in acct.orders.values()
                 if ledger[o.client_id]["exchange_order_id"] not in (None, str(o.order_id))]
     assert wrong_id == []
@@ -90,6 +102,12 @@ async def check_books(sim: SimBinance, pg_url: str, account: str) -> dict[str, o
     finally:
         await engine.dispose()
     assert report.ok, report.describe()
+    # 5. the API key and secret are nowhere in the database
+    for secret in (KEY, SECRET):
+        leaks = await fetch(pg_url, "SELECT (SELECT count(*) FROM runs WHERE config::text LIKE "
+                            "'%' || $1 || '%') + (SELECT count(*) FROM audit_events WHERE "
+                            "payload::text LIKE '%' || $1 || '%') AS n", secret)
+        assert leaks[0]["n"] == 0, "an API secret reached the database"
     fills = await fetch(pg_url, "SELECT count(*) AS n FROM fills WHERE account=$1", account)
     return {"venue_orders": len(acct.orders), "ledger_orders": len(rows),
             "fills": fills[0]["n"], "trades": len(acct.trades)}

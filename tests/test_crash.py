@@ -24,7 +24,7 @@ from bot.ledger.urls import async_url
 from bot.sim.binance import build, start_server
 from bot.sim.faults import FaultPlan
 from tests.conftest import fetch, plain_url
-from tests.fault_helpers import KEY, LIVE_ENV, SECRET, SYMBOLS, check_books, live_cmd, live_config
+from tests.fault_helpers import KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config
 from tests.live_helpers import spawn_logged, until
 
 NOTIFY = """
@@ -94,6 +94,7 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path) ->
     finally:
         await conn.close()
         await runner.cleanup()
+    assert_no_secrets(log)
     counts = await check_books(sim, fresh_db, account)
     runs = await fetch(fresh_db, "SELECT count(*) AS n FROM runs WHERE account=$1", account)
     assert runs[0]["n"] >= 20  # a kill in the first second can come before the run begins

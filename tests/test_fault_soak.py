@@ -19,7 +19,7 @@ import pytest
 from bot.sim.binance import SimBinance, build, start_server
 from bot.sim.faults import KINDS, FaultPlan
 from tests.conftest import fetch
-from tests.fault_helpers import KEY, LIVE_ENV, SECRET, SYMBOLS, check_books, live_cmd, live_config
+from tests.fault_helpers import KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config
 from tests.live_helpers import spawn_logged, until
 
 FAULTS = [
@@ -102,6 +102,7 @@ async def test_live_session_survives_a_thousand_faults(
     assert "Traceback" not in log.read_text()
     [run] = await fetch(fresh_db, "SELECT status, summary FROM runs WHERE account=$1", account)
     assert run["status"] == "stopped"
+    assert_no_secrets(log)
     counts = await check_books(sim, fresh_db, account)
     assert counts["venue_orders"] >= 10 and counts["trades"] >= 5, counts
     mismatches = await fetch(fresh_db, "SELECT payload FROM audit_events WHERE kind = "

@@ -30,6 +30,7 @@ from bot.sim.faults import FaultPlan
 
 FEE = Decimal("0.001")
 OPEN = ("NEW", "PARTIALLY_FILLED")
+_wall = time.time
 
 
 @dataclass
@@ -46,6 +47,7 @@ class SimOrder:
     quote: Decimal = Decimal(0)
     time: int = 0
     fills: list[dict[str, Any]] = field(default_factory=list)
+    received_at: float = field(default_factory=lambda: _wall())  # wall clock, for audit checks
 
     def view(self) -> dict[str, Any]:
         return {
