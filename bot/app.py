@@ -49,9 +49,15 @@ def database_url(settings: Settings) -> str:
 
 
 async def open_postgres(settings: Settings, synchronous_commit: bool = True) -> PostgresLedger:
-    engine = make_engine(database_url(settings))
-    await upgrade(engine)
-    return PostgresLedger(engine, synchronous_commit)
+    """Migrate as the connecting user (the owner), then work as the application role."""
+    url = database_url(settings)
+    owner = make_engine(url, pool_size=1)
+    try:
+        await upgrade(owner)
+    finally:
+        await owner.dispose()
+    return PostgresLedger(make_engine(url, role=settings.database.app_role or None),
+                          synchronous_commit)
 
 
 def new_run_id() -> str:

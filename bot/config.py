@@ -63,6 +63,10 @@ class DatabaseSettings(_Section):
     batch_candles: int = Field(
         2000, gt=0, description="backtest: candles per group commit to the ledger"
     )
+    app_role: str | None = Field(
+        "stackbot_app", pattern=r"^([a-z_][a-z0-9_]*)?$",
+        description="after migrating as the owner, the service runs as this role (no UPDATE, "
+        "DELETE or TRUNCATE on the audit trail); empty: stay the connecting user")
 
 
 class PaperSettings(_Section):

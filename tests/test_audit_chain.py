@@ -55,3 +55,37 @@ def test_deleting_the_tail_is_caught(fresh_db: str, tmp_path: Path) -> None:
                      "DELETE FROM audit_events WHERE seq = (SELECT max(seq) FROM audit_events)"))
     bad = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
     assert bad.exit_code == 1 and "rows removed from the end" in bad.output
+
+
+def test_the_service_role_cannot_rewrite_the_audit_trail(fresh_db: str, tmp_path: Path) -> None:
+    """Migrations run as the owner; the service works as ``stackbot_app``, which may insert
+    audit rows (and so advance the chain) but holds no UPDATE, DELETE or TRUNCATE on them,
+    so a tampering attempt fails on privileges before the triggers are even asked."""
+    runner = CliRunner()
+    data = write_series(tmp_path, "BTC/USDT", 200, seed=9)
+    result = runner.invoke(app, ["backtest", "--data", str(data), "--timeframe", "1h",
+                                 "--db", fresh_db])
+    assert result.exit_code == 0, result.output  # the whole run wrote as the app role
+
+    async def as_app(statement: str) -> str:
+        conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
+        try:
+            await conn.execute("SET ROLE stackbot_app")
+            await conn.execute(statement)
+            return "done"
+        except asyncpg.PostgresError as exc:
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            await conn.close()
+
+    for statement in ("UPDATE audit_events SET kind = 'x'", "DELETE FROM audit_events",
+                      "TRUNCATE audit_events", "UPDATE audit_chain_head SET seq = 0",
+                      "DELETE FROM orders"):
+        outcome = asyncio.run(as_app(statement))
+        assert outcome.startswith("InsufficientPrivilegeError"), (statement, outcome)
+    # what the service needs still works under the role
+    assert asyncio.run(as_app("UPDATE orders SET status = status")) == "done"
+    assert asyncio.run(as_app(
+        "INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, payload) "
+        "VALUES ('a', 'r', now(), 'test.kind', 'e', '1', '{}')")) == "done"
+    assert runner.invoke(app, ["audit", "verify", "--db", fresh_db]).exit_code == 0

@@ -42,8 +42,20 @@ def to_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
-    return create_async_engine(async_url(url), pool_size=pool_size, pool_pre_ping=True)
+def make_engine(url: str, pool_size: int = 5, role: str | None = None) -> AsyncEngine:
+    """An async engine; with ``role``, every connection switches to it (``SET ROLE``), so the
+    service runs with the application role's grants, not the owner's."""
+    engine = create_async_engine(async_url(url), pool_size=pool_size, pool_pre_ping=True)
+    if role:
+        from sqlalchemy import event
+
+        def as_role(dbapi_conn: Any, _record: Any) -> None:
+            cursor = dbapi_conn.cursor()
+            cursor.execute(f'SET ROLE "{role}"')
+            cursor.close()
+
+        event.listen(engine.sync_engine, "connect", as_role)
+    return engine
 
 
 def _order_row(o: Order) -> dict[str, Any]:
