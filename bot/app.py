@@ -205,12 +205,17 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
     ledger = await open_postgres(settings)
     account = account_name(settings)
     services = Services(settings, database_url(settings), account)
+    from bot.exchange.deadman import DeadMansSwitch
+
+    dead_man = DeadMansSwitch(exchange, settings.exchange.dead_man_s if mode is Mode.LIVE else 0)
+    dead_man.start()
     try:
         return await drive(settings, new_run_id(), account, mode, settings.exchange.name,
                            settings.symbols, feed, broker, ledger, clock,
                            services.hook(engine_hook),
                            venue_stops=mode is Mode.PAPER or exchange_has_stops(exchange))
     finally:
+        await dead_man.close()
         await services.close()
         await exchange.close()
 

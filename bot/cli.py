@@ -320,6 +320,8 @@ def sim_exchange(
     fault: Annotated[Optional[list[str]], typer.Option(
         help="KIND=RATE|every:N|window:T0-T1[@PATH][:METHOD], repeatable; see docs/faults.md")] = None,
     fault_seed: Annotated[int, typer.Option(help="seed of the fault dice")] = 0,
+    data: Annotated[Optional[list[Path]], typer.Option(
+        help="replay these candle files (one symbol each) instead of synthetic candles")] = None,
 ) -> None:
     """Serve a simulated Binance spot API on 127.0.0.1 (synthetic candles), with an account
     and injected faults when asked."""
@@ -341,8 +343,16 @@ def sim_exchange(
     if (api_key is None) != (secret is None):
         raise _fail(ConfigError("--api-key and --secret go together"))
     account = (api_key, secret, balances) if api_key and secret else None
+    recorded = None
+    if data:
+        from bot.feeds.files import load_candle_file
+
+        try:
+            recorded = {(s := load_candle_file(f, timeframe)).symbol: s.candles for f in data}
+        except StackbotError as exc:
+            raise _fail(exc) from None
     asyncio.run(serve_forever(port, [s.strip().upper() for s in symbols.split(",")],
-                              timeframe, speed, history, seed, account, plan))
+                              timeframe, speed, history, seed, account, plan, recorded))
 
 
 @audit_app.command("verify")

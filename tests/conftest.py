@@ -7,6 +7,7 @@ import asyncio
 import os
 import socket
 import uuid
+from typing import Any
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -142,3 +143,13 @@ async def mqtt_broker() -> AsyncIterator[tuple[str, int]]:
         yield "127.0.0.1", port
     finally:
         await broker.shutdown()
+
+
+@pytest.fixture
+def reaper() -> Iterator[list[Any]]:
+    """Subprocesses a test started; any still running when it ends (a failed test) is killed."""
+    procs: list[Any] = []
+    yield procs
+    for p in procs:
+        if p.returncode is None:
+            p.kill()

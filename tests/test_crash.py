@@ -24,7 +24,9 @@ from bot.ledger.urls import async_url
 from bot.sim.binance import build, start_server
 from bot.sim.faults import FaultPlan
 from tests.conftest import fetch, plain_url
-from tests.fault_helpers import KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config
+from tests.fault_helpers import (
+    KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
+)
 from tests.live_helpers import spawn_logged, until
 
 NOTIFY = """
@@ -35,7 +37,8 @@ FOR EACH ROW EXECUTE FUNCTION crash_test_notify();
 """
 
 
-async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path) -> None:
+async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
+                                               reaper: list[object]) -> None:
     from bot.ledger.migrate import upgrade
     from bot.ledger.repository import make_engine
 
@@ -68,6 +71,7 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path) ->
                 while not q.empty():
                     q.get_nowait()
             proc = await spawn_logged(cmd, log, **LIVE_ENV)
+            reaper.append(proc)
             if point == "random":
                 await asyncio.sleep(rng.uniform(0.5, 6.0))
                 seen["random"] += 1
@@ -86,6 +90,7 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path) ->
             await proc.wait()
         # the last start: it must reconcile, resolve what was in doubt, and trade on
         proc = await spawn_logged(cmd, log, **LIVE_ENV)
+        reaper.append(proc)
         await asyncio.sleep(12)
         await until(lambda: _settled(sim), timeout=60, every=0.5)
         proc.send_signal(signal.SIGTERM)

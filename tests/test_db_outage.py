@@ -18,7 +18,9 @@ import pytest
 
 from bot.sim.binance import build, start_server
 from tests.conftest import fetch
-from tests.fault_helpers import KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config
+from tests.fault_helpers import (
+    KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
+)
 from tests.live_helpers import spawn_logged, until
 
 OUTAGE_S = 30.0
@@ -32,7 +34,7 @@ def _server(pgdata: Path) -> Any:
         return pgserver.get_server(pgdata, cleanup_mode="stop")
 
 
-async def test_database_outage_mid_session(tmp_path: Path) -> None:
+async def test_database_outage_mid_session(tmp_path: Path, reaper: list[Any]) -> None:
     pytest.importorskip("pgserver", reason="the embedded PostgreSQL wheel is not installed")
     from bot.ledger.migrate import upgrade
     from bot.ledger.repository import make_engine
@@ -50,6 +52,7 @@ async def test_database_outage_mid_session(tmp_path: Path) -> None:
     account = "outage:live:binance"
     proc = await spawn_logged(live_cmd(port, url, tmp_path, "outage", live_config(tmp_path)),
                               log, **LIVE_ENV)
+    reaper.append(proc)
     acct = sim.account
     assert acct is not None
     try:

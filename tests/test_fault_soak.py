@@ -13,13 +13,16 @@ import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from bot.sim.binance import SimBinance, build, start_server
 from bot.sim.faults import KINDS, FaultPlan
 from tests.conftest import fetch
-from tests.fault_helpers import KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config
+from tests.fault_helpers import (
+    KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
+)
 from tests.live_helpers import spawn_logged, until
 
 FAULTS = [
@@ -51,7 +54,8 @@ async def faulty_venue() -> AsyncIterator[tuple[SimBinance, int]]:
 
 
 async def test_live_session_survives_a_thousand_faults(
-        faulty_venue: tuple[SimBinance, int], fresh_db: str, tmp_path: Path) -> None:
+        faulty_venue: tuple[SimBinance, int], fresh_db: str, tmp_path: Path,
+        reaper: list[Any]) -> None:
     from bot.ledger.migrate import upgrade
     from bot.ledger.repository import make_engine
 
@@ -64,6 +68,7 @@ async def test_live_session_survives_a_thousand_faults(
     log = tmp_path / "bot.log"
     proc = await spawn_logged(live_cmd(port, fresh_db, tmp_path, "soak", live_config(tmp_path)),
                               log, **LIVE_ENV)
+    reaper.append(proc)
 
     async def started() -> bool:
         rows = await fetch(fresh_db, "SELECT count(*) AS n FROM audit_events WHERE kind = "

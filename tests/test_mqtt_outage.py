@@ -44,7 +44,7 @@ async def _listen(port: int, seen: list[tuple[float, str]], stop: asyncio.Event)
 
 
 async def test_trading_and_kill_switch_survive_a_broker_outage(
-        fresh_db: str, tmp_path: Path) -> None:
+        fresh_db: str, tmp_path: Path, reaper: list[Any]) -> None:
     from bot.ledger.migrate import upgrade
     from bot.ledger.repository import make_engine
 
@@ -67,6 +67,7 @@ async def test_trading_and_kill_switch_survive_a_broker_outage(
     account = f"{instance}:paper:binance"
     proc = await spawn_logged(run_cmd(port, fresh_db, tmp_path, instance) + ["--config",
                                                                              str(config)], log)
+    reaper.append(proc)
     seen: list[tuple[float, str]] = []
     stop = asyncio.Event()
     listener = asyncio.create_task(_listen(mqtt_port, seen, stop))

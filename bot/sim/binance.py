@@ -402,13 +402,23 @@ def build(symbols: Sequence[str], timeframe: str, speed: float, history: int, se
     return SimBinance(candles, SimClock(origin, speed))
 
 
+def replay(candles: Mapping[str, Sequence[Candle]], speed: float, history: int) -> SimBinance:
+    """A simulator over recorded candles: its clock starts ``history`` candles into them."""
+    first = min(c[0].ts for c in candles.values())
+    step = timeframe_ms(next(iter(candles.values()))[0].timeframe)
+    return SimBinance(candles, SimClock(first + history * step, speed))
+
+
 async def serve_forever(port: int, symbols: Sequence[str], timeframe: str, speed: float,
                         history: int, seed: int,
                         account: tuple[str, str, Mapping[str, Decimal]] | None = None,
-                        faults: FaultPlan | None = None) -> None:
+                        faults: FaultPlan | None = None,
+                        recorded: Mapping[str, Sequence[Candle]] | None = None) -> None:
     import asyncio
 
-    sim = build(symbols, timeframe, speed, history, seed)
+    sim = (replay(recorded, speed, history) if recorded
+           else build(symbols, timeframe, speed, history, seed))
+    symbols = list(sim.symbols.values())
     if faults is not None:
         sim.faults = faults
     if account is not None:
