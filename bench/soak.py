@@ -34,6 +34,7 @@ from bot.config import load_settings  # noqa: E402
 from bot.domain import Candle, Mode, Warmup  # noqa: E402
 from bot.ports import FeedEvent  # noqa: E402
 from bot.sim.binance import synthetic_candles  # noqa: E402
+from replay import create_db  # noqa: E402  (bench/replay.py, beside this script)
 
 STEP = 60_000
 WARMUP = 200
@@ -72,20 +73,6 @@ class PacedFeed:
 
     async def close(self) -> None:
         return None
-
-
-def create_db(admin: str) -> str:
-    import asyncpg
-
-    name = f"stackbot_soak_{uuid.uuid4().hex[:6]}"
-
-    async def go() -> None:
-        conn = await asyncpg.connect(admin)
-        await conn.execute(f'CREATE DATABASE "{name}"')
-        await conn.close()
-
-    asyncio.run(go())
-    return admin.rsplit("/", 1)[0] + "/" + name
 
 
 async def soak(db: str, n_symbols: int, hours: int, step_ms: float) -> dict[str, Any]:
