@@ -14,8 +14,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from bot.cli_sim import sim_exchange
 from bot.config import Settings, load_settings
-from bot.errors import ConfigError, StackbotError
+from bot.errors import StackbotError
 from bot.feeds.files import parse_timestamp
 from bot.logs import configure_logging, get_logger, register_secrets
 
@@ -306,53 +307,7 @@ def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt 
     out.print(f"database at revision {rev}")
 
 
-@app.command("sim-exchange")
-def sim_exchange(
-    port: Annotated[int, typer.Option(help="loopback port")] = 8900,
-    symbols: Annotated[str, typer.Option(help="comma list")] = "BTC/USDT",
-    timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1m",
-    speed: Annotated[float, typer.Option(help="exchange seconds per wall second")] = 1.0,
-    history: Annotated[int, typer.Option(help="candles before now")] = 500,
-    seed: Annotated[int, typer.Option(help="random walk seed")] = 7,
-    api_key: Annotated[Optional[str], typer.Option(help="enable the signed API for this key")] = None,
-    secret: Annotated[Optional[str], typer.Option(help="HMAC secret for --api-key")] = None,
-    balance: Annotated[Optional[list[str]], typer.Option(help="ASSET=AMOUNT, repeatable")] = None,
-    fault: Annotated[Optional[list[str]], typer.Option(
-        help="KIND=RATE|every:N|window:T0-T1[@PATH][:METHOD], repeatable; see docs/faults.md")] = None,
-    fault_seed: Annotated[int, typer.Option(help="seed of the fault dice")] = 0,
-    data: Annotated[Optional[list[Path]], typer.Option(
-        help="replay these candle files (one symbol each) instead of synthetic candles")] = None,
-) -> None:
-    """Serve a simulated Binance spot API on 127.0.0.1 (synthetic candles), with an account
-    and injected faults when asked."""
-    from decimal import Decimal, InvalidOperation
-
-    from bot.sim.binance import serve_forever
-    from bot.sim.faults import FaultPlan, FaultSpecError
-
-    try:
-        plan = FaultPlan.from_specs(fault or [], seed=fault_seed)
-        balances = {}
-        for item in balance or ["USDT=10000"]:
-            asset, _, amount = item.partition("=")
-            balances[asset.strip().upper()] = Decimal(amount)
-    except FaultSpecError as exc:
-        raise _fail(exc) from None
-    except InvalidOperation:
-        raise _fail(ConfigError(f"--balance {item!r}: expected ASSET=AMOUNT")) from None
-    if (api_key is None) != (secret is None):
-        raise _fail(ConfigError("--api-key and --secret go together"))
-    account = (api_key, secret, balances) if api_key and secret else None
-    recorded = None
-    if data:
-        from bot.feeds.files import load_candle_file
-
-        try:
-            recorded = {(s := load_candle_file(f, timeframe)).symbol: s.candles for f in data}
-        except StackbotError as exc:
-            raise _fail(exc) from None
-    asyncio.run(serve_forever(port, [s.strip().upper() for s in symbols.split(",")],
-                              timeframe, speed, history, seed, account, plan, recorded))
+app.command("sim-exchange")(sim_exchange)
 
 
 @audit_app.command("verify")

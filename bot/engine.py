@@ -20,15 +20,15 @@ from typing import Any
 from bot.clock import Clock
 from bot.desk import OrderDesk, client_order_id, exit_intent
 from bot.domain import (
-    ZERO, Candle, EquitySnapshot, Fill, Gap, MarketSpec, Order, OrderIntent, OrderStatus, OrderType,
+    Candle, EquitySnapshot, Fill, Gap, MarketSpec, Order, OrderIntent, OrderStatus, OrderType,
     Position, Warmup,
 )
-from bot.errors import ExchangeError, LedgerError
+from bot.errors import LedgerError
 from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
 from bot.ports import Broker, ControlRequest, Feed, Ledger, SignalSource, Strategy, UnitOfWork
-from bot.reconcile import reconcile
+from bot.reconciler import Reconciler
 from risk.manager import Protect, RiskManager
 from risk.state import KillLevel, RiskState, Transition
 
@@ -83,8 +83,8 @@ class Engine:
         self._acks: dict[str, Any] = {}
         self.reconcile_every = 0  # candle steps between reconciliations with the venue
         self._steps = 0
-        self._flagged: set[str] = set()  # unknown venue orders already audited
-        self._first_run = self._awaiting_verdict = False
+        self.reconciler = Reconciler(account, parts.broker, self.desk, portfolio, parts.risk,
+                                     markets, parts.clock)
 
     # ---- lifecycle ----------------------------------------------------------------------
     async def restore(self) -> None:
@@ -212,7 +212,7 @@ class Engine:
             self.portfolio.mark(c)
             unit.cursors[(self.account, c.symbol)] = c.ts
         self._steps += 1
-        if self._awaiting_verdict or (self.reconcile_every and
+        if self.reconciler.awaiting_verdict or (self.reconcile_every and
                                       self._steps % self.reconcile_every == 0):
             await self.reconcile(unit)
         self.stats.candles += len(candles)
@@ -280,63 +280,8 @@ class Engine:
 
     async def reconcile(self, unit: UnitOfWork, first_run: bool = False,
                         at_start: bool = False) -> None:
-        """Compare the ledger with the venue (brokers that have one). From start-up until a
-        verdict, and whenever they disagree, no new order passes risk; the verdict is audited
-        when it changes, and at every start."""
-        probe = getattr(self.p.broker, "venue_state", None)
-        if probe is None:
-            return
-        now = self.p.clock.now_ms()
-        if at_start:
-            self._first_run = first_run
-            self._awaiting_verdict = True
-            self.risk.machine.block("reconcile", True)
-        try:
-            venue, updates = await probe(list(self.markets))
-        except ExchangeError as exc:  # keep the last verdict; try again next step
-            log.warning("reconcile_unavailable", error=str(exc)[:300])
-            return
-        for update in updates:
-            self.desk.apply(update, unit)
-        pf = self.portfolio
-        first_run = self._first_run
-        r = reconcile(list(self.markets), pf.quote, {p.symbol: p.quantity for p in pf.positions()},
-                      pf.cash, {o.client_order_id for o in pf.working_orders()}, venue,
-                      first_run, getattr(self.p.broker, "in_doubt", 0))
-        if r.deferred:
-            log.info("reconcile_deferred", why=r.deferred)
-            if at_start:
-                unit.audit.append(self.desk.event("reconcile.deferred", "account", self.account,
-                                                  now, {"why": r.deferred}))
-            return
-        if first_run:
-            adopted = [Position(self.account, s, q, p, ZERO, now)
-                       for s, (q, p) in r.adopted_positions.items()]
-            pf.adopt(pf.cash + r.cash_adopted, adopted)
-            for p in adopted:
-                unit.positions[(self.account, p.symbol)] = p
-            unit.cash[self.account] = (pf.cash, now)
-            unit.audit.append(self.desk.event("reconcile.adopted", "account", self.account, now, {
-                "cash": str(pf.cash), "positions": {p.symbol: str(p.quantity) for p in adopted}}))
-        elif r.cash_adopted:
-            pf.adopt(pf.cash + r.cash_adopted, ())
-            unit.cash[self.account] = (pf.cash, now)
-            unit.audit.append(self.desk.event("reconcile.cash_adopted", "account", self.account,
-                                              now, {"deposit": str(r.cash_adopted),
-                                                    "cash": str(pf.cash)}))
-        for cid, sym, xid in r.unknown_orders:
-            if (cid or xid) not in self._flagged:
-                self._flagged.add(cid or xid)
-                unit.audit.append(self.desk.event("reconcile.unknown_order", "order", cid or xid,
-                                                  now, {"symbol": sym, "exchange_order_id": xid}))
-        changed = self.risk.machine.block("reconcile", not r.agree)
-        if changed or self._awaiting_verdict:
-            unit.audit.append(self.desk.event(
-                "reconcile.ok" if r.agree else "reconcile.mismatch", "account", self.account,
-                now, {"problems": list(r.problems)}))
-            unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), now)
-            (log.info if r.agree else log.error)("reconciled", verdict=r.describe())
-        self._first_run = self._awaiting_verdict = False
+        """Ledger against venue (``bot/reconciler.py``); blocks new orders until they agree."""
+        await self.reconciler.check(unit, first_run, at_start)
 
     # ---- protection -------------------------------------------------------------------
     def _on_fill(self, fill: Fill, before: Position, after: Position, order: Order) -> None:
