@@ -19,6 +19,7 @@ import signal
 from pathlib import Path
 
 import asyncpg
+import pytest
 
 from bot.ledger.urls import async_url
 from bot.sim.binance import build, start_server
@@ -37,6 +38,7 @@ FOR EACH ROW EXECUTE FUNCTION crash_test_notify();
 """
 
 
+@pytest.mark.timeout(600)  # a long session by design
 async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
                                                reaper: list[object]) -> None:
     from bot.ledger.migrate import upgrade

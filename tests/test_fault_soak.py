@@ -53,6 +53,7 @@ async def faulty_venue() -> AsyncIterator[tuple[SimBinance, int]]:
     await runner.cleanup()
 
 
+@pytest.mark.timeout(900)  # a long session by design
 async def test_live_session_survives_a_thousand_faults(
         faulty_venue: tuple[SimBinance, int], fresh_db: str, tmp_path: Path,
         reaper: list[Any]) -> None:
