@@ -178,7 +178,11 @@ class Engine:
                     if self.max_candles is not None and self.stats.candles >= self.max_candles:
                         break
         finally:
-            pumping.cancel()
+            # cancel until it takes: on Python 3.11 ``wait_for`` inside the feed can swallow a
+            # cancellation that lands as its inner await completes
+            while not pumping.done():
+                pumping.cancel()
+                await asyncio.wait({pumping}, timeout=0.2)
             await asyncio.gather(pumping, return_exceptions=True)
             await self._commit(UnitOfWork())
             await self.p.ledger.flush()

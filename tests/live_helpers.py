@@ -41,3 +41,20 @@ async def until(check: Callable[[], Awaitable[bool]], timeout: float = 60.0,
             return time.monotonic() - t0
         await asyncio.sleep(every)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+async def stop(proc: asyncio.subprocess.Process, log: Path, within: float = 30.0) -> None:
+    """SIGTERM and wait; a bot that does not exit in time prints its asyncio tasks (SIGUSR1)
+    into ``log`` before it is killed, and the failure shows them."""
+    import signal
+
+    proc.send_signal(signal.SIGTERM)
+    try:
+        await asyncio.wait_for(proc.wait(), within)
+    except TimeoutError:
+        proc.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(1)
+        proc.kill()
+        raise AssertionError(f"no exit {within:.0f} s after SIGTERM:\n"
+                             f"{log.read_text()[-12000:]}") from None
+    assert proc.returncode == 0, log.read_text()[-3000:]

@@ -28,7 +28,7 @@ from tests.conftest import fetch, plain_url
 from tests.fault_helpers import (
     KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
 )
-from tests.live_helpers import spawn_logged, until
+from tests.live_helpers import spawn_logged, stop, until
 
 NOTIFY = """
 CREATE FUNCTION crash_test_notify() RETURNS trigger LANGUAGE plpgsql AS $$
@@ -95,9 +95,7 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
         reaper.append(proc)
         await asyncio.sleep(12)
         await until(lambda: _settled(sim), timeout=60, every=0.5)
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-        assert proc.returncode == 0, log.read_text()[-3000:]
+        await stop(proc, log)
     finally:
         await conn.close()
         await runner.cleanup()

@@ -8,7 +8,6 @@ twice, trading resumes, and the books still match the venue."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import time
 import warnings
 from pathlib import Path
@@ -21,7 +20,7 @@ from tests.conftest import fetch
 from tests.fault_helpers import (
     KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
 )
-from tests.live_helpers import spawn_logged, until
+from tests.live_helpers import spawn_logged, stop, until
 
 OUTAGE_S = 30.0
 
@@ -76,9 +75,7 @@ async def test_database_outage_mid_session(tmp_path: Path, reaper: list[Any]) ->
                                   account))[0]["n"]
         await until(lambda: traded(fills_then + 2), timeout=120)
         assert len(acct.orders) > orders_at_down
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-        assert proc.returncode == 0, log.read_text()[-3000:]
+        await stop(proc, log)
     finally:
         if proc.returncode is None:
             proc.kill()

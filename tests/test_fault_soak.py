@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,7 +22,7 @@ from tests.conftest import fetch
 from tests.fault_helpers import (
     KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
 )
-from tests.live_helpers import spawn_logged, until
+from tests.live_helpers import spawn_logged, stop, until
 
 FAULTS = [
     # REST, every endpoint (reads are retried, writes resolved by client id)
@@ -98,16 +97,7 @@ async def test_live_session_survives_a_thousand_faults(
     await asyncio.sleep(1.0)
     await until(lambda: _quiet(sim), timeout=30, every=0.5)
     await asyncio.sleep(8 * 0.5)
-    proc.send_signal(signal.SIGTERM)
-    try:
-        await asyncio.wait_for(proc.wait(), 30)
-    except TimeoutError:
-        proc.send_signal(signal.SIGUSR1)  # the bot prints its asyncio tasks
-        await asyncio.sleep(1)
-        proc.kill()
-        dump = log.read_text()[-12000:]
-        raise AssertionError(f"no exit 30 s after SIGTERM:\n{dump}") from None
-    assert proc.returncode == 0, log.read_text()[-3000:]
+    await stop(proc, log)
     assert "Traceback" not in log.read_text()
     [run] = await fetch(fresh_db, "SELECT status, summary FROM runs WHERE account=$1", account)
     assert run["status"] == "stopped"

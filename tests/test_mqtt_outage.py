@@ -8,7 +8,6 @@ the bot is a subprocess talking to it over TCP."""
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import sys
 import time
@@ -20,7 +19,7 @@ from amqtt.broker import Broker
 
 from bot.sim.binance import build, start_server
 from tests.conftest import fetch
-from tests.live_helpers import run_cmd, spawn_logged, until
+from tests.live_helpers import run_cmd, spawn_logged, stop, until
 
 
 def _broker(port: int) -> Broker:
@@ -69,8 +68,8 @@ async def test_trading_and_kill_switch_survive_a_broker_outage(
                                                                              str(config)], log)
     reaper.append(proc)
     seen: list[tuple[float, str]] = []
-    stop = asyncio.Event()
-    listener = asyncio.create_task(_listen(mqtt_port, seen, stop))
+    done = asyncio.Event()
+    listener = asyncio.create_task(_listen(mqtt_port, seen, done))
 
     async def signals() -> int:
         rows = await fetch(fresh_db, "SELECT count(*) AS n FROM signals WHERE account=$1", account)
@@ -107,11 +106,9 @@ async def test_trading_and_kill_switch_survive_a_broker_outage(
         back_at = time.monotonic()
         await until(lambda: _some([m for m in seen if m[0] > back_at], 2), timeout=60)
         resumed_in = min(t for t, _ in seen if t > back_at) - back_at
-        proc.send_signal(signal.SIGTERM)
-        await asyncio.wait_for(proc.wait(), 30)
-        assert proc.returncode == 0, log.read_text()[-3000:]
+        await stop(proc, log)
     finally:
-        stop.set()
+        done.set()
         listener.cancel()
         await asyncio.gather(listener, return_exceptions=True)
         if proc.returncode is None:

@@ -100,15 +100,15 @@ class ControlListener:
 
         while True:
             try:
-                conn = await asyncpg.connect(self.dsn)
+                conn = await asyncpg.connect(self.dsn, timeout=10)
                 try:
                     await conn.add_listener(CHANNEL, notified)
-                    while True:
+                    while not conn.is_closed():  # a restarted server: listen again
                         await asyncio.sleep(self.poll_s)
                         self.on_request(account)  # safety net: look for pending requests
                 finally:
-                    await conn.close()
-            except (OSError, asyncpg.PostgresError):
+                    conn.terminate()  # immediate: never waits on a server that went away
+            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
                 await asyncio.sleep(self.poll_s)
 
     async def close(self) -> None:
