@@ -42,6 +42,16 @@ def market_order(qty: str, side: Side = Side.BUY, ts: int = 1) -> Order:
                  OrderStatus.PENDING_SUBMIT, 0, 0, ts, "v", "test")
 
 
+def resting_buy(sim: SimBinance, ts: int) -> Order:
+    """A limit buy at half the current price: it rests at the venue."""
+    price = sim.price("BTCUSDT")
+    assert price is not None
+    cid = client_order_id("acct", "BTC/USDT", ts, "buy")
+    return Order(cid, "acct", "run", "BTC/USDT", Side.BUY, OrderType.LIMIT, D("0.01"),
+                 OrderStatus.PENDING_SUBMIT, 0, 0, ts, "v", "test",
+                 limit_price=(price * D("0.5")).quantize(D("0.01")))
+
+
 async def test_market_order_fills_with_client_id(venue: tuple[SimBinance, Any, LiveBroker]) -> None:
     sim, _, broker = venue
     order = market_order("0.01")
@@ -94,13 +104,7 @@ async def test_recovered_pending_order_is_looked_up_first(
 async def test_resting_limit_order_is_polled_until_filled(
         venue: tuple[SimBinance, Any, LiveBroker]) -> None:
     sim, _, broker = venue
-    price = sim.price("BTCUSDT")
-    assert price is not None
-    cid = client_order_id("acct", "BTC/USDT", 5, "buy")
-    order = Order(cid, "acct", "run", "BTC/USDT", Side.BUY, OrderType.LIMIT, D("0.01"),
-                  OrderStatus.PENDING_SUBMIT, 0, 0, 5, "v", "test",
-                  limit_price=(price * D("0.5")).quantize(D("0.01")))
-    ack = await broker.submit(order)
+    ack = await broker.submit(resting_buy(sim, ts=5))
     assert ack.order.status is OrderStatus.OPEN
     candle = Candle("BTC/USDT", "1m", 0, 1, 1, 1, 1, 1)
     assert await broker.on_candle(candle) == []  # nothing changed at the venue
@@ -199,13 +203,7 @@ async def test_reads_ride_out_rate_limits_and_server_errors(
     from bot.sim.faults import FaultPlan
 
     sim, _, broker = venue
-    price = sim.price("BTCUSDT")
-    assert price is not None
-    cid = client_order_id("acct", "BTC/USDT", 11, "buy")
-    limit = (price * D("0.5")).quantize(D("0.01"))
-    ack = await broker.submit(Order(cid, "acct", "run", "BTC/USDT", Side.BUY, OrderType.LIMIT,
-                                    D("0.01"), OrderStatus.PENDING_SUBMIT, 0, 0, 11, "v", "t",
-                                    limit_price=limit))
+    ack = await broker.submit(resting_buy(sim, ts=11))
     sim.faults.retry_after_s = 0
     sim.faults.rules[:] = FaultPlan.from_specs([
         "rate_limit=every:4@/api/v3/order:GET", "ban=every:5@/api/v3/order:GET",
