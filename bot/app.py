@@ -22,8 +22,8 @@ import structlog
 from bot.clock import SimulatedClock, WallClock
 from bot.config import Settings, require_live_ready
 from bot.domain import Mode
-from bot.engine import Engine, EngineParts
-from bot.errors import ConfigError
+from bot.engine import Engine, EngineParts, fatal_payload
+from bot.errors import ConfigError, FatalExchangeError
 from bot.feeds.files import CandleSeries, load_candle_file
 from bot.feeds.replay import ReplayFeed
 from bot.brokers.paper import PaperBroker, static_markets
@@ -81,8 +81,16 @@ async def drive(
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
     structlog.contextvars.bind_contextvars(run_id=run_id, account=account, mode=mode.value)
-    markets = await broker.markets(symbols)
     cfg = settings
+    try:
+        markets = await broker.markets(symbols)
+    except FatalExchangeError as exc:  # e.g. a configured symbol the venue does not list
+        await _fail_before_start(settings, run_id, account, mode, exchange_name, symbols,
+                                 ledger, clock.now_ms(), exc)
+        await feed.close()
+        await broker.close()
+        await ledger.close()
+        raise
     stats = RunStats(cfg.timeframe, cfg.paper.starting_balance)
     portfolio = Portfolio(account, cfg.paper.starting_balance, cfg.quote_currency)
     fee = float(cfg.paper.fee_rate) if cfg.paper.fee_rate is not None else max(
@@ -100,11 +108,16 @@ async def drive(
     if engine_hook is not None:
         engine_hook(engine)
     status = "failed"
+    fatal: FatalExchangeError | None = None
     try:
         await engine.restore()
         stats.starting_equity = portfolio.equity()
         await engine.run()
         status = "stopped" if engine._stop.is_set() else "completed"
+    except FatalExchangeError as exc:
+        fatal = exc
+        await engine.record_fatal(exc)
+        raise
     finally:
         summary = stats.summary(portfolio.equity(), portfolio.cash,
                                 time.perf_counter() - started)
@@ -115,6 +128,8 @@ async def drive(
                        state_changes=list(risk.report.transitions),
                        risk_decisions=dict(risk.report.decisions),
                        retrain_requests=risk.report.retrain_requests)
+        if fatal is not None:
+            summary.update(error=fatal_payload(fatal))
         try:
             await ledger.finish_run(run_id, status, summary)
         finally:
@@ -122,6 +137,25 @@ async def drive(
             await broker.close()
             await ledger.close()
     return Outcome(run_id, account, status, summary, stats.equity_curve())
+
+
+async def _fail_before_start(settings: Settings, run_id: str, account: str, mode: Mode,
+                             exchange_name: str, symbols: Sequence[str], ledger: Ledger,
+                             now: int, exc: FatalExchangeError) -> None:
+    """The venue refused the run before it began: record the run as failed, with why."""
+    from bot.domain import AuditEvent
+    from bot.ports import UnitOfWork
+
+    cfg = settings
+    await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
+                           cfg.strategy.name, settings.redacted(), cfg.paper.starting_balance,
+                           quote=cfg.quote_currency)
+    unit = UnitOfWork()
+    unit.audit.append(AuditEvent("run.fatal", "account", account, account, run_id, now,
+                                 fatal_payload(exc)))
+    await ledger.commit(unit)
+    await ledger.flush()
+    await ledger.finish_run(run_id, "failed", {"status": "failed", "error": fatal_payload(exc)})
 
 
 async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[Any, Any]:
@@ -191,6 +225,9 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
         require_live_ready(settings)
     exchange = make_exchange(settings.exchange, with_ws=settings.exchange.feed != "rest")
     clock = WallClock()
+    from bot.exchange.retry import resync_clock
+
+    await resync_clock(exchange)  # sign on the venue's clock from the first request
     feed = LiveFeed(exchange, settings.symbols, settings.timeframe, settings.exchange, clock)
     broker: Broker
     if mode is Mode.LIVE:

@@ -76,7 +76,12 @@ def _with_db(settings: Settings, work: Any) -> Any:
 
 
 def _fail(exc: BaseException) -> typer.Exit:
-    typer.echo(f"error: {exc}", err=True)
+    from bot.errors import FatalExchangeError
+
+    text = " ".join(str(exc).split())  # one line, whatever the venue sent
+    if isinstance(exc, FatalExchangeError):
+        text = f"{text} -- to fix: {exc.fix}"
+    typer.echo(f"error: {text}", err=True)
     return typer.Exit(2)
 
 

@@ -31,6 +31,8 @@ def sim_exchange(
     fault_seed: Annotated[int, typer.Option(help="seed of the fault dice")] = 0,
     data: Annotated[Optional[list[Path]], typer.Option(
         help="replay these candle files (one symbol each) instead of synthetic candles")] = None,
+    websocket: Annotated[bool, typer.Option(
+        "--websocket/--no-websocket", help="serve kline streams (off: REST only, 404)")] = True,
 ) -> None:
     """Serve a simulated Binance spot API on 127.0.0.1 (synthetic candles), with an account
     and injected faults when asked."""
@@ -61,4 +63,5 @@ def sim_exchange(
         except StackbotError as exc:
             raise _fail(exc) from None
     asyncio.run(serve_forever(port, [s.strip().upper() for s in symbols.split(",")],
-                              timeframe, speed, history, seed, account, plan, recorded))
+                              timeframe, speed, history, seed, account, plan, recorded,
+                              websocket))

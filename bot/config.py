@@ -47,6 +47,16 @@ class ExchangeSettings(_Section):
     stall_timeout: float | None = Field(
         None, gt=0, description="seconds without a closed candle before reconnecting"
     )
+    ws_silence_s: float | None = Field(
+        None, gt=0, description="a websocket silent this long falls back to REST polling "
+        "(default: a quarter of the timeframe, within 5..30 s)")
+    ws_retry_s: float = Field(30.0, gt=0, description="while on REST, try the websocket "
+                              "again this often")
+    stale_after_failures: int = Field(
+        3, ge=1, description="consecutive failed reads after which the feed reports itself "
+        "stale (entries blocked until data flows again)")
+    clock_sync_s: float = Field(300.0, gt=0, description="seconds between measurements of "
+                                "the venue's clock (also after every -1021)")
     recv_window_ms: int = Field(
         5000, gt=0, le=60_000,
         description="signed requests older than this are refused by the venue; an unanswered "

@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.domain import AuditEvent, Order, OrderIntent, OrderStatus, OrderType, Position, Side
-from bot.errors import ExchangeError
+from bot.errors import ExchangeError, FatalExchangeError, OrderAction
 from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
@@ -33,6 +33,7 @@ class OrderDesk:
         self.broker, self.portfolio, self.clock, self.stats = broker, portfolio, clock, stats
         self.on_fill: Any = None  # callback(fill, before, after, order) set by the engine
         self.on_venue_call: Any = None  # callback(ok: bool) for the exchange-error breaker
+        self.reconcile_wanted = False  # a venue answer says ledger and venue may disagree
 
     def event(self, kind: str, entity: str, entity_id: str, ts: int,
               payload: dict[str, object]) -> AuditEvent:
@@ -55,8 +56,11 @@ class OrderDesk:
         """Await a broker call; exchange errors are logged, counted and give ``default``."""
         try:
             result = await call
+        except FatalExchangeError:
+            raise  # configuration or permission: the run ends
         except ExchangeError as exc:
-            log.warning("venue_error", error=str(exc), kind=type(exc).__name__)
+            log.warning("venue_error", error=str(exc), kind=type(exc).__name__,
+                        ccxt_class=exc.ccxt_class)
             if self.on_venue_call:
                 self.on_venue_call(False)
             return default
@@ -67,9 +71,13 @@ class OrderDesk:
     async def send(self, order: Order) -> OrderUpdate:
         try:
             update = await self.broker.submit(order)
+        except FatalExchangeError:
+            raise  # configuration or permission: the run ends
         except ExchangeError as exc:
             if self.on_venue_call:
                 self.on_venue_call(False)
+            if exc.order is OrderAction.REJECTED_RECONCILE:
+                self.reconcile_wanted = True
             # the live broker resolves ambiguous outcomes itself; what reaches here is final
             return OrderUpdate(order.transition(OrderStatus.REJECTED, self.clock.now_ms(),
                                                 f"{type(exc).__name__}: {exc}"))

@@ -152,6 +152,23 @@ class Warmup:
     candles: tuple[Candle, ...]
 
 
+class FeedState(StrEnum):
+    FALLBACK = "fallback"  # the websocket failed or went silent: polling REST
+    WS_RESTORED = "ws_restored"  # back on the websocket
+    STALE = "stale"  # reads keep failing: no fresh data, no entries
+    FRESH = "fresh"  # data flows again after a stale spell
+
+
+@dataclass(frozen=True, slots=True)
+class FeedStatus:
+    """What the feed says about itself: which source it reads and whether it is stale."""
+
+    state: FeedState
+    source: str  # "ws" or "rest"
+    reason: str
+    failures: int = 0  # consecutive failed reads when it was sent
+
+
 @dataclass(frozen=True, slots=True)
 class MarketSpec:
     """What the venue allows for one symbol: precision, minimums and fees."""

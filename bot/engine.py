@@ -20,10 +20,10 @@ from typing import Any
 from bot.clock import Clock
 from bot.desk import OrderDesk, client_order_id, exit_intent
 from bot.domain import (
-    Candle, EquitySnapshot, Fill, Gap, MarketSpec, Order, OrderIntent, OrderStatus, OrderType,
-    Position, Warmup,
+    Candle, EquitySnapshot, FeedState, FeedStatus, Fill, Gap, MarketSpec, Order, OrderIntent,
+    OrderStatus, OrderType, Position, Warmup,
 )
-from bot.errors import LedgerError
+from bot.errors import FatalExchangeError, LedgerError
 from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
@@ -165,6 +165,8 @@ class Engine:
                     raise event.error  # the feed broke: the run fails, loudly
                 if isinstance(event, Gap):
                     self.on_gap(event)
+                elif isinstance(event, FeedStatus):
+                    await self.on_feed_status(event)
                 elif isinstance(event, Warmup):
                     warm = getattr(self.p.source, "warm", None)
                     if warm is not None:
@@ -207,8 +209,34 @@ class Engine:
                                                                  "missing": gap.missing}))
         log.warning("gap", symbol=gap.symbol, missing=gap.missing, next_ts=gap.next_ts)
 
+    async def on_feed_status(self, status: FeedStatus) -> None:
+        """The feed fell back to REST, came back to the websocket, went stale or fresh again:
+        audited (and so published), and a stale feed blocks entries through the stale-data
+        breaker until it reports fresh data."""
+        now = self.p.clock.now_ms()
+        unit = UnitOfWork()
+        unit.audit.append(self.desk.event(f"feed.{status.state.value}", "feed", status.source,
+                                          now, {"source": status.source,
+                                                "reason": status.reason,
+                                                "failures": status.failures}))
+        if status.state in (FeedState.STALE, FeedState.FRESH):
+            self._transitions += self.risk.on_feed(now, status.state is FeedState.STALE,
+                                                   status.reason)
+            unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), now)
+        self._audit_transitions(unit)
+        await self._commit(unit)
+
+    async def record_fatal(self, exc: FatalExchangeError) -> None:
+        """A configuration or permission error ends the run: say why, and what to fix."""
+        unit = UnitOfWork()
+        unit.audit.append(self.desk.event("run.fatal", "account", self.account,
+                                          self.p.clock.now_ms(), fatal_payload(exc)))
+        await self._commit(unit)
+
     async def on_candles(self, candles: Sequence[Candle]) -> None:
         self.p.clock.observe(candles[0].close_ts)
+        if self.stats.candles == 0:
+            log.info("first_candle", ts=candles[0].ts, symbols=len(candles))
         unit = UnitOfWork()
         for c in candles:
             for update in await self.desk.venue(self.p.broker.on_candle(c), []):
@@ -279,7 +307,13 @@ class Engine:
                              self._backlog, "order.cancelled")
             return UnitOfWork()
         unit = UnitOfWork()
-        self.desk.apply(await self.desk.send(order), unit)
+        update = await self.desk.send(order)
+        self.desk.apply(update, unit)
+        if self.desk.reconcile_wanted:  # the venue's answer says our books may be wrong
+            self.desk.reconcile_wanted = False
+            unit.audit.append(self.desk.event("reconcile.requested", "account", self.account,
+                                              now, {"why": update.order.status_reason}))
+            await self.reconcile(unit)
         return unit
 
     async def reconcile(self, unit: UnitOfWork, first_run: bool = False,
@@ -477,3 +511,8 @@ class Engine:
             log.info("ledger_back")
         self.ledger_ok = True
         return True
+
+
+def fatal_payload(exc: FatalExchangeError) -> dict[str, object]:
+    return {"error": " ".join(str(exc).split())[:500], "ccxt_class": exc.ccxt_class,
+            "kind": type(exc).__name__, "fix": exc.fix}

@@ -13,6 +13,7 @@ from bot.domain import (
     AuditEvent,
     Candle,
     EquitySnapshot,
+    FeedStatus,
     Fill,
     Gap,
     MarketSpec,
@@ -23,7 +24,7 @@ from bot.domain import (
     Warmup,
 )
 
-FeedEvent = tuple[Candle, ...] | Gap | Warmup
+FeedEvent = tuple[Candle, ...] | Gap | Warmup | FeedStatus
 
 
 class Feed(Protocol):

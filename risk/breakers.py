@@ -65,7 +65,15 @@ class ClockObs:
     now: int
 
 
-Observation = EquityObs | CandleObs | TradeClosedObs | ExchangeCallObs | PredictionObs | ClockObs
+@dataclass(frozen=True, slots=True)
+class FeedObs:
+    ts: int
+    stale: bool  # the feed's reads keep failing (True) or data flows again (False)
+    reason: str = ""
+
+
+Observation = (EquityObs | CandleObs | TradeClosedObs | ExchangeCallObs | PredictionObs
+               | ClockObs | FeedObs)
 
 
 class Breaker(Protocol):
@@ -154,10 +162,12 @@ class ConsecutiveLossBreaker:
 
 
 class StaleDataBreaker:
-    """No closed candle for ``factor`` timeframes on a symbol -> no entries (until one comes)."""
+    """No closed candle for ``factor`` timeframes on a symbol -> no entries (until one comes).
+    A feed that reports itself stale (its reads keep failing) blocks entries on every symbol
+    until it reports data flowing again."""
 
     name = "stale_data"
-    watches = (CandleObs, ClockObs)
+    watches = (CandleObs, ClockObs, FeedObs)
 
     def __init__(self, timeframe_ms: int, factor: float = 2.0) -> None:
         self.max_age = int(factor * timeframe_ms)
@@ -166,6 +176,9 @@ class StaleDataBreaker:
 
     def observe(self, obs: Observation) -> list[Trip]:
         trips: list[Trip] = []
+        if isinstance(obs, FeedObs):
+            why = f"feed reads failing: {obs.reason}" if obs.stale else "feed data flows again"
+            return [Trip(self.name, why, block=("stale:feed", obs.stale))]
         if isinstance(obs, CandleObs):
             self._last[obs.symbol] = obs.ts
             if obs.symbol in self._stale:

@@ -17,7 +17,8 @@ from bot.domain import ZERO, Candle, Fill, MarketSpec, OrderIntent, Position, Ri
 from bot.ports import PortfolioView
 from risk.breakers import (
     Breaker, CandleObs, ClockObs, ConsecutiveLossBreaker, DailyLossBreaker, DrawdownBreaker,
-    EquityObs, ExchangeCallObs, ExchangeErrorBreaker, ModelDegradationBreaker, Observation,
+    EquityObs, ExchangeCallObs, ExchangeErrorBreaker, FeedObs, ModelDegradationBreaker,
+    Observation,
     PredictionObs, StaleDataBreaker, TradeClosedObs, Trip, VolatilityBreaker,
 )
 from risk.controls import (
@@ -200,6 +201,9 @@ class RiskManager:
             self._remember(t)
             out.append(t)
         return out + self.observe(ClockObs(now), now)
+
+    def on_feed(self, ts: int, stale: bool, reason: str = "") -> list[Transition]:
+        return self.observe(FeedObs(ts, stale, reason), ts)
 
     def on_exchange_call(self, ok: bool) -> list[Transition]:
         trips = self._errors.observe(ExchangeCallObs(self.now, ok))

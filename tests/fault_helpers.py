@@ -37,6 +37,33 @@ volatility_k = 100
 """
 
 
+class AuditWitness:
+    """The venue's own check, made as each order arrives and before it is accepted: is the
+    order's ``order.created`` audit row committed? Read over a separate connection, so only a
+    committed row is visible: this proves "audited before sent" by the commit itself, not by
+    comparing timestamps (``now()`` in PostgreSQL is the transaction's start)."""
+
+    def __init__(self, sim: SimBinance, pg_url: str) -> None:
+        self.pg_url = pg_url
+        self.checked: list[str] = []
+        self.unaudited: list[tuple[str, str]] = []  # (client id, why)
+        assert sim.account is not None
+        sim.account.before_accept = self.check
+
+    async def check(self, client_id: str) -> None:
+        from tests.conftest import fetch
+
+        self.checked.append(client_id)
+        try:
+            rows = await fetch(self.pg_url, "SELECT 1 FROM audit_events WHERE kind = "
+                               "'order.created' AND entity_id = $1", client_id)
+        except Exception as exc:  # the database is down: nothing can have been audited now
+            self.unaudited.append((client_id, f"ledger unreachable: {exc}"))
+            return
+        if not rows:
+            self.unaudited.append((client_id, "no committed order.created row"))
+
+
 def live_config(tmp: Path, extra: str = "") -> Path:
     path = tmp / "live.toml"
     path.write_text(CONFIG + extra)
@@ -60,7 +87,8 @@ def assert_no_secrets(log: Path) -> None:
     assert KEY not in text and SECRET not in text, "an API secret reached the logs"
 
 
-async def check_books(sim: SimBinance, pg_url: str, account: str) -> dict[str, object]:
+async def check_books(sim: SimBinance, pg_url: str, account: str,
+                      witness: AuditWitness) -> dict[str, object]:
     """The invariants of issue 5, asserted; returns a few counts for the caller."""
     from bot.ledger.audit import verify_chain
     from bot.ledger.repository import make_engine
@@ -76,13 +104,11 @@ async def check_books(sim: SimBinance, pg_url: str, account: str) -> dict[str, o
     ledger = {r["client_order_id"]: r for r in rows}
     unknown = [o.client_id for o in acct.orders.values() if o.client_id not in ledger]
     assert unknown == [], f"orders at the venue the ledger does not know: {unknown}"
-    # ... and was audited before it reached the venue
-    created = await fetch(pg_url, "SELECT entity_id, extract(epoch FROM recorded_at) AS t FROM "
-                          "audit_events WHERE account=$1 AND kind = 'order.created'", account)
-    audited_at = {r["entity_id"]: float(r["t"]) for r in created}
-    late = [o.client_id for o in acct.orders.values()
-            if audited_at.get(o.client_id, float("inf")) > o.received_at]
-    assert late == [], f"orders sent before their audit row committed: {late}"
+    # ... and its audit row was committed before the venue accepted it (seen by the venue)
+    assert witness.unaudited == [], f"orders sent before their audit row committed: " \
+                                    f"{witness.unaudited}"
+    missed = [o.client_id for o in acct.orders.values() if o.client_id not in witness.checked]
+    assert missed == [], f"orders the venue accepted without the check: {missed}"
     wrong_id = [o.client_id for o in acct.orders.values()
                 if ledger[o.client_id]["exchange_order_id"] not in (None, str(o.order_id))]
     assert wrong_id == []

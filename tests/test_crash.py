@@ -26,7 +26,8 @@ from bot.sim.binance import build, start_server
 from bot.sim.faults import FaultPlan
 from tests.conftest import fetch, plain_url
 from tests.fault_helpers import (
-    KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
+    KEY, LIVE_ENV, SECRET, SYMBOLS, AuditWitness, assert_no_secrets, check_books, live_cmd,
+    live_config,
 )
 from tests.live_helpers import spawn_logged, stop, until
 
@@ -49,6 +50,7 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
     await engine.dispose()
     sim = build(list(SYMBOLS), "1m", speed=120.0, history=300, seed=8)
     sim.open_account(KEY, SECRET, {"USDT": "10000"})
+    witness = AuditWitness(sim, fresh_db)
     sim.faults = FaultPlan.from_specs(["slow=every:1@/api/v3/order:POST"])
     sim.faults.slow_s = 0.6  # inside the bot's 1 s timeout: a wide send -> answer window
     runner, port = await start_server(sim)
@@ -100,7 +102,7 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
         await conn.close()
         await runner.cleanup()
     assert_no_secrets(log)
-    counts = await check_books(sim, fresh_db, account)
+    counts = await check_books(sim, fresh_db, account, witness)
     runs = await fetch(fresh_db, "SELECT count(*) AS n FROM runs WHERE account=$1", account)
     assert runs[0]["n"] >= 20  # a kill in the first second can come before the run begins
     # no run placed an order before the venue and the ledger were found to agree

@@ -18,7 +18,8 @@ import pytest
 from bot.sim.binance import build, start_server
 from tests.conftest import fetch
 from tests.fault_helpers import (
-    KEY, LIVE_ENV, SECRET, SYMBOLS, assert_no_secrets, check_books, live_cmd, live_config,
+    KEY, LIVE_ENV, SECRET, SYMBOLS, AuditWitness, assert_no_secrets, check_books, live_cmd,
+    live_config,
 )
 from tests.live_helpers import spawn_logged, stop, until
 
@@ -46,6 +47,7 @@ async def test_database_outage_mid_session(tmp_path: Path, reaper: list[Any]) ->
     await engine.dispose()
     sim = build(list(SYMBOLS), "1m", speed=120.0, history=300, seed=9)
     sim.open_account(KEY, SECRET, {"USDT": "10000"})
+    witness = AuditWitness(sim, url)
     runner, port = await start_server(sim)
     log = tmp_path / "bot.log"
     account = "outage:live:binance"
@@ -85,7 +87,7 @@ async def test_database_outage_mid_session(tmp_path: Path, reaper: list[Any]) ->
     # no order went out while nothing could be audited (one already in flight may finish)
     assert orders_during <= 1, orders_during
     assert_no_secrets(log)
-    counts = await check_books(sim, url, account)
+    counts = await check_books(sim, url, account, witness)
     after = await fetch(url, "SELECT count(*) AS n FROM audit_events")
     assert after[0]["n"] > before[0]["n"]
     # every candle's signal was kept through the outage: no hole in any symbol's series

@@ -16,7 +16,7 @@ import pytest
 
 from bot.clock import WallClock
 from bot.config import ExchangeSettings
-from bot.domain import Candle, Gap, Warmup
+from bot.domain import Candle, FeedState, FeedStatus, Gap, Warmup
 from bot.exchange.client import make_exchange
 from bot.feeds.live import CloseTracker, LiveFeed
 from bot.sim.binance import SimBinance, build, start_server
@@ -164,16 +164,32 @@ async def test_paper_run_sigterm_and_restart_without_duplicates(
 
 async def test_websocket_feed_survives_drops_and_stalls(sim: tuple[SimBinance, int]) -> None:
     """ccxt.pro's binance client over the simulator's kline stream: closed candles only, each
-    once and in order per symbol, through a dropped socket and a silent one (watchdog)."""
+    once and in order per symbol, through a dropped socket and a silent one. Each time the
+    feed falls back to REST at once (no candle waits), then returns to the websocket when a
+    probe finds it answering again."""
     s, port = sim
-    cfg = ExchangeSettings(url=f"http://127.0.0.1:{port}", feed="ws", stall_timeout=1.5)
+    cfg = ExchangeSettings(url=f"http://127.0.0.1:{port}", feed="ws", stall_timeout=1.5,
+                           ws_silence_s=1.0, ws_retry_s=0.5, poll_interval=0.1)
     ex = make_exchange(cfg, with_ws=True)
     feed = LiveFeed(ex, ["BTC/USDT", "ETH/USDT"], "1m", cfg, WallClock(), warmup=20)
     seen: dict[str, list[int]] = {"BTC/USDT": [], "ETH/USDT": []}
+    states: list[FeedState] = []
     live = 0
     try:
         async with asyncio.timeout(40):
             async for ev in feed.stream():
+                if isinstance(ev, FeedStatus):
+                    states.append(ev.state)
+                    if states.count(FeedState.WS_RESTORED) == 1 and ev.state is \
+                            FeedState.WS_RESTORED:
+                        s.ws_silent = True  # the socket stays open but says nothing
+
+                        async def speak_again() -> None:
+                            await asyncio.sleep(2.5)
+                            s.ws_silent = False
+
+                        asyncio.get_running_loop().create_task(speak_again())
+                    continue
                 candles = ev.candles if isinstance(ev, Warmup) else ev if isinstance(ev, tuple) else ()
                 for c in candles:
                     final = [f for f in s.series[c.symbol.replace("/", "")] if f.ts == c.ts][0]
@@ -184,18 +200,13 @@ async def test_websocket_feed_survives_drops_and_stalls(sim: tuple[SimBinance, i
                     live += 1
                     if live == 3:
                         assert await s.drop_websockets() >= 1
-                    if live == 6:
-                        s.ws_silent = True  # the socket stays open but says nothing
-
-                        async def speak_again() -> None:
-                            await asyncio.sleep(2.5)
-                            s.ws_silent = False
-
-                        asyncio.get_running_loop().create_task(speak_again())
-                    if live >= 10:
+                    if live >= 10 and states.count(FeedState.WS_RESTORED) >= 2:
                         break
     finally:
         await ex.close()
-    assert feed.reconnects >= 2  # the drop and the stall
+    # the drop and the silence: two fallbacks to REST, two returns to the websocket
+    assert states[:4] == [FeedState.FALLBACK, FeedState.WS_RESTORED, FeedState.FALLBACK,
+                          FeedState.WS_RESTORED], states
+    assert feed.fallbacks == 2 and feed.source == "ws"
     for ts in seen.values():
         assert ts == sorted(ts) and len(ts) == len(set(ts))

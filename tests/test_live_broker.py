@@ -233,3 +233,25 @@ async def test_venue_state_names_orders_the_ledger_does_not_know(
                   set(), state)
     assert not r.agree and r.unknown_orders[0][0] == "manual-1"
     assert "manual-1" in r.describe()
+
+
+async def test_a_venue_clock_step_is_resynced_and_the_order_sent_once(
+        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    """The venue's clock jumps 7 s ahead: the order meets Binance's timing rule and gets
+    -1021 (refused before processing). The broker resyncs (GET /api/v3/time) and sends it
+    again under the same client id: one order at the venue, filled. A read after another step
+    back resyncs the same way."""
+    sim, ex, broker = venue
+    acct = sim.account
+    assert acct is not None
+    sim.clock.skew_ms = 7_000
+    before = sim.requests.get("/api/v3/time", 0)
+    update = await broker.submit(market_order("0.01", ts=21))
+    assert update.order.status is OrderStatus.FILLED
+    assert sim.faults.counts["clock_skew"] == 1  # one -1021, then accepted
+    assert sim.requests.get("/api/v3/time", 0) == before + 1
+    assert [o.client_id for o in acct.orders.values()] == [update.order.client_order_id]
+    sim.clock.skew_ms = 0  # and back: our timestamps are now 7 s ahead of the venue
+    state, _ = await broker.venue_state(["BTC/USDT"])
+    assert state.balances["BTC"] == D("0.01")
+    assert sim.faults.counts["clock_skew"] == 2 and acct.expired_after_recv_window == 0

@@ -2,11 +2,19 @@
 
 - Every order carries its deterministic client order id (``clientOrderId``).
 - The engine commits the PENDING_SUBMIT row before ``submit`` is called.
-- ``create_order`` is never sent twice. A timeout, reset, 5xx or rate limit on create makes the
-  outcome unknown; it is resolved by looking the order up by client id. "Not found" is only
-  believed once the exchange's ``recvWindow`` has passed since the order could have been sent
-  (after that the venue refuses the request), so a late-arriving order is never written off.
-  Until then the order stays PENDING_SUBMIT and is looked up again on the next candle.
+- What a failed ``create_order`` means comes from the error policy (``bot/exchange/policy.py``):
+  - outcome unknown (timeouts, resets, any 5XX with or without a body, Binance -1000, -1001,
+    -1007, 429/418, an unclassified error): never resent; resolved by looking the order up
+    by client id. "Not found" is only believed once the exchange's ``recvWindow`` has passed
+    since the order could have been sent (after that the venue refuses the request), so a
+    late-arriving order is never written off. Until then the order stays PENDING_SUBMIT and
+    is looked up again on the next candle;
+  - not placed (-1021, the timestamp was outside the recvWindow): the venue refused it before
+    processing, so the clock is resynced and the same order sent once more under the same
+    client id;
+  - rejected (filters, bad parameters; insufficient funds, which also asks for a
+    reconciliation): raised to the desk, which books the rejection;
+  - fatal (keys, permissions, unknown symbol): raised; the run ends.
 - Fills are booked from the venue's trades (exact price, quantity and commission per trade),
   never from an order's averages; a trade is booked once because fills are skipped by the
   cumulative quantity the ledger already holds.
@@ -24,10 +32,12 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.domain import ZERO, Candle, Fill, MarketSpec, Order, OrderStatus, OrderType, Position
-from bot.errors import ExchangeError, ExchangeUnavailable, OrderNotFound, OrderRejected
+from bot.errors import (
+    ClockSkew, ExchangeError, FatalExchangeError, OrderAction, OrderNotFound,
+)
 from bot.exchange.errors import call
 from bot.exchange.markets import ccxt_markets
-from bot.exchange.retry import RetryPolicy, read
+from bot.exchange.retry import RetryPolicy, read, resync_clock
 from bot.logs import get_logger
 from bot.ports import OrderUpdate, VenueState
 
@@ -72,24 +82,37 @@ class LiveBroker:
         if cid in self._unresolved:  # we may have sent it before: ask, never resend blindly
             return await self._resolve(order)
         self._working[cid] = order
-        self._unresolved[cid] = int(time.time() * 1000)
         params: dict[str, Any] = {"clientOrderId": cid}
         price = order.limit_price if order.order_type is OrderType.LIMIT else None
         if order.order_type is OrderType.STOP:
             # ccxt's unified stop: a market order with a trigger price (Binance: STOP_LOSS)
             params["triggerPrice"] = float(order.stop_price)  # type: ignore[arg-type]
         ccxt_type = "limit" if order.order_type is OrderType.LIMIT else "market"
-        try:
-            raw = await call(self.exchange.create_order(
-                order.symbol, ccxt_type, order.side.value, float(order.quantity),
-                float(price) if price is not None else None, params))
-        except OrderRejected:  # definitive: the venue refused it (funds, filters)
-            self._forget(cid)
-            raise
-        except ExchangeError as exc:  # timeout, reset, 5xx, 429, unknown: outcome unknown
-            log.warning("submit_ambiguous", client_order_id=cid, error=str(exc)[:300],
-                        kind=type(exc).__name__)
-            return await self._resolve(order)
+        for attempt in range(2):
+            self._unresolved[cid] = int(time.time() * 1000)
+            try:
+                raw = await call(self.exchange.create_order(
+                    order.symbol, ccxt_type, order.side.value, float(order.quantity),
+                    float(price) if price is not None else None, params))
+            except ExchangeError as exc:
+                action = exc.order
+                if action in (OrderAction.FATAL, OrderAction.REJECTED,
+                              OrderAction.REJECTED_RECONCILE):
+                    self._forget(cid)  # definitive: it was not placed
+                    raise
+                if action is OrderAction.RESEND:
+                    if attempt == 0:  # refused for its timestamp before processing
+                        log.warning("submit_clock_skew", client_order_id=cid,
+                                    error=str(exc)[:200])
+                        await resync_clock(self.exchange)
+                        continue
+                    self._forget(cid)
+                    raise ClockSkew(f"refused twice for its timestamp after a clock resync: "
+                                    f"{exc}") from exc
+                log.warning("submit_ambiguous", client_order_id=cid, error=str(exc)[:300],
+                            ccxt_class=exc.ccxt_class, kind=type(exc).__name__)
+                return await self._resolve(order)
+            break
         self._unresolved.pop(cid, None)
         return await self._sync(order, raw)
 
@@ -100,6 +123,8 @@ class LiveBroker:
         try:
             raw = await read(self.exchange, lambda: self.exchange.fetch_order(
                 None, order.symbol, {"origClientOrderId": cid}), "lookup", self.lookup_policy)
+        except FatalExchangeError:
+            raise
         except OrderNotFound:
             may_arrive_until = self._unresolved.get(cid, 0) + self.recv_window_ms + 1000
             if time.time() * 1000 < may_arrive_until:
@@ -155,6 +180,8 @@ class LiveBroker:
         if venue_filled > updated.filled_qty and updated.exchange_order_id:
             try:
                 fills = await self._trades(updated, updated.exchange_order_id)
+            except FatalExchangeError:
+                raise
             except ExchangeError as exc:  # booked on a later poll; the order stays working
                 log.warning("trades_unavailable", client_order_id=order.client_order_id,
                             error=str(exc)[:300])
@@ -180,8 +207,11 @@ class LiveBroker:
         try:
             raw = await call(self.exchange.cancel_order(order.exchange_order_id, order.symbol,
                                                         {"origClientOrderId": cid}))
-        except (ExchangeUnavailable, OrderNotFound) as exc:
-            # lost answer, or already gone (filled, cancelled): ask what happened
+        except FatalExchangeError:
+            raise
+        except ExchangeError as exc:
+            # lost answer, refused, or already gone (filled, cancelled: -2011): ask what
+            # happened
             log.info("cancel_unclear", client_order_id=cid, error=str(exc)[:200])
             raw = await read(self.exchange, lambda: self.exchange.fetch_order(
                 order.exchange_order_id, order.symbol, {"origClientOrderId": cid}), "lookup",
@@ -205,6 +235,8 @@ class LiveBroker:
                         order.exchange_order_id, order.symbol, {"origClientOrderId": cid}),
                         "order", self.policy)
                     update = await self._sync(order, raw)
+            except FatalExchangeError:
+                raise
             except ExchangeError as exc:  # this order waits for the next poll; others go on
                 log.warning("poll_failed", client_order_id=cid, error=str(exc)[:300])
                 continue

@@ -67,4 +67,18 @@ def make_exchange(cfg: ExchangeSettings, with_ws: bool = True) -> Any:
     if cfg.url or cfg.ws_url:
         ws = cfg.ws_url or (ws_from_rest(cfg.url) if cfg.url else None)
         exchange.urls["api"] = rebase_urls(exchange.urls["api"], cfg.url, ws)
+        keep_spot_error_map(exchange)
     return exchange
+
+
+def keep_spot_error_map(exchange: Any) -> None:
+    """ccxt's binance chooses its per-market error map (``exceptions['spot']``: -1008 server
+    busy, -3022 account banned ...) by the request's host name, so a rebased URL (proxy,
+    simulator) silently falls back to the general map. Merge the spot map into the general
+    one, spot first, as the real host would have it. A copy: ccxt's maps stay untouched."""
+    maps = exchange.exceptions
+    spot = maps.get("spot") if isinstance(maps, dict) else None
+    if not isinstance(spot, dict):
+        return  # this exchange keeps one map for all hosts
+    exchange.exceptions = {**maps, **{kind: {**(maps.get(kind) or {}), **(spot.get(kind) or {})}
+                                      for kind in ("exact", "broad")}}

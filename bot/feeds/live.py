@@ -1,13 +1,22 @@
-"""Live candles through ccxt: websocket (``watch_ohlcv``) or REST polling (``fetch_ohlcv``).
+"""Live candles through ccxt: websocket (``watch_ohlcv``) with REST (``fetch_ohlcv``) behind it.
 
-Guarantees, in both modes:
-- only closed candles: a candle is closed when a newer one exists or exchange time passed its end;
-- each exactly once, in order, per symbol;
+Guarantees, whichever source is read:
+- only closed candles: a candle is closed when a newer one exists or the venue's clock (not
+  ours: ``bot/exchange/venue_clock.py``) passed its end;
+- each exactly once, in order, per symbol, also across a switch between websocket and REST;
 - holes are backfilled through ``fetch_ohlcv``; what the exchange itself lacks is a ``Gap``;
 - candles too old to act on (history at start, a long backfill) come as ``Warmup``;
-- a malformed candle is logged with its reason and dropped, never traded;
-- a stalled stream (no closed candle for ``stall_timeout``) is torn down and reopened with
-  jittered exponential backoff, as are network errors.
+- a malformed candle is logged with its reason and dropped, never traded.
+
+Failures:
+- ``feed auto`` means websocket first. If it cannot connect, or is silent for
+  ``ws_silence_s`` (a fraction of the timeframe), the feed says so (a warning and a
+  ``FeedStatus`` the engine audits) and polls REST, trying the websocket again every
+  ``ws_retry_s``; when it answers, the feed switches back.
+- a stall (no closed candle for ``stall_timeout``) is treated as a failure on either source;
+- a failed read never ends the run. After ``stale_after_failures`` failures in a row the feed
+  reports itself stale (entries are blocked) and keeps trying with jittered backoff; fresh
+  data clears it. Only configuration and permission errors (``FatalExchangeError``) end it.
 """
 
 from __future__ import annotations
@@ -19,10 +28,11 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.config import ExchangeSettings
-from bot.domain import Candle, Gap, Warmup, timeframe_ms
-from bot.errors import ExchangeError, ExchangeUnavailable
+from bot.domain import Candle, FeedState, FeedStatus, Gap, Warmup, timeframe_ms
+from bot.errors import ExchangeError, ExchangeUnavailable, FatalExchangeError
 from bot.exchange.errors import call
-from bot.exchange.retry import read
+from bot.exchange.retry import RetryPolicy, read
+from bot.exchange.venue_clock import VenueClock
 from bot.feeds.validate import candle_problem
 from bot.logs import get_logger
 from bot.ports import FeedEvent
@@ -84,43 +94,49 @@ class LiveFeed:
         self.timeframe = timeframe
         self.step = timeframe_ms(timeframe)
         self.cfg = cfg
-        self.clock = clock
+        self.venue = VenueClock(exchange, clock, cfg.clock_sync_s)
         self.warmup = warmup
         self.stall_s = cfg.stall_timeout or max(2 * self.step / 1000, 3 * cfg.poll_interval)
+        self.silence_s = cfg.ws_silence_s or min(30.0, max(5.0, self.step / 4000))
         self._trackers = {s: CloseTracker(s, timeframe) for s in self.symbols}
         self._resume: dict[str, int] = {}
-        self._offset_ms = 0  # exchange time - local time, refreshed by REST polls
+        self._newest = 0  # open time of the newest candle the venue has shown (forming too)
+        self.source = "rest"
+        self.failures = 0  # consecutive failed reads
+        self.stale = False
         self.reconnects = 0
+        self.fallbacks = 0
+        self.read_policy = RetryPolicy()  # per read; the feed's own loop retries beyond it
 
     def resume_after(self, last_ts: dict[str, int]) -> None:
         self._resume = {s: ts for s, ts in last_ts.items() if s in self._trackers}
 
     def exchange_now(self) -> int:
-        return self.clock.now_ms() + self._offset_ms
+        """The venue's time: its clock as measured, and never before the open of the newest
+        candle it has shown (a venue does not show candles from its future)."""
+        return max(self.venue.now_ms(), self._newest)
+
+    def _seen(self, rows: Sequence[Sequence[Any]]) -> None:
+        for r in rows:
+            if r and r[0] is not None and int(r[0]) > self._newest:
+                self._newest = int(r[0])
 
     @property
     def use_ws(self) -> bool:
-        has_ws = bool(getattr(self.exchange, "has", {}).get("watchOHLCV"))
+        has_ws = bool(self.exchange.has.get("watchOHLCV"))  # ccxt's declared capabilities
         if self.cfg.feed == "ws" and not has_ws:
             raise ExchangeError(f"{self.exchange.id} has no websocket candles; use --feed rest")
         return self.cfg.feed == "ws" or (self.cfg.feed == "auto" and has_ws)
 
     # ---- REST helpers -------------------------------------------------------------------
-    async def _server_time(self) -> int:
-        try:
-            now = int(await read(self.exchange, lambda: self.exchange.fetch_time(), "time"))
-        except ExchangeError:
-            return self.exchange_now()
-        self._offset_ms = now - self.clock.now_ms()
-        return now
-
     async def _fetch(self, symbol: str, since: int | None, limit: int = PAGE) -> list[list[Any]]:
         rows: list[list[Any]] = []
         while True:
             page = await read(self.exchange, lambda s=since: self.exchange.fetch_ohlcv(
-                symbol, self.timeframe, s, limit), "ohlcv")
+                symbol, self.timeframe, s, limit), "ohlcv", self.read_policy)
             rows.extend(page)
             if since is None or len(page) < limit or not page:
+                self._seen(rows)
                 return rows
             since = int(page[-1][0]) + self.step
 
@@ -133,7 +149,7 @@ class LiveFeed:
             for ev in self._trackers[sym].accept(candles):
                 ts = ev.ts if isinstance(ev, Candle) else ev.next_ts
                 items.append((ts, 0 if isinstance(ev, Gap) else 1, ev))
-        items.sort(key=lambda x: (x[0], x[1], getattr(x[2], "symbol", "")))
+        items.sort(key=lambda x: (x[0], x[1], x[2].symbol))
         events: list[FeedEvent] = []
         warm: list[Candle] = []
         batch: list[Candle] = []
@@ -156,63 +172,131 @@ class LiveFeed:
         return events
 
     async def _history(self) -> list[FeedEvent]:
-        now = await self._server_time()
+        await self.venue.sync()
         per: dict[str, list[Candle]] = {}
         for sym in self.symbols:
             resumed = self._resume.get(sym)
-            since = now - (self.warmup + 1) * self.step
+            since = self.venue.now_ms() - (self.warmup + 1) * self.step
             if resumed is not None:
                 since = min(since, resumed - self.warmup * self.step)
-            rows = await self._fetch(sym, since)
-            per[sym] = self._trackers[sym].closed(rows, now)
-        return self._events(per, now)
+            before = self.exchange_now()  # the venue's time was at least this when it answered
+            per[sym] = self._trackers[sym].closed(await self._fetch(sym, since), before)
+        return self._events(per, self.exchange_now())
 
     # ---- the stream ---------------------------------------------------------------------
     async def stream(self) -> AsyncIterator[FeedEvent]:
-        await read(self.exchange, lambda: self.exchange.load_markets(), "markets")
-        ws = self.use_ws
-        log.info("feed_start", mode="ws" if ws else "rest", symbols=self.symbols,
-                 timeframe=self.timeframe)
-        attempt = 0
+        prefer_ws = self.use_ws
+        self.source = "ws" if prefer_ws else "rest"
+        started = False
         while True:
+            on_ws = False
             try:
-                for event in await self._history():
-                    yield event
-                source = self._ws_events() if ws else self._rest_events()
+                if not started:
+                    await read(self.exchange, lambda: self.exchange.load_markets(), "markets",
+                               self.read_policy)
+                    log.info("feed_start", source=self.source, symbols=self.symbols,
+                             timeframe=self.timeframe, ws_silence_s=self.silence_s)
+                    for event in await self._history():
+                        yield event
+                    started = True
+                    if (status := self._flowing()) is not None:
+                        yield status
+                on_ws = self.source == "ws"
+                source = self._ws_events() if on_ws else self._rest_events(prefer_ws)
                 async for event in source:
-                    attempt = 0
+                    if (status := self._flowing()) is not None:
+                        yield status
                     yield event
-            except (ExchangeUnavailable, asyncio.TimeoutError) as exc:
-                attempt += 1
-                self.reconnects += 1
-                delay = min(60.0, 0.5 * 2 ** min(attempt, 7)) * random.uniform(0.5, 1.5)
-                log.warning("feed_reconnect", error=str(exc), attempt=attempt,
-                            delay_s=round(delay, 2))
-                if ws:
+                if not on_ws:  # a probe found the websocket answering again: switch back
+                    self.source = "ws"
+                    log.info("feed_ws_restored")
+                    yield FeedStatus(FeedState.WS_RESTORED, "ws", "the websocket answers again")
+            except FatalExchangeError:
+                raise
+            except (ExchangeError, asyncio.TimeoutError) as exc:
+                reason = str(exc)[:300] or type(exc).__name__
+                if on_ws:
                     await self._close_ws()
+                    self.source = "rest"
+                    self.fallbacks += 1
+                    log.warning("feed_fallback", source="rest", reason=reason,
+                                retry_ws_every_s=self.cfg.ws_retry_s)
+                    yield FeedStatus(FeedState.FALLBACK, "rest", reason, self.failures)
+                    continue  # poll REST at once: no candle waits on a backoff
+                self.failures += 1
+                self.reconnects += 1
+                delay = min(60.0, 0.5 * 2 ** min(self.failures, 7)) * random.uniform(0.5, 1.5)
+                log.warning("feed_retry", error=reason, failures=self.failures,
+                            delay_s=round(delay, 2), source=self.source)
+                if self.failures >= self.cfg.stale_after_failures and not self.stale:
+                    self.stale = True
+                    log.error("feed_stale", failures=self.failures, reason=reason)
+                    yield FeedStatus(FeedState.STALE, self.source, reason, self.failures)
                 await asyncio.sleep(delay)
 
-    async def _rest_events(self) -> AsyncIterator[FeedEvent]:
-        quiet_since = asyncio.get_running_loop().time()
-        while True:
-            await asyncio.sleep(self.cfg.poll_interval)
-            now = await self._server_time()
-            per: dict[str, list[Candle]] = {}
-            for sym in self.symbols:
-                last = self._trackers[sym].last_ts
-                rows = await self._fetch(sym, last + self.step if last is not None else None)
-                per[sym] = self._trackers[sym].closed(rows, now)
-            events = self._events(per, now)
-            loop_now = asyncio.get_running_loop().time()
-            if events:
-                quiet_since = loop_now
-            elif loop_now - quiet_since > self.stall_s:
-                raise ExchangeUnavailable(f"no closed candle for {self.stall_s:.0f}s")
-            for event in events:
-                yield event
+    def _flowing(self) -> FeedStatus | None:
+        """Data flowed: the failure streak ends, and a stale feed says it is fresh again."""
+        self.failures = 0
+        if not self.stale:
+            return None
+        self.stale = False
+        log.info("feed_fresh", source=self.source)
+        return FeedStatus(FeedState.FRESH, self.source, "data flows again")
+
+    async def _rest_events(self, probe_ws: bool) -> AsyncIterator[FeedEvent]:
+        """Poll until the stall watchdog fires (raises) or, when the websocket is preferred, a
+        probe finds it answering again (returns)."""
+        loop = asyncio.get_running_loop()
+        quiet_since = loop.time()
+        next_probe = loop.time() + self.cfg.ws_retry_s
+        probe: asyncio.Task[bool] | None = None
+        first = True
+        try:
+            while True:
+                if not first:
+                    await asyncio.sleep(self.cfg.poll_interval)
+                first = False
+                await self.venue.sync_if_due()
+                per: dict[str, list[Candle]] = {}
+                for sym in self.symbols:
+                    last = self._trackers[sym].last_ts
+                    # a row counts as closed on the venue's time as known before the request
+                    # (a newer row in the same answer also closes it)
+                    before = self.exchange_now()
+                    rows = await self._fetch(sym, last + self.step if last is not None else None)
+                    per[sym] = self._trackers[sym].closed(rows, before)
+                events = self._events(per, self.exchange_now())
+                if events:
+                    quiet_since = loop.time()
+                elif loop.time() - quiet_since > self.stall_s:
+                    raise ExchangeUnavailable(f"no closed candle for {self.stall_s:.0f}s")
+                for event in events:
+                    yield event
+                if probe_ws and probe is None and loop.time() >= next_probe:
+                    probe = asyncio.create_task(self._probe_ws())
+                if probe is not None and probe.done():
+                    if probe.result():
+                        return
+                    probe, next_probe = None, loop.time() + self.cfg.ws_retry_s
+        finally:
+            if probe is not None and not probe.done():
+                probe.cancel()
+                await asyncio.gather(probe, return_exceptions=True)
+
+    async def _probe_ws(self) -> bool:
+        """Does the websocket answer now? Quietly: a failed probe is not news."""
+        try:
+            rows = await asyncio.wait_for(call(self.exchange.watch_ohlcv(
+                self.symbols[0], self.timeframe)), timeout=self.silence_s)
+        except (ExchangeError, asyncio.TimeoutError) as exc:
+            log.debug("ws_probe_failed", error=str(exc)[:200])
+            await self._close_ws()
+            return False
+        return bool(rows)
 
     async def _ws_events(self) -> AsyncIterator[FeedEvent]:
         queue: asyncio.Queue[tuple[str, list[list[Any]]]] = asyncio.Queue()
+        loop = asyncio.get_running_loop()
 
         async def watch(sym: str) -> None:
             while True:
@@ -220,16 +304,27 @@ class LiveFeed:
                 await queue.put((sym, rows))
 
         tasks = [asyncio.create_task(watch(s)) for s in self.symbols]
+        closed_at = loop.time()
+        getter: asyncio.Future[tuple[str, list[list[Any]]]] | None = None
         try:
             while True:
-                done = [t for t in tasks if t.done()]
-                for t in done:
-                    t.result()  # re-raise a watcher's error
-                try:
-                    sym, rows = await asyncio.wait_for(queue.get(), timeout=self.stall_s)
-                except asyncio.TimeoutError:
-                    raise ExchangeUnavailable(f"websocket silent for {self.stall_s:.0f}s") from None
+                getter = getter or asyncio.ensure_future(queue.get())
+                # a watcher that fails (cannot connect, dropped) ends this at once; silence
+                # ends it after ``silence_s``
+                done, _ = await asyncio.wait({getter, *tasks}, timeout=self.silence_s,
+                                             return_when=asyncio.FIRST_COMPLETED)
+                for t in tasks:
+                    if t.done():
+                        t.result()  # re-raise a watcher's error
+                if getter not in done:
+                    raise ExchangeUnavailable(f"websocket silent for {self.silence_s:.0f}s")
+                sym, rows = getter.result()
+                getter = None
+                if loop.time() - closed_at > self.stall_s:
+                    raise ExchangeUnavailable(f"no closed candle on the websocket for "
+                                              f"{self.stall_s:.0f}s")
                 now = self.exchange_now()
+                self._seen(rows)
                 tracker = self._trackers[sym]
                 candles = tracker.closed(rows, None)
                 if candles and tracker.last_ts is not None and candles[0].ts > tracker.last_ts + self.step:
@@ -237,17 +332,20 @@ class LiveFeed:
                     filled = tracker.closed(await self._fetch(sym, tracker.last_ts + self.step), now)
                     merged = {c.ts: c for c in filled + candles}
                     candles = [merged[ts] for ts in sorted(merged)]
+                if candles:
+                    closed_at = loop.time()
                 for event in self._events({sym: candles}, now):
                     yield event
         finally:
-            for t in tasks:
+            pending = [*tasks, *([getter] if getter is not None else [])]
+            for t in pending:
                 t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.gather(*pending, return_exceptions=True)
 
     async def _close_ws(self) -> None:
         """Tear down the websocket connections only; the REST session stays usable and the
         next ``watch_ohlcv`` opens a fresh socket."""
-        clients = getattr(self.exchange, "clients", {}) or {}
+        clients = self.exchange.clients  # ccxt.pro's open websocket clients, by url
         for url, client in list(clients.items()):
             try:
                 await client.close()

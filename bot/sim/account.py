@@ -28,6 +28,8 @@ from aiohttp import web
 
 from bot.sim.faults import FaultPlan
 
+HELD = web.RequestKey("held", bool)
+
 FEE = Decimal("0.001")
 OPEN = ("NEW", "PARTIALLY_FILLED")
 _wall = time.time
@@ -67,11 +69,13 @@ class SimOrder:
 class SimAccount:
     def __init__(self, api_key: str, secret: str, balances: dict[str, Decimal],
                  price_of: Callable[[str], Decimal | None], now_ms: Callable[[], int],
-                 faults: FaultPlan | None = None) -> None:
+                 faults: FaultPlan | None = None,
+                 server_ms: Callable[[], int] | None = None) -> None:
         self.api_key, self.secret = api_key, secret
         self.balances = dict(balances)
         self.price_of = price_of
         self.now_ms = now_ms
+        self.server_ms = server_ms or (lambda: int(time.time() * 1000))
         self.orders: dict[int, SimOrder] = {}
         self.by_client: dict[str, SimOrder] = {}
         self.trades: list[dict[str, Any]] = []
@@ -82,6 +86,12 @@ class SimAccount:
         self.bad_signatures = 0
         self.faults = faults or FaultPlan()
         self.expired_after_recv_window = 0
+        # answers for an account the venue refuses: "METHOD /path" (or "*") -> (status, code,
+        # msg), e.g. a key without trading rights or a suspended account
+        self.refuse: dict[str, tuple[int, int, str]] = {}
+        # the venue's own check before it accepts an order (tests: is its audit row
+        # committed?); awaited with the client order id
+        self.before_accept: Callable[[str], Any] | None = None
 
     # ---- protocol -----------------------------------------------------------------------
     def _err(self, status: int, code: int, msg: str) -> web.Response:
@@ -104,12 +114,21 @@ class SimAccount:
                                                   expected.encode()):
             self.bad_signatures += 1
             return self._err(400, -1022, "Signature for this request is not valid.")
+        refused = self.refuse.get(f"{request.method} {request.path}") or self.refuse.get("*")
+        if refused is not None:
+            return self._err(*refused)
         params = dict(parse_qsl(query))
         params.update(parse_qsl(body))
         ts = int(params.get("timestamp", "0"))
         window = int(params.get("recvWindow", "5000"))
-        if abs(time.time() * 1000 - ts) > window:
-            self.expired_after_recv_window += 1
+        server = self.server_ms()
+        # Binance's timing rule ("Timing security", spot REST docs): accepted only if
+        # timestamp < serverTime + 1000 and serverTime - timestamp <= recvWindow
+        if not (ts < server + 1000 and server - ts <= window):
+            if request.get(HELD):
+                self.expired_after_recv_window += 1  # a request held past its window
+            else:
+                self.faults.record("clock_skew")
             return self._err(400, -1021, "Timestamp for this request is outside of the recvWindow.")
         return params
 
@@ -198,6 +217,8 @@ class SimAccount:
         if fault == "reject":
             self.faults.record(fault)
             return self._err(400, -1013, "Filter failure: PERCENT_PRICE_BY_SIDE")
+        if self.before_accept is not None:
+            await self.before_accept(cid)
         sym, side, kind = params.get("symbol", ""), params.get("side"), params.get("type")
         price_now = self.price_of(sym)
         if price_now is None:
@@ -252,6 +273,13 @@ class SimAccount:
             return params
         self.match()
         o = self._find(params)
+        if o is not None and o.status in OPEN and self.faults.cancel() == "cancel_race":
+            # the order fills an instant before the cancel arrives: to the venue the cancel
+            # names an order that is no longer open
+            self.faults.record("cancel_race")
+            px = self.price_of(o.symbol)
+            if px is not None:
+                self._execute(o, o.price if o.type == "LIMIT" and o.price else px)
         if o is None or o.status not in OPEN:
             return self._err(400, -2011, "Unknown order sent.")
         o.status = "CANCELED"

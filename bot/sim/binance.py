@@ -23,7 +23,7 @@ from decimal import Decimal
 from aiohttp import WSMsgType, web
 
 from bot.domain import Candle, timeframe_ms
-from bot.sim.account import SimAccount
+from bot.sim.account import HELD, SimAccount
 from bot.sim.faults import FaultPlan
 
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
@@ -51,14 +51,22 @@ def synthetic_candles(symbol: str, timeframe: str, start_ms: int, count: int, se
 
 @dataclass
 class SimClock:
-    """Exchange time: ``origin`` at start, running ``speed`` times faster than wall time."""
+    """Two clocks. The market clock (``now_ms``) drives the candles: ``origin`` at start,
+    running ``speed`` times faster than wall time. The server clock (``server_ms``) is what
+    ``/api/v3/time`` reports and what signed requests are checked against: it runs at wall
+    speed from the same origin, plus ``skew_ms`` (the ``clock_skew`` fault moves it). At
+    ``speed`` 1 the two agree, as on the real venue."""
 
     origin_ms: int
     speed: float = 1.0
     _t0: float = field(default_factory=time.monotonic)
+    skew_ms: int = 0
 
     def now_ms(self) -> int:
         return self.origin_ms + int((time.monotonic() - self._t0) * 1000 * self.speed)
+
+    def server_ms(self) -> int:
+        return self.origin_ms + int((time.monotonic() - self._t0) * 1000) + self.skew_ms
 
 
 def _binance_id(symbol: str) -> str:
@@ -76,6 +84,7 @@ class SimBinance:
         self.requests: dict[str, int] = {}
         self.ws_push_s = 0.05  # wall seconds between kline pushes
         self.ws_silent = False  # fault: keep sockets open but send nothing
+        self.ws_enabled = True  # False: a venue (or proxy) with REST only, ws answers 404
         self._sockets: set[web.WebSocketResponse] = set()
         self.account: SimAccount | None = None
         self.faults = FaultPlan()
@@ -85,7 +94,8 @@ class SimBinance:
                      balances: Mapping[str, Decimal | str]) -> SimAccount:
         """Enable the signed private API for one key pair with these balances."""
         self.account = SimAccount(api_key, secret, {k: Decimal(str(v)) for k, v in balances.items()},
-                                  self.price, self.clock.now_ms, self.faults)
+                                  self.price, self.clock.now_ms, self.faults,
+                                  self.clock.server_ms)
         return self.account
 
     def price(self, sid: str) -> Decimal | None:
@@ -121,12 +131,12 @@ class SimBinance:
         return web.json_response({})
 
     async def server_time(self, request: web.Request) -> web.Response:
-        return web.json_response({"serverTime": self.clock.now_ms()})
+        return web.json_response({"serverTime": self.clock.server_ms()})
 
     async def exchange_info(self, request: web.Request) -> web.Response:
         symbols = [self._symbol_info(sid, sym) for sid, sym in self.symbols.items()]
         return web.json_response({
-            "timezone": "UTC", "serverTime": self.clock.now_ms(), "rateLimits": [
+            "timezone": "UTC", "serverTime": self.clock.server_ms(), "rateLimits": [
                 {"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
                  "limit": 6000}], "exchangeFilters": [], "symbols": symbols})
 
@@ -223,6 +233,8 @@ class SimBinance:
         import asyncio
         import json
 
+        if not self.ws_enabled:
+            raise web.HTTPNotFound(text="websocket streams are not served here")
         ws = web.WebSocketResponse(heartbeat=20)
         await ws.prepare(request)
         self._sockets.add(ws)
@@ -327,31 +339,52 @@ class SimBinance:
             return await handler(request)
         return await self._http_fault(kind, request, handler)
 
+    # Binance's documented bodies (https://developers.binance.com/docs/binance-spot-api-docs/
+    # errors); HTTP statuses per .../rest-api/http-return-codes: 5XX for its internal errors
+    _BODIES = {
+        "unknown_error": (500, -1000, "An unknown error occurred while processing the request."),
+        "disconnected": (503, -1001, "Internal error; unable to process your request. Please "
+                                     "try again."),
+        "send_unknown": (503, -1007, "Timeout waiting for response from backend server. Send "
+                                     "status unknown; execution status unknown."),
+    }
+    # kinds after which an order may or may not have been carried out (5XX: status unknown)
+    _MAYBE_EXECUTED = ("unknown_error", "send_unknown", "server_error")
+
     async def _http_fault(self, kind: str, request: web.Request,
                           handler: Any) -> web.StreamResponse:
         import asyncio
 
         f = self.faults
+        if kind == "clock_skew":  # the venue's clock jumps; a -1021 follows for signed calls
+            self.clock.skew_ms = 0 if self.clock.skew_ms else f.skew_step_ms
+            return await handler(request)
         f.record(kind)
-        if kind == "rate_limit":
-            return web.json_response(
-                {"code": -1003, "msg": "Too much request weight used; current limit is 6000 "
-                 "request weight per 1 MINUTE."}, status=429,
-                headers={"Retry-After": str(f.retry_after_s)})
-        if kind == "ban":
-            return web.json_response(
-                {"code": -1003, "msg": "Way too much request weight used; IP banned until "
-                 f"{self.clock.now_ms() + 1000 * f.retry_after_s}."}, status=418,
-                headers={"Retry-After": str(f.retry_after_s)})
-        if kind == "server_error":
-            return web.Response(status=f._rng.choice((500, 502, 503, 504)),
-                                text="Service Unavailable")
+        if kind in ("rate_limit", "ban"):
+            msg = ("Too much request weight used; current limit is 6000 request weight per 1 "
+                   "MINUTE. Please use WebSocket Streams for live updates to avoid polling the "
+                   "API." if kind == "rate_limit" else
+                   f"Way too much request weight used; IP banned until "
+                   f"{self.clock.server_ms() + 1000 * f.retry_after_s}. Please use WebSocket "
+                   "Streams for live updates to avoid bans.")
+            return web.json_response({"code": -1003, "msg": msg},
+                                     status=429 if kind == "rate_limit" else 418,
+                                     headers={"Retry-After": str(f.retry_after_s)})
+        if kind in self._BODIES or kind == "server_error":
+            if request.method != "GET" and kind in self._MAYBE_EXECUTED and f.coin():
+                await handler(request)  # carried out; the client is told nothing useful
+            if kind == "server_error":  # a proxy's bare answer: no Binance body at all
+                return web.Response(status=f._rng.choice((502, 503, 504)),
+                                    text="Service Unavailable", content_type="text/html")
+            status, code, msg = self._BODIES[kind]
+            return web.json_response({"code": code, "msg": msg}, status=status)
         if kind in ("slow", "timeout"):
             if request.can_read_body:
                 await request.read()  # arrived whole; the answer is what is late
 
             async def late() -> web.StreamResponse:
                 await asyncio.sleep(f.slow_s if kind == "slow" else f.hold_s)
+                request[HELD] = True
                 return await handler(request)
 
             # shielded: the venue carries it out even after the client hung up
@@ -396,10 +429,11 @@ def build(symbols: Sequence[str], timeframe: str, speed: float, history: int, se
           future: int = 100_000) -> SimBinance:
     """A simulator whose clock starts now, with ``history`` candles before it."""
     step = timeframe_ms(timeframe)
-    origin = int(time.time() * 1000) // step * step
-    candles = {s: synthetic_candles(s, timeframe, origin - history * step, history + future, seed)
+    first = int(time.time() * 1000) // step * step - history * step
+    candles = {s: synthetic_candles(s, timeframe, first, history + future, seed)
                for s in symbols}
-    return SimBinance(candles, SimClock(origin, speed))
+    # the server clock starts at wall time, as a venue's does (taken after the slow part)
+    return SimBinance(candles, SimClock(int(time.time() * 1000), speed))
 
 
 def replay(candles: Mapping[str, Sequence[Candle]], speed: float, history: int) -> SimBinance:
@@ -413,7 +447,8 @@ async def serve_forever(port: int, symbols: Sequence[str], timeframe: str, speed
                         history: int, seed: int,
                         account: tuple[str, str, Mapping[str, Decimal]] | None = None,
                         faults: FaultPlan | None = None,
-                        recorded: Mapping[str, Sequence[Candle]] | None = None) -> None:
+                        recorded: Mapping[str, Sequence[Candle]] | None = None,
+                        websocket: bool = True) -> None:
     import asyncio
 
     sim = (replay(recorded, speed, history) if recorded
@@ -421,12 +456,13 @@ async def serve_forever(port: int, symbols: Sequence[str], timeframe: str, speed
     symbols = list(sim.symbols.values())
     if faults is not None:
         sim.faults = faults
+    sim.ws_enabled = websocket
     if account is not None:
         sim.open_account(*account)
     runner, bound = await start_server(sim, port=port)
     print(f"simulated binance on http://127.0.0.1:{bound} ({', '.join(symbols)} {timeframe}, "
-          f"x{speed}; account {'on' if account else 'off'}; {len(sim.faults.rules)} fault "
-          "rule(s))", flush=True)
+          f"x{speed}; account {'on' if account else 'off'}; websocket "
+          f"{'on' if websocket else 'off'}; {len(sim.faults.rules)} fault rule(s))", flush=True)
     try:
         await asyncio.Event().wait()
     finally:

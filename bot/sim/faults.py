@@ -9,13 +9,23 @@ HTTP methods; websocket faults apply to kline pushes) and when it fires:
 
 The kinds, by layer:
 
-- HTTP (``HTTP_KINDS``): ``rate_limit`` (429 + Retry-After), ``ban`` (418 + Retry-After),
-  ``server_error`` (5xx), ``slow`` (answers late but in time), ``timeout`` (held past the
-  client's timeout, then carried out: past Binance's recvWindow the venue refuses it, as the
-  real one does), ``reset`` (the connection is cut before anything happens) and ``lost`` (the
-  request is carried out and then the connection is cut: the ambiguous order);
+- HTTP (``HTTP_KINDS``), each with the status, headers and ``{"code","msg"}`` body Binance
+  documents (https://developers.binance.com/docs/binance-spot-api-docs/errors and
+  .../rest-api/http-return-codes): ``rate_limit`` (429, -1003, Retry-After), ``ban`` (418,
+  -1003, Retry-After), ``unknown_error`` (500, -1000), ``disconnected`` (503, -1001),
+  ``send_unknown`` (503, -1007 "Send status unknown; execution status unknown"), and
+  ``server_error`` (a bare 502/503/504 from a proxy, no Binance body). On an order, -1000,
+  -1007 and the bare 5xx are carried out half of the time (5XX: "execution status is
+  UNKNOWN and could have been a success"); -1001 never. ``clock_skew`` moves the venue's
+  clock by ``skew_step_ms`` (forward, then back), so signed requests meet Binance's timing
+  rule and get -1021 until the client resyncs. ``slow`` (answers late but in time),
+  ``timeout`` (held past the client's timeout, then carried out: past the recvWindow the
+  venue refuses it, as the real one does), ``reset`` (the connection is cut before anything
+  happens) and ``lost`` (the request is carried out and then the connection is cut);
 - orders (``ORDER_KINDS``): ``partial_fill`` (a market order fills part and expires),
-  ``insufficient_funds``, ``reject`` (a filter failure);
+  ``insufficient_funds`` (-2010 "Account has insufficient balance"), ``reject`` (-1013 filter
+  failure), ``cancel_race`` (the order fills just before the cancel arrives: -2011 "Unknown
+  order sent.");
 - websocket (``WS_KINDS``): ``duplicate``, ``late`` and ``out_of_order`` klines, ``ws_drop``.
 
 Spec strings (``--fault`` on ``stackbot sim-exchange``)::
@@ -33,8 +43,9 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 
-HTTP_KINDS = ("rate_limit", "ban", "server_error", "slow", "timeout", "reset", "lost")
-ORDER_KINDS = ("partial_fill", "insufficient_funds", "reject")
+HTTP_KINDS = ("rate_limit", "ban", "unknown_error", "disconnected", "send_unknown",
+              "server_error", "clock_skew", "slow", "timeout", "reset", "lost")
+ORDER_KINDS = ("partial_fill", "insufficient_funds", "reject", "cancel_race")
 WS_KINDS = ("duplicate", "late", "out_of_order", "ws_drop")
 KINDS = HTTP_KINDS + ORDER_KINDS + WS_KINDS
 
@@ -105,6 +116,7 @@ class FaultPlan:
     slow_s: float = 0.3  # "slow": late but inside the client's timeout
     hold_s: float = 2.0  # "timeout": longer than the client waits
     retry_after_s: int = 1
+    skew_step_ms: int = 7_000  # a clock_skew moves the venue's clock this far (then back)
     counts: Counter[str] = field(default_factory=Counter)
     enabled: bool = True
 
@@ -129,10 +141,18 @@ class FaultPlan:
         return self._pick(HTTP_KINDS, method, path)
 
     def order(self, order_type: str) -> str | None:
-        kind = self._pick(ORDER_KINDS, "POST", "/api/v3/order")
+        kind = self._pick(("partial_fill", "insufficient_funds", "reject"), "POST",
+                          "/api/v3/order")
         if kind == "partial_fill" and order_type != "MARKET":
             return None
         return kind
+
+    def cancel(self) -> str | None:
+        return self._pick(("cancel_race",), "DELETE", "/api/v3/order")
+
+    def coin(self) -> bool:
+        """Did an order whose answer is an unknown-status error get carried out?"""
+        return self._rng.random() < 0.5
 
     def ws(self) -> str | None:
         return self._pick(WS_KINDS, "WS", "/ws")
