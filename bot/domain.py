@@ -233,7 +233,9 @@ class OrderIntent:
     quantity: Decimal | None = None  # None: let risk size it
     limit_price: Decimal | None = None
     stop_price: Decimal | None = None
-    confidence: float = 0.5  # calibrated P(the move goes our way)
+    # calibrated P(the move goes our way: target before stop); None: the signal has no
+    # calibrated probability, so risk sizes it fixed-fractional
+    confidence: float | None = None
     dispersion: float = 0.0  # disagreement between ensemble members
 
 

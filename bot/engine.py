@@ -30,7 +30,7 @@ from bot.portfolio import Portfolio
 from bot.ports import Broker, ControlRequest, Feed, Ledger, SignalSource, Strategy, UnitOfWork
 from bot.reconciler import Reconciler
 from risk.manager import Protect, RiskManager
-from risk.state import KillLevel, RiskState, Transition
+from risk.state import KillLevel, Transition
 
 log = get_logger("engine")
 _END = object()  # the feed is exhausted
@@ -93,8 +93,8 @@ class Engine:
         state = await self.p.ledger.load_account(self.account)
         if state.cash is not None:
             self.portfolio._cash = state.cash
-        if state.risk_state:
-            self.risk.machine.s = RiskState.restore(dict(state.risk_state))
+        # every breaker's window, levels and throttle, before the first decision
+        self.risk.restore(state.risk_state, state.risk_memory)
         self.portfolio.restore(state.positions, state.working_orders)
         self.p.broker.restore(state.working_orders, state.positions, self.portfolio.cash)
         self.p.feed.resume_after(dict(state.cursors))
@@ -397,6 +397,9 @@ class Engine:
         elif request.action == "resume":
             self._transitions.append(self.risk.resume(request.reason, request.operator, now))
             self._audit_transitions(unit, channel=request.channel)
+            still = self.risk.blocks_explained()
+            if still:  # what an operator's resume cannot lift, and what will
+                result["still_blocked"] = still
         result.update(state=self.risk.machine.state.value, reason=self.risk.machine.s.reason)
         if request.command_id is not None:
             unit.audit.append(self.desk.event("command.accepted", "command", request.command_id,
@@ -490,6 +493,8 @@ class Engine:
     async def _commit(self, unit: UnitOfWork) -> bool:
         """Commit the backlog and ``unit`` together. False (and keep both) if the ledger is
         down: the engine then opens nothing it could not audit, and retries next step."""
+        if unit or self._backlog:  # what the risk manager knows goes with every change
+            unit.risk_memory[self.account] = self.risk.memory
         if self._backlog:
             self._backlog.absorb(unit)
             unit = self._backlog

@@ -4,7 +4,7 @@ plugged in here (see ``bot/app.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, Protocol
@@ -119,6 +119,9 @@ class UnitOfWork:
     equity: list[EquitySnapshot] = field(default_factory=list)
     cursors: dict[tuple[str, str], int] = field(default_factory=dict)  # (account, symbol) -> ts
     risk_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    # account -> the risk manager's memory, taken when the unit is written (group commits
+    # write only the latest)
+    risk_memory: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     controls_done: dict[int, dict[str, Any]] = field(default_factory=dict)  # request id -> result
     commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # MQTT command id -> row
     audit: list[AuditEvent] = field(default_factory=list)
@@ -126,7 +129,8 @@ class UnitOfWork:
     def __bool__(self) -> bool:
         return bool(
             self.signals or self.orders or self.fills or self.positions or self.cash
-            or self.equity or self.cursors or self.risk_state or self.controls_done
+            or self.equity or self.cursors or self.risk_state or self.risk_memory
+            or self.controls_done
             or self.commands or self.audit
         )
 
@@ -140,6 +144,7 @@ class UnitOfWork:
         self.equity.extend(other.equity)
         self.cursors.update(other.cursors)
         self.risk_state.update(other.risk_state)
+        self.risk_memory.update(other.risk_memory)
         self.controls_done.update(other.controls_done)
         self.commands.update(other.commands)
         self.audit.extend(other.audit)
@@ -154,6 +159,7 @@ class AccountState:
     working_orders: tuple[Order, ...]
     cursors: Mapping[str, int]
     risk_state: Mapping[str, Any] | None = None
+    risk_memory: Mapping[str, Any] | None = None  # breaker windows etc. (``RiskManager.memory``)
     pending_controls: tuple[ControlRequest, ...] = ()
     recent_nonces: frozenset[str] = frozenset()
     command_acks: Mapping[str, Any] = field(default_factory=dict)  # accepted MQTT id -> ack

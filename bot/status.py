@@ -38,6 +38,10 @@ async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dic
                 select(t.RiskStateRow.account, t.RiskStateRow.state, t.RiskStateRow.reason,
                        t.RiskStateRow.updated_at).order_by(t.RiskStateRow.account)
             )).mappings().all()
+            memories = (await conn.execute(
+                select(t.RiskStateRow.account, t.RiskStateRow.detail, t.RiskStateRow.breakers)
+                .where(~t.RiskStateRow.account.like("backtest:%"))
+                .order_by(t.RiskStateRow.account))).mappings().all()
             orders = (await conn.execute(
                 select(t.OrderRow.client_order_id, t.OrderRow.account, t.OrderRow.symbol,
                        t.OrderRow.side, t.OrderRow.quantity, t.OrderRow.status)
@@ -58,4 +62,25 @@ async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dic
         "accounts": [dict(r) for r in accounts],
         "open positions": [dict(r) for r in positions],
         "working orders": [dict(r) for r in orders],
+        "breakers": breaker_readings(settings, memories),
     }
+
+
+def breaker_readings(settings: Settings, rows: Any) -> list[dict[str, Any]]:
+    """Each breaker's reading against its limit, from the memory the engine last committed
+    (the same restore a restarting engine does)."""
+    from bot.domain import timeframe_ms
+    from risk.manager import RiskManager
+
+    out = []
+    for r in rows:
+        risk = RiskManager(settings.risk, timeframe_ms(settings.timeframe))
+        risk.restore(r["detail"], r["breakers"] or None)
+        for b in risk.readings():
+            out.append({"account": r["account"], "breaker": b.name,
+                        "reading": round(b.reading, 6), "limit": round(b.limit, 6),
+                        "unit": b.unit})
+        for block, why in risk.blocks_explained().items():
+            out.append({"account": r["account"], "breaker": f"block {block}", "reading": 1,
+                        "limit": 0, "unit": why})
+    return out

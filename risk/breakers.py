@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from risk.state import TradingState
 
@@ -76,11 +76,25 @@ Observation = (EquityObs | CandleObs | TradeClosedObs | ExchangeCallObs | Predic
                | ClockObs | FeedObs)
 
 
+Memory = dict[str, Any]  # a breaker's window as plain JSON
+
+
 class Breaker(Protocol):
+    """Watches one thing. ``state``/``load`` carry its window through the ledger, so a
+    restart neither resets it nor changes what it would decide."""
+
     name: str
     watches: tuple[type, ...]  # the observation types it reads
 
     def observe(self, obs: Observation) -> list[Trip]: ...
+
+    def state(self) -> Memory: ...
+
+    def load(self, memory: Memory) -> None: ...
+
+    def reading(self) -> float:
+        """The quantity it compares with its limit, now."""
+        ...
 
 
 def next_utc_midnight(ts: int) -> int:
@@ -114,6 +128,19 @@ class DrawdownBreaker:
                          TradingState.HALTED)]
         return []
 
+    def state(self) -> Memory:
+        return {"peaks": [list(p) for p in self._peaks]}
+
+    def load(self, memory: Memory) -> None:
+        self._peaks = deque((int(ts), float(eq)) for ts, eq in memory.get("peaks", ()))
+
+    def reading(self) -> float:
+        """The current drawdown from the window's peak (0 with no equity seen)."""
+        if not self._peaks:
+            return 0.0
+        peak, last = self._peaks[0][1], self._peaks[-1][1]
+        return 1 - last / peak if peak > 0 else 0.0
+
 
 class DailyLossBreaker:
     """Equity down more than ``limit`` since the UTC day began -> REDUCING until midnight."""
@@ -125,6 +152,7 @@ class DailyLossBreaker:
         self.limit = limit
         self._day: int | None = None
         self._start = 0.0
+        self._last = 0.0  # today's loss so far
 
     def observe(self, obs: Observation) -> list[Trip]:
         if not isinstance(obs, EquityObs):
@@ -134,10 +162,22 @@ class DailyLossBreaker:
             self._day, self._start = day, obs.equity
             return []
         loss = 1 - obs.equity / self._start if self._start > 0 else 0.0
+        self._last = loss
         if loss > self.limit:
             return [Trip(self.name, f"daily loss {loss:.2%} exceeds {self.limit:.0%}",
                          TradingState.REDUCING, until=next_utc_midnight(obs.ts))]
         return []
+
+    def state(self) -> Memory:
+        return {"day": self._day, "start": self._start, "last": self._last}
+
+    def load(self, memory: Memory) -> None:
+        self._day = memory.get("day")
+        self._start = float(memory.get("start", 0.0))
+        self._last = float(memory.get("last", 0.0))
+
+    def reading(self) -> float:
+        return self._last
 
 
 class ConsecutiveLossBreaker:
@@ -159,6 +199,15 @@ class ConsecutiveLossBreaker:
             return [Trip(self.name, f"{self.count} losing trades in a row",
                          cooldown_until=obs.ts + self.cooldown)]
         return []
+
+    def state(self) -> Memory:
+        return {"streak": self._streak}
+
+    def load(self, memory: Memory) -> None:
+        self._streak = int(memory.get("streak", 0))
+
+    def reading(self) -> float:
+        return float(self._streak)
 
 
 class StaleDataBreaker:
@@ -193,6 +242,22 @@ class StaleDataBreaker:
                                       f"{(obs.now - last) // 1000}s", block=(f"stale:{sym}", True)))
         return trips
 
+    def state(self) -> Memory:
+        return {"last": dict(self._last), "stale": sorted(self._stale)}
+
+    def load(self, memory: Memory) -> None:
+        self._last = {str(k): int(v) for k, v in (memory.get("last") or {}).items()}
+        self._stale = set(memory.get("stale") or ())
+
+    def adopt_blocks(self, blocks: frozenset[str]) -> None:
+        """Blocks restored from the ledger are this breaker's to clear: the next fresh candle
+        of the symbol lifts its block, restart or not."""
+        self._stale |= {b.split(":", 1)[1] for b in blocks
+                        if b.startswith("stale:") and b != "stale:feed"}
+
+    def reading(self) -> float:
+        return float(len(self._stale))
+
 
 class ExchangeErrorBreaker:
     """More than ``max_rate`` of the last ``window`` exchange calls failed -> HALTED."""
@@ -220,6 +285,17 @@ class ExchangeErrorBreaker:
             return [Trip(self.name, f"exchange error rate {rate:.0%} over {n} calls",
                          TradingState.HALTED)]
         return []
+
+    def state(self) -> Memory:
+        return {"calls": "".join("1" if ok else "0" for ok in self._calls)}
+
+    def load(self, memory: Memory) -> None:
+        self._calls.clear()
+        self._calls.extend(c == "1" for c in str(memory.get("calls", "")))
+        self._failures = sum(1 for ok in self._calls if not ok)
+
+    def reading(self) -> float:
+        return self._failures / len(self._calls) if self._calls else 0.0
 
 
 class VolatilityBreaker:
@@ -251,6 +327,24 @@ class VolatilityBreaker:
             del ordered[bisect.bisect_left(ordered, hist.popleft())]
         return trips
 
+    def state(self) -> Memory:
+        return {"atr": {sym: list(h) for sym, h in self._atr.items()}}
+
+    def load(self, memory: Memory) -> None:
+        self._atr = {str(sym): deque(float(a) for a in h)
+                     for sym, h in (memory.get("atr") or {}).items()}
+        self._sorted = {sym: sorted(h) for sym, h in self._atr.items()}
+
+    def reading(self) -> float:
+        """The highest ratio of a symbol's latest ATR to its window's median."""
+        ratios = []
+        for sym, h in self._atr.items():
+            ordered = self._sorted[sym]
+            if h and ordered:
+                med = ordered[len(ordered) // 2]
+                ratios.append(h[-1] / med if med > 0 else 0.0)
+        return max(ratios, default=0.0)
+
 
 class ModelDegradationBreaker:
     """Rolling live accuracy more than ``drop`` below the validation baseline -> REDUCING,
@@ -281,3 +375,15 @@ class ModelDegradationBreaker:
         if acc >= self.baseline - self.drop:
             self._tripped = False
         return []
+
+    def state(self) -> Memory:
+        return {"hits": "".join("1" if h else "0" for h in self._hits),
+                "tripped": self._tripped}
+
+    def load(self, memory: Memory) -> None:
+        self._hits.clear()
+        self._hits.extend(c == "1" for c in str(memory.get("hits", "")))
+        self._tripped = bool(memory.get("tripped", False))
+
+    def reading(self) -> float:
+        return sum(self._hits) / len(self._hits) if self._hits else 0.0

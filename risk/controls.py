@@ -159,6 +159,12 @@ class OrderRateThrottle:
     def record(self, now: int) -> None:
         self._times.append(now)
 
+    def state(self) -> list[int]:
+        return list(self._times)
+
+    def load(self, times: list[int]) -> None:
+        self._times = deque(int(t) for t in times)
+
 
 class VenueMinimums:
     """The market's precision and minimums: round down to the step, refuse below minimums."""

@@ -9,9 +9,11 @@ returns.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import dataclasses
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal
+from typing import Any
 
 from bot.domain import ZERO, Candle, Fill, MarketSpec, OrderIntent, Position, RiskDecision, Side
 from bot.ports import PortfolioView
@@ -41,6 +43,16 @@ class Protect:
     exit_reason: str | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class BreakerReading:
+    """One breaker's current reading against its limit, for ``stackbot status``."""
+
+    name: str
+    reading: float
+    limit: float
+    unit: str  # "share", "count", "ratio"
+
+
 @dataclass
 class RiskReport:
     """What fired, for the run summary."""
@@ -59,13 +71,15 @@ class RiskManager:
         self.machine = StateMachine(state)
         self.venue_stops = venue_stops
         self.sizing = SizingParams(cfg.kelly_fraction, cfg.k_stop, cfg.k_target,
-                                   cfg.max_risk_per_trade, round_trip_cost, cfg.disagreement_limit)
+                                   cfg.max_risk_per_trade, round_trip_cost, cfg.disagreement_limit,
+                                   cfg.fixed_risk_per_trade)
         self._errors = ExchangeErrorBreaker(cfg.max_exchange_error_rate, cfg.exchange_error_window)
+        self._stale_breaker = StaleDataBreaker(timeframe_ms, cfg.stale_after_timeframes)
         self.breakers: list[Breaker] = [
             DrawdownBreaker(cfg.drawdown_limit, int(cfg.drawdown_window_days * 86_400_000)),
             DailyLossBreaker(cfg.daily_loss_limit),
             ConsecutiveLossBreaker(cfg.consecutive_losses, cfg.cooldown_candles * timeframe_ms),
-            StaleDataBreaker(timeframe_ms, cfg.stale_after_timeframes),
+            self._stale_breaker,
             self._errors,
             VolatilityBreaker(cfg.volatility_k, cfg.volatility_window,
                               cfg.volatility_hold_candles * timeframe_ms),
@@ -217,6 +231,72 @@ class RiskManager:
         acc = sum(hits) / len(hits) if hits else None
         return {"status": "tripped" if b._tripped else "ok", "live_accuracy": acc,
                 "baseline": b.baseline, "window": len(hits)}
+
+    # ---- restart ------------------------------------------------------------------------
+    def memory(self) -> dict[str, Any]:
+        """Everything a decision depends on, as plain JSON: the trading state, every
+        breaker's window, the protective levels of open positions, the order throttle. The
+        engine commits it with every unit of work; ``restore`` brings it back, so a restart
+        never changes what the manager would decide."""
+        return {
+            "machine": self.machine.s.snapshot(), "now": self.now,
+            "breakers": {b.name: b.state() for b in self.breakers},
+            "atr": dict(self._atr),
+            "levels": {s: list(dataclasses.astuple(v)) for s, v in self._levels.items()},
+            "round_trip": dict(self._round_trip),
+            "last_call": {s: list(v) for s, v in self._last_call.items()},
+            "placed_stop": dict(self._placed_stop),
+            "orders": self.throttle.state(),
+        }
+
+    def restore(self, state: Mapping[str, Any] | None,
+                memory: Mapping[str, Any] | None = None) -> None:
+        """Carry on from the ledger: the trading state (``state``, which operators may have
+        changed while no instance ran) and the rest of ``memory``."""
+        m = dict(memory or {})
+        snap = state or m.get("machine")
+        if snap:
+            self.machine.s = RiskState.restore(dict(snap))
+        windows = m.get("breakers") or {}
+        for b in self.breakers:
+            b.load(dict(windows.get(b.name) or {}))
+        self._stale_breaker.adopt_blocks(self.machine.s.blocks)
+        self.now = int(m.get("now", self.now))
+        self._atr = {str(k): float(v) for k, v in (m.get("atr") or {}).items()}
+        self._levels = {str(k): StopLevels(*map(float, v))
+                        for k, v in (m.get("levels") or {}).items()}
+        self._round_trip = {str(k): float(v) for k, v in (m.get("round_trip") or {}).items()}
+        self._last_call = {str(k): (float(v[0]), float(v[1]))
+                           for k, v in (m.get("last_call") or {}).items()}
+        self._placed_stop = {str(k): float(v) for k, v in (m.get("placed_stop") or {}).items()}
+        self.throttle.load(list(m.get("orders") or ()))
+
+    def readings(self) -> list[BreakerReading]:
+        cfg = self.cfg
+        limits = {"drawdown": (cfg.drawdown_limit, "share"),
+                  "daily_loss": (cfg.daily_loss_limit, "share"),
+                  "consecutive_losses": (float(cfg.consecutive_losses), "count"),
+                  "stale_data": (0.0, "count"),
+                  "exchange_errors": (cfg.max_exchange_error_rate, "share"),
+                  "volatility": (cfg.volatility_k, "ratio"),
+                  "model_degradation": ((cfg.model_baseline_accuracy or 0.0)
+                                        - cfg.model_accuracy_drop, "share")}
+        return [BreakerReading(b.name, b.reading(), *limits[b.name])
+                for b in self.breakers]
+
+    def blocks_explained(self) -> dict[str, str]:
+        """Entry blocks an operator's resume does not lift, and what does."""
+        why = {}
+        for block in sorted(self.machine.s.blocks):
+            if block == "reconcile":
+                why[block] = "ledger and venue disagree: lifts when a reconciliation agrees"
+            elif block == "stale:feed":
+                why[block] = "the feed's reads keep failing: lifts when data flows again"
+            elif block.startswith("stale:"):
+                why[block] = "no fresh candle: lifts on the symbol's next closed candle"
+            else:
+                why[block] = "set by a breaker: lifts when its condition clears"
+        return why
 
     # ---- operators --------------------------------------------------------------------
     def kill(self, level: KillLevel, reason: str, operator: str, ts: int) -> Transition:

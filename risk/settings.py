@@ -17,6 +17,9 @@ class RiskSettings(BaseModel):
     k_target: float = Field(3.0, gt=0, description="take-profit distance in ATRs")
     k_chandelier: float = Field(3.0, gt=0, description="trailing stop: highest high - k ATRs")
     max_risk_per_trade: float = Field(0.01, gt=0, le=0.2, description="equity lost at the stop")
+    fixed_risk_per_trade: float = Field(
+        0.005, gt=0, le=0.2, description="equity at risk per entry for signals without a "
+        "calibrated probability (the baseline): fixed-fractional sizing")
     disagreement_limit: float = Field(0.25, gt=0, description="dispersion that zeroes the size")
     # pre-trade controls
     max_order_notional: Decimal = Field(Decimal("100000"), gt=0)

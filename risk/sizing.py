@@ -1,5 +1,18 @@
-"""Position sizing: fractional Kelly from a calibrated P(up) and the payoff ratio implied by
-the ATR stop and target, capped by risk per trade, shrunk by disagreement. Pure functions."""
+"""Position sizing on risk. Pure functions.
+
+A long entry with its stop ``d`` below the price (``d = k_stop * ATR / price``, a fraction of
+the price) and its target ``b * d`` above (``b = k_target / k_stop``) is a bet that pays ``b``
+per unit risked, with probability ``p`` that the target is touched first. Kelly's fraction of
+equity *at risk* is ``f* = p - (1 - p) / b``; the fraction used is ``kelly_fraction * f*``
+(shrunk when ensemble members disagree), so the notional is ``that * equity / d``. Costs
+(round-trip fees and slippage) are counted in the same unit, as ``c = cost / d`` of the risk:
+no trade unless ``p * b - (1 - p) - c > 0``, i.e. above the break-even
+``p = (1 + c) / (1 + b)``. Then the caps apply: at most ``max_risk_per_trade`` of equity lost
+at the stop here; exposure and notional caps in ``risk/controls.py``.
+
+A signal with no calibrated probability (the EMA baseline) is sized fixed-fractional: it
+risks ``fixed_risk`` of equity at the stop.
+"""
 
 from __future__ import annotations
 
@@ -16,12 +29,18 @@ def kelly(p: float, b: float) -> float:
     return p - (1.0 - p) / b
 
 
+def break_even(b: float, cost_r: float = 0.0) -> float:
+    """The win probability at which a bet paying ``b`` per unit risked, with costs of
+    ``cost_r`` units, has zero expectation: (1 + c) / (1 + b)."""
+    return (1.0 + cost_r) / (1.0 + b)
+
+
 @dataclass(frozen=True, slots=True)
 class SizingInputs:
     equity: float
     price: float
     atr: float
-    p_up: float
+    p_win: float | None  # calibrated P(target before stop); None: no probability to bet on
     dispersion: float = 0.0
 
 
@@ -30,9 +49,10 @@ class SizingParams:
     kelly_fraction: float = 0.25
     k_stop: float = 2.0  # stop distance in ATRs
     k_target: float = 3.0  # take-profit distance in ATRs
-    max_risk_per_trade: float = 0.01  # equity share lost if the stop is hit
+    max_risk_per_trade: float = 0.01  # equity share lost if the stop is hit, at most
     round_trip_cost: float = 0.003  # fees + slippage, both ways, as a return
     disagreement_limit: float = 0.25  # dispersion at which the size shrinks to zero
+    fixed_risk: float = 0.005  # equity share at risk when there is no calibrated p
 
     @property
     def payoff(self) -> float:
@@ -42,9 +62,9 @@ class SizingParams:
 @dataclass(frozen=True, slots=True)
 class Sizing:
     quantity: float
-    kelly: float  # f*
-    fraction: float  # the equity share actually used (after Kelly multiplier and shrink)
-    edge: float  # expected return per unit, net of costs
+    kelly: float  # f* (0 for fixed-fractional)
+    risk: float  # the equity share lost if the stop is hit, after shrink and caps
+    edge: float  # expected gain per unit risked, net of costs (in R)
     reason: str
 
 
@@ -54,25 +74,33 @@ def size_entry(x: SizingInputs, k: SizingParams) -> Sizing:
         return Sizing(0.0, 0.0, 0.0, 0.0, "no equity or no price")
     if not (x.atr > 0) or math.isinf(x.atr):
         return Sizing(0.0, 0.0, 0.0, 0.0, "no ATR: cannot place a stop")
-    f_star = kelly(x.p_up, k.payoff)
-    stop_ret = k.k_stop * x.atr / x.price
-    gross = x.p_up * k.k_target * x.atr / x.price - (1 - x.p_up) * stop_ret
-    edge = gross - k.round_trip_cost
-    if f_star <= 0:
-        return Sizing(0.0, f_star, 0.0, edge, f"Kelly f*={f_star:.4f} <= 0")
-    if edge <= 0:
-        return Sizing(0.0, f_star, 0.0, edge,
-                      f"expected edge {gross:.5f} does not cover costs {k.round_trip_cost:.5f}")
-    shrink = max(0.0, 1.0 - x.dispersion / k.disagreement_limit) if k.disagreement_limit > 0 else 1.0
-    if shrink <= 0:
-        return Sizing(0.0, f_star, 0.0, edge, f"members disagree (dispersion {x.dispersion:.3f})")
-    fraction = k.kelly_fraction * f_star * shrink
-    qty = x.equity * fraction / x.price
-    reason = f"Kelly {k.kelly_fraction}x f*={f_star:.4f}"
-    if shrink < 1:
-        reason += f", shrunk x{shrink:.2f} by disagreement"
-    risk_cap = x.equity * k.max_risk_per_trade / (k.k_stop * x.atr)
-    if qty > risk_cap:
-        qty, reason = risk_cap, f"capped by risk per trade ({k.max_risk_per_trade:.2%})"
-        fraction = qty * x.price / x.equity
-    return Sizing(qty, f_star, fraction, edge, reason)
+    d = k.k_stop * x.atr / x.price  # the price fraction lost at the stop
+    b = k.payoff
+    cost_r = k.round_trip_cost / d
+    if x.p_win is None:
+        f_star, edge = 0.0, math.nan
+        risk = k.fixed_risk
+        reason = f"fixed-fractional: {k.fixed_risk:.2%} at risk (no calibrated p)"
+    else:
+        p = x.p_win
+        f_star = kelly(p, b)
+        edge = p * b - (1.0 - p) - cost_r
+        be = break_even(b, cost_r)
+        if p <= be:  # (the same test as edge <= 0, without its rounding at the boundary)
+            return Sizing(0.0, f_star, 0.0, edge,
+                          f"p={p:.4f} at or below break-even {be:.4f} "
+                          f"(b={b:.2f}, costs {cost_r:.3f}R)")
+        shrink = (max(0.0, 1.0 - x.dispersion / k.disagreement_limit)
+                  if k.disagreement_limit > 0 else 1.0)
+        if shrink <= 0:
+            return Sizing(0.0, f_star, 0.0, edge,
+                          f"members disagree (dispersion {x.dispersion:.3f})")
+        risk = k.kelly_fraction * f_star * shrink
+        reason = f"Kelly {k.kelly_fraction}x f*={f_star:.4f}: {risk:.2%} at risk"
+        if shrink < 1:
+            reason += f", shrunk x{shrink:.2f} by disagreement"
+    if risk > k.max_risk_per_trade:
+        risk, reason = k.max_risk_per_trade, (f"{reason}; capped at {k.max_risk_per_trade:.2%} "
+                                              "risk per trade")
+    qty = risk * x.equity / d / x.price
+    return Sizing(qty, f_star, risk, edge, reason)

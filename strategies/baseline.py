@@ -97,13 +97,14 @@ class TrendFollowStrategy:
         if signal.p_up > 0.5 and held == 0:
             return OrderIntent(
                 symbol=signal.symbol, side=Side.BUY, reason=f"{SOURCE}: fast EMA above slow",
-                signal_ts=signal.ts, model_version=signal.model_version, confidence=signal.p_up,
+                # an EMA spread is no calibrated probability: risk sizes it fixed-fractional
+                signal_ts=signal.ts, model_version=signal.model_version, confidence=None,
                 dispersion=signal.dispersion,
             )
         if signal.p_up < 0.5 and held > 0:
             return OrderIntent(
                 symbol=signal.symbol, side=Side.SELL, reason=f"{SOURCE}: fast EMA below slow",
                 signal_ts=signal.ts, model_version=signal.model_version, reduce_only=True,
-                quantity=held, confidence=1 - signal.p_up,
+                quantity=held,
             )
         return None

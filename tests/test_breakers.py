@@ -94,8 +94,9 @@ def test_sizing_disagreement_shrinks_and_costs_gate() -> None:
     none = size_entry(SizingInputs(10_000, 100, 2, 0.6, 0.2), k)
     assert base.quantity > 0 and abs(half.quantity - base.quantity / 2) < 1e-9
     assert none.quantity == 0 and "disagree" in none.reason
-    tiny_atr = size_entry(SizingInputs(10_000, 100, 0.01, 0.6, 0.0), k)  # edge < costs
-    assert tiny_atr.quantity == 0 and "does not cover costs" in tiny_atr.reason
+    # a stop 0.02 % away: 0.2 % of costs are 10 R, far above any edge at p = 0.6
+    tiny_atr = size_entry(SizingInputs(10_000, 100, 0.01, 0.6, 0.0), k)
+    assert tiny_atr.quantity == 0 and "break-even" in tiny_atr.reason
 
 
 def test_chandelier_only_moves_up_and_stop_wins_ties() -> None:

@@ -87,7 +87,9 @@ async def test_database_outage_mid_session(tmp_path: Path, reaper: list[Any]) ->
     # no order went out while nothing could be audited (one already in flight may finish)
     assert orders_during <= 1, orders_during
     assert_no_secrets(log)
-    counts = await check_books(sim, url, account, witness)
+    # an order in flight when the server stopped reaches the venue while nothing can be read:
+    # at most that one (its audit row is asserted below, as for every order)
+    counts = await check_books(sim, url, account, witness, unverifiable_ok=1)
     after = await fetch(url, "SELECT count(*) AS n FROM audit_events")
     assert after[0]["n"] > before[0]["n"]
     # every candle's signal was kept through the outage: no hole in any symbol's series

@@ -210,3 +210,38 @@ async def test_websocket_feed_survives_drops_and_stalls(sim: tuple[SimBinance, i
     assert feed.fallbacks == 2 and feed.source == "ws"
     for ts in seen.values():
         assert ts == sorted(ts) and len(ts) == len(set(ts))
+
+
+def test_a_candle_closes_on_the_venues_clock_not_ours() -> None:
+    """The newest row of a response is emitted once the venue's time has passed its end: with
+    the venue 30 s ahead of us a candle that ends 20 s from now (our clock) is closed; with
+    the venue 30 s behind, one that ended 10 s ago (our clock) is not yet."""
+    from types import SimpleNamespace
+
+    class Fixed:
+        def __init__(self, now: int) -> None:
+            self.now = now
+
+        def now_ms(self) -> int:
+            return self.now
+
+        def observe(self, ts_ms: int) -> None:
+            return None
+
+    def feed_with(now: int, venue_ahead_ms: int) -> LiveFeed:
+        ex = SimpleNamespace(options={"timeDifference": -venue_ahead_ms}, has={}, id="x")
+        return LiveFeed(ex, ["BTC/USDT"], "1m", ExchangeSettings(), Fixed(now))  # type: ignore[arg-type]
+
+    now = 100 * M + 40_000  # the candle opened at 100 M ends 20 s from now
+    ahead = feed_with(now, 30_000)
+    assert ahead.exchange_now() == now + 30_000
+    rows = [row(99 * M), row(100 * M)]
+    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(rows, ahead.exchange_now())] \
+        == [99 * M, 100 * M]
+    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(rows, now)] == [99 * M]
+    now = 100 * M + 10_000  # the candle opened at 99 M ended 10 s ago
+    behind = feed_with(now, -30_000)
+    late = [row(98 * M), row(99 * M)]
+    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(late, behind.exchange_now())] \
+        == [98 * M]
+    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(late, now)] == [98 * M, 99 * M]

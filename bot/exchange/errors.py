@@ -8,7 +8,6 @@ from typing import TypeVar
 
 import ccxt
 
-from bot import errors as e
 from bot.exchange.policy import translate
 
 T = TypeVar("T")
@@ -21,5 +20,3 @@ async def call(awaitable: Awaitable[T]) -> T:
         return await awaitable
     except ccxt.BaseError as exc:
         raise translate(exc) from exc
-    except e.ExchangeError:
-        raise

@@ -29,7 +29,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.config import ExchangeSettings
 from bot.domain import Candle, FeedState, FeedStatus, Gap, Warmup, timeframe_ms
-from bot.errors import ExchangeError, ExchangeUnavailable, FatalExchangeError
+from bot.errors import ConfigError, ExchangeError, ExchangeUnavailable, FatalExchangeError
 from bot.exchange.errors import call
 from bot.exchange.retry import RetryPolicy, read
 from bot.exchange.venue_clock import VenueClock
@@ -101,6 +101,7 @@ class LiveFeed:
         self._trackers = {s: CloseTracker(s, timeframe) for s in self.symbols}
         self._resume: dict[str, int] = {}
         self._newest = 0  # open time of the newest candle the venue has shown (forming too)
+        self._pending: dict[str, dict[int, list[Any]]] = {}  # websocket rows not emitted yet
         self.source = "rest"
         self.failures = 0  # consecutive failed reads
         self.stale = False
@@ -125,7 +126,8 @@ class LiveFeed:
     def use_ws(self) -> bool:
         has_ws = bool(self.exchange.has.get("watchOHLCV"))  # ccxt's declared capabilities
         if self.cfg.feed == "ws" and not has_ws:
-            raise ExchangeError(f"{self.exchange.id} has no websocket candles; use --feed rest")
+            raise ConfigError(f"exchange.feed: {self.exchange.id} has no websocket candles; "
+                              "use --feed rest or auto")
         return self.cfg.feed == "ws" or (self.cfg.feed == "auto" and has_ws)
 
     # ---- REST helpers -------------------------------------------------------------------
@@ -266,12 +268,12 @@ class LiveFeed:
                     rows = await self._fetch(sym, last + self.step if last is not None else None)
                     per[sym] = self._trackers[sym].closed(rows, before)
                 events = self._events(per, self.exchange_now())
-                if events:
-                    quiet_since = loop.time()
-                elif loop.time() - quiet_since > self.stall_s:
+                if not events and loop.time() - quiet_since > self.stall_s:
                     raise ExchangeUnavailable(f"no closed candle for {self.stall_s:.0f}s")
                 for event in events:
                     yield event
+                if events:  # after the consumer took them: time it spent is not a stall
+                    quiet_since = loop.time()
                 if probe_ws and probe is None and loop.time() >= next_probe:
                     probe = asyncio.create_task(self._probe_ws())
                 if probe is not None and probe.done():
@@ -323,19 +325,32 @@ class LiveFeed:
                 if loop.time() - closed_at > self.stall_s:
                     raise ExchangeUnavailable(f"no closed candle on the websocket for "
                                               f"{self.stall_s:.0f}s")
-                now = self.exchange_now()
+                # the venue's time as this message knows it: a consumer that lags behind the
+                # stream must not make older messages look stale
+                now = max(self.venue.now_ms(), max((int(r[0]) for r in rows if r), default=0))
                 self._seen(rows)
                 tracker = self._trackers[sym]
-                candles = tracker.closed(rows, None)
+                # ccxt.pro hands over only the rows updated since the last call, so a closed
+                # candle's final update often comes alone and its successor in the next
+                # message: keep the rows not emitted yet and judge them together
+                pending = self._pending.setdefault(sym, {})
+                for r in rows:
+                    if r and r[0] is not None:
+                        pending[int(r[0])] = r  # a later update of the same candle wins
+                candles = tracker.closed(list(pending.values()), None)
                 if candles and tracker.last_ts is not None and candles[0].ts > tracker.last_ts + self.step:
                     # a hole in the stream: backfill it over REST before going on
                     filled = tracker.closed(await self._fetch(sym, tracker.last_ts + self.step), now)
                     merged = {c.ts: c for c in filled + candles}
                     candles = [merged[ts] for ts in sorted(merged)]
-                if candles:
-                    closed_at = loop.time()
                 for event in self._events({sym: candles}, now):
                     yield event
+                done = tracker.last_ts
+                if done is not None:
+                    for ts in [ts for ts in pending if ts <= done]:
+                        del pending[ts]
+                if candles:  # after the consumer took them: time it spent is not a stall
+                    closed_at = loop.time()
         finally:
             pending = [*tasks, *([getter] if getter is not None else [])]
             for t in pending:

@@ -147,9 +147,9 @@ class PostgresLedger:
                     .order_by(t.OrderRow.created_at, t.OrderRow.client_order_id))).all()
                 cursor_rows = (await conn.execute(
                     select(t.Cursor).where(t.Cursor.account == account))).all()
-                risk = (await conn.execute(
-                    select(t.RiskStateRow.detail).where(t.RiskStateRow.account == account))
-                ).scalar()
+                risk_row = (await conn.execute(
+                    select(t.RiskStateRow.detail, t.RiskStateRow.breakers)
+                    .where(t.RiskStateRow.account == account))).first()
                 pending = (await conn.execute(
                     select(t.ControlRequestRow).where(t.ControlRequestRow.account == account,
                                                       t.ControlRequestRow.processed_at.is_(None))
@@ -168,7 +168,8 @@ class PostgresLedger:
             cash=cash, positions=positions,
             working_orders=tuple(order_from_row(r) for r in order_rows),
             cursors={r.symbol: to_ms(r.last_ts) for r in cursor_rows},
-            risk_state=risk,
+            risk_state=risk_row.detail if risk_row is not None else None,
+            risk_memory=(risk_row.breakers or None) if risk_row is not None else None,
             pending_controls=tuple(control_from_row(r) for r in pending),
             recent_nonces=frozenset(c.nonce for c in commands),
             command_acks={c.id: c.ack for c in commands if c.verdict == "accepted"},
@@ -249,6 +250,14 @@ class PostgresLedger:
                                                   "reason": stmt.excluded.reason,
                                                   "detail": stmt.excluded.detail,
                                                   "updated_at": stmt.excluded.updated_at}))
+        for account, memory_of in unit.risk_memory.items():
+            memory = memory_of()
+            snap = memory["machine"]
+            stmt = pg_insert(t.RiskStateRow).values(account=account, state=snap["state"],
+                                                     reason=snap["reason"], detail=snap,
+                                                     breakers=memory, updated_at=datetime.now(UTC))
+            await conn.execute(stmt.on_conflict_do_update(  # the state columns stay as written
+                index_elements=["account"], set_={"breakers": stmt.excluded.breakers}))
         for req_id, result in unit.controls_done.items():
             await conn.execute(update(t.ControlRequestRow).where(t.ControlRequestRow.id == req_id)
                                .values(processed_at=datetime.now(UTC), result=result))
