@@ -22,7 +22,8 @@ import structlog
 from bot.clock import SimulatedClock, WallClock
 from bot.config import Settings, require_live_ready
 from bot.domain import Mode
-from bot.engine import Engine, EngineParts, fatal_payload
+from bot.engine import Engine, EngineParts
+from bot.records import fatal_payload
 from bot.errors import ConfigError, FatalExchangeError
 from bot.feeds.files import CandleSeries, load_candle_file
 from bot.feeds.replay import ReplayFeed

@@ -29,6 +29,7 @@ from bot.metrics import RunStats
 from bot.portfolio import Portfolio
 from bot.ports import Broker, ControlRequest, Feed, Ledger, SignalSource, Strategy, UnitOfWork
 from bot.reconciler import Reconciler
+from bot.records import command_row, fatal_payload
 from risk.manager import Protect, RiskManager
 from risk.state import KillLevel, Transition
 
@@ -210,14 +211,11 @@ class Engine:
         log.warning("gap", symbol=gap.symbol, missing=gap.missing, next_ts=gap.next_ts)
 
     async def on_feed_status(self, status: FeedStatus) -> None:
-        """The feed fell back to REST, came back to the websocket, went stale or fresh again:
-        audited (and so published), and a stale feed blocks entries through the stale-data
-        breaker until it reports fresh data."""
-        now = self.p.clock.now_ms()
-        unit = UnitOfWork()
+        """Fallback, websocket back, stale, fresh: audited (so published); a stale feed blocks
+        entries through the stale-data breaker until it reports fresh data."""
+        now, unit = self.p.clock.now_ms(), UnitOfWork()
         unit.audit.append(self.desk.event(f"feed.{status.state.value}", "feed", status.source,
-                                          now, {"source": status.source,
-                                                "reason": status.reason,
+                                          now, {"source": status.source, "reason": status.reason,
                                                 "failures": status.failures}))
         if status.state in (FeedState.STALE, FeedState.FRESH):
             self._transitions += self.risk.on_feed(now, status.state is FeedState.STALE,
@@ -228,9 +226,8 @@ class Engine:
 
     async def record_fatal(self, exc: FatalExchangeError) -> None:
         """A configuration or permission error ends the run: say why, and what to fix."""
-        unit = UnitOfWork()
-        unit.audit.append(self.desk.event("run.fatal", "account", self.account,
-                                          self.p.clock.now_ms(), fatal_payload(exc)))
+        unit = UnitOfWork(audit=[self.desk.event("run.fatal", "account", self.account,
+                                                 self.p.clock.now_ms(), fatal_payload(exc))])
         await self._commit(unit)
 
     async def on_candles(self, candles: Sequence[Candle]) -> None:
@@ -374,7 +371,8 @@ class Engine:
                                               request.command_id or "-", now, {
                 "channel": request.channel, "reason": request.reason, "level": request.level,
                 "claimed_nonce": request.nonce, "operator": request.operator}))
-            self._record_command(unit, request, "rejected", {"reason": request.reason}, now)
+            row = command_row(self.account, request, "rejected", {"reason": request.reason}, now)
+            unit.commands[row["id"]] = row
             return unit, {"action": "reject", "reason": request.reason}
         if request.action == "kill":
             level = KillLevel(request.level or "pause")
@@ -405,7 +403,8 @@ class Engine:
             unit.audit.append(self.desk.event("command.accepted", "command", request.command_id,
                                               now, {"channel": request.channel,
                                                     "operator": request.operator, **result}))
-            self._record_command(unit, request, "accepted", result, now)
+            row = command_row(self.account, request, "accepted", result, now)
+            unit.commands[row["id"]] = row
         if request.request_id is not None:
             self._done_requests.add(request.request_id)
             unit.controls_done[request.request_id] = result
@@ -442,23 +441,6 @@ class Engine:
             unit.audit.append(self.desk.event("retrain.finished", "account", self.account, now,
                                               {"outcome": request.reason, **info}))
         return unit
-
-    def _record_command(self, unit: UnitOfWork, request: ControlRequest, verdict: str,
-                        ack: dict[str, Any], now: int) -> None:
-        """Keep every signed command seen: its id makes it idempotent, its nonce unreplayable."""
-        import uuid
-
-        cid = request.command_id or "anonymous"
-        nonce = request.nonce
-        if verdict != "accepted":
-            # a rejected message proves nothing: its id and nonce must not block real ones
-            tag = uuid.uuid4().hex[:12]
-            cid, nonce = f"{cid}#rejected-{tag}", f"rejected-{tag}"
-        unit.commands[cid] = {"id": cid, "account": self.account,
-                              "nonce": nonce or f"none-{uuid.uuid4().hex}",
-                              "action": request.level and f"{request.action}:{request.level}"
-                              or request.action, "verdict": verdict, "ack": ack,
-                              "received_at": now}
 
     async def poll_controls(self) -> None:
         """The database says there may be new operator requests: queue the unseen ones."""
@@ -516,8 +498,3 @@ class Engine:
             log.info("ledger_back")
         self.ledger_ok = True
         return True
-
-
-def fatal_payload(exc: FatalExchangeError) -> dict[str, object]:
-    return {"error": " ".join(str(exc).split())[:500], "ccxt_class": exc.ccxt_class,
-            "kind": type(exc).__name__, "fix": exc.fix}

@@ -1,0 +1,31 @@
+"""Ledger records the engine writes for things that are not orders: the signed commands it
+saw, the feed's own status, and a fatal venue error. Pure: each returns or fills rows and
+audit payloads; the engine commits them."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from bot.errors import FatalExchangeError
+from bot.ports import ControlRequest
+
+
+def command_row(account: str, request: ControlRequest, verdict: str, ack: dict[str, Any],
+                now: int) -> dict[str, Any]:
+    """Every signed command seen: its id makes it idempotent, its nonce unreplayable."""
+    cid = request.command_id or "anonymous"
+    nonce = request.nonce
+    if verdict != "accepted":
+        # a rejected message proves nothing: its id and nonce must not block real ones
+        tag = uuid.uuid4().hex[:12]
+        cid, nonce = f"{cid}#rejected-{tag}", f"rejected-{tag}"
+    return {"id": cid, "account": account, "nonce": nonce or f"none-{uuid.uuid4().hex}",
+            "action": request.level and f"{request.action}:{request.level}" or request.action,
+            "verdict": verdict, "ack": ack, "received_at": now}
+
+
+def fatal_payload(exc: FatalExchangeError) -> dict[str, object]:
+    """Why a run ended on a configuration or permission error, and what to fix."""
+    return {"error": " ".join(str(exc).split())[:500], "ccxt_class": exc.ccxt_class,
+            "kind": type(exc).__name__, "fix": exc.fix}
