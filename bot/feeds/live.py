@@ -325,9 +325,9 @@ class LiveFeed:
                 if loop.time() - closed_at > self.stall_s:
                     raise ExchangeUnavailable(f"no closed candle on the websocket for "
                                               f"{self.stall_s:.0f}s")
-                # the venue's time as this message knows it: a consumer that lags behind the
-                # stream must not make older messages look stale
-                now = max(self.venue.now_ms(), max((int(r[0]) for r in rows if r), default=0))
+                # the venue's clock alone: the stream's own newest row must not make candles
+                # that queued up behind a slow consumer look too old to trade
+                now = self.venue.now_ms()
                 self._seen(rows)
                 tracker = self._trackers[sym]
                 # ccxt.pro hands over only the rows updated since the last call, so a closed
