@@ -28,16 +28,20 @@ from bot.domain import Candle  # noqa: E402
 from bot.sim.binance import synthetic_candles  # noqa: E402
 from models.ensemble import Ensemble, EnsembleSignalSource  # noqa: E402
 from models.features import FEATURE_NAMES  # noqa: E402
+from models.labels import BarrierSpec  # noqa: E402
 from models.members import REGISTRY, MemberConfig  # noqa: E402
 
 
 def build(device: str, compile: bool, path: str | None) -> Ensemble:
     if path:
-        return Ensemble.load(Path(path), device=device, compile=compile)
+        trained = Ensemble.trained_barrier(Path(path))
+        if trained is None:
+            raise SystemExit(f"{path} predates triple-barrier training: retrain it")
+        return Ensemble.load(Path(path), None, trained, device=device, compile=compile)
     torch.manual_seed(0)
     members = [REGISTRY[n](MemberConfig(len(FEATURE_NAMES), 32, 32)).eval() for n in REGISTRY]
     return Ensemble("bench", members, [1.0] * len(members), np.full(len(members), 0.1), 0.0,
-                    32, 4, device=device, compile=compile)
+                    32, BarrierSpec(2.0, 3.0, 24), device=device, compile=compile)
 
 
 def pct(xs: list[float], q: float) -> float:

@@ -22,7 +22,7 @@ import torch  # noqa: E402
 from bot.feeds.files import load_candle_file  # noqa: E402
 from models.dataset import symbol_data  # noqa: E402
 from models.members import REGISTRY  # noqa: E402
-from models.train import PRESETS, train_ensemble  # noqa: E402
+from models.train import PRESETS, barrier_of, train_ensemble  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "binance-spot-1h"
 
@@ -36,10 +36,10 @@ def main() -> None:
     if not DATA.exists():
         raise SystemExit(f"{DATA} is absent: the benchmark needs ../shared/data")
     t0 = time.perf_counter()
-    data = [symbol_data(load_candle_file(DATA / f"{p}_USDT-1h.json", "1h"))
+    cfg = replace(PRESETS[args.preset], device=args.device)
+    data = [symbol_data(load_candle_file(DATA / f"{p}_USDT-1h.json", "1h"), barrier_of(cfg))
             for p in args.pairs.split(",")]
     prep = time.perf_counter() - t0
-    cfg = replace(PRESETS[args.preset], device=args.device)
     marks: dict[str, float] = {}
 
     def on(name: str, what: str) -> None:

@@ -164,7 +164,7 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[An
     cfg = settings.strategy
     if cfg.name == "baseline":
         return EmaCrossSignal(cfg.fast, cfg.slow), TrendFollowStrategy()
-    from models.cli_support import pick_device
+    from models.cli_support import barrier_from, pick_device
     from models.ensemble import Ensemble, EnsembleSignalSource
     from models.registry import active_ensemble
     from strategies.ensemble import EnsembleStrategy
@@ -174,10 +174,12 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[An
     if active is None:
         raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
                           "(it promotes the first one) or `stackbot models promote ID`")
-    ens = Ensemble.load(Path(active["path"]), active["sha256"], pick_device(cfg.device),
-                        cfg.compile)
+    barrier = barrier_from(settings.risk)
+    ens = Ensemble.load(Path(active["path"]), active["sha256"], barrier,
+                        pick_device(cfg.device), cfg.compile)
     return EnsembleSignalSource(ens, settings.timeframe), EnsembleStrategy(
-        cost=cost, max_dispersion=cfg.max_dispersion, horizon=ens.horizon)
+        barrier.k_stop, barrier.k_target, barrier.horizon, timeframe_ms(settings.timeframe),
+        cost=cost, max_dispersion=cfg.max_dispersion)
 
 
 def load_series(files: Sequence[Path], timeframe: str,

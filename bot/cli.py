@@ -354,7 +354,7 @@ def train(
 ) -> None:
     """Walk-forward training of the model ensemble; checkpoints are registered as candidates."""
     from bot.app import load_series
-    from models.cli_support import members_from, run_training, store
+    from models.cli_support import barrier_from, members_from, run_training, store
     from models.train import PRESETS
 
     if preset not in PRESETS:
@@ -367,7 +367,8 @@ def train(
         syms = [x.strip().upper() for x in symbols.split(",")] if symbols else None
         series = load_series(data, timeframe, syms)
         t0 = time.perf_counter()
-        result = run_training(series, timeframe, preset, names, device, seed)
+        result = run_training(series, timeframe, preset, names, device,
+                              barrier_from(settings.risk), seed)
         elapsed = time.perf_counter() - t0
 
         ens_id, directory, promoted, why = _with_db(settings, lambda engine: store(
@@ -386,6 +387,11 @@ def train(
     table.add_row("meta (ensemble)", f"{meta['accuracy']:.3f}", f"{meta['log_loss']:.4f}",
                   f"{meta['brier']:.4f}", f"{meta['ece']:.4f}", "")
     out.print(table)
+    bar, shares = result.meta_metrics["barrier"], result.meta_metrics["labels"]["train"]
+    out.print(f"trained for: target {bar['k_target']:g} ATR before stop {bar['k_stop']:g} ATR "
+              f"within {bar['horizon']} candles; train outcomes: target first "
+              f"{shares['target_first']:.1%}, stop first {shares['stop_first']:.1%}, timeout "
+              f"{shares['timeout']:.1%} (timeouts excluded from the target)")
     out.print(f"checkpoints: {directory}")
     out.print(f"{'promoted to active' if promoted else 'registered as candidate'} ({why})")
 
@@ -408,18 +414,27 @@ def evaluate(
         settings = _settings(config, timeframe=timeframe, data_dir=data_dir, database__url=db,
                              mode="backtest")
         syms = [x.strip().upper() for x in symbols.split(",")] if symbols else None
-        path, metrics = asyncio.run(run_evaluation(settings, data, syms, out_dir, preset,
-                                                   models, folds, out.print))
+        path, result = asyncio.run(run_evaluation(settings, data, syms, out_dir, preset,
+                                                  models, folds, out.print))
     except (StackbotError, ValueError) as exc:
         raise _fail(exc) from None
-    table = Table(title="out of sample")
+    table = Table(title="out of sample: P(target before stop)")
     for col in ("predictor", "accuracy", "log-loss", "Brier", "ECE", "return %", "Sharpe"):
         table.add_column(col)
-    for name, m in metrics.items():
+    for name, m in result["predictors"].items():
         table.add_row(name, f"{m['accuracy']:.4f}", f"{m['log_loss']:.4f}", f"{m['brier']:.4f}",
                       f"{m['ece']:.4f}", f"{m.get('return_pct', float('nan')):.2f}",
                       f"{m.get('sharpe', float('nan')):.2f}")
     out.print(table)
+    sizing = Table(title="sizing on the ensemble's p")
+    for col in ("rule", "return %", "Sharpe", "max DD %", "turnover", "fees %", "trades"):
+        sizing.add_column(col)
+    for name, t in result["sizing"].items():
+        sizing.add_row(name, f"{t['return_pct']:.2f}", f"{t['sharpe']:.2f}",
+                       f"{t['max_drawdown_pct']:.2f}", f"{t['turnover']:.2f}",
+                       f"{t['fees_pct']:.2f}", str(t["trades"]))
+    out.print(sizing)
+    out.print(f"ECE of the p that reaches Kelly: {result['calibration']['ece_final']:.4f}")
     out.print(f"report: {path}")
 
 

@@ -56,9 +56,18 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
     import sys
     from datetime import UTC, datetime, timedelta
 
+    import os
+
+    # the retrained models must price the bet this process trades: its barriers, whatever
+    # config file or environment set them
+    r = settings.risk
+    env = {**os.environ, "STACKBOT_RISK_K_STOP": str(r.k_stop),
+           "STACKBOT_RISK_K_TARGET": str(r.k_target),
+           "STACKBOT_RISK_BARRIER_HORIZON": str(r.barrier_horizon)}
+
     async def run(cmd: list[str]) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT)
+                                                    stderr=asyncio.subprocess.STDOUT, env=env)
         out, _ = await proc.communicate()
         return int(proc.returncode or 0), out.decode(errors="replace")[-2000:]
 
@@ -99,7 +108,7 @@ async def _load_active(db_url: str, settings: Any) -> Any:
     from pathlib import Path
 
     from bot.ledger.repository import make_engine
-    from models.cli_support import pick_device
+    from models.cli_support import barrier_from, pick_device
     from models.ensemble import Ensemble
     from models.registry import active_ensemble
 
@@ -109,7 +118,7 @@ async def _load_active(db_url: str, settings: Any) -> Any:
     finally:
         await eng.dispose()
     assert active is not None
-    return Ensemble.load(Path(active["path"]), active["sha256"],
+    return Ensemble.load(Path(active["path"]), active["sha256"], barrier_from(settings.risk),
                          pick_device(settings.strategy.device), settings.strategy.compile)
 
 

@@ -24,6 +24,7 @@ class RunStats:
     rejected: int = 0
     fills: int = 0
     fees: Decimal = ZERO
+    traded: Decimal = ZERO  # notional bought and sold (turnover's numerator)
     buys: int = 0
     sells: int = 0
     exposed_steps: int = 0
@@ -44,6 +45,7 @@ class RunStats:
     def on_fill(self, fill: Fill) -> None:
         self.fills += 1
         self.fees += fill.fee
+        self.traded += fill.notional
         if fill.side is Side.BUY:
             self.buys += 1
         else:
@@ -87,6 +89,9 @@ class RunStats:
             "buys": self.buys,
             "sells": self.sells,
             "fees": str(self.fees),
+            "traded_notional": str(self.traded),
+            "turnover": round(float(self.traded / self.starting_equity), 4)
+            if self.starting_equity > 0 else 0.0,
             "starting_equity": str(self.starting_equity),
             "final_equity": str(final_equity),
             "cash": str(cash),

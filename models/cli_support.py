@@ -16,8 +16,14 @@ from models.calibrate import report
 from models.dataset import symbol_data
 from models.ensemble import Ensemble
 from models.members import REGISTRY
-from models.registry import active_ensemble, promote, register, save_ensemble
-from models.train import PRESETS, TrainConfig, TrainResult, train_ensemble
+from models.registry import RegistryError, active_ensemble, promote, register, save_ensemble
+from models.labels import BarrierSpec
+from models.train import PRESETS, TrainConfig, TrainResult, barrier_of, train_ensemble, with_barrier
+
+
+def barrier_from(risk: Any) -> BarrierSpec:
+    """The bet the risk settings place: what a model must be trained for."""
+    return BarrierSpec(risk.k_stop, risk.k_target, risk.barrier_horizon)
 
 
 def pick_device(requested: str) -> str:
@@ -37,11 +43,12 @@ def members_from(arg: str | None) -> list[str]:
 
 
 def run_training(series: Sequence[CandleSeries], timeframe: str, preset: str,
-                 members: Sequence[str], device: str, seed: int | None = None) -> TrainResult:
+                 members: Sequence[str], device: str, barrier: BarrierSpec,
+                 seed: int | None = None) -> TrainResult:
     cfg: TrainConfig = PRESETS[preset]
-    cfg = TrainConfig(**{**vars(cfg), "device": pick_device(device),
-                         **({"seed": seed} if seed is not None else {})})
-    data = [symbol_data(s) for s in series]
+    cfg = with_barrier(TrainConfig(**{**vars(cfg), "device": pick_device(device),
+                                      **({"seed": seed} if seed is not None else {})}), barrier)
+    data = [symbol_data(s, barrier) for s in series]
     with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
                   TimeElapsedColumn()) as progress:
         tasks: dict[str, Any] = {}
@@ -91,7 +98,10 @@ async def store(engine: Any, result: TrainResult, root: Path, timeframe: str,
 
 def better_than_active(result: TrainResult, manifest: Path, sha: str) -> tuple[bool, str]:
     """Compare out-of-sample log-loss on the same (new) test window."""
-    old = Ensemble.load(manifest, sha)
+    try:
+        old = Ensemble.load(manifest, sha, barrier_of(result.config))
+    except RegistryError as exc:  # e.g. trained for other barriers: it cannot trade these
+        return True, f"the active ensemble cannot trade these risk settings ({exc})"
     test = result.parts.test
     lab = test.labeled
     if not lab.any():

@@ -10,7 +10,8 @@ import numpy as np
 
 from bot.domain import timeframe_ms
 from bot.feeds.files import CandleSeries
-from models.features import compute_features
+from models.features import FEATURE_NAMES, normalise, raw_features
+from models.labels import Barriers, BarrierSpec, triple_barrier
 from models.windows import Split, Windows, make_windows, walk_forward
 
 
@@ -21,17 +22,27 @@ class SymbolData:
     close: np.ndarray  # [T]
     features: np.ndarray  # [T, F]
     next_ret: np.ndarray  # [T] log return of the following candle (NaN at the end)
+    atr: np.ndarray  # [T] ATR in price units: what the risk manager places stops with
+    barriers: Barriers  # the triple-barrier outcome of each row
 
 
-def symbol_data(series: CandleSeries) -> SymbolData:
+ATR_COL = FEATURE_NAMES.index("atr_pct")
+
+
+def symbol_data(series: CandleSeries, barrier: BarrierSpec) -> SymbolData:
+    """Features and triple-barrier labels of one symbol."""
     c = series.candles
     ohlcv = np.array([[x.open, x.high, x.low, x.close, x.volume] for x in c], dtype=np.float64)
     ts = np.array([x.ts for x in c], dtype=np.int64)
-    feats = compute_features(ohlcv, ts, timeframe_ms(series.timeframe))
+    step = timeframe_ms(series.timeframe)
+    raw = raw_features(ohlcv, ts, step)
+    feats = normalise(raw).astype(np.float32)
     close = ohlcv[:, 3]
+    atr = raw[:, ATR_COL] * close
     nxt = np.full(len(close), np.nan)
     nxt[:-1] = np.log(close[1:] / close[:-1])
-    return SymbolData(series.symbol, ts, close, feats, nxt)
+    labels = triple_barrier(ohlcv[:, 1], ohlcv[:, 2], close, atr, barrier, ts, step)
+    return SymbolData(series.symbol, ts, close, feats, nxt, atr, labels)
 
 
 @dataclass
@@ -49,7 +60,7 @@ def _concat(ws: Sequence[Windows]) -> Windows:
 
 
 def split_by_time(data: Sequence[SymbolData], split: Split, ref: np.ndarray, lookback: int,
-                  horizon: int, cost: float) -> Parts:
+                  horizon: int) -> Parts:
     """Windows of every symbol whose last candle falls in each part's time range; the parts
     are defined on the reference timeline ``ref`` so all symbols split at the same instants."""
     bounds = {name: (ref[a], ref[min(b, len(ref)) - 1]) for name, (a, b) in
@@ -58,7 +69,8 @@ def split_by_time(data: Sequence[SymbolData], split: Split, ref: np.ndarray, loo
     for d in data:
         for name, (t0, t1) in bounds.items():
             rows = np.nonzero((d.ts >= t0) & (d.ts <= t1))[0]
-            out[name].append(make_windows(d.features, d.close, lookback, horizon, cost, rows))
+            out[name].append(make_windows(d.features, d.close, lookback, horizon, rows=rows,
+                                          barriers=d.barriers))
     return Parts(*(_concat(out[k]) for k in ("train", "val", "test")),
                  split_ts={k: (int(v[0]), int(v[1])) for k, v in bounds.items()},
                  sizes={k: [len(w) for w in v] for k, v in out.items()})
@@ -75,9 +87,10 @@ def splits(ref: np.ndarray, train: int, val: int, test: int, embargo: int,
 
 
 def panel(data: Sequence[SymbolData], t0: int, t1: int, lookback: int,
-          horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Aligned windows [T, N, L, F], returns [T, N], up [T, N] and open times [T] for the
-    timestamps in [t0, t1] where every symbol has a complete window and a label."""
+          horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Aligned windows [T, N, L, F], returns [T, N], target-first [T, N], has-a-direction
+    [T, N] and open times [T] for the timestamps in [t0, t1] where every symbol has a
+    complete window and an observed outcome."""
     common = data[0].ts
     for d in data[1:]:
         common = np.intersect1d(common, d.ts)
@@ -86,9 +99,32 @@ def panel(data: Sequence[SymbolData], t0: int, t1: int, lookback: int,
     ok = np.ones(len(common), dtype=bool)
     for d in data:
         rows = np.searchsorted(d.ts, common)
-        w = make_windows(d.features, d.close, lookback, horizon, 0.0, rows)
+        w = make_windows(d.features, d.close, lookback, horizon, rows=rows, barriers=d.barriers)
         ok &= np.isin(rows, w.t)
         built.append((w, rows))
-    X = np.stack([w.x[np.searchsorted(w.t, rows[ok])] for w, rows in built], axis=1)
-    R = np.stack([w.ret[np.searchsorted(w.t, rows[ok])] for w, rows in built], axis=1)
-    return X, R, (R > 0).astype(np.float32), common[ok]
+    at = [np.searchsorted(w.t, rows[ok]) for w, rows in built]
+    X = np.stack([w.x[i] for (w, _), i in zip(built, at)], axis=1)
+    R = np.stack([w.ret[i] for (w, _), i in zip(built, at)], axis=1)
+    U = np.stack([w.up[i] for (w, _), i in zip(built, at)], axis=1)
+    D = np.stack([w.labeled[i] for (w, _), i in zip(built, at)], axis=1)
+    return X, R, U, D, common[ok]
+
+
+def window_times(data: Sequence[SymbolData], parts: Parts, part: str
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """For every window of ``part`` (in the parts' order): its open time, and the open time
+    of the candle that decided its barrier outcome (-1 for a timeout). The online
+    re-weighting learns an outcome on that candle, exactly as it would live."""
+    w: Windows = getattr(parts, part)
+    ts, resolved = [], []
+    offset = 0
+    for d, n in zip(data, parts.sizes[part]):
+        rows = w.t[offset:offset + n]
+        ts.append(d.ts[rows])
+        exit_row = rows + d.barriers.exit_offset[rows]
+        decided = d.barriers.decided[rows]
+        resolved.append(np.where(decided, d.ts[np.minimum(exit_row, len(d.ts) - 1)], -1))
+        offset += n
+    if not ts:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(ts), np.concatenate(resolved)

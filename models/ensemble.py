@@ -5,8 +5,11 @@ loop, on ``cuda`` when present (or as configured) and ``cpu`` otherwise.
 and stacks their outputs. That is the unit handed to ``torch.compile`` on CUDA.
 ``EnsembleSignalSource`` is the engine's signal source. It keeps a rolling candle buffer per
 symbol, computes the same causal features as training, and combines the members: the
-meta-learner's stacked P(up) with online re-weighting by recent log-loss, the expected
-return, the dispersion (disagreement of the members' calibrated P(up)), and the VAE regime.
+meta-learner's stacked P(target first) with online re-weighting by recent log-loss, then the
+Platt recalibration fitted on validation after that re-weighting (``models/meta.py``), so the
+p handed to Kelly is calibrated; the expected return, the dispersion (disagreement of the
+members' calibrated probabilities), and the VAE regime. The online weights learn each
+outcome on the candle that touches the target or the stop, as the training labels do.
 """
 
 from __future__ import annotations
@@ -29,7 +32,8 @@ from models.calibrate import sigmoid
 from models.features import FEATURE_NAMES, WARMUP, normalise, raw_features
 from models.members import Member
 from models.meta import OnlineWeights, combine
-from models.registry import RegistryError, load_member, sha256
+from models.labels import BarrierSpec, barrier_spec_of
+from models.registry import RegistryError, barrier_mismatch, load_member, sha256
 
 
 ATR_COL = FEATURE_NAMES.index("atr_pct")
@@ -59,22 +63,24 @@ class EnsembleModule(nn.Module):
 class Prediction:
     """One symbol's view from the ensemble."""
 
-    p_up: float
+    p_up: float  # calibrated P(target before stop within the horizon)
     expected_return: float
     dispersion: float
     regime: int
-    member_p: np.ndarray  # calibrated P(up) per member
+    member_p: np.ndarray  # calibrated P(target first) per member
 
 
 class Ensemble:
     def __init__(self, ensemble_id: str, members: Sequence[Member], temperatures: Sequence[float],
-                 meta_weights: np.ndarray, meta_bias: float, lookback: int, horizon: int,
+                 meta_weights: np.ndarray, meta_bias: float, lookback: int,
+                 barrier: BarrierSpec, recalibration: tuple[float, float] = (1.0, 0.0),
                  device: str = "cpu", compile: bool = False) -> None:
         self.id = ensemble_id
         self.names = [m.name for m in members]
         self.temps = np.asarray(temperatures, dtype=np.float64)
         self.meta_w, self.meta_b = np.asarray(meta_weights), float(meta_bias)
-        self.lookback, self.horizon = lookback, horizon
+        self.recal = (float(recalibration[0]), float(recalibration[1]))
+        self.lookback, self.barrier, self.horizon = lookback, barrier, barrier.horizon
         self.device = device
         self.module = EnsembleModule(members).to(device).eval()
         self._call: Any = self.module
@@ -83,18 +89,30 @@ class Ensemble:
         self.forecasters = np.array([m.kind == "supervised" for m in members])
 
     @classmethod
-    def load(cls, manifest: Path, expected_sha256: str | None = None, device: str = "cpu",
-             compile: bool = False) -> Ensemble:
+    def load(cls, manifest: Path, expected_sha256: str | None, barrier: BarrierSpec,
+             device: str = "cpu", compile: bool = False) -> Ensemble:
+        """Load a registered ensemble to trade ``barrier`` (the risk settings' stop, target
+        and horizon); one trained for another bet is refused."""
         if expected_sha256 is not None and sha256(manifest) != expected_sha256:
             raise RegistryError(f"{manifest} does not match its registered sha256")
         spec = json.loads(manifest.read_text())
+        trained = barrier_spec_of(spec)
+        if trained != barrier:
+            raise RegistryError(barrier_mismatch(f"ensemble {spec.get('ensemble_id')}",
+                                                 spec.get("barrier"), barrier))
         members, temps = [], []
         for m in spec["members"]:
-            model, temp = load_member(manifest.parent / m["path"], m["sha256"])
+            model, temp = load_member(manifest.parent / m["path"], m["sha256"], barrier)
             members.append(model)
             temps.append(temp)
         return cls(spec["ensemble_id"], members, temps, np.array(spec["meta_weights"]),
-                   spec["meta_bias"], spec["lookback"], spec["horizon"], device, compile)
+                   spec["meta_bias"], spec["lookback"], barrier,
+                   tuple(spec.get("recalibration", (1.0, 0.0))), device, compile)
+
+    @staticmethod
+    def trained_barrier(manifest: Path) -> BarrierSpec | None:
+        """The barriers a saved ensemble was trained for (benchmarks load it as it is)."""
+        return barrier_spec_of(json.loads(manifest.read_text()))
 
     @torch.no_grad()
     def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -108,7 +126,7 @@ class Ensemble:
         outs, regime = self.raw(x)
         logits = outs[:, :, 0] / self.temps  # calibrated
         member_p = sigmoid(logits)
-        p = combine(logits, self.meta_w, self.meta_b, online)
+        p = combine(logits, self.meta_w, self.meta_b, online, self.recal)
         mu = outs[:, :, 1]
         exp_ret = mu[:, self.forecasters].mean(axis=1) if self.forecasters.any() else mu.mean(1)
         disp = member_p.std(axis=1)
@@ -134,7 +152,8 @@ class EnsembleSignalSource:
         self.keep = WARMUP + ensemble.lookback + 32
         self._buf: dict[str, deque[Candle]] = {}
         self._online = OnlineWeights(len(ensemble.names))
-        self._pending: dict[str, deque[tuple[int, float, np.ndarray]]] = {}
+        # per symbol: (open time, upper barrier, lower barrier, member p) awaiting an outcome
+        self._pending: dict[str, list[tuple[int, float, float, np.ndarray]]] = {}
 
     def on_gap(self, gap: Gap) -> None:
         return None  # the features mark the gap and do not reach across it
@@ -152,12 +171,24 @@ class EnsembleSignalSource:
         atr = float(raw[-1, ATR_COL] * ohlcv[-1, 3])
         return feats, atr, float(ohlcv[-1, 3])
 
-    def _learn(self, sym: str, close: float, ts: int) -> None:
-        """Outcomes that are now known re-weight the members (online, by log-loss)."""
-        q = self._pending.setdefault(sym, deque())
-        while q and q[0][0] + self.ens.horizon * self.step <= ts:
-            _, entry_close, member_p = q.popleft()
-            self._online.update(member_p, 1.0 if close > entry_close else 0.0)
+    def _learn(self, c: Candle) -> None:
+        """Outcomes this candle decides re-weight the members (online, by log-loss): a touch
+        of the stop (first, when both are inside the candle) or of the target. A prediction
+        whose horizon passes untouched is a timeout and teaches nothing, as in training."""
+        waiting = self._pending.get(c.symbol)
+        if not waiting:
+            return
+        keep = []
+        for ts, upper, lower, member_p in waiting:
+            if c.ts <= ts:
+                keep.append((ts, upper, lower, member_p))
+            elif c.low <= lower:
+                self._online.update(member_p, 0.0)
+            elif c.high >= upper:
+                self._online.update(member_p, 1.0)
+            elif c.ts < ts + self.ens.horizon * self.step:
+                keep.append((ts, upper, lower, member_p))
+        self._pending[c.symbol] = keep
 
     def swap(self, ensemble: Ensemble) -> None:
         """Score from now on with a newly promoted version (same features, new weights)."""
@@ -176,7 +207,7 @@ class EnsembleSignalSource:
         for c in candles:
             buf = self._buf.setdefault(c.symbol, deque(maxlen=self.keep))
             buf.append(c)
-            self._learn(c.symbol, c.close, c.ts)
+            self._learn(c)
             w = self._window(c.symbol)
             if w is not None:
                 ready.append((c, w[0], w[1]))
@@ -187,8 +218,11 @@ class EnsembleSignalSource:
         loop = asyncio.get_running_loop()
         preds = await loop.run_in_executor(self.executor, self.ens.predict, x, online)
         out = []
+        b = self.ens.barrier
         for (c, _, atr), p in zip(ready, preds):
-            self._pending.setdefault(c.symbol, deque()).append((c.ts, c.close, p.member_p))
+            if atr > 0:
+                self._pending.setdefault(c.symbol, []).append(
+                    (c.ts, c.close + b.k_target * atr, c.close - b.k_stop * atr, p.member_p))
             out.append(Signal(symbol=c.symbol, ts=c.ts, p_up=p.p_up,
                               expected_return=p.expected_return, source=self.name,
                               model_version=self.model_version, dispersion=p.dispersion,

@@ -1,34 +1,37 @@
 """``stackbot evaluate``: a walk-forward out-of-sample report for every member, the ensemble
-and four baselines (always flat, buy & hold, momentum sign, logistic regression on the same
-features).
+and three baselines (the base rate, momentum, logistic regression on the same features), and
+a sizing comparison of the ensemble's p under Kelly and fixed-fractional rules.
 
-For each of the most recent ``folds`` walk-forward folds, the members are trained on that
-fold's train part, calibrated on its validation part, and scored on its test part. Nothing is
-tuned on a test part. Every predictor's out-of-sample P(up) then trades through the engine
-(replay feed, paper broker, full risk manager) for the net-of-cost return, Sharpe and
-drawdown. The output is ``report.md`` plus PNG plots.
+Every predictor forecasts the triple-barrier outcome the risk settings define: P(target
+before stop within the horizon). For each of the most recent ``folds`` walk-forward folds, the
+members are trained on that fold's train part, calibrated on its validation part, and scored
+on its test part. The ensemble's p is the one that reaches Kelly live: stacked, re-weighted
+online as the outcomes come in, and recalibrated (fitted on validation). Nothing is tuned on a
+test part. Every predictor's out-of-sample p then trades through the engine (replay feed,
+paper broker, full risk manager, the ensemble strategy). The output is ``report.md`` plus PNG
+plots.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
-from bot.domain import Candle, Gap, OrderIntent, Side, Signal
+from bot.domain import Candle, Gap, OrderIntent, Signal
 from bot.feeds.files import CandleSeries
 from bot.ports import PortfolioView
 from models.calibrate import reliability, report, sigmoid
 from models.dataset import SymbolData, reference_timeline, split_by_time, splits, symbol_data
-from bot.domain import timeframe_ms
-from models.features import FEATURE_NAMES, raw_features
+from models.labels import BarrierSpec
 from models.meta import fit_stacker
-from models.train import TrainConfig, train_member
+from models.train import TrainConfig, stack_members, train_member
 
-ATR = FEATURE_NAMES.index("atr_pct")
-BASELINES = ("always_flat", "buy_and_hold", "momentum_sign", "logistic_regression")
+BASELINES = ("base_rate", "momentum_sign", "logistic_regression")
+# the ensemble's p at its stages, for the calibration table (not traded as predictors)
+STAGES = ("ensemble_static_stacker", "ensemble_reweighted_uncorrected", "ensemble_uncalibrated")
 
 
 @dataclass
@@ -41,9 +44,13 @@ class OOS:
     labeled: list[bool] = field(default_factory=list)
     fold: list[int] = field(default_factory=list)
     p: dict[str, list[float]] = field(default_factory=dict)
+    stages: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, name: str, values: np.ndarray) -> None:
         self.p.setdefault(name, []).extend(float(v) for v in values)
+
+    def add_stage(self, name: str, values: np.ndarray) -> None:
+        self.stages.setdefault(name, []).extend(float(v) for v in values)
 
 
 class PrecomputedSource:
@@ -67,20 +74,18 @@ class PrecomputedSource:
         return out
 
 
-class ThresholdStrategy:
-    """The same rule for every predictor: long above 0.5, flat below."""
+class WithoutProbability:
+    """Wraps a strategy and withholds its probability from risk: the same entries and exits,
+    sized fixed-fractional (``risk.fixed_risk_per_trade``) instead of by Kelly."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
 
     def decide(self, signal: Signal, portfolio: PortfolioView) -> OrderIntent | None:
-        if any(not o.is_protective for o in portfolio.working_orders(signal.symbol)):
-            return None
-        held = portfolio.position(signal.symbol).quantity
-        if signal.p_up > 0.5 and held == 0:
-            return OrderIntent(signal.symbol, Side.BUY, "p_up > 0.5", signal.ts,
-                               signal.model_version, confidence=signal.p_up)
-        if signal.p_up < 0.5 and held > 0:
-            return OrderIntent(signal.symbol, Side.SELL, "p_up < 0.5", signal.ts,
-                               signal.model_version, reduce_only=True, quantity=held)
-        return None
+        intent = self.inner.decide(signal, portfolio)
+        if intent is None or intent.confidence is None:
+            return intent
+        return replace(intent, confidence=None)
 
 
 def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequence[str],
@@ -92,30 +97,32 @@ def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequenc
         raise ValueError("not enough history for one walk-forward fold")
     oos = OOS()
     for k, split in enumerate(fold_list):
-        parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon, cfg.cost)
+        parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon)
         results = [train_member(n, data, parts, cfg) for n in members]
-        test, lab_v = parts.test, parts.val.labeled
-        val_l = np.stack([r.val_logits / r.temperature for r in results], axis=1)
-        w, b = fit_stacker(val_l[lab_v], parts.val.up[lab_v])
-        test_l = np.stack([r.test_logits / r.temperature for r in results], axis=1)
+        test, tr = parts.test, parts.train
+        st = stack_members(data, parts, results)
+        base = float(tr.up[tr.labeled].mean()) if tr.labeled.any() else 0.5
         offset = 0
         for d, n in zip(data, parts.sizes["test"]):
             rows = test.t[offset:offset + n]
             oos.symbol += [d.symbol] * n
             oos.ts += d.ts[rows].tolist()
             mom = np.log(d.close[rows] / d.close[np.maximum(rows - cfg.horizon, 0)])
-            oos.add("momentum_sign", np.where(mom > 0, 0.55, 0.45))
+            oos.add("momentum_sign", np.clip(np.where(mom > 0, base + 0.05, base - 0.05), 0, 1))
             offset += n
         oos.up += test.up.astype(float).tolist()
         oos.labeled += test.labeled.astype(bool).tolist()
         oos.fold += [k] * len(test)
-        for r, col in zip(results, test_l.T):
-            oos.add(r.name, sigmoid(col))
-        oos.add("ensemble", sigmoid(test_l @ w + b))
-        oos.add("always_flat", np.full(len(test), 0.5))
-        oos.add("buy_and_hold", np.full(len(test), 0.99))
-        tr = parts.train  # the logistic baseline: the same features, the same train part
-        lab = tr.labeled
+        for r in results:
+            oos.add(r.name, sigmoid(r.test_logits / r.temperature))
+        oos.add("ensemble", st.p_test)
+        oos.add_stage("ensemble_static_stacker", st.p_test_static)
+        oos.add_stage("ensemble_reweighted_uncorrected", st.p_test_reweighted)
+        # no temperature, no stacker, no recalibration: the members' raw probabilities
+        oos.add_stage("ensemble_uncalibrated",
+                      np.mean([sigmoid(r.test_logits) for r in results], axis=0))
+        oos.add("base_rate", np.full(len(test), base))
+        lab = tr.labeled  # the logistic baseline: the same features, the same train part
         lw, lb = fit_stacker(np.nan_to_num(tr.x[lab, -1, :]), tr.up[lab], l2=10.0)
         oos.add("logistic_regression", sigmoid(np.nan_to_num(test.x[:, -1, :]) @ lw + lb))
         if on_fold:
@@ -123,19 +130,22 @@ def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequenc
     return oos
 
 
-def metrics_table(oos: OOS) -> dict[str, dict[str, float]]:
+def metrics_table(oos: OOS, stages: bool = False) -> dict[str, dict[str, float]]:
+    """Classification metrics on the test windows with a direction (timeouts excluded)."""
     lab = np.array(oos.labeled)
     y = np.array(oos.up)[lab]
-    return {name: report(np.array(p)[lab], y) for name, p in oos.p.items()}
+    src = oos.stages if stages else oos.p
+    return {name: report(np.array(p)[lab], y) for name, p in src.items()}
 
 
-def signal_tables(oos: OOS, atr: dict[str, np.ndarray], data: Sequence[SymbolData]
+def signal_tables(oos: OOS, data: Sequence[SymbolData]
                   ) -> dict[str, dict[tuple[str, int], tuple[float, float]]]:
-    """Per predictor: (symbol, open time) -> (P(up), ATR in price units) for the engine."""
+    """Per predictor and ensemble stage: (symbol, open time) -> (p, ATR in price units)."""
     by_symbol = {d.symbol: d for d in data}
-    atr_at = [float(atr[s][np.searchsorted(by_symbol[s].ts, t)]) for s, t in zip(oos.symbol, oos.ts)]
+    atr_at = [float(by_symbol[s].atr[np.searchsorted(by_symbol[s].ts, t)])
+              for s, t in zip(oos.symbol, oos.ts)]
     return {name: {(s, t): (p, a) for s, t, p, a in zip(oos.symbol, oos.ts, ps, atr_at)}
-            for name, ps in oos.p.items()}
+            for name, ps in {**oos.p, **oos.stages}.items()}
 
 
 def accuracy_over_time(oos: OOS, bucket_ms: int = 30 * 86_400_000) -> dict[str, list[tuple[int, float]]]:
@@ -151,19 +161,14 @@ def accuracy_over_time(oos: OOS, bucket_ms: int = 30 * 86_400_000) -> dict[str, 
     return out
 
 
-def load(series: Sequence[CandleSeries]) -> tuple[list[SymbolData], dict[str, np.ndarray]]:
-    """Features per symbol, and the ATR in price units that the risk manager sizes with."""
-    data, atr = [], {}
-    for s in series:
-        d = symbol_data(s)
-        o = np.array([[c.open, c.high, c.low, c.close, c.volume] for c in s.candles])
-        atr[s.symbol] = raw_features(o, d.ts, timeframe_ms(s.timeframe))[:, ATR] * o[:, 3]
-        data.append(d)
-    return data, atr
+def load(series: Sequence[CandleSeries], barrier: BarrierSpec) -> list[SymbolData]:
+    """Features and triple-barrier labels per symbol (with the ATR the risk manager sizes
+    with)."""
+    return [symbol_data(s, barrier) for s in series]
 
 
 def reliability_data(oos: OOS) -> dict[str, list[tuple[float, float, int]]]:
     lab = np.array(oos.labeled)
     y = np.array(oos.up)[lab]
-    return {name: reliability(np.array(p)[lab], y) for name, p in oos.p.items()
-            if name not in ("always_flat", "buy_and_hold")}
+    return {name: reliability(np.array(p)[lab], y) for name, p in {**oos.p, **oos.stages}.items()
+            if name != "base_rate"}

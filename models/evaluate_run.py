@@ -1,22 +1,90 @@
 """Glue for ``stackbot evaluate``: out-of-sample predictions, engine backtests per predictor,
-then the report."""
+the sizing comparison, then the report.
+
+The sizing comparison trades the ensemble's out-of-sample p through the engine on the same
+test windows, with the same strategy (entries, exits, time limit), under different sizing
+rules; only the size differs, except for "Kelly fed an uncalibrated p", whose p also decides
+its entries. Buy & hold is computed from the prices (equal weights, bought at the first test
+candle's open and sold at the last close, fees and slippage both ways), since the risk
+manager's exposure caps would not let the engine hold it.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from bot.config import Settings
-from bot.domain import timeframe_ms
-from models.cli_support import members_from, pick_device
+from bot.domain import MarketSpec, timeframe_ms
+from bot.feeds.files import CandleSeries
+from models.calibrate import ece
+from models.cli_support import barrier_from, members_from, pick_device
 from models.evaluate import (
-    PrecomputedSource, ThresholdStrategy, accuracy_over_time, load, metrics_table,
+    PrecomputedSource, WithoutProbability, accuracy_over_time, load, metrics_table,
     out_of_sample, reliability_data, signal_tables,
 )
 from models.report import write_report
-from models.train import PRESETS, TrainConfig
+from models.train import PRESETS, TrainConfig, with_barrier
+from strategies.ensemble import EnsembleStrategy
+
+# (row name, p the strategy sees, risk overrides, withhold p from risk)
+SIZING_RULES: tuple[tuple[str, str, dict[str, Any], bool], ...] = (
+    ("kelly_0.25", "ensemble", {"kelly_fraction": 0.25}, False),
+    ("kelly_0.5", "ensemble", {"kelly_fraction": 0.5}, False),
+    ("fixed_1pct_risk", "ensemble", {"fixed_risk_per_trade": 0.01}, True),
+    ("kelly_0.25_uncalibrated_p", "ensemble_uncalibrated", {"kelly_fraction": 0.25}, False),
+)
+
+
+UNCAPPED = {"max_risk_per_trade": 0.2, "max_exposure_symbol": Decimal(1),
+            "max_exposure_total": Decimal(1)}
+UNCAPPED_TAG = "(caps lifted)"
+
+
+def round_trip_cost(settings: Settings) -> float:
+    """Fees and slippage both ways, as the engine computes them for a backtest."""
+    p = settings.paper
+    fee = float(p.fee_rate) if p.fee_rate is not None else float(MarketSpec("*", "*", "*").taker_fee)
+    return 2 * (fee + float(p.slippage_bps) / 10_000)
+
+
+def buy_and_hold(series: Sequence[CandleSeries], start: int, end: int,
+                 settings: Settings) -> dict[str, Any]:
+    """Equal-weight buy & hold over [start, end), marked to market every candle."""
+    cost = round_trip_cost(settings) / 2
+    equity0 = float(settings.paper.starting_balance)
+    curves = []
+    for s in series:
+        c = [x for x in s.candles if start <= x.ts < end]
+        if not c:
+            continue
+        qty = equity0 / len(series) * (1 - cost) / c[0].open
+        curves.append({x.ts: qty * x.close for x in c})
+    stamps = sorted(set().union(*curves)) if curves else []
+    last = [0.0] * len(curves)
+    equity = []
+    for ts in stamps:
+        for i, cv in enumerate(curves):
+            last[i] = cv.get(ts, last[i])
+        equity.append((ts, sum(last)))
+    final = equity[-1][1] * (1 - cost) if equity else equity0
+    bought = equity0 * (1 - cost)
+    fees = equity0 * cost + (equity[-1][1] * cost if equity else 0.0)
+    vals = np.array([e for _, e in equity]) if equity else np.array([equity0])
+    rets = np.diff(vals) / vals[:-1] if len(vals) > 1 else np.zeros(1)
+    per_year = 365 * 86_400_000 / timeframe_ms(settings.timeframe)
+    sharpe = float(rets.mean() / rets.std(ddof=1) * np.sqrt(per_year)) if rets.std() > 0 else 0.0
+    peak = np.maximum.accumulate(vals)
+    return {"return_pct": round(100 * (final / equity0 - 1), 4), "sharpe": round(sharpe, 4),
+            "max_drawdown_pct": round(float(100 * ((peak - vals) / peak).max()), 4),
+            "trades": 2 * len(curves),
+            "turnover": round((bought + (equity[-1][1] if equity else 0.0)) / equity0, 4),
+            "fees_pct": round(100 * fees / equity0, 4), "equity": equity}
 
 
 async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Sequence[str] | None,
@@ -26,31 +94,71 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
 
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}")
-    cfg = TrainConfig(**{**vars(PRESETS[preset]), "device": pick_device("auto")})
+    barrier = barrier_from(settings.risk)
+    cfg = with_barrier(TrainConfig(**{**vars(PRESETS[preset]), "device": pick_device("auto")}),
+                       barrier)
     names = members_from(models)
     series = load_series(files, settings.timeframe, symbols)
-    data, atr = load(series)
-    say(f"training {len(names)} members on {folds} walk-forward fold(s)...")
+    data = load(series, barrier)
+    say(f"training {len(names)} members on {folds} walk-forward fold(s) for the bet "
+        f"{barrier.describe()}...")
     oos = out_of_sample(data, cfg, names, folds,
                         lambda k, n: say(f"  fold {k + 1}/{n} done"))
     metrics = metrics_table(oos)
-    tables = signal_tables(oos, atr, data)
+    stages = metrics_table(oos, stages=True)
+    tables = signal_tables(oos, data)
     start = min(oos.ts)
     end = max(oos.ts) + timeframe_ms(settings.timeframe)
-    trading: dict[str, dict[str, Any]] = {}
-    say(f"trading {len(tables)} predictors through the engine...")
-    for name, table in tables.items():
-        outcome = await backtest(settings, series, None, start, end,
-                                 stack=(PrecomputedSource(name, table), ThresholdStrategy()))
+    cost = round_trip_cost(settings)
+    step = timeframe_ms(settings.timeframe)
+
+    def strategy() -> EnsembleStrategy:
+        return EnsembleStrategy(barrier.k_stop, barrier.k_target, barrier.horizon, step,
+                                cost=cost, max_dispersion=settings.strategy.max_dispersion)
+
+    async def trade(name: str, source: str, risk: dict[str, Any], fixed: bool) -> dict[str, Any]:
+        s2 = settings.model_copy(update={"risk": settings.risk.model_copy(update=risk)})
+        strat: Any = WithoutProbability(strategy()) if fixed else strategy()
+        outcome = await backtest(s2, series, None, start, end,
+                                 stack=(PrecomputedSource(source, tables[source]), strat))
         s = outcome.summary
-        trading[name] = {"return_pct": s["return_pct"], "sharpe": s["sharpe"],
-                         "max_drawdown_pct": s["max_drawdown_pct"], "trades": s["trades"],
-                         "equity": outcome.equity, "run_id": outcome.run_id}
+        return {"return_pct": s["return_pct"], "sharpe": s["sharpe"],
+                "max_drawdown_pct": s["max_drawdown_pct"], "trades": s["trades"],
+                "turnover": s["turnover"],
+                "fees_pct": round(100 * float(Decimal(str(s["fees"])) /
+                                              Decimal(str(s["starting_equity"]))), 4),
+                "equity": outcome.equity, "run_id": outcome.run_id}
+
+    say(f"trading {len(oos.p)} predictors through the engine...")
+    trading: dict[str, dict[str, Any]] = {}
+    for name in oos.p:
+        trading[name] = await trade(name, name, {}, False)
         metrics[name].update({k: trading[name][k] for k in ("return_pct", "sharpe")})
+    say("sizing comparison...")
+    sizing: dict[str, dict[str, Any]] = {}
+    for row, source, risk, fixed in SIZING_RULES:
+        same = (source == "ensemble" and not fixed and
+                risk == {"kelly_fraction": settings.risk.kelly_fraction})
+        sizing[row] = trading["ensemble"] if same else await trade(row, source, risk, fixed)
+    sizing["buy_and_hold"] = buy_and_hold(series, start, end, settings)
+    # the same rules with the caps that bind lifted, so the rule itself shows (spot still
+    # cannot spend more than its cash)
+    for row, source, risk, fixed in SIZING_RULES:
+        sizing[f"{row} {UNCAPPED_TAG}"] = await trade(row, source, {**risk, **UNCAPPED}, fixed)
+    lab = np.array(oos.labeled)
+    y = np.array(oos.up)[lab]
+    calibration = {"ece_final": ece(np.array(oos.p["ensemble"])[lab], y),
+                   **{f"ece_{k}": ece(np.array(v)[lab], y) for k, v in oos.stages.items()},
+                   "n": int(lab.sum()), "timeouts": int((~lab).sum())}
     fmt = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")  # noqa: E731
     meta = {"symbols": [s.symbol for s in series], "timeframe": settings.timeframe,
-            "preset": preset, "lookback": cfg.lookback, "horizon": cfg.horizon,
-            "cost": cfg.cost, "folds": folds, "test_from": fmt(start), "test_to": fmt(end)}
+            "preset": preset, "lookback": cfg.lookback, "barrier": barrier.describe(),
+            "break_even": 1 / (1 + barrier.k_target / barrier.k_stop), "cost": cost,
+            "kelly_fraction": settings.risk.kelly_fraction,
+            "max_risk_per_trade": settings.risk.max_risk_per_trade,
+            "max_exposure_symbol": float(settings.risk.max_exposure_symbol),
+            "max_exposure_total": float(settings.risk.max_exposure_total),
+            "folds": folds, "test_from": fmt(start), "test_to": fmt(end)}
     path = write_report(out_dir, meta, metrics, trading, accuracy_over_time(oos),
-                        reliability_data(oos))
-    return path, metrics
+                        reliability_data(oos), sizing, stages, calibration)
+    return path, {"predictors": metrics, "sizing": sizing, "calibration": calibration}

@@ -18,6 +18,8 @@ import json
 import numpy as np
 from scipy.signal import lfilter
 
+from models.labels import BarrierSpec
+
 RET_HORIZONS = (1, 3, 6, 12, 24)
 VOL_WINDOW = 24
 ATR_PERIOD = 14
@@ -37,15 +39,17 @@ _UNSCALED = {"bb_pctb", "rsi", "body", "upper_wick", "lower_wick", "tod_sin", "t
              "dow_sin", "dow_cos", "gap"}
 
 
-def feature_spec() -> dict[str, object]:
+def feature_spec(barrier: BarrierSpec) -> dict[str, object]:
+    """What a model's inputs and target are: the features and the triple barrier."""
     return {"names": FEATURE_NAMES, "ret": RET_HORIZONS, "vol": VOL_WINDOW, "atr": ATR_PERIOD,
             "rsi": RSI_PERIOD, "bb": BB_WINDOW, "volz": VOL_Z_WINDOW, "norm": NORM_WINDOW,
-            "clip": CLIP, "version": 1}
+            "clip": CLIP, "version": 2, "target": "triple_barrier", "barrier": barrier.to_dict()}
 
 
-def feature_spec_hash() -> str:
-    """Identifies the feature definition a model was trained on (stored in the registry)."""
-    blob = json.dumps(feature_spec(), sort_keys=True).encode()
+def feature_spec_hash(barrier: BarrierSpec) -> str:
+    """Identifies the features and the barriers a model was trained on (stored in the
+    registry and every checkpoint): a model trained for other barriers is refused at load."""
+    blob = json.dumps(feature_spec(barrier), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
 

@@ -25,6 +25,7 @@ from bot.errors import StackbotError
 from bot.ledger import tables as t
 from bot.ledger.repository import _json, to_dt
 from models.features import FEATURE_NAMES, feature_spec_hash
+from models.labels import BarrierSpec
 from models.members import REGISTRY, Member, MemberConfig
 
 
@@ -40,30 +41,43 @@ def sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_member(model: Member, path: Path, temperature: float) -> str:
+def save_member(model: Member, path: Path, temperature: float, barrier: BarrierSpec) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(),
                 "meta": {"name": model.name, "config": model.cfg.to_dict(),
-                         "temperature": float(temperature),
-                         "feature_spec_hash": feature_spec_hash()}}, path)
+                         "temperature": float(temperature), "barrier": barrier.to_dict(),
+                         "feature_spec_hash": feature_spec_hash(barrier)}}, path)
     return sha256(path)
 
 
-def load_member(path: Path, expected_sha256: str | None = None) -> tuple[Member, float]:
-    """A member and its calibration temperature; refuses altered or foreign checkpoints."""
+def load_member(path: Path, expected_sha256: str | None,
+                barrier: BarrierSpec) -> tuple[Member, float]:
+    """A member and its calibration temperature; refuses altered or foreign checkpoints and
+    one trained for other barriers than ``barrier`` (the risk settings it would trade with)."""
     if not path.exists():
         raise RegistryError(f"checkpoint {path} does not exist")
     if expected_sha256 is not None and sha256(path) != expected_sha256:
         raise RegistryError(f"checkpoint {path} does not match its registered sha256")
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
-    if meta["feature_spec_hash"] != feature_spec_hash():
-        raise RegistryError(f"{path} was trained on feature spec {meta['feature_spec_hash']}, "
-                            f"this code computes {feature_spec_hash()}")
+    if meta["feature_spec_hash"] != feature_spec_hash(barrier):
+        raise RegistryError(barrier_mismatch(str(path), meta.get("barrier"), barrier)
+                            if meta.get("barrier") not in (None, barrier.to_dict()) else
+                            f"{path} was trained on feature spec {meta['feature_spec_hash']}, "
+                            f"this code computes {feature_spec_hash(barrier)}: retrain it with "
+                            "`stackbot train`")
     model = REGISTRY[meta["name"]](MemberConfig(**meta["config"]))
     model.load_state_dict(blob["state_dict"])
     model.eval()
     return model, float(meta["temperature"])
+
+
+def barrier_mismatch(what: str, trained: Any, expected: BarrierSpec) -> str:
+    have = BarrierSpec.from_dict(trained).describe() if isinstance(trained, dict) else "no barriers"
+    return (f"{what} was trained for {have}, but the risk settings trade "
+            f"{expected.describe()} (risk.k_target, risk.k_stop, risk.barrier_horizon): its "
+            "probabilities answer another bet. Retrain with `stackbot train`, or set the risk "
+            "settings back")
 
 
 @dataclass(frozen=True)
@@ -83,14 +97,15 @@ def save_ensemble(result: Any, root: Path, timeframe: str, created: datetime | N
     directory = root / ensemble_id
     parts = result.parts
     t0, t1 = parts.split_ts["train"]
-    common = {"ensemble_id": ensemble_id, "feature_spec_hash": feature_spec_hash(),
+    barrier = BarrierSpec(result.config.k_stop, result.config.k_target, result.config.horizon)
+    common = {"ensemble_id": ensemble_id, "feature_spec_hash": feature_spec_hash(barrier),
               "symbols": list(result.symbols), "timeframe": timeframe,
               "train_start": to_dt(t0), "train_end": to_dt(t1), "status": "candidate"}
     cfg = dict(vars(result.config))
     rows, members = [], []
     for m in result.members:
         path = directory / f"{m.name}.pt"
-        digest = save_member(m.model, path, m.temperature)
+        digest = save_member(m.model, path, m.temperature, barrier)
         vid = f"{m.name}-{stamp}"
         members.append({"id": vid, "name": m.name, "path": path.name, "sha256": digest,
                         "temperature": m.temperature})
@@ -100,9 +115,12 @@ def save_ensemble(result: Any, root: Path, timeframe: str, created: datetime | N
                      "checkpoint_sha256": digest})
     manifest = {"ensemble_id": ensemble_id, "members": members,
                 "meta_weights": [float(w) for w in result.meta_weights],
-                "meta_bias": float(result.meta_bias), "lookback": result.config.lookback,
+                "meta_bias": float(result.meta_bias),
+                "recalibration": [float(v) for v in result.recalibration],
+                "lookback": result.config.lookback,
                 "horizon": result.config.horizon, "cost": result.config.cost,
-                "features": list(FEATURE_NAMES), "feature_spec_hash": feature_spec_hash(),
+                "barrier": barrier.to_dict(),
+                "features": list(FEATURE_NAMES), "feature_spec_hash": feature_spec_hash(barrier),
                 "timeframe": timeframe, "symbols": list(result.symbols), "split": parts.split_ts}
     mpath = directory / "ensemble.json"
     mpath.write_text(json.dumps(manifest, indent=2))

@@ -41,8 +41,44 @@ def plot_equity(trading: dict[str, dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+def _limits(rel: dict[str, list[tuple[float, float, int]]]) -> tuple[float, float]:
+    pts = [v for r in rel.values() for p, o, _ in r for v in (p, o)]
+    if not pts:
+        return 0.0, 1.0
+    lo, hi = min(pts), max(pts)
+    pad = max(0.05, 0.1 * (hi - lo))
+    return max(0.0, lo - pad), min(1.0, hi + pad)
+
+
+def plot_reliability(rel: dict[str, list[tuple[float, float, int]]], path: Path) -> None:
+    """The reliability diagram of the p that reaches Kelly, beside its earlier stages, with
+    the number of test windows in each bin."""
+    fig, (ax, bx) = plt.subplots(2, 1, figsize=(7, 8), sharex=True,
+                                 gridspec_kw={"height_ratios": [3, 1]})
+    lo, hi = _limits(rel)
+    ax.plot([lo, hi], [lo, hi], "k--", linewidth=0.8, label="perfect calibration")
+    for name, pts in rel.items():
+        style = {"linewidth": 2.2, "markersize": 5} if name == "ensemble" else {
+            "linewidth": 0.9, "markersize": 3, "alpha": 0.8}
+        ax.plot([p for p, _, _ in pts], [o for _, o, _ in pts], "o-", label=name, **style)
+    ens = rel.get("ensemble", [])
+    width = 0.8 * (hi - lo) / 10
+    bx.bar([p for p, _, _ in ens], [n for _, _, n in ens], width=width)
+    ax.set_xlim(lo, hi)
+    ax.set_ylim(lo, hi)
+    ax.set_ylabel("observed frequency of target first")
+    ax.set_title("Reliability of the ensemble's p (out of sample, timeouts excluded)")
+    ax.legend(fontsize=7)
+    bx.set_xlabel("predicted P(target before stop)")
+    bx.set_ylabel("windows (final p)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def plot_calibration(rel: dict[str, list[tuple[float, float, int]]], path: Path) -> None:
     names = list(rel)
+    lo, hi = _limits(rel)
     cols = 4
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
@@ -51,11 +87,11 @@ def plot_calibration(rel: dict[str, list[tuple[float, float, int]]], path: Path)
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.7)
         ax.plot([p for p, _, _ in pts], [o for _, o, _ in pts], "o-", markersize=3)
         ax.set_title(name, fontsize=9)
-        ax.set_xlim(0.3, 0.7)
-        ax.set_ylim(0.3, 0.7)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(lo, hi)
     for ax in list(axes.flat)[len(names):]:
         ax.axis("off")
-    fig.suptitle("Calibration: predicted P(up) vs observed frequency (out of sample)")
+    fig.suptitle("Calibration: predicted P(target first) vs observed frequency (out of sample)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -64,7 +100,7 @@ def plot_calibration(rel: dict[str, list[tuple[float, float, int]]], path: Path)
 def plot_accuracy(acc: dict[str, list[tuple[int, float]]], path: Path) -> None:
     fig, ax = plt.subplots(figsize=(11, 5))
     for name, pts in acc.items():
-        if name in ("always_flat", "buy_and_hold"):
+        if name == "base_rate":
             continue
         style = {"linewidth": 2.2} if name == "ensemble" else {"linewidth": 0.8, "alpha": 0.7}
         ax.plot([_dt(t) for t, _ in pts], [a for _, a in pts], label=name, **style)
@@ -76,25 +112,71 @@ def plot_accuracy(acc: dict[str, list[tuple[int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
+def _money_row(name: str, t: dict[str, Any]) -> str:
+    return (f"| {name} | {t['return_pct']:.2f} | {t['sharpe']:.2f} | "
+            f"{t['max_drawdown_pct']:.2f} | {t['turnover']:.2f} | {t['fees_pct']:.2f} | "
+            f"{t['trades']} |")
+
+
 def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, float]],
                  trading: dict[str, dict[str, Any]], acc: dict[str, list[tuple[int, float]]],
-                 rel: dict[str, list[tuple[float, float, int]]]) -> Path:
+                 rel: dict[str, list[tuple[float, float, int]]],
+                 sizing: dict[str, dict[str, Any]], stages: dict[str, dict[str, float]],
+                 calibration: dict[str, Any]) -> Path:
     out.mkdir(parents=True, exist_ok=True)
-    plot_equity(trading, out / "equity.png")
+    plot_equity({**trading, "buy_and_hold": sizing["buy_and_hold"]}, out / "equity.png")
     plot_calibration(rel, out / "calibration.png")
+    plot_reliability({k: v for k, v in rel.items() if k.startswith("ensemble")},
+                     out / "reliability.png")
     plot_accuracy(acc, out / "accuracy_over_time.png")
     lines = [
         "# Walk-forward out-of-sample evaluation", "",
         f"- data: {', '.join(meta['symbols'])} {meta['timeframe']}",
-        f"- preset: {meta['preset']} (lookback {meta['lookback']}, horizon {meta['horizon']} "
-        f"candles, cost threshold {meta['cost']})",
+        f"- the bet every predictor prices: {meta['barrier']} (triple-barrier labels from the "
+        f"risk settings); break-even p before costs {meta['break_even']:.4f}",
+        f"- preset: {meta['preset']} (lookback {meta['lookback']}); round-trip cost "
+        f"{meta['cost']:.4f} (fees and slippage)",
         f"- folds: {meta['folds']}, test windows {meta['test_from']} → {meta['test_to']} (UTC)",
         "- members trained on each fold's train part, calibrated on its validation part, "
         "scored on its test part; nothing was tuned on a test part",
-        "- classification metrics are on samples whose forward move exceeds the cost "
-        "threshold; trading metrics come from the engine (paper broker, full risk manager, "
-        "fees and slippage) with the same rule for every predictor: long above 0.5, flat below",
-        "", "## Results", "",
+        f"- classification metrics are on the {calibration['n']} test windows whose outcome was "
+        f"a touch of the target or the stop; {calibration['timeouts']} timeouts (neither "
+        "touched within the horizon) are excluded",
+        "- trading metrics come from the engine (paper broker, full risk manager, fees and "
+        "slippage) with the ensemble strategy for every predictor: enter when p beats the "
+        "break-even with costs, exit below the cost-free break-even or at the time limit; "
+        f"Kelly {meta['kelly_fraction']}, at most {meta['max_risk_per_trade']:.2%} of equity "
+        "at risk per trade",
+        "", "## Sizing: Kelly against fixed sizing", "",
+        "The ensemble's out-of-sample p through the engine on the same test windows and the "
+        "same entries and exits; only the sizing rule differs (the uncalibrated row also "
+        "enters on its own p). Buy & hold: equal weights, bought at the first test candle and "
+        "held, computed from prices with fees and slippage both ways.", "",
+        f"With the risk settings as they are (at most {meta['max_risk_per_trade']:.2%} of "
+        f"equity at risk per trade, {meta['max_exposure_symbol']:.0%} of equity per symbol, "
+        f"{meta['max_exposure_total']:.0%} in all): where a cap binds, rules that ask for more "
+        "get the same size.", "",
+        "| rule | net return % | Sharpe | max DD % | turnover (x equity) | fees % of equity | trades |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(_money_row(name, t) for name, t in sizing.items() if "caps lifted" not in name),
+        "", "The same rules with those three caps lifted (20 % risk per trade, 100 % of equity "
+        "per symbol and in all; spot still cannot spend more cash than it has), to show what "
+        "the sizing rule itself does:", "",
+        "| rule | net return % | Sharpe | max DD % | turnover (x equity) | fees % of equity | trades |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *(_money_row(name.replace(" (caps lifted)", ""), t) for name, t in sizing.items()
+          if "caps lifted" in name),
+        "", "## Calibration of the p that reaches Kelly", "",
+        f"ECE of the final p on the test windows: **{calibration['ece_final']:.4f}** "
+        f"(n = {calibration['n']}).", "",
+        "| stage | ECE | log-loss | Brier | accuracy |", "|---|---:|---:|---:|---:|",
+        f"| final: stacked, re-weighted online, recalibrated (traded) | "
+        f"{metrics['ensemble']['ece']:.4f} | {metrics['ensemble']['log_loss']:.4f} | "
+        f"{metrics['ensemble']['brier']:.4f} | {metrics['ensemble']['accuracy']:.4f} |",
+        *(f"| {name} | {m['ece']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
+          f"{m['accuracy']:.4f} |" for name, m in stages.items()),
+        "", "![reliability diagram](reliability.png)", "",
+        "## Predictors", "",
         "| predictor | accuracy | log-loss | Brier | ECE | n | net return % | Sharpe | max DD % | trades |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
@@ -105,9 +187,11 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
             f"{m['ece']:.4f} | {m['n']} | {t.get('return_pct', float('nan')):.2f} | "
             f"{t.get('sharpe', float('nan')):.2f} | {t.get('max_drawdown_pct', float('nan')):.2f} | "
             f"{t.get('trades', '')} |")
-    lines += ["", "Accuracy near 50% is what honest crypto forecasting looks like; a model "
-              "that beats the baselines by a point is doing well. always_flat has no "
-              "direction (its accuracy is the share of up moves it happens to match at 0.5).",
+    lines += ["", "Accuracy (p > 0.5 against the outcome) matters less here than calibration "
+              "and log-loss: the bet pays more than it risks, so a p below 0.5 can still be "
+              "worth a trade. base_rate forecasts the train part's share of target-first "
+              "outcomes every time: the no-skill bar. A model is honest when it is measured as "
+              "it came out, whatever the sign.",
               "", "## Plots", "", "![equity and drawdown](equity.png)", "",
               "![calibration](calibration.png)", "", "![accuracy over time](accuracy_over_time.png)", ""]
     path = out / "report.md"

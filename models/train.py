@@ -17,17 +17,25 @@ import numpy as np
 import torch
 
 from models.calibrate import Temperature, report, sigmoid
-from models.dataset import Parts, SymbolData, panel, reference_timeline, split_by_time, splits
+from models.dataset import (
+    Parts, SymbolData, panel, reference_timeline, split_by_time, splits, window_times,
+)
 from models.features import FEATURE_NAMES
+from models.labels import BarrierSpec
 from models.members import REGISTRY, Member, MemberConfig
-from models.meta import fit_stacker
+from models.meta import cross_fitted_recalibration, fit_stacker, replay_online, stacked_logit
 
 
 @dataclass(frozen=True)
 class TrainConfig:
     lookback: int = 32
-    horizon: int = 4
-    cost: float = 0.002  # round-trip cost threshold for a labeled direction
+    # the triple barrier the direction label is (models/labels.py); `stackbot train` and
+    # `stackbot evaluate` take all three from the risk settings, so a model prices the bet
+    # the risk manager places
+    horizon: int = 24
+    k_stop: float = 2.0
+    k_target: float = 3.0
+    cost: float = 0.002  # round-trip cost: the PPO member's fee
     hidden: int = 32
     epochs: int = 4
     patience: int = 1
@@ -45,12 +53,21 @@ class TrainConfig:
 
 PRESETS: dict[str, TrainConfig] = {
     # a smoke test of the whole pipeline in seconds (tests, demos); not for trading
-    "tiny": TrainConfig(lookback=16, horizon=2, hidden=8, epochs=1, patience=0, train_rows=1500,
+    "tiny": TrainConfig(lookback=16, hidden=8, epochs=1, patience=0, train_rows=1500,
                         val_rows=300, test_rows=300, max_train_samples=2000, ppo_passes=1),
     "quick": TrainConfig(),
     "full": TrainConfig(hidden=64, epochs=30, patience=5, folds=None, max_train_samples=10**9,
                         ppo_passes=10, lookback=48),
 }
+
+
+def barrier_of(cfg: TrainConfig) -> BarrierSpec:
+    return BarrierSpec(cfg.k_stop, cfg.k_target, cfg.horizon)
+
+
+def with_barrier(cfg: TrainConfig, barrier: BarrierSpec) -> TrainConfig:
+    return replace(cfg, k_stop=barrier.k_stop, k_target=barrier.k_target,
+                   horizon=barrier.horizon)
 
 
 def seed_everything(seed: int) -> None:
@@ -79,6 +96,37 @@ class TrainResult:
     meta_bias: float
     meta_metrics: dict[str, Any]
     symbols: list[str]
+    recalibration: tuple[float, float] = (1.0, 0.0)
+
+
+@dataclass
+class Stack:
+    """The meta-learner of one walk-forward part, and the probabilities it gives: stacked on
+    validation, re-weighted online as live, recalibrated on validation."""
+
+    weights: np.ndarray
+    bias: float
+    recal: tuple[float, float]
+    p_val: np.ndarray  # the final p on every validation window
+    p_test: np.ndarray  # the final p on every test window: what reaches Kelly
+    p_test_static: np.ndarray  # the stacker alone (no online re-weighting, no recalibration)
+    p_test_reweighted: np.ndarray  # re-weighted online, not recalibrated (before issue 10)
+
+
+def stack_members(data: Sequence[SymbolData], parts: Parts,
+                  results: Sequence[MemberResult]) -> Stack:
+    lab_v = parts.val.labeled
+    val_l = np.stack([r.val_logits / r.temperature for r in results], axis=1)
+    test_l = np.stack([r.test_logits / r.temperature for r in results], axis=1)
+    w, b = fit_stacker(val_l[lab_v], parts.val.up[lab_v])
+    vt, vr = window_times(data, parts, "val")
+    tt, tr = window_times(data, parts, "test")
+    zv = replay_online(val_l, vt, vr, parts.val.up, w, b)
+    recal = cross_fitted_recalibration(val_l, vt, vr, parts.val.up, lab_v)
+    zt = replay_online(test_l, tt, tr, parts.test.up, w, b)
+    a, c = recal
+    return Stack(w, b, recal, sigmoid(a * zv + c), sigmoid(a * zt + c),
+                 sigmoid(stacked_logit(test_l, w, b)), sigmoid(zt))
 
 
 def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -168,10 +216,10 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
     times: list[float] = []
     if name == "gnn":
         (a, b), (c, d) = parts.split_ts["train"], parts.split_ts["val"]
-        Xtr, Rtr, Utr, _ = panel(data, a, b, cfg.lookback, cfg.horizon)
-        Xva, Rva, Uva, _ = panel(data, c, d, cfg.lookback, cfg.horizon)
+        train_panel = panel(data, a, b, cfg.lookback, cfg.horizon)[:4]
+        val_panel = panel(data, c, d, cfg.lookback, cfg.horizon)[:4]
         model.to(cfg.device)
-        times = _fit_gnn(model, Xtr, Rtr, Utr, Xva, Rva, Uva, cfg, tick)
+        times = _fit_gnn(model, train_panel, val_panel, cfg, tick)
     elif name == "ppo":
         t0 = time.perf_counter()
         for d in data:
@@ -179,7 +227,7 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
             rows = np.nonzero((d.ts >= a) & (d.ts <= b))[0]
             from models.windows import make_windows
 
-            w = make_windows(d.features, d.close, cfg.lookback, 1, 0.0, rows)
+            w = make_windows(d.features, d.close, cfg.lookback, 1, rows=rows)
             model.fit(w.x, w.ret, fee=cfg.cost / 2, passes=cfg.ppo_passes, seed=cfg.seed)
         times = [(time.perf_counter() - t0) / max(1, cfg.ppo_passes)]
         if tick:
@@ -218,7 +266,7 @@ def _member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: 
     # not shared by every symbol is answered by a one-node graph
     out = predict(model, w.x, cfg.device, batch=1)[:, 0]
     a, b = parts.split_ts[part]
-    X, _, _, ts = panel(data, a, b, cfg.lookback, cfg.horizon)
+    X, _, _, _, ts = panel(data, a, b, cfg.lookback, cfg.horizon)
     if len(ts):
         with torch.no_grad():
             joint = model.forward_panel(torch.as_tensor(X)).numpy()[:, 0].reshape(len(ts), -1)
@@ -232,30 +280,29 @@ def _member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: 
     return out
 
 
-def _fit_gnn(model: Member, Xtr: np.ndarray, Rtr: np.ndarray, Utr: np.ndarray, Xva: np.ndarray,
-             Rva: np.ndarray, Uva: np.ndarray, cfg: TrainConfig,
-             tick: Callable[[], None] | None) -> list[float]:
+def _fit_gnn(model: Member, train: tuple[np.ndarray, ...], val: tuple[np.ndarray, ...],
+             cfg: TrainConfig, tick: Callable[[], None] | None) -> list[float]:
+    """``train`` and ``val`` are panels: windows, returns, target-first, has-a-direction."""
     from models.members.base import direction_loss, return_nll
 
     dev = cfg.device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(cfg.seed)
-    idx_all = _subsample(len(Xtr), max(1, cfg.max_train_samples // max(1, Xtr.shape[1])))
-    X, R, U = (torch.as_tensor(a[idx_all], device=dev) for a in (Xtr, Rtr, Utr))
-    XV, RV, UV = (torch.as_tensor(a, device=dev) for a in (Xva, Rva, Uva))
+    idx_all = _subsample(len(train[0]), max(1, cfg.max_train_samples // max(1, train[0].shape[1])))
+    X, R, U, D = (torch.as_tensor(a[idx_all], device=dev) for a in train)
+    XV, RV, UV, DV = (torch.as_tensor(a, device=dev) for a in val)
 
-    def loss_of(x: torch.Tensor, r: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    def loss_of(x: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
+                lab: torch.Tensor) -> torch.Tensor:
         out = model.forward_panel(x)  # type: ignore[attr-defined]
-        r, u = r.reshape(-1), u.reshape(-1)
-        lab = (r.abs() > cfg.cost)
-        return direction_loss(out, u, lab) + return_nll(out, r)
+        return direction_loss(out, u.reshape(-1), lab.reshape(-1)) + return_nll(out, r.reshape(-1))
 
     def epoch() -> None:
         for idx in _batches(len(X), max(1, cfg.batch // X.shape[1]), gen):
-            _step(model, opt, loss_of(X[idx], R[idx], U[idx]))
+            _step(model, opt, loss_of(X[idx], R[idx], U[idx], D[idx]))
 
-    return _early_stopping(model, epoch,
-                           lambda: float(loss_of(XV, RV, UV)) if len(XV) else 0.0, cfg, tick)
+    return _early_stopping(model, epoch, lambda: float(loss_of(XV, RV, UV, DV)) if len(XV)
+                           else 0.0, cfg, tick)
 
 
 def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequence[str],
@@ -267,7 +314,7 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
     if not folds:
         raise ValueError(f"not enough history: {len(ref)} candles, need "
                          f"{cfg.train_rows + cfg.val_rows + cfg.test_rows + 2 * embargo}")
-    parts = split_by_time(data, folds[-1], ref, cfg.lookback, cfg.horizon, cfg.cost)
+    parts = split_by_time(data, folds[-1], ref, cfg.lookback, cfg.horizon)
     results = []
     for name in members:
         if on_member:
@@ -276,13 +323,26 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
         if on_member:
             on_member(name, "done")
     lab_v, lab_t = parts.val.labeled, parts.test.labeled
-    val_l = np.stack([r.val_logits / r.temperature for r in results], axis=1)
-    test_l = np.stack([r.test_logits / r.temperature for r in results], axis=1)
-    w, b = fit_stacker(val_l[lab_v], parts.val.up[lab_v])
-    meta = {"val": report(sigmoid(val_l[lab_v] @ w + b), parts.val.up[lab_v]),
-            "test": report(sigmoid(test_l[lab_t] @ w + b), parts.test.up[lab_t]),
-            "weights": dict(zip([r.name for r in results], map(float, w))), "bias": b}
-    return TrainResult(cfg, parts, results, w, b, meta, [d.symbol for d in data])
+    st = stack_members(data, parts, results)
+    meta = {"val": report(st.p_val[lab_v], parts.val.up[lab_v]),
+            "test": report(st.p_test[lab_t], parts.test.up[lab_t]),
+            "test_static_stacker": report(st.p_test_static[lab_t], parts.test.up[lab_t]),
+            "weights": dict(zip([r.name for r in results], map(float, st.weights))),
+            "bias": st.bias, "recalibration": list(st.recal),
+            "barrier": barrier_of(cfg).to_dict(),
+            "labels": {k: _outcomes(data, v) for k, v in parts.split_ts.items()}}
+    return TrainResult(cfg, parts, results, st.weights, st.bias, meta, [d.symbol for d in data],
+                       st.recal)
+
+
+def _outcomes(data: Sequence[SymbolData], span: tuple[int, int]) -> dict[str, float]:
+    """Shares of target-first, stop-first and timeout outcomes in a time range (reported:
+    timeouts are excluded from the classification target)."""
+    lab = np.concatenate([d.barriers.label[(d.ts >= span[0]) & (d.ts <= span[1]) &
+                                           d.barriers.valid] for d in data])
+    n = max(1, len(lab))
+    return {"rows": int(len(lab)), "target_first": float((lab > 0).sum() / n),
+            "stop_first": float((lab < 0).sum() / n), "timeout": float((lab == 0).sum() / n)}
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

@@ -1,8 +1,12 @@
 """Sliding windows and chronological splits.
 
-A sample at row t is the window of features t-L+1..t; its label is the forward log return
-over the next H candles (close t -> close t+H) and its direction, where moves smaller than the
-cost threshold carry no direction (masked out of the classification loss). Splits are
+A sample at row t is the window of features t-L+1..t. Its direction label is the
+triple-barrier outcome (``models/labels.py``): 1 when the target is touched before the stop
+within H candles, 0 when the stop is; timeouts carry no direction and are masked out of the
+classification loss. Its return label is the forward log return over the same H candles
+(close t -> close t+H), for the members' return heads. Without barriers (the PPO member's
+one-step returns), the direction is the sign of that return and moves smaller than the cost
+threshold carry none. Splits are
 chronological with an embargo between train, validation and test, so no window or label of
 one part overlaps another.
 """
@@ -13,13 +17,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from models.labels import Barriers
+
 
 @dataclass(frozen=True)
 class Windows:
     x: np.ndarray  # [N, L, F] float32
     ret: np.ndarray  # [N] forward log return
-    up: np.ndarray  # [N] 1.0 up, 0.0 down
-    labeled: np.ndarray  # [N] bool: |ret| > cost (a direction worth trading)
+    up: np.ndarray  # [N] 1.0 target first (or up), 0.0 stop first (or down)
+    labeled: np.ndarray  # [N] bool: the sample has a direction (not a timeout)
     t: np.ndarray  # [N] row index of the window's last candle
 
     def __len__(self) -> int:
@@ -30,11 +36,15 @@ class Windows:
 
 
 def make_windows(features: np.ndarray, close: np.ndarray, lookback: int, horizon: int,
-                 cost: float, rows: np.ndarray | None = None) -> Windows:
+                 cost: float = 0.0, rows: np.ndarray | None = None,
+                 barriers: Barriers | None = None) -> Windows:
     """Windows ending at each row in ``rows`` (default: all) that are fully defined and have a
-    label; windows touching a NaN feature are dropped."""
+    label; windows touching a NaN feature are dropped. With ``barriers`` the direction is the
+    triple-barrier outcome and rows whose outcome was not observed are dropped."""
     t_all = np.arange(len(close)) if rows is None else rows
     t_all = t_all[(t_all >= lookback - 1) & (t_all + horizon < len(close))]
+    if barriers is not None:
+        t_all = t_all[barriers.valid[t_all]]
     bad = np.isnan(features).any(axis=1)
     csum = np.concatenate(([0], np.cumsum(bad)))
     ok = (csum[t_all + 1] - csum[t_all + 1 - lookback]) == 0
@@ -42,7 +52,9 @@ def make_windows(features: np.ndarray, close: np.ndarray, lookback: int, horizon
     idx = t[:, None] + np.arange(-lookback + 1, 1)[None, :]
     x = features[idx].astype(np.float32)
     ret = np.log(close[t + horizon] / close[t]).astype(np.float32)
-    return Windows(x, ret, (ret > 0).astype(np.float32), np.abs(ret) > cost, t)
+    if barriers is None:
+        return Windows(x, ret, (ret > 0).astype(np.float32), np.abs(ret) > cost, t)
+    return Windows(x, ret, barriers.up[t], barriers.decided[t], t)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ class RiskSettings(BaseModel):
     kelly_fraction: float = Field(0.25, gt=0, le=1, description="multiplier on Kelly f*")
     k_stop: float = Field(2.0, gt=0, description="stop distance in ATRs")
     k_target: float = Field(3.0, gt=0, description="take-profit distance in ATRs")
+    barrier_horizon: int = Field(
+        24, ge=1, description="candles a trade has to touch its target or stop: the triple "
+        "barrier's time limit. The ensemble is trained for k_stop, k_target and this horizon "
+        "(a model trained for others is refused) and closes a position that reaches it")
     k_chandelier: float = Field(3.0, gt=0, description="trailing stop: highest high - k ATRs")
     max_risk_per_trade: float = Field(0.01, gt=0, le=0.2, description="equity lost at the stop")
     fixed_risk_per_trade: float = Field(

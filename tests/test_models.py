@@ -18,7 +18,8 @@ from models.ensemble import Ensemble
 from models.features import FEATURE_NAMES, WARMUP, compute_features
 from models.members import REGISTRY, MemberConfig
 from models.registry import RegistryError, load_member, save_member
-from models.train import TrainConfig, train_ensemble, train_member
+from models.labels import BarrierSpec, triple_barrier
+from models.train import TrainConfig, barrier_of, train_ensemble, train_member
 from models.dataset import reference_timeline, split_by_time, splits
 from models.windows import make_windows
 
@@ -97,29 +98,33 @@ def test_members_ignore_the_future(name: str) -> None:
 
 
 # ---- learnability -------------------------------------------------------------------------
-SMALL = TrainConfig(lookback=16, horizon=1, cost=0.0, hidden=16, epochs=6, patience=2,
+# barriers half an ATR away, one candle: the label is the sign of the next move when it is
+# large (the AR(1) structure), a timeout when it is small
+SMALL = TrainConfig(lookback=16, horizon=1, k_stop=0.5, k_target=0.5, cost=0.0, hidden=16,
+                    epochs=6, patience=2,
                     train_rows=3000, val_rows=600, test_rows=900, folds=1, ppo_passes=3,
                     max_train_samples=10**9, lr=3e-3)
+BAR = barrier_of(SMALL)
 TRAINABLE = sorted(n for n in REGISTRY if n != "vae")  # the VAE finds regimes, not direction
 
 
 @pytest.fixture(scope="module")
 def planted() -> list:
-    return [symbol_data(series(4800, phi=0.6, seed=11, symbol="P/USDT")),
-            symbol_data(series(4800, phi=0.6, seed=12, symbol="Q/USDT"))]
+    return [symbol_data(series(4800, phi=0.6, seed=11, symbol="P/USDT"), BAR),
+            symbol_data(series(4800, phi=0.6, seed=12, symbol="Q/USDT"), BAR)]
 
 
 @pytest.fixture(scope="module")
 def noise() -> list:
-    return [symbol_data(series(4800, phi=0.0, seed=13, symbol="N/USDT")),
-            symbol_data(series(4800, phi=0.0, seed=14, symbol="M/USDT"))]
+    return [symbol_data(series(4800, phi=0.0, seed=13, symbol="N/USDT"), BAR),
+            symbol_data(series(4800, phi=0.0, seed=14, symbol="M/USDT"), BAR)]
 
 
 def _parts(data: list):  # type: ignore[no-untyped-def]
     ref = reference_timeline(data)
     split = splits(ref, SMALL.train_rows, SMALL.val_rows, SMALL.test_rows,
                    SMALL.lookback + SMALL.horizon, 1)[-1]
-    return split_by_time(data, split, ref, SMALL.lookback, SMALL.horizon, SMALL.cost)
+    return split_by_time(data, split, ref, SMALL.lookback, SMALL.horizon)
 
 
 @pytest.mark.parametrize("name", TRAINABLE)
@@ -155,8 +160,8 @@ def test_save_load_reproduces_outputs_exactly(name: str, tmp_path: Path) -> None
     torch.manual_seed(1)
     model = REGISTRY[name](MemberConfig(F, 16, 16)).eval()
     x = torch.randn(5, 16, F)
-    digest = save_member(model, tmp_path / f"{name}.pt", 1.7)
-    loaded, temp = load_member(tmp_path / f"{name}.pt", digest)
+    digest = save_member(model, tmp_path / f"{name}.pt", 1.7, BAR)
+    loaded, temp = load_member(tmp_path / f"{name}.pt", digest, BAR)
     with torch.no_grad():
         assert torch.equal(model(x), loaded(x))
     assert temp == 1.7
@@ -165,11 +170,11 @@ def test_save_load_reproduces_outputs_exactly(name: str, tmp_path: Path) -> None
 def test_altered_checkpoint_is_refused(tmp_path: Path) -> None:
     model = REGISTRY["lstm"](MemberConfig(F, 16, 16))
     path = tmp_path / "lstm.pt"
-    digest = save_member(model, path, 1.0)
+    digest = save_member(model, path, 1.0, BAR)
     with path.open("ab") as fh:
         fh.write(b"x")
     with pytest.raises(RegistryError, match="sha256"):
-        load_member(path, digest)
+        load_member(path, digest, BAR)
 
 
 def test_batched_ensemble_equals_members_one_by_one() -> None:
@@ -178,7 +183,7 @@ def test_batched_ensemble_equals_members_one_by_one() -> None:
     for m in members:
         if m.name == "vae":
             m.regime_stats.copy_(torch.randn(3, 3))  # type: ignore[operator]
-    ens = Ensemble("t", members, [1.0] * len(members), np.zeros(len(members)), 0.0, 16, 1)
+    ens = Ensemble("t", members, [1.0] * len(members), np.zeros(len(members)), 0.0, 16, BAR)
     x = np.random.default_rng(0).normal(size=(7, 16, F)).astype(np.float32)
     outs, regime = ens.raw(x)
     with torch.no_grad():
@@ -208,5 +213,10 @@ def test_windows_embargo_and_labels() -> None:
     t = w.t[i]
     assert w.ret[i] == pytest.approx(math.log(o[t + 4, 3] / o[t, 3]), rel=1e-5)
     assert w.labeled[i] == (abs(w.ret[i]) > 0.001)
+    # with barriers, the direction is the triple-barrier outcome and timeouts have none
+    bars = triple_barrier(o[:, 1], o[:, 2], o[:, 3], np.full(len(o), 0.5), BarrierSpec(1, 1, 4))
+    wb = make_windows(f, o[:, 3], 16, 4, rows=None, barriers=bars)
+    assert (wb.labeled == (bars.label[wb.t] != 0)).all() and wb.labeled.any() and not wb.labeled.all()
+    assert (wb.up[wb.labeled] == (bars.label[wb.t][wb.labeled] > 0)).all()
     sp = splits(ts, 400, 100, 100, 20, None)[0]
     assert sp.val[0] - sp.train[1] == 20 and sp.test[0] - sp.val[1] == 20

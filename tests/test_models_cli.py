@@ -68,15 +68,27 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
     orders = asyncio.run(fetch(fresh_db, "SELECT DISTINCT model_version FROM orders WHERE "
                                "account=$1", summary["account"]))
     assert all(o["model_version"] == ens_id for o in orders)
+    # risk settings for another bet than the one the models were trained for: refused at load,
+    # before a single candle is traded
+    other = tmp_path / "other-barriers.toml"
+    other.write_text("[risk]\nk_stop = 1.5\n")
+    r5 = runner.invoke(app, ["backtest", *data_args, "--timeframe", "1h", "--strategy",
+                             "ensemble", "--config", str(other), *common])
+    assert r5.exit_code == 2, r5.output
+    assert "trained for target 3 ATR / stop 2 ATR within 24 candles" in r5.output
+    assert "stop 1.5 ATR" in r5.output
     # the evaluation report
     r4 = runner.invoke(app, ["evaluate", *data_args, "--timeframe", "1h", "--preset", "tiny",
                              "--folds", "1", "--out", str(tmp_path / "report"), *common])
     assert r4.exit_code == 0, r4.output
     report = (tmp_path / "report" / "report.md").read_text()
-    for name in ("ensemble", "lstm", "tft", "ppo", "always_flat", "buy_and_hold",
-                 "momentum_sign", "logistic_regression"):
+    for name in ("ensemble", "lstm", "tft", "ppo", "base_rate", "momentum_sign",
+                 "logistic_regression", "kelly_0.25", "kelly_0.5", "fixed_1pct_risk",
+                 "kelly_0.25_uncalibrated_p", "buy_and_hold"):
         assert f"| {name} |" in report
-    for png in ("equity.png", "calibration.png", "accuracy_over_time.png"):
+    assert "ECE of the final p on the test windows: **0." in report
+    assert "target 3 ATR / stop 2 ATR within 24 candles" in report
+    for png in ("equity.png", "calibration.png", "reliability.png", "accuracy_over_time.png"):
         assert (tmp_path / "report" / png).stat().st_size > 10_000
 
 
