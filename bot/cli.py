@@ -435,6 +435,7 @@ def evaluate(
                        f"{t['fees_pct']:.2f}", str(t["trades"]))
     out.print(sizing)
     out.print(f"ECE of the p that reaches Kelly: {result['calibration']['ece_final']:.4f}")
+    out.print(f"verdict: {result['verdict'].sentence()}")
     out.print(f"report: {path}")
 
 

@@ -5,9 +5,9 @@ loop, on ``cuda`` when present (or as configured) and ``cpu`` otherwise.
 and stacks their outputs. That is the unit handed to ``torch.compile`` on CUDA.
 ``EnsembleSignalSource`` is the engine's signal source. It keeps a rolling candle buffer per
 symbol, computes the same causal features as training, and combines the members: the
-meta-learner's stacked P(target first) with online re-weighting by recent log-loss, then the
-Platt recalibration fitted on validation after that re-weighting (``models/meta.py``), so the
-p handed to Kelly is calibrated; the expected return, the dispersion (disagreement of the
+meta-learner's stacked P(target first) with online re-weighting by recent log-loss,
+constrained to keep the stacked logit's validation mean and variance (``models/meta.py``) so
+the p handed to Kelly keeps the stacker's calibration; the expected return, the dispersion (disagreement of the
 members' calibrated probabilities), and the VAE regime. The online weights learn each
 outcome on the candle that touches the target or the stop, as the training labels do.
 """
@@ -31,7 +31,7 @@ from bot.domain import Candle, Gap, Signal, timeframe_ms
 from models.calibrate import sigmoid
 from models.features import FEATURE_NAMES, WARMUP, normalise, raw_features
 from models.members import Member
-from models.meta import OnlineWeights, combine
+from models.meta import LogitMoments, OnlineWeights, combine
 from models.labels import BarrierSpec, barrier_spec_of
 from models.registry import RegistryError, barrier_mismatch, load_member, sha256
 
@@ -73,13 +73,13 @@ class Prediction:
 class Ensemble:
     def __init__(self, ensemble_id: str, members: Sequence[Member], temperatures: Sequence[float],
                  meta_weights: np.ndarray, meta_bias: float, lookback: int,
-                 barrier: BarrierSpec, recalibration: tuple[float, float] = (1.0, 0.0),
+                 barrier: BarrierSpec, moments: LogitMoments | None = None,
                  device: str = "cpu", compile: bool = False) -> None:
         self.id = ensemble_id
         self.names = [m.name for m in members]
         self.temps = np.asarray(temperatures, dtype=np.float64)
         self.meta_w, self.meta_b = np.asarray(meta_weights), float(meta_bias)
-        self.recal = (float(recalibration[0]), float(recalibration[1]))
+        self.moments = moments or LogitMoments(np.zeros(len(members)), np.eye(len(members)))
         self.lookback, self.barrier, self.horizon = lookback, barrier, barrier.horizon
         self.device = device
         self.module = EnsembleModule(members).to(device).eval()
@@ -107,7 +107,8 @@ class Ensemble:
             temps.append(temp)
         return cls(spec["ensemble_id"], members, temps, np.array(spec["meta_weights"]),
                    spec["meta_bias"], spec["lookback"], barrier,
-                   tuple(spec.get("recalibration", (1.0, 0.0))), device, compile)
+                   LogitMoments.from_dict(spec["logit_moments"]) if spec.get("logit_moments")
+                   else None, device, compile)
 
     @staticmethod
     def trained_barrier(manifest: Path) -> BarrierSpec | None:
@@ -126,7 +127,7 @@ class Ensemble:
         outs, regime = self.raw(x)
         logits = outs[:, :, 0] / self.temps  # calibrated
         member_p = sigmoid(logits)
-        p = combine(logits, self.meta_w, self.meta_b, online, self.recal)
+        p = combine(logits, self.meta_w, self.meta_b, online, self.moments)
         mu = outs[:, :, 1]
         exp_ret = mu[:, self.forecasters].mean(axis=1) if self.forecasters.any() else mu.mean(1)
         disp = member_p.std(axis=1)

@@ -5,9 +5,9 @@ a sizing comparison of the ensemble's p under Kelly and fixed-fractional rules.
 Every predictor forecasts the triple-barrier outcome the risk settings define: P(target
 before stop within the horizon). For each of the most recent ``folds`` walk-forward folds, the
 members are trained on that fold's train part, calibrated on its validation part, and scored
-on its test part. The ensemble's p is the one that reaches Kelly live: stacked, re-weighted
-online as the outcomes come in, and recalibrated (fitted on validation). Nothing is tuned on a
-test part. Every predictor's out-of-sample p then trades through the engine (replay feed,
+on its test part. The ensemble's p is the one that reaches Kelly live: stacked, and
+re-weighted online as the outcomes come in, keeping the stacked logit's validation moments.
+Nothing is tuned on a test part. Every predictor's out-of-sample p then trades through the engine (replay feed,
 paper broker, full risk manager, the ensemble strategy). The output is ``report.md`` plus PNG
 plots.
 """
@@ -31,7 +31,7 @@ from models.train import TrainConfig, stack_members, train_member
 
 BASELINES = ("base_rate", "momentum_sign", "logistic_regression")
 # the ensemble's p at its stages, for the calibration table (not traded as predictors)
-STAGES = ("ensemble_static_stacker", "ensemble_reweighted_uncorrected", "ensemble_uncalibrated")
+STAGES = ("ensemble_static_stacker", "ensemble_reweighted_unconstrained", "ensemble_uncalibrated")
 
 
 @dataclass
@@ -117,8 +117,8 @@ def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequenc
             oos.add(r.name, sigmoid(r.test_logits / r.temperature))
         oos.add("ensemble", st.p_test)
         oos.add_stage("ensemble_static_stacker", st.p_test_static)
-        oos.add_stage("ensemble_reweighted_uncorrected", st.p_test_reweighted)
-        # no temperature, no stacker, no recalibration: the members' raw probabilities
+        oos.add_stage("ensemble_reweighted_unconstrained", st.p_test_reweighted)
+        # no temperature, no stacker, no re-weighting: the members' raw probabilities
         oos.add_stage("ensemble_uncalibrated",
                       np.mean([sigmoid(r.test_logits) for r in results], axis=0))
         oos.add("base_rate", np.full(len(test), base))
@@ -172,3 +172,39 @@ def reliability_data(oos: OOS) -> dict[str, list[tuple[float, float, int]]]:
     y = np.array(oos.up)[lab]
     return {name: reliability(np.array(p)[lab], y) for name, p in {**oos.p, **oos.stages}.items()
             if name != "base_rate"}
+
+
+def fold_table(oos: OOS, members: Sequence[str]) -> list[dict[str, Any]]:
+    """One row per walk-forward fold: its test dates, samples with a direction, and the
+    log-loss of the ensemble and of the member that is best over all folds."""
+    lab = np.array(oos.labeled)
+    fold = np.array(oos.fold)
+    ts = np.array(oos.ts)
+    y = np.array(oos.up)
+    scored = {n: report(np.array(oos.p[n])[lab], y[lab])["log_loss"] for n in members
+              if n in oos.p}
+    best = min(scored, key=scored.__getitem__) if scored else None
+    rows = []
+    for k in sorted(set(oos.fold)):
+        sel = (fold == k) & lab
+        row: dict[str, Any] = {"fold": k + 1, "from": int(ts[fold == k].min()),
+                               "to": int(ts[fold == k].max()), "n": int(sel.sum()),
+                               "ensemble": report(np.array(oos.p["ensemble"])[sel],
+                                                  y[sel])["log_loss"] if sel.any() else None,
+                               "best_member": best}
+        row["best_member_log_loss"] = (report(np.array(oos.p[best])[sel], y[sel])["log_loss"]
+                                       if best and sel.any() else None)
+        rows.append(row)
+    return rows
+
+
+def coverage(oos: OOS, series: Sequence[CandleSeries], step_ms: int) -> dict[str, float]:
+    """How much of the data the test windows cover: days, and the share of the file's span."""
+    first = min(s.candles[0].ts for s in series)
+    last = max(s.candles[-1].ts for s in series) + step_ms
+    ts = np.array(oos.ts)
+    folds = np.array(oos.fold)
+    tested = sum(int(ts[folds == k].max() - ts[folds == k].min()) + step_ms
+                 for k in set(oos.fold))
+    return {"test_days": tested / 86_400_000, "file_days": (last - first) / 86_400_000,
+            "share": tested / (last - first)}

@@ -4,9 +4,11 @@ the sizing comparison, then the report.
 The sizing comparison trades the ensemble's out-of-sample p through the engine on the same
 test windows, with the same strategy (entries, exits, time limit), under different sizing
 rules; only the size differs, except for "Kelly fed an uncalibrated p", whose p also decides
-its entries. Buy & hold is computed from the prices (equal weights, bought at the first test
-candle's open and sold at the last close, fees and slippage both ways), since the risk
-manager's exposure caps would not let the engine hold it.
+its entries. Buy & hold is computed from the prices (equal weights, bought at each test
+window's first open and sold at its last close, fees and slippage both ways, no stops), since
+the risk manager's exposure caps and stops would not let the engine hold it. Every row also
+gets bootstrap intervals, and every predictor Diebold-Mariano tests
+(``models/significance.py``).
 """
 
 from __future__ import annotations
@@ -25,10 +27,11 @@ from bot.feeds.files import CandleSeries
 from models.calibrate import ece
 from models.cli_support import barrier_from, members_from, pick_device
 from models.evaluate import (
-    PrecomputedSource, WithoutProbability, accuracy_over_time, load, metrics_table,
-    out_of_sample, reliability_data, signal_tables,
+    PrecomputedSource, WithoutProbability, accuracy_over_time, coverage, fold_table, load,
+    metrics_table, out_of_sample, reliability_data, signal_tables,
 )
 from models.report import write_report
+from models.significance import log_losses, step_returns, verdicts
 from models.train import PRESETS, TrainConfig, with_barrier
 from strategies.ensemble import EnsembleStrategy
 
@@ -53,28 +56,37 @@ def round_trip_cost(settings: Settings) -> float:
     return 2 * (fee + float(p.slippage_bps) / 10_000)
 
 
-def buy_and_hold(series: Sequence[CandleSeries], start: int, end: int,
+def buy_and_hold(series: Sequence[CandleSeries], windows: Sequence[tuple[int, int]],
                  settings: Settings) -> dict[str, Any]:
-    """Equal-weight buy & hold over [start, end), marked to market every candle."""
+    """Buy & hold over each test window [start, end): equal weights bought at the window's
+    first open and sold at its last close (one round trip per symbol and window, fees and
+    slippage both ways, no stops), marked to market every candle; the proceeds of one window
+    buy the next."""
     cost = round_trip_cost(settings) / 2
     equity0 = float(settings.paper.starting_balance)
-    curves = []
-    for s in series:
-        c = [x for x in s.candles if start <= x.ts < end]
-        if not c:
+    cash, bought, sold, trades = equity0, 0.0, 0.0, 0
+    equity: list[tuple[int, float]] = []
+    for start, end in windows:
+        curves = []
+        held = [s for s in series if any(start <= x.ts < end for x in s.candles)]
+        for s in held:
+            c = [x for x in s.candles if start <= x.ts < end]
+            qty = cash / len(held) * (1 - cost) / c[0].open
+            bought += cash / len(held)
+            curves.append({x.ts: qty * x.close for x in c})
+        if not curves:
             continue
-        qty = equity0 / len(series) * (1 - cost) / c[0].open
-        curves.append({x.ts: qty * x.close for x in c})
-    stamps = sorted(set().union(*curves)) if curves else []
-    last = [0.0] * len(curves)
-    equity = []
-    for ts in stamps:
-        for i, cv in enumerate(curves):
-            last[i] = cv.get(ts, last[i])
-        equity.append((ts, sum(last)))
-    final = equity[-1][1] * (1 - cost) if equity else equity0
-    bought = equity0 * (1 - cost)
-    fees = equity0 * cost + (equity[-1][1] * cost if equity else 0.0)
+        stamps = sorted(set().union(*curves))
+        last = [0.0] * len(curves)
+        for ts in stamps:
+            for i, cv in enumerate(curves):
+                last[i] = cv.get(ts, last[i])
+            equity.append((ts, sum(last)))
+        sold += equity[-1][1]
+        cash = equity[-1][1] * (1 - cost)
+        trades += 2 * len(curves)
+    final = cash
+    fees = (bought + sold) * cost
     vals = np.array([e for _, e in equity]) if equity else np.array([equity0])
     rets = np.diff(vals) / vals[:-1] if len(vals) > 1 else np.zeros(1)
     per_year = 365 * 86_400_000 / timeframe_ms(settings.timeframe)
@@ -82,9 +94,9 @@ def buy_and_hold(series: Sequence[CandleSeries], start: int, end: int,
     peak = np.maximum.accumulate(vals)
     return {"return_pct": round(100 * (final / equity0 - 1), 4), "sharpe": round(sharpe, 4),
             "max_drawdown_pct": round(float(100 * ((peak - vals) / peak).max()), 4),
-            "trades": 2 * len(curves),
-            "turnover": round((bought + (equity[-1][1] if equity else 0.0)) / equity0, 4),
-            "fees_pct": round(100 * fees / equity0, 4), "equity": equity}
+            "trades": trades, "turnover": round((bought + sold) / equity0, 4),
+            "fees_pct": round(100 * fees / equity0, 4), "equity": equity,
+            "final_equity": final}
 
 
 async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Sequence[str] | None,
@@ -140,7 +152,14 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
         same = (source == "ensemble" and not fixed and
                 risk == {"kelly_fraction": settings.risk.kelly_fraction})
         sizing[row] = trading["ensemble"] if same else await trade(row, source, risk, fixed)
-    sizing["buy_and_hold"] = buy_and_hold(series, start, end, settings)
+    folds_ts = np.array(oos.fold)
+    windows = [(int(np.array(oos.ts)[folds_ts == k].min()),
+                int(np.array(oos.ts)[folds_ts == k].max()) + step) for k in sorted(set(oos.fold))]
+    sizing["buy_and_hold"] = buy_and_hold(series, windows, settings)
+    sizing["always_flat"] = {"return_pct": 0.0, "sharpe": 0.0, "max_drawdown_pct": 0.0,
+                             "trades": 0, "turnover": 0.0, "fees_pct": 0.0,
+                             "equity": [(t, float(settings.paper.starting_balance))
+                                        for t, _ in sizing["buy_and_hold"]["equity"]]}
     # the same rules with the caps that bind lifted, so the rule itself shows (spot still
     # cannot spend more than its cash)
     for row, source, risk, fixed in SIZING_RULES:
@@ -150,6 +169,14 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
     calibration = {"ece_final": ece(np.array(oos.p["ensemble"])[lab], y),
                    **{f"ece_{k}": ece(np.array(v)[lab], y) for k, v in oos.stages.items()},
                    "n": int(lab.sum()), "timeouts": int((~lab).sum())}
+    losses = {n: log_losses(np.array(p)[lab], y) for n, p in oos.p.items()}
+    curves = {**{n: t["equity"] for n, t in trading.items()},
+              **{n: t["equity"] for n, t in sizing.items()}}
+    rets = {n: step_returns(eq or []) for n, eq in curves.items()}
+    longest = max((len(r) for r in rets.values()), default=0)
+    verdict = verdicts(losses, "base_rate", ("momentum_sign", "logistic_regression"),
+                       barrier.horizon, rets, 365 * 86_400_000 / step,
+                       block=max(barrier.horizon, round(longest ** (1 / 3))))
     fmt = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")  # noqa: E731
     meta = {"symbols": [s.symbol for s in series], "timeframe": settings.timeframe,
             "preset": preset, "lookback": cfg.lookback, "barrier": barrier.describe(),
@@ -159,6 +186,9 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
             "max_exposure_symbol": float(settings.risk.max_exposure_symbol),
             "max_exposure_total": float(settings.risk.max_exposure_total),
             "folds": folds, "test_from": fmt(start), "test_to": fmt(end)}
+    meta["coverage"] = coverage(oos, series, step)
+    meta["folds_table"] = fold_table(oos, names)
     path = write_report(out_dir, meta, metrics, trading, accuracy_over_time(oos),
-                        reliability_data(oos), sizing, stages, calibration)
-    return path, {"predictors": metrics, "sizing": sizing, "calibration": calibration}
+                        reliability_data(oos), sizing, stages, calibration, verdict)
+    return path, {"predictors": metrics, "sizing": sizing, "calibration": calibration,
+                  "verdict": verdict}

@@ -116,7 +116,7 @@ def save_ensemble(result: Any, root: Path, timeframe: str, created: datetime | N
     manifest = {"ensemble_id": ensemble_id, "members": members,
                 "meta_weights": [float(w) for w in result.meta_weights],
                 "meta_bias": float(result.meta_bias),
-                "recalibration": [float(v) for v in result.recalibration],
+                "logit_moments": result.moments.to_dict() if result.moments else None,
                 "lookback": result.config.lookback,
                 "horizon": result.config.horizon, "cost": result.config.cost,
                 "barrier": barrier.to_dict(),

@@ -9,6 +9,8 @@ from typing import Any
 
 import matplotlib
 
+from models.significance import DMResult, Interval, Verdicts
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
@@ -112,17 +114,34 @@ def plot_accuracy(acc: dict[str, list[tuple[int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
-def _money_row(name: str, t: dict[str, Any]) -> str:
-    return (f"| {name} | {t['return_pct']:.2f} | {t['sharpe']:.2f} | "
+def _num(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def _ci(iv: Interval | None, scale: float = 1.0) -> str:
+    if iv is None or iv.low != iv.low:
+        return "n/a"
+    return f"[{iv.low * scale:.2f}, {iv.high * scale:.2f}]"
+
+
+def _money_row(name: str, t: dict[str, Any], v: Verdicts, key: str | None = None) -> str:
+    sh, ret = v.intervals.get(key or name, (None, None))
+    return (f"| {name} | {t['return_pct']:.2f} {_ci(ret, 100)} | {t['sharpe']:.2f} {_ci(sh)} | "
             f"{t['max_drawdown_pct']:.2f} | {t['turnover']:.2f} | {t['fees_pct']:.2f} | "
             f"{t['trades']} |")
+
+
+def _p(r: DMResult | None) -> str:
+    if r is None or r.p_value != r.p_value:
+        return "—"
+    return f"{r.p_value:.3f} ({'worse' if r.statistic > 0 else 'better'})"
 
 
 def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, float]],
                  trading: dict[str, dict[str, Any]], acc: dict[str, list[tuple[int, float]]],
                  rel: dict[str, list[tuple[float, float, int]]],
                  sizing: dict[str, dict[str, Any]], stages: dict[str, dict[str, float]],
-                 calibration: dict[str, Any]) -> Path:
+                 calibration: dict[str, Any], v: Verdicts) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     plot_equity({**trading, "buy_and_hold": sizing["buy_and_hold"]}, out / "equity.png")
     plot_calibration(rel, out / "calibration.png")
@@ -131,12 +150,16 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
     plot_accuracy(acc, out / "accuracy_over_time.png")
     lines = [
         "# Walk-forward out-of-sample evaluation", "",
+        f"**Verdict.** {v.sentence()}", "",
         f"- data: {', '.join(meta['symbols'])} {meta['timeframe']}",
         f"- the bet every predictor prices: {meta['barrier']} (triple-barrier labels from the "
         f"risk settings); break-even p before costs {meta['break_even']:.4f}",
         f"- preset: {meta['preset']} (lookback {meta['lookback']}); round-trip cost "
         f"{meta['cost']:.4f} (fees and slippage)",
         f"- folds: {meta['folds']}, test windows {meta['test_from']} → {meta['test_to']} (UTC)",
+        f"- coverage: the test windows cover {meta['coverage']['test_days']:.0f} of the "
+        f"data's {meta['coverage']['file_days']:.0f} days "
+        f"({meta['coverage']['share']:.1%}); the rest trained and validated the models",
         "- members trained on each fold's train part, calibrated on its validation part, "
         "scored on its test part; nothing was tuned on a test part",
         f"- classification metrics are on the {calibration['n']} test windows whose outcome was "
@@ -147,46 +170,61 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         "break-even with costs, exit below the cost-free break-even or at the time limit; "
         f"Kelly {meta['kelly_fraction']}, at most {meta['max_risk_per_trade']:.2%} of equity "
         "at risk per trade",
+        "", "| fold | test from | test to | n | ensemble log-loss | best member log-loss |",
+        "|---:|---|---|---:|---:|---:|",
+        *(f"| {r['fold']} | {_dt(r['from']):%Y-%m-%d} | {_dt(r['to']):%Y-%m-%d} | {r['n']} | "
+          f"{_num(r['ensemble'])} | {_num(r['best_member_log_loss'])} ({r['best_member']}) |"
+          for r in meta["folds_table"]),
         "", "## Sizing: Kelly against fixed sizing", "",
         "The ensemble's out-of-sample p through the engine on the same test windows and the "
         "same entries and exits; only the sizing rule differs (the uncalibrated row also "
-        "enters on its own p). Buy & hold: equal weights, bought at the first test candle and "
-        "held, computed from prices with fees and slippage both ways.", "",
+        "enters on its own p). Buy & hold: equal weights bought at each test window's first "
+        "open and sold at its last close, from prices, with fees and slippage both ways and no "
+        "stops. always_flat never trades.", "",
         f"With the risk settings as they are (at most {meta['max_risk_per_trade']:.2%} of "
         f"equity at risk per trade, {meta['max_exposure_symbol']:.0%} of equity per symbol, "
         f"{meta['max_exposure_total']:.0%} in all): where a cap binds, rules that ask for more "
         "get the same size.", "",
-        "| rule | net return % | Sharpe | max DD % | turnover (x equity) | fees % of equity | trades |",
+        "| rule | net return % [95 % CI] | Sharpe [95 % CI] | max DD % | turnover (x equity) | fees % of equity | trades |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *(_money_row(name, t) for name, t in sizing.items() if "caps lifted" not in name),
+        *(_money_row(name, t, v) for name, t in sizing.items() if "caps lifted" not in name),
         "", "The same rules with those three caps lifted (20 % risk per trade, 100 % of equity "
         "per symbol and in all; spot still cannot spend more cash than it has), to show what "
         "the sizing rule itself does:", "",
-        "| rule | net return % | Sharpe | max DD % | turnover (x equity) | fees % of equity | trades |",
+        "| rule | net return % [95 % CI] | Sharpe [95 % CI] | max DD % | turnover (x equity) | fees % of equity | trades |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *(_money_row(name.replace(" (caps lifted)", ""), t) for name, t in sizing.items()
+        *(_money_row(name.replace(" (caps lifted)", ""), t, v, name) for name, t in sizing.items()
           if "caps lifted" in name),
         "", "## Calibration of the p that reaches Kelly", "",
         f"ECE of the final p on the test windows: **{calibration['ece_final']:.4f}** "
         f"(n = {calibration['n']}).", "",
         "| stage | ECE | log-loss | Brier | accuracy |", "|---|---:|---:|---:|---:|",
-        f"| final: stacked, re-weighted online, recalibrated (traded) | "
+        f"| final: stacked, re-weighted online keeping its moments (traded) | "
         f"{metrics['ensemble']['ece']:.4f} | {metrics['ensemble']['log_loss']:.4f} | "
         f"{metrics['ensemble']['brier']:.4f} | {metrics['ensemble']['accuracy']:.4f} |",
         *(f"| {name} | {m['ece']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
           f"{m['accuracy']:.4f} |" for name, m in stages.items()),
         "", "![reliability diagram](reliability.png)", "",
         "## Predictors", "",
-        "| predictor | accuracy | log-loss | Brier | ECE | n | net return % | Sharpe | max DD % | trades |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "Diebold-Mariano tests on the per-sample log-loss (autocorrelation-robust over the "
+        "horizon's overlap; p-values two-sided, '(better)' when the predictor's loss is the "
+        f"lower): against the base rate, and against the best baseline ({v.best_baseline}). "
+        "**Bold**: significantly better than the base rate at 5 % after Holm's correction. "
+        "Return and Sharpe intervals: 95 % circular block bootstrap of the per-candle "
+        "returns.", "",
+        "| predictor | accuracy | log-loss | Brier | ECE | n | DM p vs base rate | DM p vs best baseline | net return % [95 % CI] | Sharpe [95 % CI] | max DD % | trades |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in metrics.items():
         t = trading.get(name, {})
+        sh, ret = v.intervals.get(name, (None, None))
+        shown = f"**{name}**" if v.beats_base.get(name) else name
         lines.append(
-            f"| {name} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
-            f"{m['ece']:.4f} | {m['n']} | {t.get('return_pct', float('nan')):.2f} | "
-            f"{t.get('sharpe', float('nan')):.2f} | {t.get('max_drawdown_pct', float('nan')):.2f} | "
-            f"{t.get('trades', '')} |")
+            f"| {shown} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
+            f"{m['ece']:.4f} | {m['n']} | {_p(v.dm_base.get(name))} | "
+            f"{_p(v.dm_best.get(name))} | {t.get('return_pct', float('nan')):.2f} "
+            f"{_ci(ret, 100)} | {t.get('sharpe', float('nan')):.2f} {_ci(sh)} | "
+            f"{t.get('max_drawdown_pct', float('nan')):.2f} | {t.get('trades', '')} |")
     lines += ["", "Accuracy (p > 0.5 against the outcome) matters less here than calibration "
               "and log-loss: the bet pays more than it risks, so a p below 0.5 can still be "
               "worth a trade. base_rate forecasts the train part's share of target-first "

@@ -23,7 +23,7 @@ from models.dataset import (
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
 from models.members import REGISTRY, Member, MemberConfig
-from models.meta import cross_fitted_recalibration, fit_stacker, replay_online, stacked_logit
+from models.meta import LogitMoments, fit_stacker, replay_online, stacked_logit
 
 
 @dataclass(frozen=True)
@@ -96,21 +96,21 @@ class TrainResult:
     meta_bias: float
     meta_metrics: dict[str, Any]
     symbols: list[str]
-    recalibration: tuple[float, float] = (1.0, 0.0)
+    moments: LogitMoments | None = None  # the members' validation logits (see models/meta.py)
 
 
 @dataclass
 class Stack:
     """The meta-learner of one walk-forward part, and the probabilities it gives: stacked on
-    validation, re-weighted online as live, recalibrated on validation."""
+    validation, then re-weighted online as live, keeping the stacked logit's moments."""
 
     weights: np.ndarray
     bias: float
-    recal: tuple[float, float]
+    moments: LogitMoments
     p_val: np.ndarray  # the final p on every validation window
     p_test: np.ndarray  # the final p on every test window: what reaches Kelly
-    p_test_static: np.ndarray  # the stacker alone (no online re-weighting, no recalibration)
-    p_test_reweighted: np.ndarray  # re-weighted online, not recalibrated (before issue 10)
+    p_test_static: np.ndarray  # the stacker alone (no online re-weighting)
+    p_test_reweighted: np.ndarray  # re-weighted without the moment constraint
 
 
 def stack_members(data: Sequence[SymbolData], parts: Parts,
@@ -119,14 +119,14 @@ def stack_members(data: Sequence[SymbolData], parts: Parts,
     val_l = np.stack([r.val_logits / r.temperature for r in results], axis=1)
     test_l = np.stack([r.test_logits / r.temperature for r in results], axis=1)
     w, b = fit_stacker(val_l[lab_v], parts.val.up[lab_v])
+    moments = LogitMoments.of(val_l)
     vt, vr = window_times(data, parts, "val")
     tt, tr = window_times(data, parts, "test")
-    zv = replay_online(val_l, vt, vr, parts.val.up, w, b)
-    recal = cross_fitted_recalibration(val_l, vt, vr, parts.val.up, lab_v)
-    zt = replay_online(test_l, tt, tr, parts.test.up, w, b)
-    a, c = recal
-    return Stack(w, b, recal, sigmoid(a * zv + c), sigmoid(a * zt + c),
-                 sigmoid(stacked_logit(test_l, w, b)), sigmoid(zt))
+    zv = replay_online(val_l, vt, vr, parts.val.up, w, b, moments)
+    zt = replay_online(test_l, tt, tr, parts.test.up, w, b, moments)
+    loose = replay_online(test_l, tt, tr, parts.test.up, w, b, None)
+    return Stack(w, b, moments, sigmoid(zv), sigmoid(zt),
+                 sigmoid(stacked_logit(test_l, w, b)), sigmoid(loose))
 
 
 def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -328,11 +328,13 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
             "test": report(st.p_test[lab_t], parts.test.up[lab_t]),
             "test_static_stacker": report(st.p_test_static[lab_t], parts.test.up[lab_t]),
             "weights": dict(zip([r.name for r in results], map(float, st.weights))),
-            "bias": st.bias, "recalibration": list(st.recal),
+            "bias": st.bias,
+            "test_reweighted_unconstrained": report(st.p_test_reweighted[lab_t],
+                                                    parts.test.up[lab_t]),
             "barrier": barrier_of(cfg).to_dict(),
             "labels": {k: _outcomes(data, v) for k, v in parts.split_ts.items()}}
     return TrainResult(cfg, parts, results, st.weights, st.bias, meta, [d.symbol for d in data],
-                       st.recal)
+                       st.moments)
 
 
 def _outcomes(data: Sequence[SymbolData], span: tuple[int, int]) -> dict[str, float]:

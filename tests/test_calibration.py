@@ -1,6 +1,7 @@
-"""Calibration end to end (issue 10): the p that reaches Kelly is the recalibrated one, the
-online re-weighting learns barrier outcomes exactly as training labels them, and the ensemble
-strategy bets in the barrier's own units (R), with the time limit the labels assume."""
+"""Calibration end to end (issue 10): the online re-weighting keeps the stacker's
+calibration (its moment constraint), learns barrier outcomes exactly as training labels them,
+and the ensemble strategy bets in the barrier's own units (R), with the time limit the labels
+assume."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from models.ensemble import Ensemble, EnsembleSignalSource
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
 from models.members import REGISTRY, MemberConfig
-from models.meta import combine, fit_recalibration, fit_stacker, replay_online
+from models.meta import LogitMoments, fit_stacker, replay_online, stacked_logit
 from risk.sizing import break_even
 from strategies.ensemble import EnsembleStrategy
 
@@ -33,24 +34,32 @@ def _members_and_outcomes(n: int, seed: int) -> tuple[np.ndarray, np.ndarray, np
     return logits, y, np.arange(n, dtype=np.int64)
 
 
-def test_recalibration_restores_what_online_reweighting_distorts() -> None:
-    """Re-weighting by recent log-loss scales up the good member's weight, so the stacked
-    logit grows too steep and p is over-confident. The recalibration fitted on validation,
-    after replaying the re-weighting there, brings the test ECE back down."""
+def test_constrained_reweighting_keeps_the_calibration_the_unconstrained_one_loses() -> None:
+    """Re-weighting by recent log-loss scales up the good member's weight, so the plain
+    re-weighted logit grows too steep and p is over-confident. Keeping the stacked logit's
+    validation mean and variance keeps the stacker's calibration on the test half."""
     logits, y, ts = _members_and_outcomes(40_000, 1)
     val, test = slice(0, 20_000), slice(20_000, None)
     w, b = fit_stacker(logits[val], y[val], l2=1.0)
-    zv = replay_online(logits[val], ts[val], ts[val] + 1, y[val], w, b)
-    a, c = fit_recalibration(zv, y[val])
-    zt = replay_online(logits[test], ts[test], ts[test] + 1, y[test], w, b)
+    moments = LogitMoments.of(logits[val])
     static = ece(sigmoid(logits[test] @ w + b), y[test])
-    uncorrected = ece(sigmoid(zt), y[test])
-    final = ece(sigmoid(a * zt + c), y[test])
-    assert uncorrected > 0.02, "the re-weighting should distort this case; the test is moot"
-    assert final < 0.012 < uncorrected
-    assert final < uncorrected / 2
-    assert static < 0.012  # the stacker alone was calibrated: the distortion is the re-weighting
-    assert a < 1  # it flattens the over-steep logit
+    loose = ece(sigmoid(replay_online(logits[test], ts[test], ts[test] + 1, y[test], w, b,
+                                      None)), y[test])
+    kept = replay_online(logits[test], ts[test], ts[test] + 1, y[test], w, b, moments)
+    final = ece(sigmoid(kept), y[test])
+    assert loose > 0.05, "the re-weighting should distort this case; the test is moot"
+    assert static < 0.015 and final < 0.015
+    assert final < loose / 4
+    # the constraint keeps the spread: the re-weighted logit's variance is the stacker's
+    assert np.std(kept) == pytest.approx(np.std(logits[test] @ w + b), rel=0.05)
+
+
+def test_the_constraint_is_the_identity_without_reweighting() -> None:
+    logits, _, _ = _members_and_outcomes(500, 3)
+    w, b = np.array([0.8, 0.3]), -0.2
+    moments = LogitMoments.of(logits)
+    np.testing.assert_allclose(stacked_logit(logits, w, b, np.ones(2), moments),
+                               logits @ w + b, rtol=1e-12, atol=1e-12)
 
 
 def test_replay_learns_only_outcomes_decided_before_each_score() -> None:
@@ -59,32 +68,37 @@ def test_replay_learns_only_outcomes_decided_before_each_score() -> None:
     logits, y, ts = _members_and_outcomes(600, 2)
     resolved = ts + 5
     w, b = np.array([1.0, 1.0]), 0.0
-    base = replay_online(logits, ts, resolved, y, w, b)
+    base = replay_online(logits, ts, resolved, y, w, b, None)
     y2 = y.copy()
     y2[400:] = 1 - y2[400:]  # outcomes decided at 405 and later flip
-    moved = replay_online(logits, ts, resolved, y2, w, b)
+    moved = replay_online(logits, ts, resolved, y2, w, b, None)
     np.testing.assert_array_equal(base[:405], moved[:405])
     assert not np.array_equal(base[405:], moved[405:])
-    never = replay_online(logits, ts, np.full(len(ts), -1), y, w, b)
+    never = replay_online(logits, ts, np.full(len(ts), -1), y, w, b, None)
     np.testing.assert_allclose(never, logits @ w + b)  # nothing learned: the static stacker
 
 
-def _tiny_ensemble(recal: tuple[float, float] = (1.0, 0.0)) -> Ensemble:
+def _tiny_ensemble(moments: LogitMoments | None = None) -> Ensemble:
     torch.manual_seed(0)
     members = [REGISTRY[n](MemberConfig(len(FEATURE_NAMES), 8, 8)).eval() for n in ("gru", "lstm")]
     return Ensemble("t", members, [1.0, 1.0], np.array([0.5, 0.5]), 0.1, 8,
-                    BarrierSpec(2.0, 3.0, 3), recal)
+                    BarrierSpec(2.0, 3.0, 3), moments)
 
 
-def test_the_ensemble_applies_its_recalibration() -> None:
+def test_the_ensemble_applies_the_moment_constraint_to_its_online_weights() -> None:
     x = np.random.default_rng(0).normal(size=(4, 8, len(FEATURE_NAMES))).astype(np.float32)
-    plain, recal = _tiny_ensemble(), _tiny_ensemble((0.5, -0.2))
-    outs, _ = plain.raw(x)
-    z = outs[:, :, 0] @ np.array([0.5, 0.5]) + 0.1
-    got = [p.p_up for p in recal.predict(x)]
-    np.testing.assert_allclose(got, sigmoid(0.5 * z - 0.2), rtol=1e-5)
-    np.testing.assert_allclose(got, combine(outs[:, :, 0], np.array([0.5, 0.5]), 0.1, None,
-                                            (0.5, -0.2)), rtol=1e-6)
+    moments = LogitMoments(np.array([0.2, -0.1]), np.array([[1.0, 0.3], [0.3, 2.0]]))
+    ens = _tiny_ensemble(moments)
+    outs, _ = ens.raw(x)
+    online = np.array([1.5, 0.5])
+    got = [p.p_up for p in ens.predict(x, online)]
+    w = np.array([0.5, 0.5])
+    w2 = w * online
+    scale = np.sqrt((w @ moments.cov @ w) / (w2 @ moments.cov @ w2))
+    z = (outs[:, :, 0] - moments.mean) @ (scale * w2) + moments.mean @ w + 0.1
+    np.testing.assert_allclose(got, sigmoid(z), rtol=1e-5)
+    np.testing.assert_allclose([p.p_up for p in ens.predict(x)],
+                               sigmoid(outs[:, :, 0] @ w + 0.1), rtol=1e-5)
 
 
 def _candle(ts: int, high: float, low: float, close: float = 100.0) -> Candle:

@@ -84,9 +84,14 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
     report = (tmp_path / "report" / "report.md").read_text()
     for name in ("ensemble", "lstm", "tft", "ppo", "base_rate", "momentum_sign",
                  "logistic_regression", "kelly_0.25", "kelly_0.5", "fixed_1pct_risk",
-                 "kelly_0.25_uncalibrated_p", "buy_and_hold"):
-        assert f"| {name} |" in report
+                 "kelly_0.25_uncalibrated_p", "buy_and_hold", "always_flat"):
+        assert f"| {name} |" in report or f"| **{name}** |" in report
     assert "ECE of the final p on the test windows: **0." in report
+    assert report.splitlines()[2].startswith("**Verdict.** ")  # at the top, one sentence
+    assert "DM p vs base rate" in report and "Sharpe [95 % CI]" in report
+    assert "- coverage: the test windows cover " in report
+    assert "| fold | test from | test to | n | ensemble log-loss |" in report
+    assert "\n| 1 | " in report
     assert "target 3 ATR / stop 2 ATR within 24 candles" in report
     for png in ("equity.png", "calibration.png", "reliability.png", "accuracy_over_time.png"):
         assert (tmp_path / "report" / png).stat().st_size > 10_000
