@@ -37,6 +37,10 @@ from models.registry import RegistryError, barrier_mismatch, load_member, sha256
 
 
 ATR_COL = FEATURE_NAMES.index("atr_pct")
+# timestamps of warm-up history run through the model at start: enough for the online
+# weights' 200 most recent outcomes and the predictions still awaiting theirs (one symbol
+# decides about 0.7 outcomes a candle, each within the barrier horizon)
+REBUILD_CANDLES = 400
 
 
 class EnsembleModule(nn.Module):
@@ -155,6 +159,7 @@ class EnsembleSignalSource:
         self._online = OnlineWeights(len(ensemble.names))
         # per symbol: (open time, upper barrier, lower barrier, member p) awaiting an outcome
         self._pending: dict[str, list[tuple[int, float, float, np.ndarray]]] = {}
+        self._replay: list[list[Candle]] = []  # warm-up timestamps to run through the model
 
     def on_gap(self, gap: Gap) -> None:
         return None  # the features mark the gap and do not reach across it
@@ -197,36 +202,65 @@ class EnsembleSignalSource:
         self.model_version = ensemble.id
         self._online = OnlineWeights(len(ensemble.names))
         self._pending.clear()
+        self._replay.clear()
 
     def warm(self, candles: Sequence[Candle]) -> None:
-        """History before trading starts: fill the buffers, run no model."""
+        """History before trading starts. The older part only fills the feature buffers; the
+        last ``REBUILD_CANDLES`` timestamps are kept to run through the model before the first
+        live candle (in the executor, as live would, without signals), so the online weights
+        and the predictions awaiting their barrier are those of a run that never stopped: a
+        restart does not change the next p."""
+        groups: dict[int, list[Candle]] = {}
         for c in candles:
-            self._buf.setdefault(c.symbol, deque(maxlen=self.keep)).append(c)
+            groups.setdefault(c.ts, []).append(c)
+        stamps = sorted(groups)
+        cut = max(0, len(stamps) - REBUILD_CANDLES)
+        for ts in stamps[:cut]:
+            for c in groups[ts]:
+                self._buf.setdefault(c.symbol, deque(maxlen=self.keep)).append(c)
+        self._replay.extend(groups[ts] for ts in stamps[cut:])
 
-    async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
+    def _take(self, candles: Sequence[Candle]) -> list[tuple[Candle, np.ndarray, float]]:
+        """Buffer each candle, learn what it decides, and return the windows ready to score."""
         ready: list[tuple[Candle, np.ndarray, float]] = []
         for c in candles:
-            buf = self._buf.setdefault(c.symbol, deque(maxlen=self.keep))
-            buf.append(c)
+            self._buf.setdefault(c.symbol, deque(maxlen=self.keep)).append(c)
             self._learn(c)
             w = self._window(c.symbol)
             if w is not None:
                 ready.append((c, w[0], w[1]))
-        if not ready:
-            return []
-        x = np.stack([r[1] for r in ready])
-        online = self._online.multipliers()
-        loop = asyncio.get_running_loop()
-        preds = await loop.run_in_executor(self.executor, self.ens.predict, x, online)
-        out = []
+        return ready
+
+    def _remember(self, ready: Sequence[tuple[Candle, np.ndarray, float]],
+                  preds: Sequence[Prediction]) -> None:
         b = self.ens.barrier
         for (c, _, atr), p in zip(ready, preds):
             if atr > 0:
                 self._pending.setdefault(c.symbol, []).append(
                     (c.ts, c.close + b.k_target * atr, c.close - b.k_stop * atr, p.member_p))
-            out.append(Signal(symbol=c.symbol, ts=c.ts, p_up=p.p_up,
-                              expected_return=p.expected_return, source=self.name,
-                              model_version=self.model_version, dispersion=p.dispersion,
-                              regime=p.regime, price=c.close, atr=atr))
-        return out
 
+    def _rebuild(self) -> None:
+        """Run the kept history through the model, one timestamp at a time (executor)."""
+        while self._replay:
+            ready = self._take(self._replay.pop(0))
+            if ready:
+                preds = self.ens.predict(np.stack([r[1] for r in ready]),
+                                         self._online.multipliers())
+                self._remember(ready, preds)
+
+    async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
+        loop = asyncio.get_running_loop()
+        if self._replay:
+            await loop.run_in_executor(self.executor, self._rebuild)
+        ready = self._take(candles)
+        if not ready:
+            return []
+        x = np.stack([r[1] for r in ready])
+        online = self._online.multipliers()
+        preds = await loop.run_in_executor(self.executor, self.ens.predict, x, online)
+        self._remember(ready, preds)
+        return [Signal(symbol=c.symbol, ts=c.ts, p_up=p.p_up,
+                       expected_return=p.expected_return, source=self.name,
+                       model_version=self.model_version, dispersion=p.dispersion,
+                       regime=p.regime, price=c.close, atr=atr)
+                for (c, _, atr), p in zip(ready, preds)]
