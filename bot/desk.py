@@ -10,7 +10,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.domain import AuditEvent, Order, OrderIntent, OrderStatus, OrderType, Position, Side
-from bot.errors import ExchangeError, FatalExchangeError, OrderAction
+from bot.errors import ExchangeError, OrderAction
 from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
@@ -56,8 +56,6 @@ class OrderDesk:
         """Await a broker call; exchange errors are logged, counted and give ``default``."""
         try:
             result = await call
-        except FatalExchangeError:
-            raise  # configuration or permission: the run ends
         except ExchangeError as exc:
             log.warning("venue_error", error=str(exc), kind=type(exc).__name__,
                         ccxt_class=exc.ccxt_class)
@@ -71,8 +69,6 @@ class OrderDesk:
     async def send(self, order: Order) -> OrderUpdate:
         try:
             update = await self.broker.submit(order)
-        except FatalExchangeError:
-            raise  # configuration or permission: the run ends
         except ExchangeError as exc:
             if self.on_venue_call:
                 self.on_venue_call(False)

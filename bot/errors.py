@@ -48,16 +48,25 @@ class LedgerError(StackbotError):
     """The ledger could not take a write. The engine stops opening positions."""
 
 
-class ExchangeError(StackbotError):
-    """Base class of translated exchange errors: a call failed, nothing more is known.
+class VenueError(StackbotError):
+    """Base class of every translated exchange error, with what the policy says to do.
 
-    As an order error: the outcome is unknown (resolved by client id). As a read: this call
-    failed and is not retried here; the caller carries on (a read never ends a run)."""
+    Two branches that never catch each other: ``ExchangeError`` (the run goes on) and
+    ``FatalExchangeError`` (configuration or permission: the run ends). A handler for the
+    first cannot swallow the second by accident; code that must survive both (a quiet probe,
+    a background refresh) names ``VenueError``."""
 
     retryable: bool = False
     ccxt_class: str = ""  # the ccxt class it was translated from ("" if raised by us)
     read: ReadAction = ReadAction.FAIL  # set per instance from the policy at translation
     order: OrderAction = OrderAction.UNKNOWN
+
+
+class ExchangeError(VenueError):
+    """A call failed and the run goes on; nothing more is known.
+
+    As an order error: the outcome is unknown (resolved by client id). As a read: this call
+    failed and is not retried here; the caller carries on (a read never ends a run)."""
 
 
 class ExchangeUnavailable(ExchangeError):
@@ -86,7 +95,7 @@ class ClockSkew(ExchangeUnavailable):
     order = OrderAction.RESEND
 
 
-class FatalExchangeError(ExchangeError):
+class FatalExchangeError(VenueError):
     """Configuration or permission: retrying cannot help, the run ends. ``fix`` says what the
     operator must change."""
 

@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from bot.clock import Clock
 from bot.desk import OrderDesk
 from bot.domain import ZERO, MarketSpec, Position
-from bot.errors import ExchangeError, FatalExchangeError
+from bot.errors import ExchangeError
 from bot.logs import get_logger
 from bot.portfolio import Portfolio
 from bot.ports import Broker, UnitOfWork
@@ -49,8 +49,6 @@ class Reconciler:
             self.risk.machine.block("reconcile", True)
         try:
             venue, updates = await probe(list(self.markets))
-        except FatalExchangeError:
-            raise  # configuration or permission: the run ends
         except ExchangeError as exc:  # keep the last verdict; try again next step
             log.warning("reconcile_unavailable", error=str(exc)[:300])
             return

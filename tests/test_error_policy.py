@@ -87,3 +87,22 @@ def test_a_rebased_url_keeps_binances_spot_map() -> None:
     ex = make_exchange(ExchangeSettings(url="http://127.0.0.1:1"), with_ws=False)
     assert ex.exceptions["exact"]["-1008"] is ccxt.OperationFailed
     assert "-1008" not in ccxt.binance().exceptions["exact"]  # ccxt's own map is untouched
+
+
+def test_a_handler_for_exchange_errors_cannot_swallow_a_fatal_one() -> None:
+    """The two branches of VenueError never catch each other: every rule whose read or order
+    action ends the run raises a FatalExchangeError, which no ``except ExchangeError`` takes;
+    every other rule raises an ExchangeError."""
+    from bot.errors import ExchangeError, VenueError
+    from bot.exchange.policy import RULES
+
+    assert not issubclass(FatalExchangeError, ExchangeError)
+    assert not issubclass(ExchangeError, FatalExchangeError)
+    fatal = [n for n, r in RULES.items() if ReadAction.FATAL in (r.read,) or
+             r.order is OrderAction.FATAL]
+    assert fatal  # the check is not vacuous
+    for name, rule in RULES.items():
+        assert issubclass(rule.error, VenueError), name
+        ends = rule.read is ReadAction.FATAL or rule.order is OrderAction.FATAL
+        assert issubclass(rule.error, FatalExchangeError) == ends, name
+        assert issubclass(rule.error, ExchangeError) == (not ends), name

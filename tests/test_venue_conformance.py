@@ -27,7 +27,7 @@ from bot.clock import WallClock
 from bot.config import ExchangeSettings
 from bot.domain import Order, OrderStatus, OrderType, Side
 from bot.engine import client_order_id
-from bot.errors import ExchangeError, FatalExchangeError, OrderAction, ReadAction
+from bot.errors import ExchangeError, FatalExchangeError, OrderAction, ReadAction, VenueError
 from bot.exchange.client import make_exchange
 from bot.exchange.policy import RULES, policy_for
 from bot.exchange.retry import RetryPolicy, read
@@ -148,7 +148,7 @@ async def test_an_order_meets_the_policy(venue: tuple[Venue, Any], fx: dict[str,
     action = OrderAction[fx["order"]]
     post, lookup = ("POST", "/api/v3/order"), ("GET", "/api/v3/order")
     if action in (OrderAction.FATAL, OrderAction.REJECTED, OrderAction.REJECTED_RECONCILE):
-        with pytest.raises(ExchangeError) as info:
+        with pytest.raises(VenueError) as info:
             await broker.submit(order)
         assert info.value.order is action
         assert isinstance(info.value, FatalExchangeError) == (action is OrderAction.FATAL)

@@ -33,7 +33,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.domain import ZERO, Candle, Fill, MarketSpec, Order, OrderStatus, OrderType, Position
 from bot.errors import (
-    ClockSkew, ExchangeError, FatalExchangeError, OrderAction, OrderNotFound,
+    ClockSkew, ExchangeError, OrderAction, OrderNotFound, VenueError,
 )
 from bot.exchange.errors import call
 from bot.exchange.markets import ccxt_markets
@@ -94,7 +94,7 @@ class LiveBroker:
                 raw = await call(self.exchange.create_order(
                     order.symbol, ccxt_type, order.side.value, float(order.quantity),
                     float(price) if price is not None else None, params))
-            except ExchangeError as exc:
+            except VenueError as exc:  # both branches: a fatal refusal still forgets the id
                 action = exc.order
                 if action in (OrderAction.FATAL, OrderAction.REJECTED,
                               OrderAction.REJECTED_RECONCILE):
@@ -123,8 +123,6 @@ class LiveBroker:
         try:
             raw = await read(self.exchange, lambda: self.exchange.fetch_order(
                 None, order.symbol, {"origClientOrderId": cid}), "lookup", self.lookup_policy)
-        except FatalExchangeError:
-            raise
         except OrderNotFound:
             may_arrive_until = self._unresolved.get(cid, 0) + self.recv_window_ms + 1000
             if time.time() * 1000 < may_arrive_until:
@@ -180,8 +178,6 @@ class LiveBroker:
         if venue_filled > updated.filled_qty and updated.exchange_order_id:
             try:
                 fills = await self._trades(updated, updated.exchange_order_id)
-            except FatalExchangeError:
-                raise
             except ExchangeError as exc:  # booked on a later poll; the order stays working
                 log.warning("trades_unavailable", client_order_id=order.client_order_id,
                             error=str(exc)[:300])
@@ -207,8 +203,6 @@ class LiveBroker:
         try:
             raw = await call(self.exchange.cancel_order(order.exchange_order_id, order.symbol,
                                                         {"origClientOrderId": cid}))
-        except FatalExchangeError:
-            raise
         except ExchangeError as exc:
             # lost answer, refused, or already gone (filled, cancelled: -2011): ask what
             # happened
@@ -235,8 +229,6 @@ class LiveBroker:
                         order.exchange_order_id, order.symbol, {"origClientOrderId": cid}),
                         "order", self.policy)
                     update = await self._sync(order, raw)
-            except FatalExchangeError:
-                raise
             except ExchangeError as exc:  # this order waits for the next poll; others go on
                 log.warning("poll_failed", client_order_id=cid, error=str(exc)[:300])
                 continue

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from bot.errors import ExchangeError
+from bot.errors import VenueError
 from bot.exchange.errors import call
 from bot.logs import get_logger
 
@@ -48,7 +48,7 @@ class DeadMansSwitch:
             try:
                 await call(self.exchange.cancel_all_orders_after(self.timeout_ms))
                 self.refreshes += 1
-            except ExchangeError as exc:  # try again sooner: the countdown is running
+            except VenueError as exc:  # try again sooner: the countdown is running
                 log.warning("dead_man_refresh_failed", error=str(exc)[:200])
                 await asyncio.sleep(self.timeout_ms / 6000)
                 continue
@@ -61,5 +61,5 @@ class DeadMansSwitch:
         await asyncio.gather(self._task, return_exceptions=True)
         try:
             await call(self.exchange.cancel_all_orders_after(0))  # disarm
-        except ExchangeError as exc:
+        except VenueError as exc:
             log.warning("dead_man_disarm_failed", error=str(exc)[:200])

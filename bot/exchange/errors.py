@@ -15,7 +15,8 @@ __all__ = ["call", "translate"]
 
 
 async def call(awaitable: Awaitable[T]) -> T:
-    """Await a ccxt call; its errors come out as ``bot.errors.ExchangeError`` subclasses."""
+    """Await a ccxt call; its errors come out as ``bot.errors.VenueError`` subclasses:
+    ``ExchangeError`` (the run goes on) or ``FatalExchangeError`` (it ends)."""
     try:
         return await awaitable
     except ccxt.BaseError as exc:

@@ -33,7 +33,7 @@ from bot.errors import OrderAction, ReadAction
 
 @dataclass(frozen=True, slots=True)
 class Rule:
-    error: type[e.ExchangeError]
+    error: type[e.VenueError]
     read: ReadAction
     order: OrderAction
     why: str
@@ -147,7 +147,7 @@ def policy_table() -> list[Policy]:
     return [policy_for(c) for c in ccxt_classes()]
 
 
-def translate(exc: BaseException) -> e.ExchangeError:
+def translate(exc: BaseException) -> e.VenueError:
     """A ccxt exception as the engine's error type, carrying its class name and actions."""
     p = policy_for(type(exc))
     err = p.rule.error(f"{p.ccxt_class}: {exc}")

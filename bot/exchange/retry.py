@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from bot.errors import ExchangeError, ReadAction
+from bot.errors import ExchangeError, ReadAction, VenueError
 from bot.exchange.errors import call
 from bot.logs import get_logger
 
@@ -60,7 +60,7 @@ async def resync_clock(exchange: Any) -> int | None:
     (local minus venue, ms), or None if the venue's time could not be read."""
     try:
         diff = await call(exchange.load_time_difference())
-    except ExchangeError as exc:
+    except VenueError as exc:  # a failed measurement is not news; the next call will tell
         log.warning("clock_resync_failed", error=str(exc)[:200])
         return None
     log.info("clock_resynced", local_minus_venue_ms=diff)
@@ -74,7 +74,7 @@ async def read(exchange: Any, request: Callable[[], Awaitable[T]], what: str,
         try:
             return await call(request())
         except ExchangeError as exc:
-            action = exc.read
+            action = exc.read  # (a FatalExchangeError is no ExchangeError: it goes straight up)
             last = attempt == policy.attempts - 1
             if action in (ReadAction.FAIL, ReadAction.FATAL) or last:
                 raise

@@ -29,7 +29,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.config import ExchangeSettings
 from bot.domain import Candle, FeedState, FeedStatus, Gap, Warmup, timeframe_ms
-from bot.errors import ConfigError, ExchangeError, ExchangeUnavailable, FatalExchangeError
+from bot.errors import ConfigError, ExchangeError, ExchangeUnavailable, VenueError
 from bot.exchange.errors import call
 from bot.exchange.retry import RetryPolicy, read
 from bot.exchange.venue_clock import VenueClock
@@ -213,8 +213,6 @@ class LiveFeed:
                     self.source = "ws"
                     log.info("feed_ws_restored")
                     yield FeedStatus(FeedState.WS_RESTORED, "ws", "the websocket answers again")
-            except FatalExchangeError:
-                raise
             except (ExchangeError, asyncio.TimeoutError) as exc:
                 reason = str(exc)[:300] or type(exc).__name__
                 if on_ws:
@@ -290,7 +288,7 @@ class LiveFeed:
         try:
             rows = await asyncio.wait_for(call(self.exchange.watch_ohlcv(
                 self.symbols[0], self.timeframe)), timeout=self.silence_s)
-        except (ExchangeError, asyncio.TimeoutError) as exc:
+        except (VenueError, asyncio.TimeoutError) as exc:  # a probe never ends the run
             log.debug("ws_probe_failed", error=str(exc)[:200])
             await self._close_ws()
             return False
