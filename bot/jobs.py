@@ -53,10 +53,9 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
     in a separate process, promote only if the new version beats the active one out of sample
     on the same window, then score with it. Either way the outcome is audited."""
     import asyncio
+    import os
     import sys
     from datetime import UTC, datetime, timedelta
-
-    import os
 
     # the retrained models must price the bet this process trades: its barriers, whatever
     # config file or environment set them

@@ -1,5 +1,5 @@
 """Ledger records the engine writes for things that are not orders: the signed commands it
-saw, the feed's own status, and a fatal venue error. Pure: each returns or fills rows and
+saw and a fatal venue error. Pure: each returns or fills rows and
 audit payloads; the engine commits them."""
 
 from __future__ import annotations

@@ -7,8 +7,8 @@ and stacks their outputs. That is the unit handed to ``torch.compile`` on CUDA.
 symbol, computes the same causal features as training, and combines the members: the
 meta-learner's stacked P(target first) with online re-weighting by recent log-loss,
 constrained to keep the stacked logit's validation mean and variance (``models/meta.py``) so
-the p handed to Kelly keeps the stacker's calibration; the expected return, the dispersion (disagreement of the
-members' calibrated probabilities), and the VAE regime. The online weights learn each
+the p handed to Kelly keeps the stacker's calibration; the expected return, the dispersion
+(disagreement of the members' calibrated probabilities), and the VAE regime. The online weights learn each
 outcome on the candle that touches the target or the stop, as the training labels do.
 """
 
@@ -233,11 +233,10 @@ class EnsembleSignalSource:
 
     def _remember(self, ready: Sequence[tuple[Candle, np.ndarray, float]],
                   preds: Sequence[Prediction]) -> None:
-        b = self.ens.barrier
         for (c, _, atr), p in zip(ready, preds):
             if atr > 0:
-                self._pending.setdefault(c.symbol, []).append(
-                    (c.ts, c.close + b.k_target * atr, c.close - b.k_stop * atr, p.member_p))
+                upper, lower = self.ens.barrier.levels(c.close, atr)
+                self._pending.setdefault(c.symbol, []).append((c.ts, upper, lower, p.member_p))
 
     def _rebuild(self) -> None:
         """Run the kept history through the model, one timestamp at a time (executor)."""

@@ -32,6 +32,7 @@ from models.evaluate import (
 )
 from models.report import write_report
 from models.significance import log_losses, step_returns, verdicts
+from models.significance import sharpe as annualised_sharpe
 from models.train import PRESETS, TrainConfig, with_barrier
 from strategies.ensemble import EnsembleStrategy
 
@@ -88,9 +89,9 @@ def buy_and_hold(series: Sequence[CandleSeries], windows: Sequence[tuple[int, in
     final = cash
     fees = (bought + sold) * cost
     vals = np.array([e for _, e in equity]) if equity else np.array([equity0])
-    rets = np.diff(vals) / vals[:-1] if len(vals) > 1 else np.zeros(1)
+    rets = step_returns(equity)
     per_year = 365 * 86_400_000 / timeframe_ms(settings.timeframe)
-    sharpe = float(rets.mean() / rets.std(ddof=1) * np.sqrt(per_year)) if rets.std() > 0 else 0.0
+    sharpe = float(annualised_sharpe(rets, per_year)) if len(rets) > 1 else 0.0
     peak = np.maximum.accumulate(vals)
     return {"return_pct": round(100 * (final / equity0 - 1), 4), "sharpe": round(sharpe, 4),
             "max_drawdown_pct": round(float(100 * ((peak - vals) / peak).max()), 4),

@@ -28,6 +28,7 @@ are purged and embargoed by ``lookback + horizon`` between train, validation and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,11 @@ class BarrierSpec:
     def from_dict(cls, d: dict[str, object]) -> BarrierSpec:
         return cls(float(d["k_stop"]), float(d["k_target"]), int(d["horizon"]))  # type: ignore[arg-type]
 
+    def levels(self, close: Any, atr: Any) -> tuple[Any, Any]:
+        """(upper, lower) barriers from a close and an ATR in price units (floats or arrays):
+        the one definition training labels and the live re-weighting share."""
+        return close + self.k_target * atr, close - self.k_stop * atr
+
     def describe(self) -> str:
         return (f"target {self.k_target:g} ATR / stop {self.k_stop:g} ATR within "
                 f"{self.horizon} candles")
@@ -75,12 +81,12 @@ class Barriers:
     def up(self) -> np.ndarray:
         return (self.label > 0).astype(np.float32)
 
-    def summary(self) -> dict[str, float]:
-        n = int(self.valid.sum())
-        lab = self.label[self.valid]
-        return {"rows": n, "target_first": float((lab > 0).mean()) if n else 0.0,
-                "stop_first": float((lab < 0).mean()) if n else 0.0,
-                "timeout": float((lab == 0).mean()) if n else 0.0}
+
+def outcome_shares(label: np.ndarray) -> dict[str, float]:
+    """Shares of target-first, stop-first and timeout outcomes among observed labels."""
+    n = max(1, len(label))
+    return {"rows": int(len(label)), "target_first": float((label > 0).sum() / n),
+            "stop_first": float((label < 0).sum() / n), "timeout": float((label == 0).sum() / n)}
 
 
 def triple_barrier(high: np.ndarray, low: np.ndarray, close: np.ndarray, atr: np.ndarray,
@@ -90,8 +96,7 @@ def triple_barrier(high: np.ndarray, low: np.ndarray, close: np.ndarray, atr: np
     ``ts`` and ``step_ms``, rows whose horizon spans a hole in the series are unlabelled."""
     n = len(close)
     h = spec.horizon
-    upper = close + spec.k_target * atr
-    lower = close - spec.k_stop * atr
+    upper, lower = spec.levels(close, atr)
     label = np.zeros(n, dtype=np.int8)
     offset = np.full(n, h, dtype=np.int16)
     open_ = np.ones(n, dtype=bool)  # still waiting for a touch

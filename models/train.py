@@ -21,7 +21,7 @@ from models.dataset import (
     Parts, SymbolData, panel, reference_timeline, split_by_time, splits, window_times,
 )
 from models.features import FEATURE_NAMES
-from models.labels import BarrierSpec
+from models.labels import BarrierSpec, outcome_shares
 from models.members import REGISTRY, Member, MemberConfig
 from models.meta import LogitMoments, fit_stacker, replay_online, stacked_logit
 
@@ -340,11 +340,9 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
 def _outcomes(data: Sequence[SymbolData], span: tuple[int, int]) -> dict[str, float]:
     """Shares of target-first, stop-first and timeout outcomes in a time range (reported:
     timeouts are excluded from the classification target)."""
-    lab = np.concatenate([d.barriers.label[(d.ts >= span[0]) & (d.ts <= span[1]) &
-                                           d.barriers.valid] for d in data])
-    n = max(1, len(lab))
-    return {"rows": int(len(lab)), "target_first": float((lab > 0).sum() / n),
-            "stop_first": float((lab < 0).sum() / n), "timeout": float((lab == 0).sum() / n)}
+    return outcome_shares(np.concatenate([
+        d.barriers.label[(d.ts >= span[0]) & (d.ts <= span[1]) & d.barriers.valid]
+        for d in data]))
 
 
 def config_dict(cfg: TrainConfig) -> dict[str, Any]:

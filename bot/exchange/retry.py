@@ -76,7 +76,7 @@ async def read(exchange: Any, request: Callable[[], Awaitable[T]], what: str,
         except ExchangeError as exc:
             action = exc.read  # (a FatalExchangeError is no ExchangeError: it goes straight up)
             last = attempt == policy.attempts - 1
-            if action in (ReadAction.FAIL, ReadAction.FATAL) or last:
+            if action is ReadAction.FAIL or last:
                 raise
             if action is ReadAction.RESYNC:
                 await resync_clock(exchange)
