@@ -246,3 +246,50 @@ class TradingStates(RuleBasedStateMachine):
 
 TestTradingStates = TradingStates.TestCase
 TestTradingStates.settings = settings(max_examples=100, stateful_step_count=40, deadline=None)
+
+
+def test_the_random_inputs_reach_both_outcomes() -> None:
+    """The properties above would pass vacuously if every entry were refused, if no cap ever
+    bound, or if every size were zero. Over the same ranges, drawn with a fixed seed: most
+    entries are approved, many of them sized down to a cap (and within it), others by Kelly
+    alone, and many p pairs both size above zero, so monotonicity is tested on real sizes."""
+    import random
+
+    rng = random.Random(0)
+    approved = at_cap = both_sized = 0
+    for _ in range(400):
+        cfg = RiskSettings(
+            kelly_fraction=rng.uniform(0.05, 1.0), k_stop=rng.uniform(0.5, 5),
+            k_target=rng.uniform(0.5, 8), max_risk_per_trade=rng.uniform(0.001, 0.2),
+            max_order_notional=D(str(round(rng.uniform(10, 1_000_000), 2))),
+            max_exposure_symbol=D(str(round(rng.uniform(0.01, 1), 2))),
+            max_exposure_total=D(str(round(rng.uniform(0.01, 1), 2))))
+        cash = D(str(round(rng.uniform(100, 10_000_000), 2)))
+        price, atr_frac = rng.uniform(1, 100_000), rng.uniform(0.0001, 0.2)
+        atr = price * atr_frac
+        be = break_even(cfg.k_target / cfg.k_stop, 0.003 / _d(cfg, atr, price))
+        if be >= 0.999:
+            continue
+        p_win = be + (1 - be) * max(rng.random(), 1e-3)
+        pf = portfolio(cash, price)
+        d = manager(cfg, atr, price).review(
+            OrderIntent("BTC/USDT", Side.BUY, "t", 0, "v", confidence=p_win), pf, SPEC)
+        if d.approved:
+            approved += 1
+            notional = d.quantity * D(repr(price))
+            caps = [cfg.max_order_notional,
+                    pf.equity() * min(cfg.max_exposure_symbol, cfg.max_exposure_total),
+                    D(repr(float(pf.equity()) * cfg.max_risk_per_trade / (cfg.k_stop * atr)
+                           * price))]
+            assert all(notional <= c * D("1.000000001") for c in caps)
+            at_cap += notional >= min(caps) * D("0.99")
+        else:
+            assert d.reason.split(":")[0] in CAPS, d.reason
+        k = SizingParams(kelly_fraction=cfg.kelly_fraction, k_stop=cfg.k_stop,
+                         k_target=cfg.k_target, max_risk_per_trade=0.2)
+        lo, hi = sorted((rng.random(), rng.random()))
+        s = [size_entry(SizingInputs(1e6, price, atr, p), k).quantity for p in (lo, hi)]
+        assert s[0] <= s[1]
+        both_sized += s[0] > 0
+    assert approved >= 200 and 20 <= at_cap <= approved - 20 and both_sized >= 20, (
+        approved, at_cap, both_sized)
