@@ -18,7 +18,7 @@ from bot.cli_sim import sim_exchange
 from bot.config import Settings, load_settings
 from bot.errors import StackbotError
 from bot.feeds.files import parse_timestamp
-from bot.logs import configure_logging, get_logger, register_secrets
+from bot.logs import configure_logging, get_logger, password_of, register_secrets
 
 app = typer.Typer(no_args_is_help=True, add_completion=False,
                   help="stackbot: a crypto trading bot. Backtest, paper and live on one engine.")
@@ -54,6 +54,9 @@ def _settings(config: Path | None, **flags: Any) -> Settings:
     register_secrets([s.get_secret_value() for s in (
         settings.exchange.api_key, settings.exchange.secret, settings.database.url,
         settings.mqtt.password, settings.mqtt.command_secret) if s is not None])
+    # the password on its own too: a driver error may quote it without the rest of the URL
+    register_secrets([password_of(settings.database.url.get_secret_value())
+                      if settings.database.url is not None else None])
     return settings
 
 
@@ -345,7 +348,7 @@ def train(
     data: Annotated[list[Path], typer.Option("--data", help="candle file; repeat per symbol")],
     timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1h",
     symbols: Annotated[Optional[str], typer.Option(help="comma list, one per --data")] = None,
-    preset: Annotated[str, typer.Option(help="quick or full")] = "quick",
+    preset: Annotated[str, typer.Option(help="tiny, quick or full (see the README)")] = "quick",
     models: Annotated[Optional[str], typer.Option(help="members to train (default: all)")] = None,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda")] = "auto",
     promote_mode: Annotated[str, typer.Option("--promote", help="always, if-none, if-better or never")] = "if-none",
@@ -402,9 +405,9 @@ def evaluate(
     out_dir: Annotated[Path, typer.Option("--out", help="report directory")],
     timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1h",
     symbols: Annotated[Optional[str], typer.Option(help="comma list, one per --data")] = None,
-    preset: Annotated[str, typer.Option(help="quick or full")] = "quick",
+    preset: Annotated[str, typer.Option(help="tiny, quick or full (see the README)")] = "quick",
     models: Annotated[Optional[str], typer.Option(help="members (default: all)")] = None,
-    folds: Annotated[int, typer.Option(help="most recent walk-forward folds")] = 2,
+    folds: Annotated[int, typer.Option(help="walk-forward folds; their test parts tile the file after the first training span")] = 2,
     config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
 ) -> None:
     """Walk-forward out-of-sample report: members, ensemble and baselines; Markdown + PNG."""

@@ -12,7 +12,7 @@ from bot.domain import timeframe_ms
 from bot.feeds.files import CandleSeries
 from models.features import FEATURE_NAMES, normalise, raw_features
 from models.labels import Barriers, BarrierSpec, triple_barrier
-from models.windows import Split, Windows, make_windows, walk_forward
+from models.windows import Split, Windows, make_windows
 
 
 @dataclass
@@ -59,16 +59,29 @@ def _concat(ws: Sequence[Windows]) -> Windows:
                      ("x", "ret", "up", "labeled", "t")))
 
 
+def evenly(rows: np.ndarray, cap: int | None) -> np.ndarray:
+    """At most ``cap`` of ``rows``, evenly spaced (all of them at or below the cap)."""
+    if cap is None or len(rows) <= cap:
+        return rows
+    return rows[np.linspace(0, len(rows) - 1, max(1, cap)).astype(np.int64)]
+
+
 def split_by_time(data: Sequence[SymbolData], split: Split, ref: np.ndarray, lookback: int,
-                  horizon: int) -> Parts:
+                  horizon: int, max_train: int | None = None) -> Parts:
     """Windows of every symbol whose last candle falls in each part's time range; the parts
-    are defined on the reference timeline ``ref`` so all symbols split at the same instants."""
+    are defined on the reference timeline ``ref`` so all symbols split at the same instants.
+    With ``max_train``, the train part keeps at most that many windows in all, evenly spaced
+    over each symbol's history, so an expanding training span costs (in time and memory) what
+    the preset says, however long the file."""
     bounds = {name: (ref[a], ref[min(b, len(ref)) - 1]) for name, (a, b) in
               (("train", split.train), ("val", split.val), ("test", split.test))}
     out: dict[str, list[Windows]] = {k: [] for k in bounds}
+    per_symbol = None if max_train is None else max(1, max_train // max(1, len(data)))
     for d in data:
         for name, (t0, t1) in bounds.items():
             rows = np.nonzero((d.ts >= t0) & (d.ts <= t1))[0]
+            if name == "train":
+                rows = evenly(rows, per_symbol)
             out[name].append(make_windows(d.features, d.close, lookback, horizon, rows=rows,
                                           barriers=d.barriers))
     return Parts(*(_concat(out[k]) for k in ("train", "val", "test")),
@@ -81,20 +94,16 @@ def reference_timeline(data: Sequence[SymbolData]) -> np.ndarray:
     return max(data, key=lambda d: len(d.ts)).ts
 
 
-def splits(ref: np.ndarray, train: int, val: int, test: int, embargo: int,
-           folds: int | None) -> list[Split]:
-    return walk_forward(len(ref), train, val, test, embargo, folds)
-
-
-def panel(data: Sequence[SymbolData], t0: int, t1: int, lookback: int,
-          horizon: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def panel(data: Sequence[SymbolData], t0: int, t1: int, lookback: int, horizon: int,
+          max_rows: int | None = None
+          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Aligned windows [T, N, L, F], returns [T, N], target-first [T, N], has-a-direction
     [T, N] and open times [T] for the timestamps in [t0, t1] where every symbol has a
-    complete window and an observed outcome."""
+    complete window and an observed outcome (at most ``max_rows`` of them, evenly spaced)."""
     common = data[0].ts
     for d in data[1:]:
         common = np.intersect1d(common, d.ts)
-    common = common[(common >= t0) & (common <= t1)]
+    common = evenly(common[(common >= t0) & (common <= t1)], max_rows)
     built = []
     ok = np.ones(len(common), dtype=bool)
     for d in data:

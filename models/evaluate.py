@@ -2,8 +2,12 @@
 and three baselines (the base rate, momentum, logistic regression on the same features), and
 a sizing comparison of the ensemble's p under Kelly and fixed-fractional rules.
 
+The folds expand: their test parts tile the file after the first training span and its
+validation part (``models/windows.expanding_folds``), and each fold trains on all history
+before its validation part, subsampled to the preset's number of training windows.
+
 Every predictor forecasts the triple-barrier outcome the risk settings define: P(target
-before stop within the horizon). For each of the most recent ``folds`` walk-forward folds, the
+before stop within the horizon). For each of the ``folds`` walk-forward folds, the
 members are trained on that fold's train part, calibrated on its validation part, and scored
 on its test part. The ensemble's p is the one that reaches Kelly live: stacked, and
 re-weighted online as the outcomes come in, keeping the stacked logit's validation moments.
@@ -14,7 +18,7 @@ plots.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -24,10 +28,11 @@ from bot.domain import Candle, Gap, OrderIntent, Signal
 from bot.feeds.files import CandleSeries
 from bot.ports import PortfolioView
 from models.calibrate import reliability, report, sigmoid
-from models.dataset import SymbolData, reference_timeline, split_by_time, splits, symbol_data
+from models.dataset import SymbolData, reference_timeline, split_by_time, symbol_data
 from models.labels import BarrierSpec
 from models.meta import fit_stacker
 from models.train import TrainConfig, stack_members, train_member
+from models.windows import expanding_folds
 
 BASELINES = ("base_rate", "momentum_sign", "logistic_regression")
 # the ensemble's p at its stages, for the calibration table (not traded as predictors)
@@ -89,16 +94,24 @@ class WithoutProbability:
 
 
 def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequence[str],
-                  folds: int, on_fold: Any = None) -> OOS:
+                  folds: int, on_step: Callable[[int, int, str], None] | None = None) -> OOS:
+    """``on_step(fold, folds, what)`` after each member is trained (``what`` its name) and
+    after each fold's stacking and baselines (``what`` "stacking")."""
     ref = reference_timeline(data)
     embargo = cfg.lookback + cfg.horizon
-    fold_list = splits(ref, cfg.train_rows, cfg.val_rows, cfg.test_rows, embargo, folds)
+    fold_list = expanding_folds(len(ref), cfg.train_rows, cfg.val_rows, embargo, folds)
     if not fold_list:
-        raise ValueError("not enough history for one walk-forward fold")
+        raise ValueError(f"not enough history for {folds} walk-forward fold(s): {len(ref)} "
+                         f"candles, the first training span and validation take "
+                         f"{cfg.train_rows + cfg.val_rows + 2 * embargo}")
     oos = OOS()
     for k, split in enumerate(fold_list):
-        parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon)
-        results = [train_member(n, data, parts, cfg) for n in members]
+        parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon, cfg.max_train_samples)
+        results = []
+        for name in members:
+            results.append(train_member(name, data, parts, cfg))
+            if on_step:
+                on_step(k, len(fold_list), name)
         test, tr = parts.test, parts.train
         st = stack_members(data, parts, results)
         base = float(tr.up[tr.labeled].mean()) if tr.labeled.any() else 0.5
@@ -125,8 +138,8 @@ def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequenc
         lab = tr.labeled  # the logistic baseline: the same features, the same train part
         lw, lb = fit_stacker(np.nan_to_num(tr.x[lab, -1, :]), tr.up[lab], l2=10.0)
         oos.add("logistic_regression", sigmoid(np.nan_to_num(test.x[:, -1, :]) @ lw + lb))
-        if on_fold:
-            on_fold(k, len(fold_list))
+        if on_step:
+            on_step(k, len(fold_list), "stacking")
     return oos
 
 

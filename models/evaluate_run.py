@@ -13,6 +13,7 @@ gets bootstrap intervals, and every predictor Diebold-Mariano tests
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bot.config import Settings
 from bot.domain import MarketSpec, timeframe_ms
@@ -100,6 +102,34 @@ def buy_and_hold(series: Sequence[CandleSeries], windows: Sequence[tuple[int, in
             "final_equity": final}
 
 
+class Timer:
+    """Elapsed wall time per part of the evaluation, in the order the parts ran."""
+
+    def __init__(self) -> None:
+        self.parts: dict[str, float] = {}
+        self._t = time.perf_counter()
+
+    def lap(self, part: str) -> None:
+        now = time.perf_counter()
+        self.parts[part] = self.parts.get(part, 0.0) + now - self._t
+        self._t = now
+
+    def summary(self) -> str:
+        total = sum(self.parts.values())
+        return ", ".join(f"{k} {_clock(v)}" for k, v in self.parts.items()) + \
+            f"; total {_clock(total)}"
+
+
+def _clock(seconds: float) -> str:
+    m, s = divmod(int(round(seconds)), 60)
+    return f"{m} min {s:02d} s" if m else f"{seconds:.1f} s"
+
+
+def progress_bars() -> Progress:
+    return Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+
+
 async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Sequence[str] | None,
                          out_dir: Path, preset: str, models: str | None, folds: int,
                          say: Callable[[str], Any] = print) -> tuple[Path, dict[str, Any]]:
@@ -107,16 +137,26 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
 
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}")
+    timer = Timer()
     barrier = barrier_from(settings.risk)
     cfg = with_barrier(TrainConfig(**{**vars(PRESETS[preset]), "device": pick_device("auto")}),
                        barrier)
     names = members_from(models)
     series = load_series(files, settings.timeframe, symbols)
     data = load(series, barrier)
-    say(f"training {len(names)} members on {folds} walk-forward fold(s) for the bet "
+    timer.lap("features and labels")
+    say(f"training {len(names)} members on {folds} expanding walk-forward fold(s) for the bet "
         f"{barrier.describe()}...")
-    oos = out_of_sample(data, cfg, names, folds,
-                        lambda k, n: say(f"  fold {k + 1}/{n} done"))
+    with progress_bars() as bars:
+        fold_bars: dict[int, Any] = {}
+
+        def on_step(k: int, n: int, what: str) -> None:
+            if k not in fold_bars:
+                fold_bars[k] = bars.add_task(f"fold {k + 1}/{n}", total=len(names) + 1, info="")
+            bars.update(fold_bars[k], advance=1, info=f"{what} done")
+
+        oos = out_of_sample(data, cfg, names, folds, on_step)
+    timer.lap(f"training ({folds} folds)")
     metrics = metrics_table(oos)
     stages = metrics_table(oos, stages=True)
     tables = signal_tables(oos, data)
@@ -142,29 +182,37 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
                                               Decimal(str(s["starting_equity"]))), 4),
                 "equity": outcome.equity, "run_id": outcome.run_id}
 
-    say(f"trading {len(oos.p)} predictors through the engine...")
     trading: dict[str, dict[str, Any]] = {}
-    for name in oos.p:
-        trading[name] = await trade(name, name, {}, False)
-        metrics[name].update({k: trading[name][k] for k in ("return_pct", "sharpe")})
-    say("sizing comparison...")
     sizing: dict[str, dict[str, Any]] = {}
-    for row, source, risk, fixed in SIZING_RULES:
-        same = (source == "ensemble" and not fixed and
-                risk == {"kelly_fraction": settings.risk.kelly_fraction})
-        sizing[row] = trading["ensemble"] if same else await trade(row, source, risk, fixed)
-    folds_ts = np.array(oos.fold)
-    windows = [(int(np.array(oos.ts)[folds_ts == k].min()),
-                int(np.array(oos.ts)[folds_ts == k].max()) + step) for k in sorted(set(oos.fold))]
-    sizing["buy_and_hold"] = buy_and_hold(series, windows, settings)
-    sizing["always_flat"] = {"return_pct": 0.0, "sharpe": 0.0, "max_drawdown_pct": 0.0,
-                             "trades": 0, "turnover": 0.0, "fees_pct": 0.0,
-                             "equity": [(t, float(settings.paper.starting_balance))
-                                        for t, _ in sizing["buy_and_hold"]["equity"]]}
-    # the same rules with the caps that bind lifted, so the rule itself shows (spot still
-    # cannot spend more than its cash)
-    for row, source, risk, fixed in SIZING_RULES:
-        sizing[f"{row} {UNCAPPED_TAG}"] = await trade(row, source, {**risk, **UNCAPPED}, fixed)
+    with progress_bars() as bars:
+        task = bars.add_task("trading predictors", total=len(oos.p), info="")
+        for name in oos.p:
+            trading[name] = await trade(name, name, {}, False)
+            metrics[name].update({k: trading[name][k] for k in ("return_pct", "sharpe")})
+            bars.update(task, advance=1, info=name)
+        timer.lap("trading predictors")
+        task = bars.add_task("sizing comparison", total=2 * len(SIZING_RULES), info="")
+        for row, source, risk, fixed in SIZING_RULES:
+            same = (source == "ensemble" and not fixed and
+                    risk == {"kelly_fraction": settings.risk.kelly_fraction})
+            sizing[row] = trading["ensemble"] if same else await trade(row, source, risk, fixed)
+            bars.update(task, advance=1, info=row)
+        folds_ts = np.array(oos.fold)
+        windows = [(int(np.array(oos.ts)[folds_ts == k].min()),
+                    int(np.array(oos.ts)[folds_ts == k].max()) + step)
+                   for k in sorted(set(oos.fold))]
+        sizing["buy_and_hold"] = buy_and_hold(series, windows, settings)
+        sizing["always_flat"] = {"return_pct": 0.0, "sharpe": 0.0, "max_drawdown_pct": 0.0,
+                                 "trades": 0, "turnover": 0.0, "fees_pct": 0.0,
+                                 "equity": [(t, float(settings.paper.starting_balance))
+                                            for t, _ in sizing["buy_and_hold"]["equity"]]}
+        # the same rules with the caps that bind lifted, so the rule itself shows (spot still
+        # cannot spend more than its cash)
+        for row, source, risk, fixed in SIZING_RULES:
+            sizing[f"{row} {UNCAPPED_TAG}"] = await trade(row, source, {**risk, **UNCAPPED},
+                                                          fixed)
+            bars.update(task, advance=1, info=f"{row} {UNCAPPED_TAG}")
+        timer.lap("sizing comparison")
     lab = np.array(oos.labeled)
     y = np.array(oos.up)[lab]
     calibration = {"ece_final": ece(np.array(oos.p["ensemble"])[lab], y),
@@ -178,6 +226,7 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
     verdict = verdicts(losses, "base_rate", ("momentum_sign", "logistic_regression"),
                        barrier.horizon, rets, 365 * 86_400_000 / step,
                        block=max(barrier.horizon, round(longest ** (1 / 3))))
+    timer.lap("statistics")
     fmt = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")  # noqa: E731
     meta = {"symbols": [s.symbol for s in series], "timeframe": settings.timeframe,
             "preset": preset, "lookback": cfg.lookback, "barrier": barrier.describe(),
@@ -186,10 +235,14 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
             "max_risk_per_trade": settings.risk.max_risk_per_trade,
             "max_exposure_symbol": float(settings.risk.max_exposure_symbol),
             "max_exposure_total": float(settings.risk.max_exposure_total),
+            "train_windows": cfg.max_train_samples, "epochs": cfg.epochs,
             "folds": folds, "test_from": fmt(start), "test_to": fmt(end)}
     meta["coverage"] = coverage(oos, series, step)
     meta["folds_table"] = fold_table(oos, names)
+    meta["elapsed"] = timer.summary()
     path = write_report(out_dir, meta, metrics, trading, accuracy_over_time(oos),
                         reliability_data(oos), sizing, stages, calibration, verdict)
+    timer.lap("report")
+    say(f"elapsed: {timer.summary()}")
     return path, {"predictors": metrics, "sizing": sizing, "calibration": calibration,
-                  "verdict": verdict}
+                  "verdict": verdict, "elapsed": dict(timer.parts)}

@@ -124,9 +124,19 @@ def _ci(iv: Interval | None, scale: float = 1.0) -> str:
     return f"[{iv.low * scale:.2f}, {iv.high * scale:.2f}]"
 
 
+def _sharpe(value: float, key: str, v: Verdicts) -> str:
+    """The Sharpe, its 95 % interval and its bootstrap p-value of zero; bold when it differs
+    from zero at 5 % after Holm's correction over every strategy in the report."""
+    sh, _ = v.intervals.get(key, (None, None))
+    p = f" p {sh.p_zero:.3f}" if sh is not None and sh.p_zero == sh.p_zero else ""
+    text = f"{value:.2f} {_ci(sh)}{p}"
+    return f"**{text}**" if v.sharpe_significant.get(key) else text
+
+
 def _money_row(name: str, t: dict[str, Any], v: Verdicts, key: str | None = None) -> str:
-    sh, ret = v.intervals.get(key or name, (None, None))
-    return (f"| {name} | {t['return_pct']:.2f} {_ci(ret, 100)} | {t['sharpe']:.2f} {_ci(sh)} | "
+    _, ret = v.intervals.get(key or name, (None, None))
+    return (f"| {name} | {t['return_pct']:.2f} {_ci(ret, 100)} | "
+            f"{_sharpe(t['sharpe'], key or name, v)} | "
             f"{t['max_drawdown_pct']:.2f} | {t['turnover']:.2f} | {t['fees_pct']:.2f} | "
             f"{t['trades']} |")
 
@@ -154,9 +164,12 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         f"- data: {', '.join(meta['symbols'])} {meta['timeframe']}",
         f"- the bet every predictor prices: {meta['barrier']} (triple-barrier labels from the "
         f"risk settings); break-even p before costs {meta['break_even']:.4f}",
-        f"- preset: {meta['preset']} (lookback {meta['lookback']}); round-trip cost "
-        f"{meta['cost']:.4f} (fees and slippage)",
-        f"- folds: {meta['folds']}, test windows {meta['test_from']} → {meta['test_to']} (UTC)",
+        f"- preset: {meta['preset']} (lookback {meta['lookback']}, at most "
+        f"{meta['train_windows']:,} training windows per member, {meta['epochs']} epochs); "
+        f"round-trip cost {meta['cost']:.4f} (fees and slippage)",
+        f"- folds: {meta['folds']}, expanding (each trains on all history before its "
+        "validation part); their test windows tile the data after the first training span: "
+        f"{meta['test_from']} → {meta['test_to']} (UTC)",
         f"- coverage: the test windows cover {meta['coverage']['test_days']:.0f} of the "
         f"data's {meta['coverage']['file_days']:.0f} days "
         f"({meta['coverage']['share']:.1%}); the rest trained and validated the models",
@@ -185,13 +198,18 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         f"equity at risk per trade, {meta['max_exposure_symbol']:.0%} of equity per symbol, "
         f"{meta['max_exposure_total']:.0%} in all): where a cap binds, rules that ask for more "
         "get the same size.", "",
-        "| rule | net return % [95 % CI] | Sharpe [95 % CI] | max DD % | turnover (x equity) | fees % of equity | trades |",
+        f"Intervals: 95 % circular block bootstrap of the per-candle returns; p: the bootstrap "
+        f"p-value of a zero Sharpe. This report tests {len(v.intervals)} strategies on the "
+        "same test windows, so about one raw 95 % interval in twenty excludes zero by chance: "
+        "a Sharpe is **bold** only where it differs from zero at 5 % after Holm's correction "
+        "over all of them.", "",
+        "| rule | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | turnover (x equity) | fees % of equity | trades |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *(_money_row(name, t, v) for name, t in sizing.items() if "caps lifted" not in name),
         "", "The same rules with those three caps lifted (20 % risk per trade, 100 % of equity "
         "per symbol and in all; spot still cannot spend more cash than it has), to show what "
         "the sizing rule itself does:", "",
-        "| rule | net return % [95 % CI] | Sharpe [95 % CI] | max DD % | turnover (x equity) | fees % of equity | trades |",
+        "| rule | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | turnover (x equity) | fees % of equity | trades |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *(_money_row(name.replace(" (caps lifted)", ""), t, v, name) for name, t in sizing.items()
           if "caps lifted" in name),
@@ -211,19 +229,19 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         f"lower): against the base rate, and against the best baseline ({v.best_baseline}). "
         "**Bold**: significantly better than the base rate at 5 % after Holm's correction. "
         "Return and Sharpe intervals: 95 % circular block bootstrap of the per-candle "
-        "returns.", "",
-        "| predictor | accuracy | log-loss | Brier | ECE | n | DM p vs base rate | DM p vs best baseline | net return % [95 % CI] | Sharpe [95 % CI] | max DD % | trades |",
+        "returns, with the bootstrap p-value of a zero Sharpe.", "",
+        "| predictor | accuracy | log-loss | Brier | ECE | n | DM p vs base rate | DM p vs best baseline | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | trades |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in metrics.items():
         t = trading.get(name, {})
-        sh, ret = v.intervals.get(name, (None, None))
+        _, ret = v.intervals.get(name, (None, None))
         shown = f"**{name}**" if v.beats_base.get(name) else name
         lines.append(
             f"| {shown} | {m['accuracy']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
             f"{m['ece']:.4f} | {m['n']} | {_p(v.dm_base.get(name))} | "
             f"{_p(v.dm_best.get(name))} | {t.get('return_pct', float('nan')):.2f} "
-            f"{_ci(ret, 100)} | {t.get('sharpe', float('nan')):.2f} {_ci(sh)} | "
+            f"{_ci(ret, 100)} | {_sharpe(t.get('sharpe', float('nan')), name, v)} | "
             f"{t.get('max_drawdown_pct', float('nan')):.2f} | {t.get('trades', '')} |")
     lines += ["", "Accuracy (p > 0.5 against the outcome) matters less here than calibration "
               "and log-loss: the bet pays more than it risks, so a p below 0.5 can still be "
@@ -231,7 +249,8 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
               "outcomes every time: the no-skill bar. A model is honest when it is measured as "
               "it came out, whatever the sign.",
               "", "## Plots", "", "![equity and drawdown](equity.png)", "",
-              "![calibration](calibration.png)", "", "![accuracy over time](accuracy_over_time.png)", ""]
+              "![calibration](calibration.png)", "", "![accuracy over time](accuracy_over_time.png)", "",
+              f"Elapsed (up to the report): {meta['elapsed']}.", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

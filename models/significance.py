@@ -10,13 +10,16 @@
 - ``holm``: Holm's step-down correction of p-values for the number of comparisons.
 - ``block_bootstrap``: a circular block bootstrap (Politis and Romano) of a return series:
   95 % intervals for the annualised Sharpe and the compounded net return, with blocks long
-  enough to keep the serial dependence of positions held over several candles.
+  enough to keep the serial dependence of positions held over several candles, and the
+  bootstrap p-value of zero. The report tests many strategies on one test period, so a
+  Sharpe counts as distinguishable from zero only after Holm's correction over all of them:
+  one raw 95 % interval in twenty excludes zero by chance alone.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy import stats
@@ -81,6 +84,9 @@ class Interval:
     estimate: float
     low: float
     high: float
+    # two-sided bootstrap p-value of zero: twice the smaller share of draws on either side of
+    # it, so p < 1 - level exactly when the percentile interval excludes zero
+    p_zero: float = float("nan")
 
     def covers(self, value: float) -> bool:
         return self.low <= value <= self.high
@@ -117,8 +123,15 @@ def block_bootstrap(returns: np.ndarray, per_year: float, block: int | None = No
     est_ret = float(np.expm1(np.log1p(r).sum()))
     lo_s, hi_s = np.quantile(sh, q)
     lo_r, hi_r = np.quantile(growth, q)
-    return (Interval(est_sh, float(lo_s), float(hi_s)),
-            Interval(est_ret, float(lo_r), float(hi_r)))
+    return (Interval(est_sh, float(lo_s), float(hi_s), _p_zero(sh)),
+            Interval(est_ret, float(lo_r), float(hi_r), _p_zero(growth)))
+
+
+def _p_zero(draws: np.ndarray) -> float:
+    n = len(draws)
+    below = (int((draws <= 0).sum()) + 1) / (n + 1)
+    above = (int((draws >= 0).sum()) + 1) / (n + 1)
+    return min(1.0, 2 * min(below, above))
 
 
 def log_losses(p: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> np.ndarray:
@@ -139,22 +152,37 @@ class Verdicts:
     beats_base: dict[str, bool]  # significantly lower log-loss than the base rate (Holm)
     worse_than_base: dict[str, bool]  # significantly higher (Holm)
     intervals: dict[str, tuple[Interval, Interval]]  # strategy -> (Sharpe, net return)
+    # the Sharpe differs from zero at 5 % after Holm's correction for the number of strategies
+    sharpe_significant: dict[str, bool] = field(default_factory=dict)
 
     def sentence(self) -> str:
         better = [k for k, v in self.beats_base.items() if v]
-        sharpe_pos = [k for k, (s, _) in self.intervals.items() if s.low > 0]
+        m = sum(1 for s, _ in self.intervals.values() if s.p_zero == s.p_zero)
+        sharpe_pos = [k for k, (s, _) in self.intervals.items()
+                      if self.sharpe_significant.get(k) and s.estimate > 0]
+        lucky = [k for k, (s, _) in self.intervals.items() if s.low > 0 and k not in sharpe_pos]
+        chance = (f" ({_names(lucky)}: a 95 % interval above zero alone, which {m} tries make "
+                  "likely by chance)" if lucky else "")
         if not better and not sharpe_pos:
             return ("Nothing here is distinguishable from noise at 5 %: no predictor's "
                     "log-loss beats the base rate's after Holm's correction, and no "
-                    "strategy's 95 % Sharpe interval excludes zero.")
+                    f"strategy's Sharpe is above zero after Holm's correction for {m} "
+                    f"strategies{chance}.")
         parts = []
         parts.append(f"log-loss significantly below the base rate (5 %, Holm): "
                      f"{', '.join(better)}" if better else
                      "no predictor's log-loss beats the base rate's at 5 % after Holm")
-        parts.append(f"95 % Sharpe interval above zero: {', '.join(sharpe_pos)}" if sharpe_pos
-                     else "no strategy's 95 % Sharpe interval excludes zero")
+        parts.append(f"Sharpe above zero at 5 % after Holm's correction for {m} strategies: "
+                     f"{', '.join(sharpe_pos)}" if sharpe_pos else
+                     f"no strategy's Sharpe is above zero after Holm's correction for {m} "
+                     f"strategies{chance}")
         text = "; ".join(parts)
         return text[0].upper() + text[1:] + "."
+
+
+def _names(names: list[str], most: int = 3) -> str:
+    shown = ", ".join(names[:most])
+    return shown + (f" and {len(names) - most} more" if len(names) > most else "")
 
 
 def verdicts(losses: dict[str, np.ndarray], base: str, baselines: tuple[str, ...],
@@ -171,7 +199,8 @@ def verdicts(losses: dict[str, np.ndarray], base: str, baselines: tuple[str, ...
     beats = {k: reject[k] and r.statistic < 0 for k, r in dm_base.items()}
     worse = {k: reject[k] and r.statistic > 0 for k, r in dm_base.items()}
     intervals = {k: block_bootstrap(r, per_year, block=block) for k, r in returns.items()}
-    return Verdicts(dm_base, dm_best, best, beats, worse, intervals)
+    sharpe_significant = holm({k: s.p_zero for k, (s, _) in intervals.items()})
+    return Verdicts(dm_base, dm_best, best, beats, worse, intervals, sharpe_significant)
 
 
 def step_returns(equity: list[tuple[int, float]]) -> np.ndarray:

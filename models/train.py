@@ -18,12 +18,13 @@ import torch
 
 from models.calibrate import Temperature, report, sigmoid
 from models.dataset import (
-    Parts, SymbolData, panel, reference_timeline, split_by_time, splits, window_times,
+    Parts, SymbolData, panel, reference_timeline, split_by_time, window_times,
 )
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec, outcome_shares
 from models.members import REGISTRY, Member, MemberConfig
 from models.meta import LogitMoments, fit_stacker, replay_online, stacked_logit
+from models.windows import holdout, make_windows
 
 
 @dataclass(frozen=True)
@@ -41,11 +42,12 @@ class TrainConfig:
     patience: int = 1
     batch: int = 256
     lr: float = 2e-3
-    train_rows: int = 17_520  # 2 years of 1h candles
-    val_rows: int = 2_160  # 3 months
-    test_rows: int = 2_160
-    folds: int | None = 1  # the most recent walk-forward folds; None: all
-    max_train_samples: int = 24_000  # subsample (evenly) above this, per member
+    # the preset's size, in candles (rows) and windows, never in calendar time, so a change
+    # of timeframe alone does not change what training costs
+    train_rows: int = 8_760  # the shortest training span: the first evaluation fold's
+    val_rows: int = 2_160  # calibration, stacking and early stopping
+    test_rows: int = 2_160  # held out by `stackbot train` (`stackbot evaluate` tiles the file)
+    max_train_samples: int = 24_000  # training windows per member (evenly subsampled above)
     ppo_passes: int = 2
     seed: int = 7
     device: str = "cpu"
@@ -56,7 +58,7 @@ PRESETS: dict[str, TrainConfig] = {
     "tiny": TrainConfig(lookback=16, hidden=8, epochs=1, patience=0, train_rows=1500,
                         val_rows=300, test_rows=300, max_train_samples=2000, ppo_passes=1),
     "quick": TrainConfig(),
-    "full": TrainConfig(hidden=64, epochs=30, patience=5, folds=None, max_train_samples=10**9,
+    "full": TrainConfig(hidden=64, epochs=30, patience=5, max_train_samples=200_000,
                         ppo_passes=10, lookback=48),
 }
 
@@ -216,7 +218,8 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
     times: list[float] = []
     if name == "gnn":
         (a, b), (c, d) = parts.split_ts["train"], parts.split_ts["val"]
-        train_panel = panel(data, a, b, cfg.lookback, cfg.horizon)[:4]
+        train_panel = panel(data, a, b, cfg.lookback, cfg.horizon,
+                            max(1, cfg.max_train_samples // len(data)))[:4]
         val_panel = panel(data, c, d, cfg.lookback, cfg.horizon)[:4]
         model.to(cfg.device)
         times = _fit_gnn(model, train_panel, val_panel, cfg, tick)
@@ -224,9 +227,10 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
         t0 = time.perf_counter()
         for d in data:
             a, b = parts.split_ts["train"]
-            rows = np.nonzero((d.ts >= a) & (d.ts <= b))[0]
-            from models.windows import make_windows
-
+            # the most recent rows: the policy learns from chronological episodes, so it
+            # cannot be subsampled evenly; the cap keeps its cost the preset's
+            cap = max(1, cfg.max_train_samples // len(data))
+            rows = np.nonzero((d.ts >= a) & (d.ts <= b))[0][-cap:]
             w = make_windows(d.features, d.close, cfg.lookback, 1, rows=rows)
             model.fit(w.x, w.ret, fee=cfg.cost / 2, passes=cfg.ppo_passes, seed=cfg.seed)
         times = [(time.perf_counter() - t0) / max(1, cfg.ppo_passes)]
@@ -310,11 +314,11 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
                    tick: Callable[[], None] | None = None) -> TrainResult:
     ref = reference_timeline(data)
     embargo = cfg.lookback + cfg.horizon
-    folds = splits(ref, cfg.train_rows, cfg.val_rows, cfg.test_rows, embargo, cfg.folds)
-    if not folds:
+    split = holdout(len(ref), cfg.train_rows, cfg.val_rows, cfg.test_rows, embargo)
+    if split is None:
         raise ValueError(f"not enough history: {len(ref)} candles, need "
                          f"{cfg.train_rows + cfg.val_rows + cfg.test_rows + 2 * embargo}")
-    parts = split_by_time(data, folds[-1], ref, cfg.lookback, cfg.horizon)
+    parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon, cfg.max_train_samples)
     results = []
     for name in members:
         if on_member:

@@ -7,8 +7,9 @@ classification loss. Its return label is the forward log return over the same H 
 (close t -> close t+H), for the members' return heads. Without barriers (the PPO member's
 one-step returns), the direction is the sign of that return and moves smaller than the cost
 threshold carry none. Splits are
-chronological with an embargo between train, validation and test, so no window or label of
-one part overlaps another.
+chronological and expanding (each fold trains on all history before its validation part),
+with an embargo between train, validation and test, so no window or label of one part
+overlaps another.
 """
 
 from __future__ import annotations
@@ -64,20 +65,33 @@ class Split:
     test: tuple[int, int]
 
 
-def walk_forward(n_rows: int, train: int, val: int, test: int, embargo: int,
-                 folds: int | None = None) -> list[Split]:
-    """Rolling train/val/test row ranges, each separated by ``embargo`` rows, stepping by
-    ``test``. ``folds`` keeps only the most recent ones."""
+def expanding_folds(n_rows: int, first_train: int, val: int, embargo: int,
+                    folds: int) -> list[Split]:
+    """Expanding-window walk-forward. The test parts tile every row after the first training
+    span and its validation part, ``[first_train + val + 2 * embargo, n_rows)``, in ``folds``
+    consecutive pieces of (nearly) equal length. Each fold validates on the ``val`` rows just
+    before its test part and trains on every row before that. ``embargo`` rows (the lookback
+    plus the label horizon) separate train, validation and test, which purges every window
+    whose features or label would reach into the next part. Empty if the rows do not make
+    ``folds`` non-empty test parts."""
+    start = first_train + val + 2 * embargo
+    span = n_rows - start
+    if folds < 1 or first_train < 1 or span < folds:
+        return []
+    edges = [start + span * k // folds for k in range(folds + 1)]
     out = []
-    start = 0
-    while True:
-        tr = (start, start + train)
-        va = (tr[1] + embargo, tr[1] + embargo + val)
-        te = (va[1] + embargo, va[1] + embargo + test)
-        if te[1] > n_rows:
-            break
-        out.append(Split(tr, va, te))
-        start += test
-    if folds is not None:
-        out = out[-folds:]
+    for a, b in zip(edges, edges[1:]):
+        va = (a - embargo - val, a - embargo)
+        out.append(Split((0, va[0] - embargo), va, (a, b)))
     return out
+
+
+def holdout(n_rows: int, min_train: int, val: int, test: int, embargo: int) -> Split | None:
+    """The split ``stackbot train`` uses: the last ``test`` rows held out, the ``val`` rows
+    before them for calibration and stacking, every row before those for training (the last
+    fold of ``expanding_folds`` with one fold). None with fewer than ``min_train`` train
+    rows."""
+    first_train = n_rows - test - val - 2 * embargo
+    if first_train < min_train:
+        return None
+    return expanding_folds(n_rows, first_train, val, embargo, 1)[0]

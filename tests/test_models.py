@@ -20,8 +20,8 @@ from models.members import REGISTRY, MemberConfig
 from models.registry import RegistryError, load_member, save_member
 from models.labels import BarrierSpec, triple_barrier
 from models.train import TrainConfig, barrier_of, train_ensemble, train_member
-from models.dataset import reference_timeline, split_by_time, splits
-from models.windows import make_windows
+from models.dataset import reference_timeline, split_by_time
+from models.windows import expanding_folds, holdout, make_windows
 
 H = 3_600_000
 F = len(FEATURE_NAMES)
@@ -102,7 +102,7 @@ def test_members_ignore_the_future(name: str) -> None:
 # large (the AR(1) structure), a timeout when it is small
 SMALL = TrainConfig(lookback=16, horizon=1, k_stop=0.5, k_target=0.5, cost=0.0, hidden=16,
                     epochs=6, patience=2,
-                    train_rows=3000, val_rows=600, test_rows=900, folds=1, ppo_passes=3,
+                    train_rows=3000, val_rows=600, test_rows=900, ppo_passes=3,
                     max_train_samples=10**9, lr=3e-3)
 BAR = barrier_of(SMALL)
 TRAINABLE = sorted(n for n in REGISTRY if n != "vae")  # the VAE finds regimes, not direction
@@ -122,8 +122,9 @@ def noise() -> list:
 
 def _parts(data: list):  # type: ignore[no-untyped-def]
     ref = reference_timeline(data)
-    split = splits(ref, SMALL.train_rows, SMALL.val_rows, SMALL.test_rows,
-                   SMALL.lookback + SMALL.horizon, 1)[-1]
+    split = holdout(len(ref), SMALL.train_rows, SMALL.val_rows, SMALL.test_rows,
+                    SMALL.lookback + SMALL.horizon)
+    assert split is not None
     return split_by_time(data, split, ref, SMALL.lookback, SMALL.horizon)
 
 
@@ -191,7 +192,8 @@ def test_batched_ensemble_equals_members_one_by_one() -> None:
             alone = m(torch.as_tensor(x)).numpy()
             np.testing.assert_allclose(outs[:, i], alone, rtol=1e-6, atol=1e-7)
         vae = members[[m.name for m in members].index("vae")]
-        assert np.array_equal(regime, vae.regime(torch.as_tensor(x)).numpy())  # type: ignore[operator]
+        ids, sure = vae.confident_regime(torch.as_tensor(x))  # type: ignore[operator]
+        assert np.array_equal(regime, torch.where(sure, ids, -1).numpy())
 
 
 def test_seeded_cpu_training_is_reproducible(planted: list) -> None:
@@ -218,5 +220,46 @@ def test_windows_embargo_and_labels() -> None:
     wb = make_windows(f, o[:, 3], 16, 4, rows=None, barriers=bars)
     assert (wb.labeled == (bars.label[wb.t] != 0)).all() and wb.labeled.any() and not wb.labeled.all()
     assert (wb.up[wb.labeled] == (bars.label[wb.t][wb.labeled] > 0)).all()
-    sp = splits(ts, 400, 100, 100, 20, None)[0]
-    assert sp.val[0] - sp.train[1] == 20 and sp.test[0] - sp.val[1] == 20
+    sp = holdout(len(ts), 400, 100, 100, 20)
+    assert sp is not None and sp.val[0] - sp.train[1] == 20 and sp.test[0] - sp.val[1] == 20
+    assert sp.test == (800, 900) and sp.train[0] == 0
+    assert holdout(len(ts), 661, 100, 100, 20) is None  # 660 rows are all there is to train on
+
+
+@pytest.mark.parametrize("n,first,val,emb,folds", [(10_000, 3000, 500, 40, 4), (45_024, 8760, 2160, 56, 4),
+                                                   (1_003, 300, 100, 7, 3), (700, 300, 100, 7, 1)])
+def test_expanding_folds_tile_the_file_after_the_first_span(n: int, first: int, val: int,
+                                                            emb: int, folds: int) -> None:
+    """The test parts are consecutive and cover every row from the end of the first training
+    span's validation part to the end of the file; each fold trains from the first row up to
+    an embargo before its validation part, which ends an embargo before its test part."""
+    fs = expanding_folds(n, first, val, emb, folds)
+    assert len(fs) == folds
+    assert fs[0].test[0] == first + val + 2 * emb and fs[-1].test[1] == n
+    assert all(a.test[1] == b.test[0] for a, b in zip(fs, fs[1:]))
+    sizes = [f.test[1] - f.test[0] for f in fs]
+    assert max(sizes) - min(sizes) <= 1
+    for f in fs:
+        assert f.train[0] == 0 and f.val[1] - f.val[0] == val
+        assert f.val[0] - f.train[1] == emb and f.test[0] - f.val[1] == emb
+    assert fs[0].train[1] == first
+    assert [f.train[1] for f in fs] == sorted({f.train[1] for f in fs})  # strictly expanding
+    assert expanding_folds(first + val + 2 * emb + folds - 1, first, val, emb, folds) == []
+
+
+def test_the_train_part_is_capped_evenly_over_an_expanding_history(planted: list) -> None:
+    """An expanding training span costs what the preset says however long the file: with a
+    cap, the train part holds at most that many windows, spread over the whole history (not
+    just its end), while validation and test are untouched."""
+    ref = reference_timeline(planted)
+    split = holdout(len(ref), 1000, 300, 300, SMALL.lookback + SMALL.horizon)
+    assert split is not None
+    full = split_by_time(planted, split, ref, SMALL.lookback, SMALL.horizon)
+    capped = split_by_time(planted, split, ref, SMALL.lookback, SMALL.horizon, max_train=600)
+    assert len(full.train) > 3000 and 500 <= len(capped.train) <= 600
+    first = capped.train.t[:capped.sizes["train"][0]]
+    span = full.train.t[:full.sizes["train"][0]]
+    assert first.min() - span.min() < 20 and span.max() - first.max() < 20
+    assert np.all(np.diff(first) > 0)
+    assert len(capped.val) == len(full.val) and len(capped.test) == len(full.test)
+    np.testing.assert_array_equal(capped.test.t, full.test.t)

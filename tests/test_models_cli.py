@@ -88,7 +88,11 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
         assert f"| {name} |" in report or f"| **{name}** |" in report
     assert "ECE of the final p on the test windows: **0." in report
     assert report.splitlines()[2].startswith("**Verdict.** ")  # at the top, one sentence
-    assert "DM p vs base rate" in report and "Sharpe [95 % CI]" in report
+    assert "DM p vs base rate" in report and "Sharpe [95 % CI] p" in report
+    assert "after Holm's correction over all of them" in report
+    assert "expanding (each trains on all history before its validation part)" in report
+    assert "elapsed: features and labels " in r4.output and "; total " in r4.output
+    assert "Elapsed (up to the report): " in report
     assert "- coverage: the test windows cover " in report
     assert "| fold | test from | test to | n | ensemble log-loss |" in report
     assert "\n| 1 | " in report

@@ -113,3 +113,52 @@ def test_verdicts_name_what_is_significant_and_say_so_when_nothing_is() -> None:
                       "noisy2": log_losses(np.clip(base + rng.normal(0, 0.002, n), 0, 1), y)},
                      "base_rate", ("momentum_sign",), 1, {"flat": np.zeros(500)}, 8760.0, 5)
     assert quiet.sentence().startswith("Nothing here is distinguishable from noise")
+
+
+def test_bootstrap_p_value_of_zero_matches_the_interval_and_holds_its_size() -> None:
+    """The p-value of zero agrees with the percentile interval (p < 5 % exactly when the 95 %
+    interval excludes zero, away from ties), and on series whose true Sharpe is zero it
+    rejects about 5 % of the time."""
+    from models.significance import block_bootstrap
+
+    rng = np.random.default_rng(21)
+    rejected = 0
+    agree = 0
+    trials = 200
+    for k in range(trials):
+        r = rng.normal(0, 0.01, 600)
+        sh, ret = block_bootstrap(r - r.mean() + rng.normal(0, 0.01 / np.sqrt(600)), 8760.0,
+                                  block=5, draws=1000, seed=k)
+        rejected += sh.p_zero < 0.05
+        agree += (sh.p_zero < 0.05) == (sh.low > 0 or sh.high < 0) or abs(sh.p_zero - 0.05) < 0.01
+        assert 0 < sh.p_zero <= 1 and 0 < ret.p_zero <= 1
+    assert agree == trials
+    assert 0.02 <= rejected / trials <= 0.09, rejected
+
+
+def test_one_lucky_strategy_among_many_is_not_called_significant() -> None:
+    """Thirty strategies with no edge: one of them usually has a raw 95 % Sharpe interval
+    above zero, which is chance. After Holm's correction for thirty the verdict must not
+    name it as above zero, and must say why it is not; a real edge among them still counts."""
+    from models.significance import log_losses, verdicts
+
+    rng = np.random.default_rng(3)
+    y = (rng.uniform(size=2000) < 0.4).astype(float)
+    losses = {"base_rate": log_losses(np.full(2000, 0.4), y),
+              "momentum_sign": log_losses(np.full(2000, 0.41), y)}
+    for seed in range(20):
+        g = np.random.default_rng(seed)
+        noise = {f"s{i}": g.normal(0, 0.01, 800) for i in range(30)}
+        v = verdicts(losses, "base_rate", ("momentum_sign",), 1, noise, 8760.0, block=5)
+        lucky = [k for k, (s, _) in v.intervals.items() if s.low > 0]
+        if lucky:
+            break
+    assert lucky, "no seed gave a raw interval above zero: the test would prove nothing"
+    assert not any(v.sharpe_significant.values())
+    text = v.sentence()
+    assert text.startswith("Nothing here is distinguishable from noise")
+    assert lucky[0] in text and "by chance" in text and "30 strategies" in text
+    edge = {**noise, "edge": g.normal(0.003, 0.01, 800)}
+    v2 = verdicts(losses, "base_rate", ("momentum_sign",), 1, edge, 8760.0, block=5)
+    assert v2.sharpe_significant["edge"]
+    assert "Sharpe above zero at 5 % after Holm's correction for 31 strategies: edge" in v2.sentence()
