@@ -152,6 +152,16 @@ class Warmup:
     candles: tuple[Candle, ...]
 
 
+class Regime(StrEnum):
+    """The market regime a signal source sees. ``UNKNOWN`` when it has no regime model or its
+    model is not confident; only ``BEAR`` blocks the ensemble strategy's entries."""
+
+    UNKNOWN = "unknown"
+    BEAR = "bear"
+    NEUTRAL = "neutral"
+    BULL = "bull"
+
+
 class FeedState(StrEnum):
     FALLBACK = "fallback"  # the websocket failed or went silent: polling REST
     WS_RESTORED = "ws_restored"  # back on the websocket
@@ -214,7 +224,7 @@ class Signal:
     source: str
     model_version: str
     dispersion: float = 0.0
-    regime: int | None = None
+    regime: Regime = Regime.UNKNOWN
     price: float = 0.0  # the close the signal was computed on
     atr: float = 0.0  # average true range at ts, in price units (0 when unknown)
 

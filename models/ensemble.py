@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bot.domain import Candle, Gap, Signal, timeframe_ms
+from bot.domain import Candle, Gap, Regime, Signal, timeframe_ms
 from models.calibrate import sigmoid
 from models.features import FEATURE_NAMES, WARMUP, normalise, raw_features
 from models.members import Member
@@ -44,7 +44,8 @@ REBUILD_CANDLES = 400
 
 
 class EnsembleModule(nn.Module):
-    """All members in one module: [S, L, F] -> [S, M, 3] plus the regime ids [S]."""
+    """All members in one module: [S, L, F] -> [S, M, 3] plus the regime ids [S] (the VAE's
+    regime, ordered 0 = bear .. k-1 = bull; -1 with no VAE or where it is not confident)."""
 
     def __init__(self, members: Sequence[Member]) -> None:
         super().__init__()
@@ -52,12 +53,13 @@ class EnsembleModule(nn.Module):
         self.vae_index = next((i for i, m in enumerate(members) if m.name == "vae"), -1)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        regime = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+        regime = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         outs = []
         for i, m in enumerate(self.members):
             if i == self.vae_index:
-                regime = m.regime(x)  # type: ignore[operator]
-                outs.append(m.regime_stats[regime])  # type: ignore[index]
+                ids, sure = m.confident_regime(x)  # type: ignore[operator]
+                regime = torch.where(sure, ids, regime)
+                outs.append(m.regime_stats[ids])  # type: ignore[index]
             else:
                 outs.append(m(x))
         return torch.stack(outs, dim=1), regime
@@ -70,7 +72,7 @@ class Prediction:
     p_up: float  # calibrated P(target before stop within the horizon)
     expected_return: float
     dispersion: float
-    regime: int
+    regime: Regime
     member_p: np.ndarray  # calibrated P(target first) per member
 
 
@@ -135,8 +137,16 @@ class Ensemble:
         mu = outs[:, :, 1]
         exp_ret = mu[:, self.forecasters].mean(axis=1) if self.forecasters.any() else mu.mean(1)
         disp = member_p.std(axis=1)
-        return [Prediction(float(p[i]), float(exp_ret[i]), float(disp[i]), int(regime[i]),
-                           member_p[i]) for i in range(len(x))]
+        return [Prediction(float(p[i]), float(exp_ret[i]), float(disp[i]),
+                           self.regime_of(int(regime[i])), member_p[i]) for i in range(len(x))]
+
+    def regime_of(self, rid: int) -> Regime:
+        """The VAE's regime id as a Regime: its k regimes are ordered by mean return, so the
+        first is bear, the last bull, those between neutral; -1 is unknown."""
+        if rid < 0 or self.module.vae_index < 0:
+            return Regime.UNKNOWN
+        k = int(self.module.members[self.module.vae_index].k)
+        return Regime.BEAR if rid == 0 else Regime.BULL if rid == k - 1 else Regime.NEUTRAL
 
 
 class EnsembleSignalSource:

@@ -12,8 +12,8 @@ lost at the stop), as the sizing does:
   so no intent is sent only to be refused.
 - Skip entries when the members disagree (dispersion above ``max_dispersion``). Between zero
   and that limit, the risk manager shrinks the size.
-- Regime gating: no entries in the bear regime (the VAE's regime 0), and a held position is
-  closed there.
+- Regime gating: no entries in the bear regime, and a held position is closed there. An
+  unknown regime (no VAE member, or one that is not confident) blocks nothing.
 - Exit when p falls below the cost-free break-even ``1 / (1 + b)`` (a fresh bet would now lose
   in expectation), or when the position reaches the time limit: ``horizon`` candles after its
   last fill, the vertical barrier the model was trained for. Stop and target orders are the
@@ -24,7 +24,7 @@ Sizing is risk's business.
 
 from __future__ import annotations
 
-from bot.domain import OrderIntent, Side, Signal
+from bot.domain import OrderIntent, Regime, Side, Signal
 from bot.ports import PortfolioView
 from risk.sizing import break_even
 
@@ -32,7 +32,7 @@ from risk.sizing import break_even
 class EnsembleStrategy:
     def __init__(self, k_stop: float, k_target: float, horizon: int, step_ms: int,
                  cost: float = 0.003, max_dispersion: float = 0.2,
-                 blocked_regimes: frozenset[int] = frozenset({0})) -> None:
+                 blocked_regimes: frozenset[Regime] = frozenset({Regime.BEAR})) -> None:
         self.k_stop, self.k_target = k_stop, k_target
         self.b = k_target / k_stop
         self.horizon, self.step = horizon, step_ms
@@ -53,7 +53,7 @@ class EnsembleStrategy:
             return None
         pos = portfolio.position(signal.symbol)
         held = pos.quantity
-        bear = signal.regime is not None and signal.regime in self.blocked
+        bear = signal.regime in self.blocked
         if held > 0:
             age = (signal.ts + self.step - pos.updated_ts) // self.step
             why = ("bear regime" if bear else

@@ -20,7 +20,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from bot.domain import AuditEvent, Order, OrderStatus, OrderType, Position, Side
+from bot.domain import AuditEvent, Order, OrderStatus, OrderType, Position, Regime, Side
 from bot.errors import LedgerError
 from bot.ledger import tables as t
 from bot.ledger.urls import async_url
@@ -36,6 +36,10 @@ _ORDER_MUTABLE = ("status", "status_reason", "filled_qty", "avg_fill_price", "fe
 def to_dt(ms: int) -> datetime:
     """Milliseconds -> aware datetime (cached: one candle's rows share their timestamps)."""
     return datetime.fromtimestamp(ms / 1000, UTC)
+
+
+# signals.regime is an integer column: bear 0, neutral 1, bull 2, unknown NULL
+REGIME_CODES = {Regime.BEAR: 0, Regime.NEUTRAL: 1, Regime.BULL: 2}
 
 
 def to_ms(dt: datetime) -> int:
@@ -270,7 +274,7 @@ class PostgresLedger:
                 "run_id", "account", "symbol", "ts", "p_up", "expected_return", "dispersion",
                 "regime", "price", "source", "model_version"], records=[
                 (run_id, account, s.symbol, to_dt(s.ts), s.p_up, s.expected_return,
-                 s.dispersion, s.regime, s.price, s.source, s.model_version)
+                 s.dispersion, REGIME_CODES.get(s.regime), s.price, s.source, s.model_version)
                 for run_id, account, s in unit.signals])
         if unit.equity:
             await raw.copy_records_to_table("equity_snapshots", columns=[

@@ -12,6 +12,10 @@ from torch import Tensor, nn
 from models.members.base import Member, MemberConfig
 
 
+# a window is in a regime only when its nearest centroid is at most 90 % as far as the next
+CONFIDENT_RATIO = 0.9
+
+
 class VAERegime(Member):
     name = "vae"
     kind = "regime"
@@ -33,6 +37,15 @@ class VAERegime(Member):
     def regime(self, x: Tensor) -> Tensor:
         mu, _ = self.encode(x)
         return torch.cdist(mu, self.centroids).argmin(dim=1)
+
+    def confident_regime(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The nearest regime of each window, and whether the assignment is confident: the
+        nearest centroid is clearly nearer than the runner-up (distance ratio below
+        ``CONFIDENT_RATIO``). A window between two regimes is not called either."""
+        mu, _ = self.encode(x)
+        d = torch.cdist(mu, self.centroids)
+        two = d.topk(2, dim=1, largest=False).values
+        return d.argmin(dim=1), two[:, 0] < CONFIDENT_RATIO * two[:, 1]
 
     def forward(self, x: Tensor) -> Tensor:
         return self.regime_stats[self.regime(x)]
