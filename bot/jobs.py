@@ -7,7 +7,10 @@ missed job twice.
 
 from __future__ import annotations
 
+import sys
 import time
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -16,6 +19,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import JobSettings
 from bot.engine import Engine
+from bot.logs import password_of, register_secrets, scrub
 from bot.ports import ControlRequest
 
 
@@ -54,21 +58,16 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
     on the same window, then score with it. Either way the outcome is audited."""
     import asyncio
     import os
-    import sys
     from datetime import UTC, datetime, timedelta
 
-    # the retrained models must price the bet this process trades: its barriers, whatever
-    # config file or environment set them
-    r = settings.risk
-    env = {**os.environ, "STACKBOT_RISK_K_STOP": str(r.k_stop),
-           "STACKBOT_RISK_K_TARGET": str(r.k_target),
-           "STACKBOT_RISK_BARRIER_HORIZON": str(r.barrier_horizon)}
+    env = child_env(os.environ, settings, db_url)
 
     async def run(cmd: list[str]) -> tuple[int, str]:
         proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
                                                     stderr=asyncio.subprocess.STDOUT, env=env)
         out, _ = await proc.communicate()
-        return int(proc.returncode or 0), out.decode(errors="replace")[-2000:]
+        # the tail goes into the audit trail: no secret may ride along in it
+        return int(proc.returncode or 0), scrub(out.decode(errors="replace")[-2000:])
 
     async def job() -> None:
         if engine.p.source.name != "ensemble":
@@ -77,20 +76,11 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
         now = datetime.now(UTC)
         folder = settings.home / "retrain" / now.strftime("%Y%m%d%H%M%S")
         since = (now - timedelta(days=history_days)).strftime("%Y-%m-%d")
-        ex = settings.exchange
-        dl = [sys.executable, "-m", "bot", "download", "--exchange", ex.name, "--symbols",
-              ",".join(settings.symbols), "--timeframe", settings.timeframe, "--since", since,
-              "--out", str(folder)]
-        if ex.url:
-            dl += ["--exchange-url", ex.url]
+        dl, train = retrain_commands(settings, folder, since)
         rc, log = await run(dl)
         outcome, info = "download failed", {"log": log}
         if rc == 0:
-            files = [a for s in settings.symbols for a in
-                     ("--data", str(folder / f"{s.replace('/', '_')}-{settings.timeframe}.csv"))]
-            rc, log = await run([sys.executable, "-m", "bot", "train", *files, "--timeframe",
-                                 settings.timeframe, "--preset", "quick", "--promote", "if-better",
-                                 "--db", db_url, "--data-dir", str(settings.home)])
+            rc, log = await run(train)
             promoted = rc == 0 and "promoted to active" in log
             outcome = ("promoted" if promoted else "kept the active version") if rc == 0 \
                 else "training failed"
@@ -101,6 +91,34 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
                                              payload=info))
 
     return job
+
+
+def retrain_commands(settings: Any, folder: Path, since: str) -> tuple[list[str], list[str]]:
+    """The retrain's two child processes: download fresh history, then train on it. No
+    credential is an argument: the children read them from ``child_env``."""
+    ex = settings.exchange
+    dl = [sys.executable, "-m", "bot", "download", "--exchange", ex.name, "--symbols",
+          ",".join(settings.symbols), "--timeframe", settings.timeframe, "--since", since,
+          "--out", str(folder)]
+    if ex.url:
+        dl += ["--exchange-url", ex.url]
+    files = [a for s in settings.symbols for a in
+             ("--data", str(folder / f"{s.replace('/', '_')}-{settings.timeframe}.csv"))]
+    train = [sys.executable, "-m", "bot", "train", *files, "--timeframe", settings.timeframe,
+             "--preset", "quick", "--promote", "if-better", "--data-dir", str(settings.home)]
+    return dl, train
+
+
+def child_env(parent: Mapping[str, str], settings: Any, db_url: str) -> dict[str, str]:
+    """The environment of the retrain's child processes. The database URL, password and all,
+    travels here and never on the command line, which any local user can read from the
+    process list. The retrained models must price the bet this process trades: its barriers,
+    whatever config file or environment set them."""
+    r = settings.risk
+    register_secrets([password_of(db_url)])
+    return {**parent, "STACKBOT_DATABASE_URL": db_url,
+            "STACKBOT_RISK_K_STOP": str(r.k_stop), "STACKBOT_RISK_K_TARGET": str(r.k_target),
+            "STACKBOT_RISK_BARRIER_HORIZON": str(r.barrier_horizon)}
 
 
 async def _load_active(db_url: str, settings: Any) -> Any:

@@ -21,6 +21,25 @@ def register_secrets(values: Iterable[str | None]) -> None:
             _SECRETS.add(value)
 
 
+def password_of(url: str | None) -> str | None:
+    """The password in a ``scheme://user:password@host/db`` URL (None without one): it is
+    registered as a secret on its own, so a driver error that quotes it is masked too."""
+    if not url:
+        return None
+    from urllib.parse import unquote, urlsplit
+
+    try:
+        password = urlsplit(url).password
+    except ValueError:
+        return None
+    return unquote(password) if password else None
+
+
+def scrub(text: str) -> str:
+    """``text`` with every registered secret masked (child output, stored venue errors)."""
+    return str(_scrub(text))
+
+
 def _scrub(value: Any) -> Any:
     if isinstance(value, str):
         for secret in _SECRETS:

@@ -4,6 +4,7 @@ lands in the ledger through the engine."""
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from bot.app import drive
@@ -51,3 +52,33 @@ async def test_job_actions_are_carried_out_and_audited(tmp_path: Path, pg_url: s
     snaps = await fetch(pg_url, "SELECT count(*) AS n FROM equity_snapshots WHERE account=$1",
                         account)
     assert snaps[0]["n"] == 120 + 1  # one per candle step, plus the scheduled one
+
+
+def test_retrain_children_take_the_database_url_from_the_environment_never_argv(
+        tmp_path: Path) -> None:
+    """Issue 17: any local user can read a process's command line (/proc/PID/cmdline), so the
+    retrain's children get the database URL, password and all, in their environment. A real
+    child reads it from there, and what a child prints is scrubbed of the password before it
+    goes into the audit trail."""
+    import os
+    import subprocess
+
+    from bot.config import load_settings
+    from bot.jobs import child_env, retrain_commands
+    from bot.logs import scrub
+
+    password = "s3cr3t-Pw-91"
+    url = f"postgresql://stackbot:{password}@127.0.0.1:5999/ledger"
+    settings = load_settings(None, {"data_dir": tmp_path, "symbols": ["BTC/USDT", "ETH/USDT"]})
+    download, train = retrain_commands(settings, tmp_path / "retrain", "2026-01-01")
+    assert download[2:4] == ["bot", "download"] and train[2:4] == ["bot", "train"]
+    for arg in download + train:
+        assert password not in arg and "5999" not in arg and arg != "--db"
+    parent = {k: v for k, v in os.environ.items() if not k.startswith("STACKBOT_")}
+    env = child_env(parent, settings, url)
+    assert env["STACKBOT_DATABASE_URL"] == url
+    shown = subprocess.run([sys.executable, "-m", "bot", "config", "show"], env=env,
+                           capture_output=True, text=True, timeout=120, check=True).stdout
+    assert "127.0.0.1:5999/ledger" in shown and password not in shown  # read from the env
+    leaked = f'connection failed: FATAL: password authentication failed ("{password}")'
+    assert password not in scrub(leaked) and "connection failed" in scrub(leaked)
