@@ -159,9 +159,6 @@ async def _fail_before_start(settings: Settings, run_id: str, account: str, mode
     await ledger.finish_run(run_id, "failed", {"status": "failed", "error": fatal_payload(exc)})
 
 
-ENSEMBLE_WARMUP = 1000  # candles of history per symbol before the first live candle
-
-
 async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[Any, Any]:
     """The signal source and strategy: the EMA baseline, or the active model ensemble."""
     cfg = settings.strategy
@@ -236,7 +233,11 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
     await resync_clock(exchange)  # sign on the venue's clock from the first request
     # history at start: the ensemble needs its feature warm-up (about 350 candles) plus the
     # 400 it replays to rebuild its online weights (models/ensemble.py); the EMA baseline 200
-    warmup = ENSEMBLE_WARMUP if settings.strategy.name == "ensemble" else 200
+    warmup = 200
+    if settings.strategy.name == "ensemble":
+        from models.ensemble import LIVE_WARMUP
+
+        warmup = LIVE_WARMUP
     feed = LiveFeed(exchange, settings.symbols, settings.timeframe, settings.exchange, clock,
                     warmup=warmup)
     broker: Broker

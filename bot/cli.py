@@ -375,7 +375,7 @@ def train(
         elapsed = time.perf_counter() - t0
 
         ens_id, directory, promoted, why = _with_db(settings, lambda engine: store(
-            engine, result, settings.home / "models", timeframe, promote_mode))
+            engine, result, settings.home / "models", timeframe, promote_mode, series))
     except (StackbotError, ValueError) as exc:
         raise _fail(exc) from None
     table = Table(title=f"ensemble {ens_id} (trained in {elapsed:.0f}s)")

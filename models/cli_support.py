@@ -7,17 +7,16 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bot.feeds.files import CandleSeries
-from models.calibrate import report
 from models.dataset import symbol_data
 from models.ensemble import Ensemble
 from models.members import REGISTRY
 from models.registry import RegistryError, active_ensemble, promote, register, save_ensemble
 from models.labels import BarrierSpec
+from models.promotion import compare_live
 from models.train import PRESETS, TrainConfig, TrainResult, barrier_of, train_ensemble, with_barrier
 
 
@@ -73,9 +72,10 @@ def run_training(series: Sequence[CandleSeries], timeframe: str, preset: str,
 
 
 async def store(engine: Any, result: TrainResult, root: Path, timeframe: str,
-                promote_mode: str) -> tuple[str, Path, bool, str]:
+                promote_mode: str, series: Sequence[CandleSeries]) -> tuple[str, Path, bool, str]:
     """Save and register; promote per ``promote_mode`` (always | if-none | if-better | never).
-    Returns (ensemble id, checkpoint dir, promoted?, why)."""
+    ``series`` are the candles it was trained on (if-better scores both versions on their
+    held-out test part). Returns (ensemble id, checkpoint dir, promoted?, why)."""
     bundle = save_ensemble(result, root, timeframe)
     await register(engine, bundle)
     current = await active_ensemble(engine)
@@ -88,7 +88,9 @@ async def store(engine: Any, result: TrainResult, root: Path, timeframe: str,
         if current is None:
             ok, why = True, "no active ensemble"
         else:
-            ok, why = better_than_active(result, Path(current["path"]), current["sha256"])
+            ok, why = await better_than_active(result, bundle.directory / "ensemble.json",
+                                               series, timeframe, Path(current["path"]),
+                                               current["sha256"])
     else:
         ok, why = False, "not asked to promote"
     if ok:
@@ -96,19 +98,25 @@ async def store(engine: Any, result: TrainResult, root: Path, timeframe: str,
     return bundle.ensemble_id, bundle.directory, ok, why
 
 
-def better_than_active(result: TrainResult, manifest: Path, sha: str) -> tuple[bool, str]:
-    """Compare out-of-sample log-loss on the same (new) test window."""
+async def better_than_active(result: TrainResult, manifest: Path,
+                             series: Sequence[CandleSeries], timeframe: str, active: Path,
+                             active_sha: str) -> tuple[bool, str]:
+    """Promote only when the new version's log-loss beats the active one's on the same held-out
+    test windows, both scored as they would trade live (``models/promotion.py``)."""
+    barrier = barrier_of(result.config)
     try:
-        old = Ensemble.load(manifest, sha, barrier_of(result.config))
+        old = Ensemble.load(active, active_sha, barrier)
     except RegistryError as exc:  # e.g. trained for other barriers: it cannot trade these
         return True, f"the active ensemble cannot trade these risk settings ({exc})"
-    test = result.parts.test
-    lab = test.labeled
-    if not lab.any():
-        return False, "no labeled test samples to compare on"
-    old_p = np.array([p.p_up for p in old.predict(test.x[lab])])
-    new_ll = result.meta_metrics["test"]["log_loss"]
-    old_ll = report(old_p, test.up[lab])["log_loss"]
-    if new_ll < old_ll:
-        return True, f"test log-loss {new_ll:.5f} beats the active {old_ll:.5f}"
-    return False, f"test log-loss {new_ll:.5f} does not beat the active {old_ll:.5f}"
+    new = Ensemble.load(manifest, None, barrier)
+    t0, t1 = result.parts.split_ts["test"]
+    c = await compare_live(new, old, series, timeframe, t0, t1)
+    if c.n == 0:
+        return False, "no test windows with an outcome that both versions scored"
+    scored = (f"on the same {c.n} held-out windows, scored as live (a timestamp at a time, "
+              "online re-weighting on)")
+    if c.new_is_better:
+        return True, (f"test log-loss {c.new_log_loss:.5f} beats the active "
+                      f"{c.old_log_loss:.5f} {scored}")
+    return False, (f"test log-loss {c.new_log_loss:.5f} does not beat the active "
+                   f"{c.old_log_loss:.5f} {scored}")

@@ -41,6 +41,9 @@ ATR_COL = FEATURE_NAMES.index("atr_pct")
 # weights' 200 most recent outcomes and the predictions still awaiting theirs (one symbol
 # decides about 0.7 outcomes a candle, each within the barrier horizon)
 REBUILD_CANDLES = 400
+# candles of history per symbol a live start hands the ensemble before its first live candle:
+# the features' warm-up (about 350) plus the REBUILD_CANDLES it replays
+LIVE_WARMUP = 1000
 
 
 class EnsembleModule(nn.Module):

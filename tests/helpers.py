@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 from bot.domain import Candle, timeframe_ms
-from bot.feeds.files import write_csv
+from bot.feeds.files import CandleSeries, write_csv
 from bot.sim.binance import synthetic_candles
 
 T0 = 1_600_000_000_000 - 1_600_000_000_000 % 3_600_000  # aligned to the hour
@@ -49,3 +51,25 @@ def backtest_parts(dir_: Path, db_url: str, n: int, seed: int):  # type: ignore[
     feed = ReplayFeed([load_candle_file(path, "1h")])
     p = settings.paper
     return settings, clock, feed, PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
+
+
+def ar1_series(n: int, phi: float = 0.0, seed: int = 0, symbol: str = "SYN/USDT",
+               gap_at: int | None = None) -> CandleSeries:
+    """Candles whose log returns follow r_t = phi * r_(t-1) + noise (phi = 0: pure noise)."""
+    rng = np.random.default_rng(seed)
+    r = np.zeros(n)
+    for i in range(1, n):
+        r[i] = phi * r[i - 1] + rng.normal(0, 0.01)
+    close = 100 * np.exp(np.cumsum(r))
+    candles = []
+    H = 3_600_000
+    ts = 1_600_000_000_000 - 1_600_000_000_000 % H
+    for i in range(n):
+        if gap_at is not None and i == gap_at:
+            ts += 5 * H
+        o = close[i - 1] if i else close[0]
+        c = close[i]
+        hi, lo = max(o, c) * (1 + abs(rng.normal(0, 0.002))), min(o, c) * (1 - abs(rng.normal(0, 0.002)))
+        candles.append(Candle(symbol, "1h", ts, o, hi, lo, c, float(rng.uniform(1, 10))))
+        ts += H
+    return CandleSeries(Path("synthetic"), symbol, "1h", candles, [], False)

@@ -22,30 +22,10 @@ from models.labels import BarrierSpec, triple_barrier
 from models.train import TrainConfig, barrier_of, train_ensemble, train_member
 from models.dataset import reference_timeline, split_by_time
 from models.windows import expanding_folds, holdout, make_windows
+from tests.helpers import ar1_series as series
 
 H = 3_600_000
 F = len(FEATURE_NAMES)
-
-
-def series(n: int, phi: float = 0.0, seed: int = 0, symbol: str = "SYN/USDT",
-           gap_at: int | None = None) -> CandleSeries:
-    """Candles whose log returns follow r_t = phi * r_(t-1) + noise (phi = 0: pure noise)."""
-    rng = np.random.default_rng(seed)
-    r = np.zeros(n)
-    for i in range(1, n):
-        r[i] = phi * r[i - 1] + rng.normal(0, 0.01)
-    close = 100 * np.exp(np.cumsum(r))
-    candles = []
-    ts = 1_600_000_000_000 - 1_600_000_000_000 % H
-    for i in range(n):
-        if gap_at is not None and i == gap_at:
-            ts += 5 * H
-        o = close[i - 1] if i else close[0]
-        c = close[i]
-        hi, lo = max(o, c) * (1 + abs(rng.normal(0, 0.002))), min(o, c) * (1 - abs(rng.normal(0, 0.002)))
-        candles.append(Candle(symbol, "1h", ts, o, hi, lo, c, float(rng.uniform(1, 10))))
-        ts += H
-    return CandleSeries(Path("synthetic"), symbol, "1h", candles, [], False)
 
 
 def arrays(s: CandleSeries) -> tuple[np.ndarray, np.ndarray]:
