@@ -244,8 +244,8 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
                               parts.train.up[idx], parts.train.ret[idx], cfg.seed)
     model.cpu()
     cfg_cpu = replace(cfg, device="cpu")
-    val = _member_logits(model, name, data, parts, "val", cfg_cpu)
-    test = _member_logits(model, name, data, parts, "test", cfg_cpu)
+    val = member_logits(model, name, data, parts, "val", cfg_cpu)
+    test = member_logits(model, name, data, parts, "test", cfg_cpu)
     lab_v, lab_t = parts.val.labeled, parts.test.labeled
     temp = Temperature.fit(val[lab_v], parts.val.up[lab_v]) if lab_v.any() else Temperature()
     metrics = {
@@ -260,7 +260,7 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
     return MemberResult(name, model, temp.t, val, test, metrics, times)
 
 
-def _member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: Parts,
+def member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: Parts,
                    part: str, cfg: TrainConfig) -> np.ndarray:
     """Logits for every window of ``part`` in the parts' order (symbol by symbol)."""
     w = getattr(parts, part)
