@@ -1,5 +1,7 @@
-"""Calibration and probability metrics: temperature scaling and isotonic regression, fitted on
-validation only; Brier score, expected calibration error (ECE), log-loss, accuracy."""
+"""Calibration and probability metrics: temperature scaling, fitted on validation only; Brier
+score, expected calibration error (ECE), log-loss, accuracy. (Isotonic regression was here and
+never used: the stacker and the moment-constrained re-weighting calibrate the ensemble's p,
+and the evaluate report measures it.)"""
 
 from __future__ import annotations
 
@@ -72,33 +74,6 @@ class Temperature:
                 b = lo + g * (hi - lo)
                 fb = f(b)
         return cls(float(np.exp((lo + hi) / 2)))
-
-
-@dataclass(frozen=True)
-class Isotonic:
-    """Pool-adjacent-violators on validation; piecewise-linear between block centres."""
-
-    x: tuple[float, ...]
-    y: tuple[float, ...]
-
-    def __call__(self, p: np.ndarray) -> np.ndarray:
-        return np.interp(p, self.x, self.y)
-
-    @classmethod
-    def fit(cls, p: np.ndarray, y: np.ndarray) -> Isotonic:
-        order = np.argsort(p)
-        ps, ys = p[order], y[order].astype(np.float64)
-        blocks: list[list[float]] = []  # [sum_y, count, sum_p]
-        for pi, yi in zip(ps, ys):
-            blocks.append([yi, 1.0, pi])
-            while len(blocks) > 1 and blocks[-2][0] / blocks[-2][1] > blocks[-1][0] / blocks[-1][1]:
-                s, c, sp = blocks.pop()
-                blocks[-1][0] += s
-                blocks[-1][1] += c
-                blocks[-1][2] += sp
-        xs = tuple(b[2] / b[1] for b in blocks)
-        vs = tuple(float(np.clip(b[0] / b[1], 0.01, 0.99)) for b in blocks)
-        return cls(xs, vs)
 
 
 def report(p: np.ndarray, y: np.ndarray) -> dict[str, float]:

@@ -243,3 +243,17 @@ def test_the_train_part_is_capped_evenly_over_an_expanding_history(planted: list
     assert np.all(np.diff(first) > 0)
     assert len(capped.val) == len(full.val) and len(capped.test) == len(full.test)
     np.testing.assert_array_equal(capped.test.t, full.test.t)
+
+
+def test_tft_quantile_heads_are_ordered_and_cover_their_levels(planted: list) -> None:
+    """Each head is trained by the pinball loss at its own level: on the untouched test
+    windows about 10 % of forward returns fall below the 10 % head and about 90 % below the
+    90 % head, and the heads never cross."""
+    parts = _parts(planted)
+    r = train_member("tft", planted, parts, SMALL)
+    with torch.no_grad():
+        q = r.model.quantiles(torch.as_tensor(parts.test.x)).numpy()  # type: ignore[operator]
+    ret = parts.test.ret
+    assert (np.diff(q, axis=1) >= 0).all()
+    below = [(ret < q[:, i]).mean() for i in range(3)]
+    assert 0.04 < below[0] < 0.2 and 0.35 < below[1] < 0.65 and 0.8 < below[2] < 0.96, below

@@ -1,6 +1,12 @@
 """Temporal Fusion Transformer (Lim et al. 2021), sized for a trading window: per-step variable
 selection, an LSTM encoder, interpretable multi-head attention (one value projection shared by
-all heads, heads averaged), gated residual networks, and quantile outputs."""
+all heads, heads averaged), gated residual networks, and quantile outputs.
+
+The three quantile heads (10 %, 50 %, 90 % of the forward log return) are trained with the
+pinball loss each on its own level, and are monotone by construction: the lowest, then two
+non-negative (softplus) increments. The median is the member's expected return and the
+10-90 spread its uncertainty. The variable-selection weights of the last forward pass are
+kept (``last_weights``) for reports."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from models.members.base import MU, Member, MemberConfig, direction_loss
+from models.members.base import Member, MemberConfig, direction_loss
 
 QUANTILES = (0.1, 0.5, 0.9)
 Z90 = 1.2816  # standard normal quantile at 0.9
@@ -82,22 +88,30 @@ class TemporalFusionTransformer(Member):
         att, _ = self.attn(enc, self.mask[:L, :L])
         return self.post_attn(att + enc)[:, -1]
 
+    def _quantiles(self, z: Tensor) -> Tensor:
+        """[B, 3] quantiles in percent of log return, ordered by construction."""
+        raw = self.quant(z)
+        steps = F.softplus(raw[:, 1:])
+        return torch.cat((raw[:, :1], raw[:, :1] + steps.cumsum(dim=1)), dim=1)
+
+    def _out(self, z: Tensor, q: Tensor) -> Tensor:
+        sigma = ((q[:, 2] - q[:, 0]) / (2 * Z90)).clamp_min(1e-4)  # percent
+        return torch.stack((self.dir(z).squeeze(1), q[:, 1] / 100.0, 2 * torch.log(sigma)), dim=1)
+
     def forward(self, x: Tensor) -> Tensor:
         z = self._encode(x)
-        q = torch.sort(self.quant(z), dim=1).values / 100.0  # percent -> log return, ordered
-        sigma = ((q[:, 2] - q[:, 0]) / (2 * Z90)).clamp_min(1e-6) * 100.0
-        return torch.stack((self.dir(z).squeeze(1), q[:, 1], 2 * torch.log(sigma)), dim=1)
+        return self._out(z, self._quantiles(z))
 
     def quantiles(self, x: Tensor) -> Tensor:
-        return torch.sort(self.quant(self._encode(x)), dim=1).values / 100.0
+        """The 10 %, 50 % and 90 % quantiles of the forward log return, [B, 3]."""
+        return self._quantiles(self._encode(x)) / 100.0
 
-    def loss(self, out: Tensor, up: Tensor, ret: Tensor, labeled: Tensor) -> Tensor:
-        q = out  # the pinball loss on the three quantiles implied by median and spread
-        pinball = torch.zeros((), device=out.device)
-        r = ret * 100.0
-        med = q[:, MU] * 100.0
-        sigma = torch.exp(0.5 * q[:, 2])
-        for tau, val in zip(QUANTILES, (med - Z90 * sigma, med, med + Z90 * sigma)):
-            e = r - val
-            pinball = pinball + torch.maximum(tau * e, (tau - 1) * e).mean()
-        return direction_loss(q, up, labeled) + 0.1 * pinball
+    def training_loss(self, x: Tensor, up: Tensor, ret: Tensor, labeled: Tensor) -> Tensor:
+        """Direction (BCE) plus the pinball loss of each quantile head at its own level."""
+        z = self._encode(x)
+        q = self._quantiles(z)
+        r = (ret * 100.0).unsqueeze(1)
+        tau = torch.tensor(QUANTILES, device=x.device, dtype=q.dtype).unsqueeze(0)
+        e = r - q
+        pinball = torch.maximum(tau * e, (tau - 1) * e).mean(dim=0).sum()
+        return direction_loss(self._out(z, q), up, labeled) + 0.1 * pinball
