@@ -107,7 +107,7 @@ async def main(cycles: int, db: str) -> None:
                 await until(enough, timeout=180, every=0.2)
                 while not inbox.empty():
                     inbox.get_nowait()
-                msg = signed("kill", level="cancel")
+                msg = signed("kill", level="cancel", instance=instance, account=account)
                 t0 = time.perf_counter()
                 await client.publish(f"{root}/cmd/kill", msg)
                 t_block = t_ack = None
@@ -123,7 +123,8 @@ async def main(cycles: int, db: str) -> None:
                 counts.append(n)
                 print(f"cycle {cycle + 1}: entries blocked {blocked[-1]:.1f} ms, "
                       f"{n} open orders cancelled {cancelled[-1]:.1f} ms", flush=True)
-                await client.publish(f"{root}/cmd/resume", signed("resume"))
+                await client.publish(f"{root}/cmd/resume", signed("resume", instance=instance,
+                                                                  account=account))
             reader.cancel()
     finally:
         proc.terminate()

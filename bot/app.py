@@ -313,7 +313,8 @@ class Services:
             from bot.bus.telemetry import publish_unit
 
             secret = cfg.mqtt.command_secret.get_secret_value() if cfg.mqtt.command_secret else None
-            gate = CommandGate(engine, secret, nonces, acks, cfg.mqtt.max_skew_s * 1000)
+            gate = CommandGate(engine, secret, nonces, acks, cfg.mqtt.max_skew_s * 1000,
+                               instance=cfg.instance, account=self.account)
             self.bus = MqttBus(cfg.mqtt.host, cfg.mqtt.port, cfg.instance, gate.handle,
                                cfg.mqtt.username,
                                cfg.mqtt.password.get_secret_value() if cfg.mqtt.password else None)

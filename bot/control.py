@@ -8,7 +8,10 @@ from there on the risk state machine.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from bot.bus.signing import Command, Rejection, verify
@@ -19,29 +22,45 @@ from bot.ports import ControlRequest
 log = get_logger("control")
 
 
+# rejected commands audited one by one in a minute; the rest are counted, and the minute's
+# counts are audited once when it ends, so a flood of bad messages adds a few rows a minute
+REJECTIONS_AUDITED_PER_MINUTE = 3
+MINUTE_MS = 60_000
+
+
 class CommandGate:
-    """Verifies signed MQTT commands and hands the good ones to the engine."""
+    """Verifies signed MQTT commands addressed to this instance and account, and hands the
+    good ones to the engine. Anyone who can publish can send garbage, so rejections are
+    audited in aggregate: the first ``REJECTIONS_AUDITED_PER_MINUTE`` of each minute one by
+    one, then one summary row per minute with the counts by reason and the first claimed
+    sender (the unverified operator and id of the first rejected message)."""
 
     def __init__(self, engine: Engine, secret: str | None, seen_nonces: set[str],
-                 acks: dict[str, Any], max_skew_ms: int = 30_000) -> None:
+                 acks: dict[str, Any], max_skew_ms: int = 30_000, *, instance: str,
+                 account: str, clock: Callable[[], int] | None = None) -> None:
         self.engine = engine
         self.secret = secret
         self.nonces = seen_nonces
         self.acks = acks
         self.max_skew_ms = max_skew_ms
+        self.instance, self.account = instance, account
+        self.clock = clock or (lambda: int(time.time() * 1000))
+        self._minute = -1
+        self._audited = 0
+        self._counted: dict[str, int] = {}
+        self._first: dict[str, Any] = {}
+        self._flush: asyncio.TimerHandle | None = None
 
     async def handle(self, action: str, raw: bytes) -> dict[str, Any]:
-        now = int(time.time() * 1000)
+        now = self.clock()
         if not self.secret:
             verdict: Command | Rejection = Rejection(
                 "commands are disabled: no mqtt.command_secret configured", None, None, action)
         else:
-            verdict = verify(action, raw, self.secret, now, self.nonces, self.max_skew_ms)
+            verdict = verify(action, raw, self.secret, now, self.nonces, self.max_skew_ms,
+                             instance=self.instance, account=self.account)
         if isinstance(verdict, Rejection):
-            log.warning("command_rejected", action=action, reason=verdict.reason, id=verdict.id)
-            await self.engine.submit_control(ControlRequest(
-                action="reject", reason=verdict.reason, operator="unverified", channel="mqtt",
-                command_id=verdict.id, nonce=verdict.nonce, level=action))
+            await self._rejected(verdict, action, raw, now)
             return {"id": verdict.id, "ok": False, "verdict": "rejected", "action": action,
                     "reason": verdict.reason, "ts": now}
         self.nonces.add(verdict.nonce)
@@ -55,6 +74,62 @@ class CommandGate:
                "result": result, "ts": now}
         self.acks[verdict.id] = ack
         return ack
+
+    async def _rejected(self, verdict: Rejection, action: str, raw: bytes, now: int) -> None:
+        log.warning("command_rejected", action=action, reason=verdict.reason, id=verdict.id)
+        minute = now // MINUTE_MS
+        if minute != self._minute:
+            await self.flush()
+            self._minute = minute
+        if self._audited < REJECTIONS_AUDITED_PER_MINUTE:
+            self._audited += 1
+            await self.engine.submit_control(ControlRequest(
+                action="reject", reason=verdict.reason, operator="unverified", channel="mqtt",
+                command_id=verdict.id, nonce=verdict.nonce, level=action))
+            return
+        if not self._counted:
+            self._first = {"id": verdict.id, "operator": _claimed_operator(raw),
+                           "action": action}
+            self._schedule((minute + 1) * MINUTE_MS - now)
+        key = verdict.reason[:120]
+        if key in self._counted or len(self._counted) < 20:
+            self._counted[key] = self._counted.get(key, 0) + 1
+        else:
+            self._counted["other reasons"] = self._counted.get("other reasons", 0) + 1
+
+    def _schedule(self, delay_ms: int) -> None:
+        """Audit this minute's counts when it ends, even if no message comes after it."""
+        loop = asyncio.get_running_loop()
+        self._flush = loop.call_later(max(0.0, delay_ms / 1000) + 0.5,
+                                      lambda: asyncio.ensure_future(self.flush()))
+
+    async def flush(self) -> None:
+        """One audited summary of the rejections counted (and not audited) this minute."""
+        if self._flush is not None:
+            self._flush.cancel()
+            self._flush = None
+        counted, first, minute = self._counted, self._first, self._minute
+        self._counted, self._first, self._audited = {}, {}, 0
+        if not counted:
+            return
+        total = sum(counted.values())
+        by_reason = "; ".join(f"{n} x {r}" for r, n in sorted(counted.items(),
+                                                             key=lambda kv: -kv[1]))
+        await self.engine.submit_control(ControlRequest(
+            action="reject", reason=f"{total} more rejected commands in the minute from "
+            f"{minute * MINUTE_MS} ms: {by_reason}; first claimed sender: operator "
+            f"{first.get('operator')!r}, id {first.get('id')!r}", operator="unverified",
+            channel="mqtt", command_id=f"rejections-{minute}", level=first.get("action")))
+
+
+def _claimed_operator(raw: bytes) -> str | None:
+    """The operator a rejected message claims to be from (unverified, for the record)."""
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    op = data.get("operator") if isinstance(data, dict) else None
+    return op[:80] if isinstance(op, str) else None
 
 
 def on_signal(engine: Engine, level: str, signame: str) -> None:

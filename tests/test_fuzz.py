@@ -98,6 +98,6 @@ def test_fuzzed_commands_are_refused_with_a_reason(action: str, body: dict) -> N
     import json
 
     verdict = verify(action, json.dumps(body).encode(), "secret-key-1234", 1_800_000_000_000,
-                     set())
+                     set(), instance="default", account="default:paper:binance")
     assert not isinstance(verdict, Command)  # nobody can forge a signature by chance
     assert isinstance(verdict, Rejection) and verdict.reason

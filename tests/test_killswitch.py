@@ -88,7 +88,8 @@ async def test_signed_mqtt_kill_cancel_then_restart_stays_halted(
             a1 = await ack_for("u1", 1)
             assert a1["verdict"] == "rejected" and a1["reason"] == "unsigned command"
             # 2) the signed kill, level cancel
-            kill = command("kill", level="cancel", reason="exchange maintenance")
+            kill = command("kill", level="cancel", reason="exchange maintenance",
+                           instance=instance, account=account)
             sent = time.monotonic()
             await client.publish(f"{root}/cmd/kill", kill)
             kid = json.loads(kill)["id"]

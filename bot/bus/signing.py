@@ -4,11 +4,14 @@ timestamp and a nonce. Pure: verification decides, the caller records.
 A command message is a JSON object::
 
     {"id": "c-42", "ts": 1700000000000, "nonce": "9f1c...", "operator": "alice",
-     "reason": "maintenance", "level": "cancel", "sig": "<hex>"}
+     "reason": "maintenance", "level": "cancel", "instance": "prod-1",
+     "account": "prod-1:live:binance", "sig": "<hex>"}
 
 ``sig`` = HMAC-SHA256(secret, action + "\\n" + canonical JSON of every other field), where
 canonical JSON sorts keys and has no spaces. The action comes from the topic
-(``.../cmd/kill``), so a signature for one action is worthless on another.
+(``.../cmd/kill``), so a signature for one action is worthless on another; the instance and
+the account are signed too, so a command for one instance is refused by every other that
+shares the secret, and the id is signed, so it cannot be swapped.
 """
 
 from __future__ import annotations
@@ -58,8 +61,9 @@ class Rejection:
 
 
 def verify(action: str, raw: bytes, secret: str, now_ms: int, seen_nonces: Container[str],
-           max_skew_ms: int = 30_000) -> Command | Rejection:
-    """Accept only a well-formed, correctly signed, fresh, never-seen command."""
+           max_skew_ms: int = 30_000, *, instance: str, account: str) -> Command | Rejection:
+    """Accept only a well-formed, correctly signed, fresh, never-seen command addressed to
+    this ``instance`` and ``account``."""
     if action not in ACTIONS:
         return Rejection(f"unknown action {action!r}", None, None, action)
     try:
@@ -78,13 +82,17 @@ def verify(action: str, raw: bytes, secret: str, now_ms: int, seen_nonces: Conta
     if not hmac.compare_digest(sig.encode("utf-8", "replace"), expected.encode()):
         return Rejection("bad signature", cid, nonce, action)
     # signed from here on: the fields are the operator's, check their shape
-    for key in ("id", "nonce", "operator", "reason"):
+    for key in ("id", "nonce", "operator", "reason", "instance", "account"):
         value = data.get(key)
         if not isinstance(value, str) or not value or len(value) > MAX_FIELD:
             return Rejection(f"field {key!r} must be a non-empty string", cid, nonce, action)
     ts = data.get("ts")
     if not isinstance(ts, int) or isinstance(ts, bool):
         return Rejection("field 'ts' must be integer milliseconds", cid, nonce, action)
+    for key, mine in (("instance", instance), ("account", account)):
+        if data[key] != mine:
+            return Rejection(f"signed for {key} {data[key][:80]!r}, not this one ({mine!r})",
+                             cid, nonce, action)
     if abs(now_ms - ts) > max_skew_ms:
         return Rejection(f"stale: {abs(now_ms - ts) // 1000}s from now (limit "
                          f"{max_skew_ms // 1000}s)", cid, nonce, action)
@@ -93,7 +101,8 @@ def verify(action: str, raw: bytes, secret: str, now_ms: int, seen_nonces: Conta
     level = data.get("level")
     if action == "kill" and level not in LEVELS:
         return Rejection(f"kill needs level in {LEVELS}", cid, nonce, action)
-    unknown = set(data) - {"id", "ts", "nonce", "operator", "reason", "level", "sig"}
+    unknown = set(data) - {"id", "ts", "nonce", "operator", "reason", "level", "instance",
+                           "account", "sig"}
     if unknown:
         return Rejection(f"unknown field(s) {sorted(unknown)}", cid, nonce, action)
     return Command(action, data["id"], ts, data["nonce"], data["operator"], data["reason"],
