@@ -11,7 +11,7 @@ from typing import Any
 from bot.clock import Clock
 from bot.domain import AuditEvent, Order, OrderIntent, OrderStatus, OrderType, Position, Side
 from bot.errors import ExchangeError, OrderAction
-from bot.logs import get_logger
+from bot.logs import get_logger, scrub
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
 from bot.ports import Broker, OrderUpdate, UnitOfWork
@@ -57,7 +57,7 @@ class OrderDesk:
         try:
             result = await call
         except ExchangeError as exc:
-            log.warning("venue_error", error=str(exc), kind=type(exc).__name__,
+            log.warning("venue_error", error=scrub(str(exc)), kind=type(exc).__name__,
                         ccxt_class=exc.ccxt_class)
             if self.on_venue_call:
                 self.on_venue_call(False)
@@ -75,8 +75,9 @@ class OrderDesk:
             if exc.order is OrderAction.REJECTED_RECONCILE:
                 self.reconcile_wanted = True
             # the live broker resolves ambiguous outcomes itself; what reaches here is final
+            # the venue's text is stored with the order: no secret may ride along in it
             return OrderUpdate(order.transition(OrderStatus.REJECTED, self.clock.now_ms(),
-                                                f"{type(exc).__name__}: {exc}"))
+                                                scrub(f"{type(exc).__name__}: {exc}")))
         if self.on_venue_call:
             self.on_venue_call(True)
         return update

@@ -30,3 +30,33 @@ def test_json_lines_with_context_and_masked_secrets() -> None:
     text = buf.getvalue()
     assert "k3y-ABCDEF-123456" not in text and "s3cr3t-XYZ-987654" not in text
     assert MASK in line["url"] and line["nested"]["auth"] == [MASK]
+
+
+async def test_a_venue_error_is_stored_without_the_secret_it_quotes() -> None:
+    """Issue 17: the venue's error text is stored with the refused order (and logged). A
+    venue that echoes the API key back must not put it in the ledger."""
+    from decimal import Decimal
+
+    from bot.clock import SimulatedClock
+    from bot.desk import OrderDesk
+    from bot.domain import OrderIntent, OrderStatus, Side
+    from bot.errors import OrderRejected
+    from bot.logs import register_secrets
+    from bot.metrics import RunStats
+    from bot.portfolio import Portfolio
+
+    key = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"
+    register_secrets([key])
+
+    class Refusing:
+        async def submit(self, order: object) -> object:
+            raise OrderRejected('binance {"code":-1013,"msg":"Filter failure: LOT_SIZE for key '
+                               f'{key}"}}')
+
+    desk = OrderDesk("run", "acct", Refusing(), Portfolio("acct", Decimal(1000), "USDT"),  # type: ignore[arg-type]
+                     SimulatedClock(1000), RunStats("1h", Decimal(1000)))
+    order = desk.new_order(OrderIntent("BTC/USDT", Side.BUY, "test", 0, "v"), Decimal("0.1"))
+    update = await desk.send(order)
+    assert update.order.status is OrderStatus.REJECTED
+    assert key not in (update.order.status_reason or "")
+    assert "LOT_SIZE" in (update.order.status_reason or "")  # the reason itself survives
