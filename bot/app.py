@@ -24,7 +24,7 @@ from bot.config import Settings, require_live_ready
 from bot.domain import Mode
 from bot.engine import Engine, EngineParts
 from bot.records import fatal_payload
-from bot.errors import ConfigError, FatalExchangeError
+from bot.errors import ConfigError, FatalExchangeError, StackbotError
 from bot.feeds.files import CandleSeries, load_candle_file
 from bot.feeds.replay import ReplayFeed
 from bot.brokers.paper import PaperBroker, static_markets
@@ -133,6 +133,7 @@ async def drive(
             summary.update(error=fatal_payload(fatal))
         try:
             await ledger.finish_run(run_id, status, summary)
+            await _anchor(ledger, settings)
         finally:
             await feed.close()
             await broker.close()
@@ -157,6 +158,21 @@ async def _fail_before_start(settings: Settings, run_id: str, account: str, mode
     await ledger.commit(unit)
     await ledger.flush()
     await ledger.finish_run(run_id, "failed", {"status": "failed", "error": fatal_payload(exc)})
+
+
+def anchors_path(settings: Settings) -> Path:
+    return settings.home / "audit-anchors.jsonl"
+
+
+async def _anchor(ledger: Ledger, settings: Settings) -> None:
+    """Anchor the audit chain outside the database at the end of a run. A failure is logged
+    and does not change the run's outcome (the next anchor covers this one)."""
+    from bot.ledger.audit import anchor_chain
+
+    try:
+        await anchor_chain(ledger, anchors_path(settings))
+    except (StackbotError, OSError) as exc:
+        log.error("audit_anchor_failed", error=str(exc))
 
 
 async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[Any, Any]:
@@ -327,8 +343,26 @@ class Services:
         from bot.jobs import retrain_job
 
         self.scheduler = build_scheduler(engine, cfg.jobs, beat, cfg.mqtt.heartbeat_s,
-                                         retrain_job(engine, cfg, self.db_url))
+                                         retrain_job(engine, cfg, self.db_url),
+                                         anchor=self.anchor_job(engine))
         self.scheduler.start()
+
+    def anchor_job(self, engine: Engine) -> Any:
+        """Every ``jobs.anchor_minutes``: the audit chain head to the anchors file, the log and
+        the retained MQTT topic ``audit/anchor``."""
+        from bot.ledger.audit import anchor_chain
+
+        async def job() -> None:
+            try:
+                a = await anchor_chain(engine.p.ledger, anchors_path(self.settings))
+            except (StackbotError, OSError) as exc:
+                log.error("audit_anchor_failed", error=str(exc))
+                return
+            if a is not None and self.bus is not None:
+                self.bus.publish("audit/anchor", {"seq": a.seq, "hash": a.hash,
+                                                  "at_ms": a.at_ms}, retain=True)
+
+        return job
 
     async def close(self) -> None:
         if self.scheduler is not None:

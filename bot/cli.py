@@ -319,13 +319,19 @@ app.command("sim-exchange")(sim_exchange)
 
 
 @audit_app.command("verify")
-def audit_verify(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None) -> None:
+def audit_verify(
+    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+    anchors: Annotated[Optional[Path], typer.Option(
+        "--anchors", help="anchors file (data_dir/audit-anchors.jsonl): the chain must pass "
+        "through every anchored link")] = None,
+) -> None:
     """Walk the audit hash chain; exit 1 and name the first broken link if it is broken."""
-    from bot.ledger.audit import verify_chain
+    from bot.ledger.audit import read_anchors, verify_chain
 
     try:
         settings = _settings(config, data_dir=data_dir, database__url=db)
-        report = _with_db(settings, verify_chain)
+        pinned = read_anchors(anchors) if anchors is not None else []
+        report = _with_db(settings, lambda engine: verify_chain(engine, pinned))
     except StackbotError as exc:
         raise _fail(exc) from None
     out.print(report.describe())

@@ -106,6 +106,8 @@ class JobSettings(_Section):
     model_check_cron: str = Field("0 * * * *", description="model-degradation check (UTC)")
     retrain_cron: str = Field("0 3 1 * *", description="retraining (UTC), default monthly")
     misfire_grace_s: int = Field(300, gt=0)
+    anchor_minutes: float = Field(10.0, gt=0, description="audit chain head anchored outside "
+                                  "the database this often (and at every run's end)")
 
 
 class StrategySettings(_Section):

@@ -33,7 +33,8 @@ def _queue(engine: Engine, action: str) -> Any:
 
 
 def build_scheduler(engine: Engine, cfg: JobSettings, heartbeat: Any = None,
-                    heartbeat_s: float = 15.0, retrain: Any = None) -> AsyncIOScheduler:
+                    heartbeat_s: float = 15.0, retrain: Any = None,
+                    anchor: Any = None) -> AsyncIOScheduler:
     sched = AsyncIOScheduler(timezone="UTC", job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": cfg.misfire_grace_s})
     sched.add_job(_queue(engine, "snapshot"), IntervalTrigger(seconds=cfg.equity_snapshot_s),
@@ -49,6 +50,8 @@ def build_scheduler(engine: Engine, cfg: JobSettings, heartbeat: Any = None,
                   CronTrigger.from_crontab(cfg.retrain_cron, timezone="UTC"), id="retrain")
     if heartbeat is not None:
         sched.add_job(heartbeat, IntervalTrigger(seconds=heartbeat_s), id="heartbeat")
+    if anchor is not None:
+        sched.add_job(anchor, IntervalTrigger(minutes=cfg.anchor_minutes), id="audit_anchor")
     return sched
 
 

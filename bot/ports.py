@@ -197,4 +197,9 @@ class Ledger(Protocol):
 
     async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None: ...
 
+    async def chain_head(self) -> tuple[int, str] | None:
+        """The audit chain's last link (seq, hash), durable when it returns: what is anchored
+        outside the database (``bot.ledger.audit``). None before the first audit event."""
+        ...
+
     async def close(self) -> None: ...

@@ -4,6 +4,7 @@ refused; a row altered with the triggers switched off is caught by `stackbot aud
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import asyncpg
@@ -89,3 +90,62 @@ def test_the_service_role_cannot_rewrite_the_audit_trail(fresh_db: str, tmp_path
         "INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, payload) "
         "VALUES ('a', 'r', now(), 'test.kind', 'e', '1', '{}')")) == "done"
     assert runner.invoke(app, ["audit", "verify", "--db", fresh_db]).exit_code == 0
+
+
+async def _rewrite_history(url: str, seq: int) -> None:
+    """What an attacker with the owner's rights does: edit one row, then recompute every later
+    link and the head, so the chain verifies on its own."""
+    from bot.ledger.audit import link_hash
+
+    conn = await asyncpg.connect(plain_url(async_url(url)))
+    try:
+        await conn.execute("SET session_replication_role = replica")
+        await conn.execute("UPDATE audit_events SET payload = '{\"quantity\": \"999\"}' "
+                           "WHERE seq = $1", seq)
+        rows = await conn.fetch(
+            "SELECT id, seq, account, run_id, (floor(extract(epoch from ts) * 1000))::bigint "
+            "AS ts_ms, kind, entity, entity_id, payload::text AS payload, prev_hash "
+            "FROM audit_events WHERE seq >= $1 ORDER BY seq", seq)
+        prev = rows[0]["prev_hash"]
+        for r in rows:
+            h = link_hash(r["seq"], r["account"], r["run_id"], r["ts_ms"], r["kind"],
+                          r["entity"], r["entity_id"], r["payload"], prev)
+            await conn.execute("UPDATE audit_events SET prev_hash = $1, hash = $2 WHERE id = $3",
+                               prev, h, r["id"])
+            prev = h
+        await conn.execute("UPDATE audit_chain_head SET hash = $1 WHERE id = 1", prev)
+    finally:
+        await conn.close()
+
+
+def test_rewriting_the_table_and_its_head_together_is_caught_by_the_anchors(
+        fresh_db: str, tmp_path: Path) -> None:
+    """Issue 17: the chain head lives in the same database, so rewriting a row, every later
+    link and the head leaves a chain that verifies. Every run anchors the head outside the
+    database (data_dir/audit-anchors.jsonl); verify against the anchors then fails and names
+    the first anchor that no longer matches."""
+    runner = CliRunner()
+    common = ["--db", fresh_db, "--data-dir", str(tmp_path)]
+    for seed in (8, 9):  # two runs, two anchors
+        data = write_series(tmp_path, "BTC/USDT", 200, seed=seed)
+        assert runner.invoke(app, ["backtest", "--data", str(data), "--timeframe", "1h",
+                                   *common]).exit_code == 0
+    anchors = tmp_path / "audit-anchors.jsonl"
+    lines = anchors.read_text().splitlines()
+    assert len(lines) == 2
+    first_seq = json.loads(lines[0])["seq"]
+    ok = runner.invoke(app, ["audit", "verify", "--anchors", str(anchors), *common])
+    assert ok.exit_code == 0 and "through all 2 anchors" in ok.output, ok.output
+    asyncio.run(_rewrite_history(fresh_db, 7))
+    blind = runner.invoke(app, ["audit", "verify", *common])
+    assert blind.exit_code == 0 and "intact" in blind.output  # invisible without anchors
+    bad = runner.invoke(app, ["audit", "verify", "--anchors", str(anchors), *common])
+    assert bad.exit_code == 1, bad.output
+    said = " ".join(bad.output.split())  # the console wraps long lines
+    assert f"BROKEN at seq {first_seq}" in said
+    assert f"the anchor of seq {first_seq} written" in said and "no longer matches" in said
+    junk = tmp_path / "junk.jsonl"
+    junk.write_text('{"seq": 1}\n')
+    refused = runner.invoke(app, ["audit", "verify", "--anchors", str(junk), *common])
+    assert refused.exit_code != 0
+    assert "junk.jsonl:1: not an audit anchor" in " ".join(refused.output.split())

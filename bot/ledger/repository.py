@@ -306,6 +306,15 @@ class PostgresLedger:
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"cannot finish run {run_id}: {brief(exc)}") from exc
 
+    async def chain_head(self) -> tuple[int, str] | None:
+        try:
+            async with self.engine.connect() as conn:
+                row = (await conn.execute(text(
+                    "SELECT seq, hash FROM audit_chain_head WHERE id = 1"))).first()
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"cannot read the audit chain head: {brief(exc)}") from exc
+        return (int(row.seq), str(row.hash)) if row is not None and row.seq else None
+
     async def close(self) -> None:
         await self.engine.dispose()
 
@@ -348,6 +357,10 @@ class GroupCommitLedger:
     async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
         await self.flush()
         await self.inner.finish_run(run_id, status, summary)
+
+    async def chain_head(self) -> tuple[int, str] | None:
+        await self.flush()
+        return await self.inner.chain_head()
 
     async def close(self) -> None:
         try:
