@@ -164,15 +164,16 @@ def anchors_path(settings: Settings) -> Path:
     return settings.home / "audit-anchors.jsonl"
 
 
-async def _anchor(ledger: Ledger, settings: Settings) -> None:
-    """Anchor the audit chain outside the database at the end of a run. A failure is logged
-    and does not change the run's outcome (the next anchor covers this one)."""
+async def _anchor(ledger: Ledger, settings: Settings) -> Any:
+    """Anchor the audit chain outside the database (at the end of a run, and on a timer). A
+    failure is logged and changes nothing else: the next anchor covers this one."""
     from bot.ledger.audit import anchor_chain
 
     try:
-        await anchor_chain(ledger, anchors_path(settings))
+        return await anchor_chain(ledger, anchors_path(settings))
     except (StackbotError, OSError) as exc:
         log.error("audit_anchor_failed", error=str(exc))
+        return None
 
 
 async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[Any, Any]:
@@ -350,14 +351,9 @@ class Services:
     def anchor_job(self, engine: Engine) -> Any:
         """Every ``jobs.anchor_minutes``: the audit chain head to the anchors file, the log and
         the retained MQTT topic ``audit/anchor``."""
-        from bot.ledger.audit import anchor_chain
 
         async def job() -> None:
-            try:
-                a = await anchor_chain(engine.p.ledger, anchors_path(self.settings))
-            except (StackbotError, OSError) as exc:
-                log.error("audit_anchor_failed", error=str(exc))
-                return
+            a = await _anchor(engine.p.ledger, self.settings)
             if a is not None and self.bus is not None:
                 self.bus.publish("audit/anchor", {"seq": a.seq, "hash": a.hash,
                                                   "at_ms": a.at_ms}, retain=True)

@@ -18,7 +18,7 @@ import torch
 
 from models.calibrate import Temperature, report, sigmoid
 from models.dataset import (
-    Parts, SymbolData, panel, reference_timeline, split_by_time, window_times,
+    Parts, SymbolData, evenly, panel, reference_timeline, split_by_time, window_times,
 )
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec, outcome_shares
@@ -147,10 +147,6 @@ def predict(model: Member, x: np.ndarray, device: str, batch: int = 4096) -> np.
     return torch.cat(outs).numpy() if outs else np.zeros((0, 3), np.float32)
 
 
-def _subsample(n: int, cap: int) -> np.ndarray:
-    return np.arange(n) if n <= cap else np.linspace(0, n - 1, cap).astype(np.int64)
-
-
 def fit_supervised(model: Member, tr: dict[str, np.ndarray], va: dict[str, np.ndarray],
                    cfg: TrainConfig, tick: Callable[[], None] | None = None) -> list[float]:
     """Adam with early stopping on validation loss; restores the best epoch's weights."""
@@ -237,7 +233,7 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
         if tick:
             tick()
     else:
-        idx = _subsample(len(parts.train), cfg.max_train_samples)
+        idx = evenly(np.arange(len(parts.train)), cfg.max_train_samples)
         times = fit_supervised(model, _arrays(parts.train, idx), _arrays(parts.val), cfg, tick)
         if name == "vae":
             model.fit_regimes(torch.as_tensor(parts.train.x[idx], device=cfg.device),
@@ -286,14 +282,14 @@ def member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: P
 
 def _fit_gnn(model: Member, train: tuple[np.ndarray, ...], val: tuple[np.ndarray, ...],
              cfg: TrainConfig, tick: Callable[[], None] | None) -> list[float]:
-    """``train`` and ``val`` are panels: windows, returns, target-first, has-a-direction."""
+    """``train`` and ``val`` are panels: windows, returns, target-first, has-a-direction
+    (the train panel already capped at the preset's windows by ``panel(max_rows=...)``)."""
     from models.members.base import direction_loss, return_nll
 
     dev = cfg.device
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     gen = torch.Generator().manual_seed(cfg.seed)
-    idx_all = _subsample(len(train[0]), max(1, cfg.max_train_samples // max(1, train[0].shape[1])))
-    X, R, U, D = (torch.as_tensor(a[idx_all], device=dev) for a in train)
+    X, R, U, D = (torch.as_tensor(a, device=dev) for a in train)
     XV, RV, UV, DV = (torch.as_tensor(a, device=dev) for a in val)
 
     def loss_of(x: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
