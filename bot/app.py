@@ -29,7 +29,7 @@ from bot.feeds.files import CandleSeries, load_candle_file
 from bot.feeds.replay import ReplayFeed
 from bot.brokers.paper import PaperBroker, static_markets
 from bot.ledger.embedded import embedded_url
-from bot.ledger.migrate import upgrade
+from bot.ledger.logins import Logins, database_logins, prepare
 from bot.ledger.repository import GroupCommitLedger, PostgresLedger, make_engine
 from bot.logs import get_logger
 from bot.metrics import RunStats
@@ -42,23 +42,25 @@ from strategies.baseline import EmaCrossSignal, TrendFollowStrategy
 log = get_logger("app")
 
 
+def database_logins_of(settings: Settings) -> Logins:
+    """Who migrates and who the service logs in as (``bot/ledger/logins.py``)."""
+    db = settings.database
+    url = db.url.get_secret_value() if db.url is not None else embedded_url(settings.home)
+    migrate = db.migrate_url.get_secret_value() if db.migrate_url is not None else None
+    return database_logins(url, migrate, db.app_role)
+
+
 def database_url(settings: Settings) -> str:
-    """The configured URL, or the embedded server's under the data directory."""
-    if settings.database.url is not None:
-        return settings.database.url.get_secret_value()
-    return embedded_url(settings.home)
+    """The URL the service connects with: its own login, never the owner's."""
+    return database_logins_of(settings).service
 
 
 async def open_postgres(settings: Settings, synchronous_commit: bool = True) -> PostgresLedger:
-    """Migrate as the connecting user (the owner), then work as the application role."""
-    url = database_url(settings)
-    owner = make_engine(url, pool_size=1)
-    try:
-        await upgrade(owner)
-    finally:
-        await owner.dispose()
-    return PostgresLedger(make_engine(url, role=settings.database.app_role or None),
-                          synchronous_commit)
+    """Migrate as the owner (where this process has the owner's URL), then connect as the
+    service's login."""
+    logins = database_logins_of(settings)
+    await prepare(logins)
+    return PostgresLedger(make_engine(logins.service), synchronous_commit)
 
 
 def new_run_id() -> str:

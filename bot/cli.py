@@ -18,7 +18,7 @@ from bot.cli_common import load as _settings
 from bot.cli_common import with_db as _with_db
 from bot.cli_models import evaluate, models_app, train
 from bot.cli_sim import sim_exchange
-from bot.errors import StackbotError
+from bot.errors import ConfigError, StackbotError
 from bot.feeds.files import parse_timestamp
 from bot.logs import get_logger
 
@@ -250,17 +250,25 @@ def resume(
 
 @db_app.command("upgrade")
 def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None) -> None:
-    """Apply the ledger migrations (idempotent)."""
+    """Apply the ledger migrations as the schema owner and create or update the service's
+    login (idempotent). The owner is database.migrate_url (STACKBOT_DATABASE_MIGRATE_URL),
+    or database.url where no migrate_url is given and it does not name the login."""
+    from bot.app import database_logins_of
     from bot.ledger.migrate import current_revision
 
     try:
         settings = _settings(config, data_dir=data_dir, database__url=db)
+        logins = database_logins_of(settings)
+        if logins.owner is None:
+            raise ConfigError(
+                f"database.url names the service login {logins.role!r}, which cannot migrate: "
+                "give the owner's URL as database.migrate_url (STACKBOT_DATABASE_MIGRATE_URL)")
         rev = _with_db(settings, current_revision)
     except StackbotError as exc:
         raise _fail(exc) from None
     except Exception as exc:  # connection refused and friends: say it plainly
         raise _fail(RuntimeError(f"cannot upgrade the database: {exc}")) from None
-    out.print(f"database at revision {rev}")
+    out.print(f"database at revision {rev}; the service logs in as {logins.role!r}")
 
 
 app.command("sim-exchange")(sim_exchange)

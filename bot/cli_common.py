@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 
 from bot.config import Settings, load_settings
-from bot.logs import configure_logging, password_of, register_secrets
+from bot.logs import configure_logging
 
 out = Console()
 
@@ -33,26 +33,22 @@ def load(config: Path | None, **flags: Any) -> Settings:
             overrides[key] = value
     settings = load_settings(config, overrides)
     configure_logging(settings.log_level, settings.log_format)
-    register_secrets([s.get_secret_value() for s in (
-        settings.exchange.api_key, settings.exchange.secret, settings.database.url,
-        settings.mqtt.password, settings.mqtt.command_secret) if s is not None])
-    # the password on its own too: a driver error may quote it without the rest of the URL
-    register_secrets([password_of(settings.database.url.get_secret_value())
-                      if settings.database.url is not None else None])
     return settings
 
 
 def with_db(settings: Settings, work: Any) -> Any:
-    """Open the configured (or embedded) database, bring its schema up to date, then
-    ``await work(engine)`` and close it."""
-    from bot.app import database_url
-    from bot.ledger.migrate import upgrade
+    """Open the configured (or embedded) database, bring its schema up to date (as the owner,
+    where this process has the owner's URL), then ``await work(engine)`` as the service's
+    login and close it."""
+    from bot.app import database_logins_of
+    from bot.ledger.logins import prepare
     from bot.ledger.repository import make_engine
 
     async def go() -> Any:
-        engine = make_engine(database_url(settings))
+        logins = database_logins_of(settings)
+        await prepare(logins)
+        engine = make_engine(logins.service)
         try:
-            await upgrade(engine)
             return await work(engine)
         finally:
             await engine.dispose()
@@ -63,7 +59,9 @@ def with_db(settings: Settings, work: Any) -> Any:
 def fail(exc: BaseException) -> typer.Exit:
     from bot.errors import FatalExchangeError
 
-    text = " ".join(str(exc).split())  # one line, whatever the venue sent
+    from bot.logs import scrub
+
+    text = scrub(" ".join(str(exc).split()))  # one line, whatever the venue or driver sent
     if isinstance(exc, FatalExchangeError):
         text = f"{text} -- to fix: {exc.fix}"
     typer.echo(f"error: {text}", err=True)

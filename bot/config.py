@@ -23,6 +23,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 
 from bot.domain import TIMEFRAME_MS, Mode
 from bot.errors import ConfigError
+from bot.logs import register_settings_secrets
 from risk.settings import RiskSettings
 
 ENV_PREFIX = "STACKBOT_"
@@ -73,10 +74,14 @@ class DatabaseSettings(_Section):
     batch_candles: int = Field(
         2000, gt=0, description="backtest: candles per group commit to the ledger"
     )
+    migrate_url: SecretStr | None = Field(
+        None, description="the schema owner's postgresql:// URL, for migrations and the "
+        "service login (then database.url is that login); unset: database.url migrates")
     app_role: str | None = Field(
         "stackbot_app", pattern=r"^([a-z_][a-z0-9_]*)?$",
-        description="after migrating as the owner, the service runs as this role (no UPDATE, "
-        "DELETE or TRUNCATE on the audit trail); empty: stay the connecting user")
+        description="the service's login role (no UPDATE, DELETE or TRUNCATE on the audit "
+        "trail); where database.url names the owner, the service logs in as this role "
+        "instead; empty: the service stays the connecting user (no protection)")
 
 
 class PaperSettings(_Section):
@@ -184,13 +189,11 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """The effective config as plain data with every secret masked."""
-        data = self.model_dump(mode="json")
-        for section, key in (("exchange", "api_key"), ("exchange", "secret"),
-                             ("mqtt", "password"), ("mqtt", "command_secret")):
-            if data[section][key] is not None:
-                data[section][key] = "**********"
-        if self.database.url is not None:
-            data["database"]["url"] = redact_url(self.database.url.get_secret_value())
+        data = self.model_dump(mode="json")  # every SecretStr dumps as '**********'
+        # the database URLs keep their user, host and database, which say where it went
+        for key, url in (("url", self.database.url), ("migrate_url", self.database.migrate_url)):
+            if url is not None:
+                data["database"][key] = redact_url(url.get_secret_value())
         return data
 
 
@@ -278,7 +281,9 @@ def load_settings(
         settings = Settings(**merged)
     except ValidationError as exc:
         raise _explain(exc, source) from None
-    return _with_secrets_file(settings)
+    settings = _with_secrets_file(settings)
+    register_settings_secrets(settings)  # masked everywhere from here on
+    return settings
 
 
 def _env_values(env: Mapping[str, str]) -> dict[str, Any]:

@@ -66,11 +66,7 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
     env = child_env(os.environ, settings, db_url)
 
     async def run(cmd: list[str]) -> tuple[int, str]:
-        proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
-                                                    stderr=asyncio.subprocess.STDOUT, env=env)
-        out, _ = await proc.communicate()
-        # the tail goes into the audit trail: no secret may ride along in it
-        return int(proc.returncode or 0), scrub(out.decode(errors="replace")[-2000:])
+        return await run_child(cmd, env)
 
     async def job() -> None:
         if engine.p.source.name != "ensemble":
@@ -96,6 +92,17 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
     return job
 
 
+async def run_child(cmd: list[str], env: Mapping[str, str]) -> tuple[int, str]:
+    """Run a child process; its exit status and the tail of what it printed, scrubbed: the
+    tail goes into the audit trail, and no secret may ride along in it."""
+    import asyncio
+
+    proc = await asyncio.create_subprocess_exec(*cmd, stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.STDOUT, env=env)
+    out, _ = await proc.communicate()
+    return int(proc.returncode or 0), scrub(out.decode(errors="replace")[-2000:])
+
+
 def retrain_commands(settings: Any, folder: Path, since: str) -> tuple[list[str], list[str]]:
     """The retrain's two child processes: download fresh history, then train on it. No
     credential is an argument: the children read them from ``child_env``."""
@@ -119,6 +126,8 @@ def child_env(parent: Mapping[str, str], settings: Any, db_url: str) -> dict[str
     whatever config file or environment set them."""
     r = settings.risk
     register_secrets([password_of(db_url)])
+    # the service's login only: a child never needs the schema owner
+    parent = {k: v for k, v in parent.items() if k.upper() != "STACKBOT_DATABASE_MIGRATE_URL"}
     return {**parent, "STACKBOT_DATABASE_URL": db_url,
             "STACKBOT_RISK_K_STOP": str(r.k_stop), "STACKBOT_RISK_K_TARGET": str(r.k_target),
             "STACKBOT_RISK_BARRIER_HORIZON": str(r.barrier_horizon)}

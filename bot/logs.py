@@ -9,6 +9,7 @@ from collections.abc import Iterable, MutableMapping
 from typing import Any
 
 import structlog
+from pydantic import BaseModel, SecretStr
 
 _SECRETS: set[str] = set()
 MASK = "**********"
@@ -19,6 +20,21 @@ def register_secrets(values: Iterable[str | None]) -> None:
     for value in values:
         if value and len(value) >= 4:
             _SECRETS.add(value)
+
+
+def register_settings_secrets(settings: BaseModel) -> None:
+    """The one place secrets are registered: every ``SecretStr`` anywhere in the settings
+    (exchange keys, database URLs, MQTT password, the command HMAC key, any added later), and
+    the password inside each one that is a URL, on its own, since a driver error may quote it
+    without the rest. Every mask (logs, audit payloads, stored venue errors, child output)
+    reads this one set."""
+    for name in type(settings).model_fields:
+        value = getattr(settings, name)  # the model's own declared fields, no probing
+        if isinstance(value, SecretStr):
+            secret = value.get_secret_value()
+            register_secrets([secret, password_of(secret)])
+        elif isinstance(value, BaseModel):
+            register_settings_secrets(value)
 
 
 def password_of(url: str | None) -> str | None:
@@ -37,26 +53,29 @@ def password_of(url: str | None) -> str | None:
 
 def scrub(text: str) -> str:
     """``text`` with every registered secret masked (child output, stored venue errors)."""
-    return str(_scrub(text))
+    return str(masked(text))
 
 
-def _scrub(value: Any) -> Any:
+def masked(value: Any) -> Any:
+    """``value`` (text, or a JSON-like tree of it) with every registered secret masked."""
+    if not _SECRETS:
+        return value
     if isinstance(value, str):
         for secret in _SECRETS:
             if secret in value:
                 value = value.replace(secret, MASK)
         return value
     if isinstance(value, dict):
-        return {k: _scrub(v) for k, v in value.items()}
+        return {k: masked(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_scrub(v) for v in value)
+        return type(value)(masked(v) for v in value)
     return value
 
 
 def _mask_secrets(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     if not _SECRETS:
         return event
-    return {k: _scrub(v) for k, v in event.items()}
+    return {k: masked(v) for k, v in event.items()}
 
 
 class _Stderr:

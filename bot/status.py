@@ -13,14 +13,15 @@ from bot.ledger import tables as t
 
 
 async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
-    from bot.app import database_url
-    from bot.ledger.migrate import upgrade
+    from bot.app import database_logins_of
+    from bot.ledger.logins import prepare
     from bot.ledger.repository import make_engine
 
-    engine = make_engine(database_url(settings))
+    logins = database_logins_of(settings)
+    engine = make_engine(logins.service)
     working = [s.value for s in OrderStatus if not s.is_terminal]
     try:
-        await upgrade(engine)
+        await prepare(logins)
         async with engine.connect() as conn:
             runs = (await conn.execute(
                 select(t.Run.id, t.Run.account, t.Run.mode, t.Run.status, t.Run.started_at,

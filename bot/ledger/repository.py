@@ -24,6 +24,7 @@ from bot.domain import AuditEvent, Order, OrderStatus, OrderType, Position, Regi
 from bot.errors import LedgerError
 from bot.ledger import tables as t
 from bot.ledger.urls import async_url
+from bot.logs import masked
 from bot.ports import AccountState, ControlRequest, UnitOfWork
 
 _WORKING = [s.value for s in OrderStatus if not s.is_terminal]
@@ -46,20 +47,8 @@ def to_ms(dt: datetime) -> int:
     return int(dt.timestamp() * 1000)
 
 
-def make_engine(url: str, pool_size: int = 5, role: str | None = None) -> AsyncEngine:
-    """An async engine; with ``role``, every connection switches to it (``SET ROLE``), so the
-    service runs with the application role's grants, not the owner's."""
-    engine = create_async_engine(async_url(url), pool_size=pool_size, pool_pre_ping=True)
-    if role:
-        from sqlalchemy import event
-
-        def as_role(dbapi_conn: Any, _record: Any) -> None:
-            cursor = dbapi_conn.cursor()
-            cursor.execute(f'SET ROLE "{role}"')
-            cursor.close()
-
-        event.listen(engine.sync_engine, "connect", as_role)
-    return engine
+def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
+    return create_async_engine(async_url(url), pool_size=pool_size, pool_pre_ping=True)
 
 
 def _order_row(o: Order) -> dict[str, Any]:
@@ -67,7 +56,8 @@ def _order_row(o: Order) -> dict[str, Any]:
         "client_order_id": o.client_order_id, "account": o.account, "run_id": o.run_id,
         "symbol": o.symbol, "side": o.side.value, "order_type": o.order_type.value,
         "quantity": o.quantity, "limit_price": o.limit_price, "stop_price": o.stop_price,
-        "status": o.status.value, "status_reason": o.status_reason, "filled_qty": o.filled_qty,
+        "status": o.status.value, "status_reason": masked(o.status_reason),
+        "filled_qty": o.filled_qty,
         "avg_fill_price": o.avg_fill_price, "fees": o.fees,
         "exchange_order_id": o.exchange_order_id, "reduce_only": o.reduce_only,
         "signal_ts": to_dt(o.signal_ts), "model_version": o.model_version, "reason": o.reason,
@@ -101,7 +91,8 @@ def control_from_row(r: Any) -> ControlRequest:
 
 
 def _json(payload: Mapping[str, Any]) -> str:
-    return orjson.dumps(payload, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    """A payload as stored: sorted keys, and no registered secret (``bot.logs.masked``)."""
+    return orjson.dumps(masked(payload), default=str, option=orjson.OPT_SORT_KEYS).decode()
 
 
 class PostgresLedger:
