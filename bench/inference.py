@@ -102,10 +102,17 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     ens = build(args.device, args.compile, args.ensemble)
-    print(f"device {args.device} ({torch.cuda.get_device_name() if args.device == 'cuda' else platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
-          f"{len(ens.names)} members, compile={args.compile}")
-    print(f"{'symbols':>7} {'forward p50':>12} {'p99':>8} {'decision p50':>13} {'p99':>8} {'ratio p50':>10}")
+    device_name = (torch.cuda.get_device_name() if args.device == 'cuda'
+                   else platform.processor() or platform.machine())
+    print(
+        f"device {args.device} ({device_name}), "
+        f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), "
+        f"{len(ens.names)} members, compile={args.compile}"
+    )
+    print(
+        f"{'symbols':>7} {'forward p50':>12} {'p99':>8} {'decision p50':>13} {'p99':>8} "
+        f"{'ratio p50':>10}"
+    )
     rows = []
     for n in (int(s) for s in args.symbols.split(",")):
         x = np.random.default_rng(0).normal(size=(n, 32, len(FEATURE_NAMES))).astype(np.float32)
@@ -118,14 +125,26 @@ def main() -> None:
             fwd.append(time.perf_counter() - t)
         e2e, bare = asyncio.run(decisions(ens, n, args.iters))
         ratio = statistics.median(e2e) / statistics.median(bare)
-        print(f"{n:>7} {pct(fwd, 50):>10.2f}ms {pct(fwd, 99):>6.2f}ms {pct(e2e, 50):>11.2f}ms "
-              f"{pct(e2e, 99):>6.2f}ms {ratio:>10.2f}")
+        print(
+            f"{n:>7} {pct(fwd, 50):>10.2f}ms {pct(fwd, 99):>6.2f}ms {pct(e2e, 50):>11.2f}ms "
+            f"{pct(e2e, 99):>6.2f}ms {ratio:>10.2f}"
+        )
         start = asyncio.run(startup(ens, n))
-        print(f"{'':>7} first decision after a start (rebuilding the online weights from "
-              f"1,000 candles of history): {start:.2f}s")
-        rows.append({"symbols": n, "forward_p50_ms": pct(fwd, 50), "forward_p99_ms": pct(fwd, 99),
-                     "decision_p50_ms": pct(e2e, 50), "decision_p99_ms": pct(e2e, 99),
-                     "ratio_p50": ratio, "startup_s": start})
+        print(
+            f"{'':>7} first decision after a start (rebuilding the online weights from "
+            f"1,000 candles of history): {start:.2f}s"
+        )
+        rows.append(
+            {
+                "symbols": n,
+                "forward_p50_ms": pct(fwd, 50),
+                "forward_p99_ms": pct(fwd, 99),
+                "decision_p50_ms": pct(e2e, 50),
+                "decision_p99_ms": pct(e2e, 99),
+                "ratio_p50": ratio,
+                "startup_s": start,
+            }
+        )
     print(json.dumps(rows))
 
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from bot.domain import Candle, timeframe_ms  # noqa: E402
-from bot.feeds.files import CandleSeries, load_candle_file  # noqa: E402
+from bot.domain import Candle, CandleSeries, timeframe_ms  # noqa: E402
+from bot.feeds.files import load_candle_file
 from models.dataset import symbol_data  # noqa: E402
 from models.members import REGISTRY  # noqa: E402
 from models.train import PRESETS, barrier_of, train_ensemble  # noqa: E402

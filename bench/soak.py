@@ -27,6 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402  (pgserver's dependency; present wherever the project installs)
+from replay import create_db  # noqa: E402  (bench/replay.py, beside this script)
 
 from bot.brokers.paper import PaperBroker, static_markets  # noqa: E402
 from bot.clock import SimulatedClock  # noqa: E402
@@ -34,7 +35,6 @@ from bot.config import load_settings  # noqa: E402
 from bot.domain import Candle, Mode, Warmup  # noqa: E402
 from bot.ports import FeedEvent  # noqa: E402
 from bot.sim.binance import synthetic_candles  # noqa: E402
-from replay import create_db  # noqa: E402  (bench/replay.py, beside this script)
 
 STEP = 60_000
 WARMUP = 200

@@ -50,12 +50,17 @@ def main() -> None:
     total = time.perf_counter() - t1
     print(f"preset {args.preset}, pairs {args.pairs}, device {args.device}, torch "
           f"{torch.__version__}, {torch.get_num_threads()} threads; features {prep:.1f}s")
-    print(f"{'member':<15} {'s/epoch':>8} {'epochs':>6} {'wall s':>7} {'test acc':>8} {'test logloss':>12}")
+    print(
+        f"{'member':<15} {'s/epoch':>8} {'epochs':>6} {'wall s':>7} {'test acc':>8} "
+        f"{'test logloss':>12}"
+    )
     for m in res.members:
         wall = marks[f"{m.name}:done"] - marks[f"{m.name}:start"]
         c = m.metrics["test_calibrated"]
-        print(f"{m.name:<15} {m.metrics['seconds_per_epoch']:>8.2f} {m.metrics['epochs']:>6} "
-              f"{wall:>7.1f} {c['accuracy']:>8.3f} {c['log_loss']:>12.4f}")
+        print(
+            f"{m.name:<15} {m.metrics['seconds_per_epoch']:>8.2f} {m.metrics['epochs']:>6} "
+            f"{wall:>7.1f} {c['accuracy']:>8.3f} {c['log_loss']:>12.4f}"
+        )
     t = res.meta_metrics["test"]
     print(f"{'meta':<15} {'':>8} {'':>6} {'':>7} {t['accuracy']:>8.3f} {t['log_loss']:>12.4f}")
     print(f"all 13 (12 members + meta): {total:.1f}s training, {total + prep:.1f}s with features")

@@ -19,15 +19,14 @@ from typing import Any
 
 import structlog
 
+from bot.brokers.paper import PaperBroker, static_markets
 from bot.clock import SimulatedClock, WallClock
 from bot.config import Settings, require_live_ready
-from bot.domain import Mode
+from bot.domain import CandleSeries, Mode, timeframe_ms
 from bot.engine import Engine, EngineParts
-from bot.records import fatal_payload
 from bot.errors import ConfigError, FatalExchangeError, StackbotError
-from bot.feeds.files import CandleSeries, load_candle_file
+from bot.feeds.files import load_candle_file
 from bot.feeds.replay import ReplayFeed
-from bot.brokers.paper import PaperBroker, static_markets
 from bot.ledger.embedded import embedded_url
 from bot.ledger.logins import Logins, database_logins, prepare
 from bot.ledger.repository import GroupCommitLedger, PostgresLedger, make_engine
@@ -35,7 +34,7 @@ from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
 from bot.ports import Broker, Feed, Ledger
-from bot.domain import timeframe_ms
+from bot.records import fatal_payload
 from risk.manager import RiskManager
 from strategies.baseline import EmaCrossSignal, TrendFollowStrategy
 
@@ -116,7 +115,7 @@ async def drive(
         await engine.restore()
         stats.starting_equity = portfolio.equity()
         await engine.run()
-        status = "stopped" if engine._stop.is_set() else "completed"
+        status = "stopped" if engine.stopped.is_set() else "completed"
     except FatalExchangeError as exc:
         fatal = exc
         await engine.record_fatal(exc)
@@ -147,8 +146,7 @@ async def _fail_before_start(settings: Settings, run_id: str, account: str, mode
                              exchange_name: str, symbols: Sequence[str], ledger: Ledger,
                              now: int, exc: FatalExchangeError) -> None:
     """The venue refused the run before it began: record the run as failed, with why."""
-    from bot.domain import AuditEvent
-    from bot.ports import UnitOfWork
+    from bot.domain import AuditEvent, UnitOfWork
 
     cfg = settings
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
@@ -183,13 +181,12 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[An
     cfg = settings.strategy
     if cfg.name == "baseline":
         return EmaCrossSignal(cfg.fast, cfg.slow), TrendFollowStrategy()
-    from models.cli_support import barrier_from, pick_device
+    from models.device import pick_device
     from models.ensemble import Ensemble, EnsembleSignalSource
-    from models.registry import active_ensemble
+    from models.labels import barrier_from
     from strategies.ensemble import EnsembleStrategy
 
-    engine = getattr(ledger, "engine", None) or getattr(getattr(ledger, "inner", None), "engine")
-    active = await active_ensemble(engine)
+    active = await ledger.active_ensemble()
     if active is None:
         raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
                           "(it promotes the first one) or `stackbot models promote ID`")
@@ -220,8 +217,10 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
                    symbols: Sequence[str] | None, start_ms: int | None, end_ms: int | None,
                    engine_hook: Any = None, stack: tuple[Any, Any] | None = None) -> Outcome:
     """``files`` may also be already loaded series (evaluation reuses them)."""
-    series = (list(files) if files and isinstance(files[0], CandleSeries)  # type: ignore[arg-type]
-              else load_series(files, settings.timeframe, symbols))  # type: ignore[arg-type]
+    series = ([f for f in files if isinstance(f, CandleSeries)]
+              if files and isinstance(files[0], CandleSeries)
+              else load_series([Path(f) for f in files if not isinstance(f, CandleSeries)],
+                               settings.timeframe, symbols))
     clock = SimulatedClock()
     feed = ReplayFeed(series, start_ms, end_ms)
     cfg = settings.paper
@@ -293,7 +292,7 @@ def account_name(settings: Settings) -> str:
 
 
 def exchange_has_stops(exchange: Any) -> bool:
-    has = getattr(exchange, "has", {}) or {}
+    has = exchange.has  # ccxt declares what each exchange can do in ``has``
     return bool(has.get("createStopOrder") or has.get("createStopMarketOrder")
                 or has.get("createStopLossOrder"))
 
@@ -318,13 +317,13 @@ class Services:
         return attach
 
     async def start(self, engine: Engine, nonces: set[str], acks: dict[str, Any]) -> None:
-        from bot.control import CommandGate
+        from bot.command_gate import CommandGate
         from bot.jobs import build_scheduler, heartbeat_job
-        from bot.ledger.control import ControlListener
+        from bot.ledger.control_requests import ControlListener
 
         cfg = self.settings
         self.listener = ControlListener(
-            self.db_url, lambda _: asyncio.ensure_future(engine.poll_controls()))
+            self.db_url, lambda _: asyncio.ensure_future(engine.operator.poll()))
         self.listener.start(self.account)
         beat = None
         if cfg.mqtt.enabled:
@@ -355,7 +354,7 @@ class Services:
         the retained MQTT topic ``audit/anchor``."""
 
         async def job() -> None:
-            a = await _anchor(engine.p.ledger, self.settings)
+            a = await _anchor(engine.parts.ledger, self.settings)
             if a is not None and self.bus is not None:
                 self.bus.publish("audit/anchor", {"seq": a.seq, "hash": a.hash,
                                                   "at_ms": a.at_ms}, retain=True)

@@ -7,7 +7,7 @@ import json
 import signal
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
@@ -46,7 +46,7 @@ def _run_async(coro_factory: Any, kill_level: str = "none") -> Any:
         task = asyncio.current_task()
 
         def on_signal(signame: str) -> None:
-            from bot.control import on_signal as converge
+            from bot.command_gate import on_signal as converge
 
             log.warning("signal", signal=signame, action="graceful stop", kill_level=kill_level)
             for eng in engines:
@@ -78,24 +78,37 @@ def _ts(text: str | None) -> int | None:
 
 @app.command()
 def backtest(
-    data: Annotated[list[Path], typer.Option("--data", help="candle file (csv, json, feather); repeat for more")],
+    data: Annotated[
+        list[Path], typer.Option("--data", help="candle file (csv, json, feather); repeat for more")
+    ],
     timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1h",
-    symbols: Annotated[Optional[str], typer.Option(help="comma list, one per --data in order")] = None,
-    start: Annotated[Optional[str], typer.Option(help="first candle (ISO-8601 or ms)")] = None,
-    end: Annotated[Optional[str], typer.Option(help="stop before this candle")] = None,
+    symbols: Annotated[str | None, typer.Option(help="comma list, one per --data in order")] = None,
+    start: Annotated[str | None, typer.Option(help="first candle (ISO-8601 or ms)")] = None,
+    end: Annotated[str | None, typer.Option(help="stop before this candle")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the summary as JSON")] = False,
-    strategy: Annotated[Optional[str], typer.Option(help="baseline or ensemble (the active models)")] = None,
-    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+    strategy: Annotated[
+        str | None, typer.Option(help="baseline or ensemble (the active models)")
+    ] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Replay candle files through the engine with the paper broker; every row to the ledger."""
     from bot import app as application
 
     try:
-        settings = _settings(config, timeframe=timeframe, data_dir=data_dir, database__url=db,
-                             mode="backtest", strategy__name=strategy)
+        settings = _settings(
+            config,
+            timeframe=timeframe,
+            data_dir=data_dir,
+            database__url=db,
+            mode="backtest",
+            strategy__name=strategy,
+        )
         syms = [s.strip().upper() for s in symbols.split(",")] if symbols else None
-        outcome = _run_async(lambda hook: application.backtest(
-            settings, data, syms, _ts(start), _ts(end), hook))
+        outcome = _run_async(
+            lambda hook: application.backtest(settings, data, syms, _ts(start), _ts(end), hook)
+        )
     except StackbotError as exc:
         raise _fail(exc) from None
     _print_summary(outcome.summary, as_json)
@@ -104,18 +117,28 @@ def backtest(
 @app.command()
 def run(
     mode: Annotated[str, typer.Option(help="paper or live")] = "paper",
-    exchange: Annotated[Optional[str], typer.Option(help="ccxt exchange id")] = None,
-    symbols: Annotated[Optional[str], typer.Option(help="comma list, e.g. BTC/USDT,ETH/USDT")] = None,
-    timeframe: Annotated[Optional[str], typer.Option("--timeframe", "-t")] = None,
-    exchange_url: Annotated[Optional[str], typer.Option(help="REST base URL (testnet, simulator)")] = None,
-    feed: Annotated[Optional[str], typer.Option(help="auto, ws or rest")] = None,
-    poll_interval: Annotated[Optional[float], typer.Option(help="REST poll seconds")] = None,
-    max_candles: Annotated[Optional[int], typer.Option(help="stop cleanly after N closed candles")] = None,
-    sandbox: Annotated[Optional[bool], typer.Option("--sandbox/--no-sandbox", help="ccxt sandbox mode")] = None,
-    confirm_live: Annotated[Optional[bool], typer.Option("--confirm-live", help="required for live")] = None,
-    instance: Annotated[Optional[str], typer.Option(help="instance name")] = None,
-    strategy: Annotated[Optional[str], typer.Option(help="baseline or ensemble")] = None,
-    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+    exchange: Annotated[str | None, typer.Option(help="ccxt exchange id")] = None,
+    symbols: Annotated[str | None, typer.Option(help="comma list, e.g. BTC/USDT,ETH/USDT")] = None,
+    timeframe: Annotated[str | None, typer.Option("--timeframe", "-t")] = None,
+    exchange_url: Annotated[
+        str | None, typer.Option(help="REST base URL (testnet, simulator)")
+    ] = None,
+    feed: Annotated[str | None, typer.Option(help="auto, ws or rest")] = None,
+    poll_interval: Annotated[float | None, typer.Option(help="REST poll seconds")] = None,
+    max_candles: Annotated[
+        int | None, typer.Option(help="stop cleanly after N closed candles")
+    ] = None,
+    sandbox: Annotated[
+        bool | None, typer.Option("--sandbox/--no-sandbox", help="ccxt sandbox mode")
+    ] = None,
+    confirm_live: Annotated[
+        bool | None, typer.Option("--confirm-live", help="required for live")
+    ] = None,
+    instance: Annotated[str | None, typer.Option(help="instance name")] = None,
+    strategy: Annotated[str | None, typer.Option(help="baseline or ensemble")] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Trade on live market data: paper (simulated fills) or live (real orders)."""
     from bot import app as application
@@ -124,13 +147,25 @@ def run(
         raise _fail(ValueError(f"--mode must be paper or live, not {mode!r}"))
     try:
         settings = _settings(
-            config, mode=mode, symbols=symbols, timeframe=timeframe, max_candles=max_candles,
-            confirm_live=confirm_live, instance=instance, data_dir=data_dir, database__url=db,
-            exchange__name=exchange, exchange__url=exchange_url, exchange__feed=feed,
-            exchange__poll_interval=poll_interval, exchange__sandbox=sandbox,
-            strategy__name=strategy)
-        outcome = _run_async(lambda hook: application.trade(settings, hook),
-                             settings.risk.kill_on_signal)
+            config,
+            mode=mode,
+            symbols=symbols,
+            timeframe=timeframe,
+            max_candles=max_candles,
+            confirm_live=confirm_live,
+            instance=instance,
+            data_dir=data_dir,
+            database__url=db,
+            exchange__name=exchange,
+            exchange__url=exchange_url,
+            exchange__feed=feed,
+            exchange__poll_interval=poll_interval,
+            exchange__sandbox=sandbox,
+            strategy__name=strategy,
+        )
+        outcome = _run_async(
+            lambda hook: application.trade(settings, hook), settings.risk.kill_on_signal
+        )
     except StackbotError as exc:
         raise _fail(exc) from None
     _print_summary(outcome.summary, as_json=False)
@@ -142,17 +177,22 @@ def download(
     symbols: Annotated[str, typer.Option(help="comma list")] = "BTC/USDT",
     timeframe: Annotated[str, typer.Option("--timeframe", "-t")] = "1h",
     since: Annotated[str, typer.Option(help="first candle, ISO-8601 or ms")] = "2024-01-01",
-    until: Annotated[Optional[str], typer.Option(help="stop before this time (default: now)")] = None,
+    until: Annotated[str | None, typer.Option(help="stop before this time (default: now)")] = None,
     out_dir: Annotated[Path, typer.Option("--out", help="output directory")] = Path("data"),
-    exchange_url: Annotated[Optional[str], typer.Option(help="REST base URL override")] = None,
+    exchange_url: Annotated[str | None, typer.Option(help="REST base URL override")] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Download closed candles to CSV, resumable (appends after the last row on disk)."""
     from bot.feeds.download import download_all
 
     try:
-        settings = _settings(config, exchange__name=exchange, exchange__url=exchange_url,
-                             symbols=symbols, timeframe=timeframe)
+        settings = _settings(
+            config,
+            exchange__name=exchange,
+            exchange__url=exchange_url,
+            symbols=symbols,
+            timeframe=timeframe,
+        )
         paths = asyncio.run(download_all(settings, _ts(since) or 0, _ts(until), out_dir))
     except StackbotError as exc:
         raise _fail(exc) from None
@@ -161,8 +201,12 @@ def download(
 
 
 @app.command()
-def status(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
-           as_json: Annotated[bool, typer.Option("--json")] = False) -> None:
+def status(
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
     """Runs, accounts, open positions and working orders, read from the ledger."""
     from bot.status import read_status
 
@@ -192,40 +236,64 @@ def _operator(explicit: str | None) -> str:
     return explicit or getpass.getuser()
 
 
-def _control(action: str, level: str | None, reason: str, operator: str | None,
-             account: str | None, mode: str | None, instance: str | None,
-             exchange: str | None, config: Path | None, db: str | None,
-             data_dir: Path | None) -> None:
+def _control(
+    action: str,
+    level: str | None,
+    reason: str,
+    operator: str | None,
+    account: str | None,
+    mode: str | None,
+    instance: str | None,
+    exchange: str | None,
+    config: Path | None,
+    db: str | None,
+    data_dir: Path | None,
+) -> None:
     from bot.app import account_name
-    from bot.ledger.control import request_control
+    from bot.ledger.control_requests import request_control
 
-    settings = _settings(config, mode=mode, instance=instance, exchange__name=exchange,
-                         data_dir=data_dir, database__url=db)
+    settings = _settings(
+        config,
+        mode=mode,
+        instance=instance,
+        exchange__name=exchange,
+        data_dir=data_dir,
+        database__url=db,
+    )
     target = account or account_name(settings)
-    state = _with_db(settings, lambda engine: request_control(
-        engine, target, action, reason, _operator(operator), level))
-    out.print(f"{target}: {state['state']} ({state['reason']}); request {state['request_id']} "
-              "recorded, a running instance carries it out now, a stopped one at its next start")
+    state = _with_db(
+        settings,
+        lambda engine: request_control(engine, target, action, reason, _operator(operator), level),
+    )
+    out.print(
+        f"{target}: {state['state']} ({state['reason']}); request {state['request_id']} "
+        "recorded, a running instance carries it out now, a stopped one at its next start"
+    )
 
 
 @app.command()
 def kill(
     reason: Annotated[str, typer.Option(help="why: goes to the audit trail")],
     level: Annotated[str, typer.Option(help="pause | cancel | flatten")] = "pause",
-    operator: Annotated[Optional[str], typer.Option(help="who (default: OS user)")] = None,
-    account: Annotated[Optional[str], typer.Option(help="account (default instance:mode:exchange)")] = None,
-    mode: Annotated[Optional[str], typer.Option(help="paper or live")] = None,
-    instance: Annotated[Optional[str], typer.Option()] = None,
-    exchange: Annotated[Optional[str], typer.Option()] = None,
-    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+    operator: Annotated[str | None, typer.Option(help="who (default: OS user)")] = None,
+    account: Annotated[
+        str | None, typer.Option(help="account (default instance:mode:exchange)")
+    ] = None,
+    mode: Annotated[str | None, typer.Option(help="paper or live")] = None,
+    instance: Annotated[str | None, typer.Option()] = None,
+    exchange: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Kill switch: HALT trading (pause), also cancel open orders (cancel), also close
     positions (flatten). Latches until `stackbot resume`. Works through the database."""
     if level not in ("pause", "cancel", "flatten"):
         raise _fail(ValueError(f"--level must be pause, cancel or flatten, not {level!r}"))
     try:
-        _control("kill", level, reason, operator, account, mode, instance, exchange, config,
-                 db, data_dir)
+        _control(
+            "kill", level, reason, operator, account, mode, instance, exchange, config, db, data_dir
+        )
     except StackbotError as exc:
         raise _fail(exc) from None
 
@@ -233,17 +301,30 @@ def kill(
 @app.command()
 def resume(
     reason: Annotated[str, typer.Option(help="why: goes to the audit trail")],
-    operator: Annotated[Optional[str], typer.Option(help="who (default: OS user)")] = None,
-    account: Annotated[Optional[str], typer.Option()] = None,
-    mode: Annotated[Optional[str], typer.Option(help="paper or live")] = None,
-    instance: Annotated[Optional[str], typer.Option()] = None,
-    exchange: Annotated[Optional[str], typer.Option()] = None,
-    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
+    operator: Annotated[str | None, typer.Option(help="who (default: OS user)")] = None,
+    account: Annotated[str | None, typer.Option()] = None,
+    mode: Annotated[str | None, typer.Option(help="paper or live")] = None,
+    instance: Annotated[str | None, typer.Option()] = None,
+    exchange: Annotated[str | None, typer.Option()] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
 ) -> None:
     """Leave HALTED (or an open-ended REDUCING): back to ACTIVE, with who and why recorded."""
     try:
-        _control("resume", None, reason, operator, account, mode, instance, exchange, config,
-                 db, data_dir)
+        _control(
+            "resume",
+            None,
+            reason,
+            operator,
+            account,
+            mode,
+            instance,
+            exchange,
+            config,
+            db,
+            data_dir,
+        )
     except StackbotError as exc:
         raise _fail(exc) from None
 
@@ -262,7 +343,8 @@ def db_upgrade(config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt 
         if logins.owner is None:
             raise ConfigError(
                 f"database.url names the service login {logins.role!r}, which cannot migrate: "
-                "give the owner's URL as database.migrate_url (STACKBOT_DATABASE_MIGRATE_URL)")
+                "give the owner's URL as database.migrate_url (STACKBOT_DATABASE_MIGRATE_URL)"
+            )
         rev = _with_db(settings, current_revision)
     except StackbotError as exc:
         raise _fail(exc) from None
@@ -276,10 +358,17 @@ app.command("sim-exchange")(sim_exchange)
 
 @audit_app.command("verify")
 def audit_verify(
-    config: ConfigOpt = None, db: DbOpt = None, data_dir: DataDirOpt = None,
-    anchors: Annotated[Optional[Path], typer.Option(
-        "--anchors", help="anchors file (data_dir/audit-anchors.jsonl): the chain must pass "
-        "through every anchored link")] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    anchors: Annotated[
+        Path | None,
+        typer.Option(
+            "--anchors",
+            help="anchors file (data_dir/audit-anchors.jsonl): the chain must pass "
+            "through every anchored link",
+        ),
+    ] = None,
 ) -> None:
     """Walk the audit hash chain; exit 1 and name the first broken link if it is broken."""
     from bot.ledger.audit import read_anchors, verify_chain

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -15,9 +15,9 @@ from bot.logs import configure_logging
 
 out = Console()
 
-ConfigOpt = Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config file")]
-DbOpt = Annotated[Optional[str], typer.Option("--db", help="postgresql://user@host:port/db")]
-DataDirOpt = Annotated[Optional[Path], typer.Option("--data-dir", help="state directory")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")]
+DbOpt = Annotated[str | None, typer.Option("--db", help="postgresql://user@host:port/db")]
+DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="state directory")]
 
 
 def load(config: Path | None, **flags: Any) -> Settings:
@@ -58,7 +58,6 @@ def with_db(settings: Settings, work: Any) -> Any:
 
 def fail(exc: BaseException) -> typer.Exit:
     from bot.errors import FatalExchangeError
-
     from bot.logs import scrub
 
     text = scrub(" ".join(str(exc).split()))  # one line, whatever the venue or driver sent

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,16 +23,28 @@ def sim_exchange(
     speed: Annotated[float, typer.Option(help="exchange seconds per wall second")] = 1.0,
     history: Annotated[int, typer.Option(help="candles before now")] = 500,
     seed: Annotated[int, typer.Option(help="random walk seed")] = 7,
-    api_key: Annotated[Optional[str], typer.Option(help="enable the signed API for this key")] = None,
-    secret: Annotated[Optional[str], typer.Option(help="HMAC secret for --api-key")] = None,
-    balance: Annotated[Optional[list[str]], typer.Option(help="ASSET=AMOUNT, repeatable")] = None,
-    fault: Annotated[Optional[list[str]], typer.Option(
-        help="KIND=RATE|every:N|window:T0-T1[@PATH][:METHOD], repeatable; see docs/faults.md")] = None,
+    api_key: Annotated[str | None, typer.Option(help="enable the signed API for this key")] = None,
+    secret: Annotated[str | None, typer.Option(help="HMAC secret for --api-key")] = None,
+    balance: Annotated[list[str] | None, typer.Option(help="ASSET=AMOUNT, repeatable")] = None,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="KIND=RATE|every:N|window:T0-T1[@PATH][:METHOD], repeatable; see docs/faults.md"
+        ),
+    ] = None,
     fault_seed: Annotated[int, typer.Option(help="seed of the fault dice")] = 0,
-    data: Annotated[Optional[list[Path]], typer.Option(
-        help="replay these candle files (one symbol each) instead of synthetic candles")] = None,
-    websocket: Annotated[bool, typer.Option(
-        "--websocket/--no-websocket", help="serve kline streams (off: REST only, 404)")] = True,
+    data: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="replay these candle files (one symbol each) instead of synthetic candles"
+        ),
+    ] = None,
+    websocket: Annotated[
+        bool,
+        typer.Option(
+            "--websocket/--no-websocket", help="serve kline streams (off: REST only, 404)"
+        ),
+    ] = True,
 ) -> None:
     """Serve a simulated Binance spot API on 127.0.0.1 (synthetic candles), with an account
     and injected faults when asked."""
@@ -62,6 +74,17 @@ def sim_exchange(
             recorded = {(s := load_candle_file(f, timeframe)).symbol: s.candles for f in data}
         except StackbotError as exc:
             raise _fail(exc) from None
-    asyncio.run(serve_forever(port, [s.strip().upper() for s in symbols.split(",")],
-                              timeframe, speed, history, seed, account, plan, recorded,
-                              websocket))
+    asyncio.run(
+        serve_forever(
+            port,
+            [s.strip().upper() for s in symbols.split(",")],
+            timeframe,
+            speed,
+            history,
+            seed,
+            account,
+            plan,
+            recorded,
+            websocket,
+        )
+    )

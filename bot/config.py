@@ -63,25 +63,35 @@ class ExchangeSettings(_Section):
         description="signed requests older than this are refused by the venue; an unanswered "
         "order not found after it is known never to have arrived")
     reconcile_every: int = Field(
-        10, ge=0, description="candle steps between ledger/venue reconciliations (0: at start only)")
+        10, ge=0, description="candle steps between ledger/venue reconciliations (0: at start only)"
+    )
     dead_man_s: float = Field(
-        0, ge=0, description="arm the venue's countdown cancel-all with this timeout, refreshed "
-        "at a third of it (0: off; only where the exchange has one)")
+        0,
+        ge=0,
+        description="arm the venue's countdown cancel-all with this timeout, refreshed "
+        "at a third of it (0: off; only where the exchange has one)",
+    )
 
 
 class DatabaseSettings(_Section):
-    url: SecretStr | None = Field(None, description="postgresql://user@host:port/db; embedded if unset")
+    url: SecretStr | None = Field(
+        None, description="postgresql://user@host:port/db; embedded if unset"
+    )
     batch_candles: int = Field(
         2000, gt=0, description="backtest: candles per group commit to the ledger"
     )
     migrate_url: SecretStr | None = Field(
-        None, description="the schema owner's postgresql:// URL, for migrations and the "
-        "service login (then database.url is that login); unset: database.url migrates")
+        None,
+        description="the schema owner's postgresql:// URL, for migrations and the "
+        "service login (then database.url is that login); unset: database.url migrates",
+    )
     app_role: str | None = Field(
-        "stackbot_app", pattern=r"^([a-z_][a-z0-9_]*)?$",
+        "stackbot_app",
+        pattern=r"^([a-z_][a-z0-9_]*)?$",
         description="the service's login role (no UPDATE, DELETE or TRUNCATE on the audit "
         "trail); where database.url names the owner, the service logs in as this role "
-        "instead; empty: the service stays the connecting user (no protection)")
+        "instead; empty: the service stays the connecting user (no protection)",
+    )
 
 
 class PaperSettings(_Section):
@@ -111,8 +121,12 @@ class JobSettings(_Section):
     model_check_cron: str = Field("0 * * * *", description="model-degradation check (UTC)")
     retrain_cron: str = Field("0 3 1 * *", description="retraining (UTC), default monthly")
     misfire_grace_s: int = Field(300, gt=0)
-    anchor_minutes: float = Field(10.0, gt=0, description="audit chain head anchored outside "
-                                  "the database this often (and at every run's end)")
+    anchor_minutes: float = Field(
+        10.0,
+        gt=0,
+        description="audit chain head anchored outside "
+        "the database this often (and at every run's end)",
+    )
 
 
 class StrategySettings(_Section):

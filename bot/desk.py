@@ -9,12 +9,22 @@ from decimal import Decimal
 from typing import Any
 
 from bot.clock import Clock
-from bot.domain import AuditEvent, Order, OrderIntent, OrderStatus, OrderType, Position, Side
+from bot.domain import (
+    AuditEvent,
+    Order,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    OrderUpdate,
+    Position,
+    Side,
+    UnitOfWork,
+)
 from bot.errors import ExchangeError, OrderAction
 from bot.logs import get_logger, scrub
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
-from bot.ports import Broker, OrderUpdate, UnitOfWork
+from bot.ports import Broker
 
 log = get_logger("desk")
 
@@ -137,9 +147,17 @@ class OrderDesk:
 
 
 def exit_intent(position: Position, signal_ts: int, reason: str, model_version: str,
-                order_type: OrderType = OrderType.MARKET, stop: Decimal | None = None) -> OrderIntent:
+                order_type: OrderType = OrderType.MARKET,
+                stop: Decimal | None = None) -> OrderIntent:
     """A reduce-only order that closes ``position`` (long spot holdings)."""
-    return OrderIntent(symbol=position.symbol, side=Side.SELL, reason=reason,
-                       signal_ts=signal_ts, model_version=model_version, order_type=order_type,
-                       reduce_only=True, quantity=abs(position.quantity), stop_price=stop)
-
+    return OrderIntent(
+        symbol=position.symbol,
+        side=Side.SELL,
+        reason=reason,
+        signal_ts=signal_ts,
+        model_version=model_version,
+        order_type=order_type,
+        reduce_only=True,
+        quantity=abs(position.quantity),
+        stop_price=stop,
+    )

@@ -1,6 +1,6 @@
 """The engine: one closed candle batch at a time, the same code in backtest, paper and live.
 
-Where a signal becomes an order: ``Engine._act``. The spine is
+Where a signal becomes an order: ``Engine.act``. The spine is
 
     signal -> strategy.decide -> risk.review -> ledger.commit(intent) -> broker.submit
 
@@ -20,18 +20,33 @@ from typing import Any
 from bot.clock import Clock
 from bot.desk import OrderDesk, client_order_id, exit_intent
 from bot.domain import (
-    Candle, EquitySnapshot, FeedState, FeedStatus, Fill, Gap, MarketSpec, Order, OrderIntent,
-    OrderStatus, OrderType, Position, Warmup,
+    Candle,
+    ControlRequest,
+    EquitySnapshot,
+    FeedState,
+    FeedStatus,
+    Fill,
+    Gap,
+    MarketSpec,
+    Order,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    Position,
+    Protect,
+    Transition,
+    UnitOfWork,
+    Warmup,
 )
 from bot.errors import FatalExchangeError, LedgerError
 from bot.logs import get_logger
 from bot.metrics import RunStats
+from bot.operator import OperatorControl
 from bot.portfolio import Portfolio
-from bot.ports import Broker, ControlRequest, Feed, Ledger, SignalSource, Strategy, UnitOfWork
-from bot.reconciler import Reconciler
-from bot.records import command_row, fatal_payload
-from risk.manager import Protect, RiskManager
-from risk.state import KillLevel, Transition
+from bot.ports import Broker, Feed, Ledger, SignalSource, Strategy
+from bot.reconcile_driver import Reconciler
+from bot.records import fatal_payload
+from risk.manager import RiskManager
 
 log = get_logger("engine")
 _END = object()  # the feed is exhausted
@@ -40,7 +55,6 @@ _END = object()  # the feed is exhausted
 @dataclass(frozen=True, slots=True)
 class _Failed:
     error: Exception
-HOUSEKEEPING = ("tick", "snapshot", "model_check", "retrain", "retrain_done")
 __all__ = ["Engine", "EngineParts", "client_order_id"]
 
 
@@ -60,7 +74,7 @@ class Engine:
                  markets: Mapping[str, MarketSpec], stats: RunStats,
                  max_candles: int | None = None) -> None:
         self.run_id, self.account = run_id, account
-        self.p = parts
+        self.parts = parts
         self.risk = parts.risk
         self.portfolio = portfolio
         self.markets = markets
@@ -71,14 +85,14 @@ class Engine:
         self.desk.on_venue_call = self._on_venue_call
         self.controls: asyncio.Queue[tuple[ControlRequest, asyncio.Future[Any] | None]] = \
             asyncio.Queue()
-        self._stop = asyncio.Event()
+        self.stopped = asyncio.Event()
         self._backlog = UnitOfWork()  # changes the ledger has not taken yet
         self._pending_protect: list[Protect] = []
-        self._transitions: list[Transition] = []
-        self._done_requests: set[int] = set()
+        self.transitions: list[Transition] = []  # not yet audited
+        self.operator = OperatorControl(self)
         self._entry_version: dict[str, str] = {}  # symbol -> model version of its entry
         self.ledger_ok = True
-        self._wake = asyncio.Event()
+        self.wake = asyncio.Event()
         self.telemetry: Any = None  # callback(unit) after each successful commit
         self._nonces: set[str] = set()
         self._acks: dict[str, Any] = {}
@@ -91,14 +105,12 @@ class Engine:
     async def restore(self) -> None:
         """Carry on from the ledger: balances, positions, working orders, risk state, last
         candle, and operator requests made while no instance ran."""
-        state = await self.p.ledger.load_account(self.account)
-        if state.cash is not None:
-            self.portfolio._cash = state.cash
+        state = await self.parts.ledger.load_account(self.account)
         # every breaker's window, levels and throttle, before the first decision
         self.risk.restore(state.risk_state, state.risk_memory)
-        self.portfolio.restore(state.positions, state.working_orders)
-        self.p.broker.restore(state.working_orders, state.positions, self.portfolio.cash)
-        self.p.feed.resume_after(dict(state.cursors))
+        self.portfolio.restore(state.positions, state.working_orders, state.cash)
+        self.parts.broker.restore(state.working_orders, state.positions, self.portfolio.cash)
+        self.parts.feed.resume_after(dict(state.cursors))
         unit = UnitOfWork()
         for order in state.working_orders:
             if order.status is OrderStatus.PENDING_SUBMIT:
@@ -108,8 +120,8 @@ class Engine:
         first = not state.cursors and not state.positions and not state.working_orders
         await self.reconcile(unit, first_run=first, at_start=True)
         for request in state.pending_controls:
-            unit.absorb((await self._control(request))[0])
-        await self._commit(unit)
+            unit.absorb((await self.operator.carry_out(request))[0])
+        await self.commit(unit)
         self._nonces = set(state.recent_nonces)
         self._acks = dict(state.command_acks)
         log.info("restored", cash=str(self.portfolio.cash), positions=len(state.positions),
@@ -117,14 +129,14 @@ class Engine:
                  trading_state=self.risk.machine.state.value)
 
     def request_stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
+        self.stopped.set()
+        self.wake.set()
 
     def submit_control(self, request: ControlRequest) -> asyncio.Future[Any]:
         """Any channel hands operator commands in here; the future gets the result."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         self.controls.put_nowait((request, fut))
-        self._wake.set()
+        self.wake.set()
         return fut
 
     on_started: Any = None  # async callback(engine, nonces, acks): services beside the loop
@@ -135,12 +147,12 @@ class Engine:
             await self.on_started(self, self._nonces, self._acks)
         # a few events of read-ahead; commands are still handled before the next event
         feed_q: asyncio.Queue[Any] = asyncio.Queue(maxsize=256)
-        wake = self._wake = asyncio.Event()
+        wake = self.wake = asyncio.Event()
 
         async def pump() -> None:
             end: object = _END
             try:
-                async for event in self.p.feed.stream():
+                async for event in self.parts.feed.stream():
                     await feed_q.put(event)
                     wake.set()
             except Exception as exc:  # handed to the loop, which raises it
@@ -151,9 +163,9 @@ class Engine:
 
         pumping = asyncio.create_task(pump())
         try:
-            while not self._stop.is_set():
+            while not self.stopped.is_set():
                 if not self.controls.empty():
-                    await self._drain_controls()
+                    await self.drain_controls()
                     continue
                 if feed_q.empty():
                     wake.clear()
@@ -169,11 +181,7 @@ class Engine:
                 elif isinstance(event, FeedStatus):
                     await self.on_feed_status(event)
                 elif isinstance(event, Warmup):
-                    warm = getattr(self.p.source, "warm", None)
-                    if warm is not None:
-                        warm(event.candles)
-                    else:
-                        await self.p.source.on_candles(event.candles)
+                    self.parts.source.warm(event.candles)
                     for c in event.candles:
                         self.portfolio.mark(c)
                 else:
@@ -187,15 +195,15 @@ class Engine:
                 pumping.cancel()
                 await asyncio.wait({pumping}, timeout=0.2)
             await asyncio.gather(pumping, return_exceptions=True)
-            await self._commit(UnitOfWork())
-            await self.p.ledger.flush()
+            await self.commit(UnitOfWork())
+            await self.parts.ledger.flush()
 
-    async def _drain_controls(self) -> None:
+    async def drain_controls(self) -> None:
         """Operator commands first: also between the decisions of one candle step, so a kill
         takes effect within one order's time even while the engine is busy."""
         while not self.controls.empty():
             request, fut = self.controls.get_nowait()
-            result = await self._control_now(request)
+            result = await self.operator.carry_out_now(request)
             if fut is not None and not fut.done():
                 fut.set_result(result)
 
@@ -203,7 +211,7 @@ class Engine:
     def on_gap(self, gap: Gap) -> None:
         self.stats.gaps += 1
         self.stats.missing_candles += gap.missing
-        self.p.source.on_gap(gap)
+        self.parts.source.on_gap(gap)
         self._backlog.audit.append(self.desk.event("feed.gap", "symbol", gap.symbol,
                                                    gap.next_ts, {"after_ts": gap.after_ts,
                                                                  "next_ts": gap.next_ts,
@@ -213,30 +221,30 @@ class Engine:
     async def on_feed_status(self, status: FeedStatus) -> None:
         """Fallback, websocket back, stale, fresh: audited (so published); a stale feed blocks
         entries through the stale-data breaker until it reports fresh data."""
-        now, unit = self.p.clock.now_ms(), UnitOfWork()
+        now, unit = self.parts.clock.now_ms(), UnitOfWork()
         unit.audit.append(self.desk.event(f"feed.{status.state.value}", "feed", status.source,
                                           now, {"source": status.source, "reason": status.reason,
                                                 "failures": status.failures}))
         if status.state in (FeedState.STALE, FeedState.FRESH):
-            self._transitions += self.risk.on_feed(now, status.state is FeedState.STALE,
+            self.transitions += self.risk.on_feed(now, status.state is FeedState.STALE,
                                                    status.reason)
-            unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), now)
-        self._audit_transitions(unit)
-        await self._commit(unit)
+            unit.risk_state[self.account] = (self.risk.machine.current.snapshot(), now)
+        self.audit_transitions(unit)
+        await self.commit(unit)
 
     async def record_fatal(self, exc: FatalExchangeError) -> None:
         """A configuration or permission error ends the run: say why, and what to fix."""
         unit = UnitOfWork(audit=[self.desk.event("run.fatal", "account", self.account,
-                                                 self.p.clock.now_ms(), fatal_payload(exc))])
-        await self._commit(unit)
+                                                 self.parts.clock.now_ms(), fatal_payload(exc))])
+        await self.commit(unit)
 
     async def on_candles(self, candles: Sequence[Candle]) -> None:
-        self.p.clock.observe(candles[0].close_ts)
+        self.parts.clock.observe(candles[0].close_ts)
         if self.stats.candles == 0:
             log.info("first_candle", ts=candles[0].ts, symbols=len(candles))
         unit = UnitOfWork()
         for c in candles:
-            for update in await self.desk.venue(self.p.broker.on_candle(c), []):
+            for update in await self.desk.venue(self.parts.broker.on_candle(c), []):
                 self.desk.apply(update, unit)
             self.portfolio.mark(c)
             unit.cursors[(self.account, c.symbol)] = c.ts
@@ -245,22 +253,22 @@ class Engine:
                                       self._steps % self.reconcile_every == 0):
             await self.reconcile(unit)
         self.stats.candles += len(candles)
-        signals = await self.p.source.on_candles(candles)
+        signals = await self.parts.source.on_candles(candles)
         self.stats.signals += len(signals)
         atr = {s.symbol: s.atr for s in signals}
         for c in candles:
-            self._transitions += self.risk.on_candle(c, atr.get(c.symbol, 0.0))
+            self.transitions += self.risk.on_candle(c, atr.get(c.symbol, 0.0))
             self._pending_protect += self.risk.on_candle_protect(
                 c, self.portfolio.position(c.symbol))
         unit = await self._protect(unit, candles[0].ts)
         for signal in signals:
             unit.signals.append((self.run_id, self.account, signal))
-            intent = self.p.strategy.decide(signal, self.portfolio)
+            intent = self.parts.strategy.decide(signal, self.portfolio)
             self.risk.on_signal(signal.symbol, signal.p_up, signal.price)
             if intent is not None:
                 if not self.controls.empty():
-                    await self._drain_controls()
-                unit = await self._act(intent, unit)
+                    await self.drain_controls()
+                unit = await self.act(intent, unit)
         unit = await self._protect(unit, candles[0].ts)
         close_ts = candles[0].close_ts
         pv = self.portfolio.positions_value()
@@ -268,13 +276,13 @@ class Engine:
         unit.equity.append(EquitySnapshot(self.account, self.run_id, close_ts,
                                           self.portfolio.cash, pv))
         self.stats.on_step(close_ts, equity, pv != 0)
-        self._transitions += self.risk.on_equity(close_ts, equity)
-        self._audit_transitions(unit)
-        await self._commit(unit)
+        self.transitions += self.risk.on_equity(close_ts, equity)
+        self.audit_transitions(unit)
+        await self.commit(unit)
 
-    async def _act(self, intent: OrderIntent, unit: UnitOfWork, tag: str = "") -> UnitOfWork:
+    async def act(self, intent: OrderIntent, unit: UnitOfWork, tag: str = "") -> UnitOfWork:
         """Where a signal becomes an order. Returns the unit to keep filling."""
-        now = self.p.clock.now_ms()
+        now = self.parts.clock.now_ms()
         decision = self.risk.review(intent, self.portfolio, self.markets[intent.symbol])
         kind = "risk.approved" if decision.approved else "risk.rejected"
         unit.audit.append(self.desk.event(kind, "intent", f"{intent.symbol}@{intent.signal_ts}",
@@ -298,7 +306,7 @@ class Engine:
         self.desk.record(order, unit, "order.created")
         self.stats.orders += 1
         # The intent is committed before anything is sent (group-committing ledgers excepted).
-        if not await self._commit(unit):
+        if not await self.commit(unit):
             self.desk.record(order.transition(OrderStatus.CANCELLED, now,
                                               "ledger unavailable at submit"),
                              self._backlog, "order.cancelled")
@@ -315,7 +323,8 @@ class Engine:
 
     async def reconcile(self, unit: UnitOfWork, first_run: bool = False,
                         at_start: bool = False) -> None:
-        """Ledger against venue (``bot/reconciler.py``); blocks new orders until they agree."""
+        """Ledger against venue (``bot/reconcile_driver.py``); blocks new orders until they
+        agree."""
         await self.reconciler.check(unit, first_run, at_start)
 
     # ---- protection -------------------------------------------------------------------
@@ -325,7 +334,7 @@ class Engine:
         self._pending_protect += self.risk.on_fill(fill, before, after)
 
     def _on_venue_call(self, ok: bool) -> None:
-        self._transitions += self.risk.on_exchange_call(ok)
+        self.transitions += self.risk.on_exchange_call(ok)
 
     async def _protect(self, unit: UnitOfWork, ts: int) -> UnitOfWork:
         """Place, move or drop protective stops; exit at market where risk says so."""
@@ -334,145 +343,58 @@ class Engine:
         todo, self._pending_protect = self._pending_protect, []
         for p in todo:
             if not self.controls.empty():
-                await self._drain_controls()
+                await self.drain_controls()
             pos = self.portfolio.position(p.symbol)
             version = self._entry_version.get(p.symbol, "risk")
-            await self.desk.cancel_where(unit, "stop moved or position closed", p.symbol,
-                                         protective_only=True)
+            await self.desk.cancel_where(
+                unit, "stop moved or position closed", p.symbol, protective_only=True
+            )
             if pos.quantity <= 0:
                 continue
             if p.exit_reason is not None:
                 intent = exit_intent(pos, ts, p.exit_reason, version)
-                unit = await self._act(intent, unit, tag="exit")
+                unit = await self.act(intent, unit, tag="exit")
             elif p.stop_price is not None:
                 spec = self.markets[p.symbol]
-                intent = exit_intent(pos, ts, "protective stop", version, OrderType.STOP,
-                                     spec.round_price(p.stop_price))
-                unit = await self._act(intent, unit, tag=f"stop{p.stop_price}")
+                intent = exit_intent(
+                    pos,
+                    ts,
+                    "protective stop",
+                    version,
+                    OrderType.STOP,
+                    spec.round_price(p.stop_price),
+                )
+                unit = await self.act(intent, unit, tag=f"stop{p.stop_price}")
         return unit
 
-    # ---- operators ----------------------------------------------------------------------
-    async def _control_now(self, request: ControlRequest) -> dict[str, Any]:
-        unit, result = await self._control(request)
-        await self._commit(unit)
-        return result
-
-    async def _control(self, request: ControlRequest) -> tuple[UnitOfWork, dict[str, Any]]:
-        unit = UnitOfWork()
-        now = self.p.clock.now_ms()
-        result: dict[str, Any] = {"action": request.action}
-        if request.request_id is not None and request.request_id in self._done_requests:
-            return unit, {"action": request.action, "note": "already carried out"}
-        if request.action in HOUSEKEEPING:
-            return (self._housekeeping(request.action, now, unit, request),
-                    {"action": request.action})
-        if request.action == "reject":
-            unit.audit.append(self.desk.event("command.rejected", "command",
-                                              request.command_id or "-", now, {
-                "channel": request.channel, "reason": request.reason, "level": request.level,
-                "claimed_nonce": request.nonce, "operator": request.operator}))
-            row = command_row(self.account, request, "rejected", {"reason": request.reason}, now)
-            unit.commands[row["id"]] = row
-            return unit, {"action": "reject", "reason": request.reason}
-        if request.action == "kill":
-            level = KillLevel(request.level or "pause")
-            self._transitions.append(self.risk.kill(level, request.reason, request.operator, now))
-            self._audit_transitions(unit, channel=request.channel)
-            # entries are blocked from here; make it durable (and visible) before the slower
-            # cancels and closes
-            await self._commit(unit)
-            unit = UnitOfWork()
-            if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
-                result["cancelled"] = await self.desk.cancel_where(unit, f"kill {level.value}")
-            if level is KillLevel.FLATTEN:
-                flattened = 0
-                for pos in self.portfolio.positions():
-                    if pos.quantity > 0:
-                        unit = await self._act(exit_intent(pos, now, f"kill flatten: "
-                                                           f"{request.reason}", "operator"), unit)
-                        flattened += 1
-                result["flattened"] = flattened
-        elif request.action == "resume":
-            self._transitions.append(self.risk.resume(request.reason, request.operator, now))
-            self._audit_transitions(unit, channel=request.channel)
-            still = self.risk.blocks_explained()
-            if still:  # what an operator's resume cannot lift, and what will
-                result["still_blocked"] = still
-        result.update(state=self.risk.machine.state.value, reason=self.risk.machine.s.reason)
-        if request.command_id is not None:
-            unit.audit.append(self.desk.event("command.accepted", "command", request.command_id,
-                                              now, {"channel": request.channel,
-                                                    "operator": request.operator, **result}))
-            row = command_row(self.account, request, "accepted", result, now)
-            unit.commands[row["id"]] = row
-        if request.request_id is not None:
-            self._done_requests.add(request.request_id)
-            unit.controls_done[request.request_id] = result
-        log.warning("operator_command", channel=request.channel, operator=request.operator,
-                    **{k: v for k, v in result.items() if k != "action"}, command=request.action)
-        return unit, result
-
-    def _housekeeping(self, action: str, now: int, unit: UnitOfWork,
-                      request: ControlRequest | None = None) -> UnitOfWork:
-        """Scheduled jobs, run in the loop like everything that writes."""
-        if action == "tick":
-            self._transitions += self.risk.on_clock(now)
-            self._audit_transitions(unit)
-        elif action == "snapshot":
-            pv = self.portfolio.positions_value()
-            unit.equity.append(EquitySnapshot(self.account, self.run_id, now,
-                                              self.portfolio.cash, pv))
-            self._transitions += self.risk.on_equity(now, self.portfolio.cash + pv)
-            self._audit_transitions(unit)
-        elif action == "model_check":
-            unit.audit.append(self.desk.event("model.check", "account", self.account, now,
-                                              self.risk.model_health()))
-        elif action == "retrain":
-            unit.audit.append(self.desk.event("retrain.skipped", "account", self.account, now, {
-                "reason": f"signal source {self.p.source.name!r} has no trainable model",
-                "requested_by_breaker": self.risk.report.retrain_requests}))
-        elif action == "retrain_done" and request is not None:
-            info = dict(request.payload or {})
-            new = info.pop("ensemble", None)
-            swap = getattr(self.p.source, "swap", None)
-            if new is not None and swap is not None:
-                swap(new)  # the next candle is scored by the promoted version
-                info["now_active"] = new.id
-            unit.audit.append(self.desk.event("retrain.finished", "account", self.account, now,
-                                              {"outcome": request.reason, **info}))
-        return unit
-
-    async def poll_controls(self) -> None:
-        """The database says there may be new operator requests: queue the unseen ones."""
-        try:
-            pending = await self.p.ledger.pending_controls(self.account)  # type: ignore[attr-defined]
-        except LedgerError:
+    def audit_transitions(self, unit: UnitOfWork, channel: str | None = None) -> None:
+        if not self.transitions:
             return
-        for request in pending:
-            if request.request_id not in self._done_requests:
-                self.controls.put_nowait((request, None))
-                self._wake.set()
-
-    def _audit_transitions(self, unit: UnitOfWork, channel: str | None = None) -> None:
-        if not self._transitions:
-            return
-        for t in self._transitions:
-            payload: dict[str, object] = {"from": t.before.value, "to": t.after.value,
-                                          "reason": t.reason, "by": t.source}
+        for t in self.transitions:
+            payload: dict[str, object] = {
+                "from": t.before.value,
+                "to": t.after.value,
+                "reason": t.reason,
+                "by": t.source,
+            }
             if t.operator:
                 payload["operator"] = t.operator
             if channel:
                 payload["channel"] = channel
-            unit.audit.append(self.desk.event("risk.state_changed", "account", self.account,
-                                              t.ts, payload))
+            unit.audit.append(
+                self.desk.event("risk.state_changed", "account", self.account, t.ts, payload)
+            )
             log.warning("trading_state", **payload)
-        self._transitions = []
-        unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), self.p.clock.now_ms())
+        self.transitions = []
+        unit.risk_state[self.account] = (
+            self.risk.machine.current.snapshot(),
+            self.parts.clock.now_ms(),
+        )
 
     def snapshot_equity(self) -> Decimal:
         return self.portfolio.equity()
 
-    async def _commit(self, unit: UnitOfWork) -> bool:
+    async def commit(self, unit: UnitOfWork) -> bool:
         """Commit the backlog and ``unit`` together. False (and keep both) if the ledger is
         down: the engine then opens nothing it could not audit, and retries next step."""
         if unit or self._backlog:  # what the risk manager knows goes with every change
@@ -483,7 +405,7 @@ class Engine:
         if not unit:
             return True
         try:
-            await self.p.ledger.commit(unit)
+            await self.parts.ledger.commit(unit)
         except LedgerError as exc:
             if self.ledger_ok:
                 log.error("ledger_down", error=str(exc))

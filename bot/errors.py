@@ -141,3 +141,7 @@ class InsufficientFunds(OrderRejected):
 
 class OrderNotFound(ExchangeError):
     """The venue does not know the order (or no longer lists it as open)."""
+
+
+class RegistryError(StackbotError):
+    """A checkpoint is missing, altered, or does not fit this code's feature definition."""

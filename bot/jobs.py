@@ -18,9 +18,9 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import JobSettings
+from bot.domain import ControlRequest
 from bot.engine import Engine
 from bot.logs import password_of, register_secrets, scrub
-from bot.ports import ControlRequest
 
 
 def _queue(engine: Engine, action: str) -> Any:
@@ -59,7 +59,6 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
     """Monthly by default. With the ensemble as signal source: download fresh history, train
     in a separate process, promote only if the new version beats the active one out of sample
     on the same window, then score with it. Either way the outcome is audited."""
-    import asyncio
     import os
     from datetime import UTC, datetime, timedelta
 
@@ -69,7 +68,7 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
         return await run_child(cmd, env)
 
     async def job() -> None:
-        if engine.p.source.name != "ensemble":
+        if engine.parts.source.name != "ensemble":
             engine.submit_control(ControlRequest("retrain", "scheduled", "scheduler", "jobs"))
             return
         now = datetime.now(UTC)
@@ -136,10 +135,11 @@ def child_env(parent: Mapping[str, str], settings: Any, db_url: str) -> dict[str
 async def _load_active(db_url: str, settings: Any) -> Any:
     from pathlib import Path
 
+    from bot.ledger.model_versions import active_ensemble
     from bot.ledger.repository import make_engine
-    from models.cli_support import barrier_from, pick_device
+    from models.device import pick_device
     from models.ensemble import Ensemble
-    from models.registry import active_ensemble
+    from models.labels import barrier_from
 
     eng = make_engine(db_url)
     try:

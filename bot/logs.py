@@ -29,7 +29,7 @@ def register_settings_secrets(settings: BaseModel) -> None:
     without the rest. Every mask (logs, audit payloads, stored venue errors, child output)
     reads this one set."""
     for name in type(settings).model_fields:
-        value = getattr(settings, name)  # the model's own declared fields, no probing
+        value = getattr(settings, name)  # not probing: the model's own declared fields
         if isinstance(value, SecretStr):
             secret = value.get_secret_value()
             register_secrets([secret, password_of(secret)])
@@ -95,7 +95,9 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
     stream = stream or _Stderr()
     pretty = fmt == "console" or (fmt == "auto" and hasattr(stream, "isatty") and stream.isatty())
     renderer: Any = (
-        structlog.dev.ConsoleRenderer(colors=True) if pretty else structlog.processors.JSONRenderer()
+        structlog.dev.ConsoleRenderer(colors=True)
+        if pretty
+        else structlog.processors.JSONRenderer()
     )
     structlog.configure(
         processors=[
@@ -113,4 +115,4 @@ def configure_logging(level: str = "INFO", fmt: str = "auto", stream: Any = None
 
 
 def get_logger(name: str) -> structlog.typing.FilteringBoundLogger:
-    return structlog.get_logger(name)  # type: ignore[no-any-return]
+    return structlog.get_logger(name)

@@ -52,7 +52,7 @@ class RunStats:
             self.sells += 1
 
     def equity_curve(self) -> list[tuple[int, float]]:
-        return list(zip(self._ts, self._equity))
+        return list(zip(self._ts, self._equity, strict=False))
 
     def max_drawdown(self) -> float:
         peak, worst = -math.inf, 0.0
@@ -65,7 +65,7 @@ class RunStats:
     def sharpe(self) -> float:
         """Annualized Sharpe of per-step equity returns (risk-free rate 0)."""
         eq = self._equity
-        rets = [b / a - 1 for a, b in zip(eq, eq[1:]) if a > 0]
+        rets = [b / a - 1 for a, b in zip(eq, eq[1:], strict=False) if a > 0]
         if len(rets) < 2:
             return 0.0
         mean = sum(rets) / len(rets)

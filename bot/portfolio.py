@@ -66,7 +66,11 @@ class Portfolio:
             self._price_floats[candle.symbol] = candle.close
             self._prices[candle.symbol] = to_decimal(candle.close)
 
-    def restore(self, positions: Iterable[Position], orders: Iterable[Order]) -> None:
+    def restore(self, positions: Iterable[Position], orders: Iterable[Order],
+                cash: Decimal | None = None) -> None:
+        """Carry on from what the ledger holds (a restart); ``cash`` None: keep the start."""
+        if cash is not None:
+            self._cash = cash
         for p in positions:
             self._positions[p.symbol] = p
         for o in orders:

@@ -4,23 +4,24 @@ plugged in here (see ``bot/app.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
 from typing import Any, Protocol
 
 from bot.domain import (
-    AuditEvent,
+    AccountState,
     Candle,
-    EquitySnapshot,
+    ControlRequest,
     FeedStatus,
-    Fill,
     Gap,
     MarketSpec,
-    OrderIntent,
     Order,
+    OrderIntent,
+    OrderUpdate,
     Position,
     Signal,
+    UnitOfWork,
+    VenueState,
     Warmup,
 )
 
@@ -51,40 +52,38 @@ class PortfolioView(Protocol):
 
     def price(self, symbol: str) -> Decimal | None: ...
 
+    def positions(self) -> Sequence[Position]: ...
+
+
+class PromotedModel(Protocol):
+    """A newly promoted model version, as the retrain job hands it to the signal source."""
+
+    @property
+    def id(self) -> str: ...
+
 
 class SignalSource(Protocol):
-    """Turns closed candles into beliefs: the EMA baseline or the model ensemble.
-
-    A source may also offer ``warm(candles)`` for history that must not produce signals."""
+    """Turns closed candles into beliefs: the EMA baseline or the model ensemble."""
 
     name: str
+    model_version: str
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]: ...
 
     def on_gap(self, gap: Gap) -> None: ...
 
+    def warm(self, candles: Sequence[Candle]) -> None:
+        """History before trading starts: build state, emit nothing."""
+        ...
+
+    def swap(self, model: PromotedModel) -> bool:
+        """Score with a newly promoted version from the next candle on; False where the
+        source has no model to swap (the EMA baseline, a replayed evaluation)."""
+        ...
+
 
 class Strategy(Protocol):
     def decide(self, signal: Signal, portfolio: PortfolioView) -> OrderIntent | None: ...
-
-
-@dataclass(frozen=True, slots=True)
-class OrderUpdate:
-    """What a venue said about one order: a new state and any fills."""
-
-    order: Order
-    fills: tuple[Fill, ...] = ()
-    note: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class VenueState:
-    """The venue's side of a reconciliation: total balances (free + locked) per asset, the
-    open orders as (client id, symbol, exchange id), and last prices for adopting holdings."""
-
-    balances: Mapping[str, Decimal]
-    open_orders: tuple[tuple[str, str, str], ...]
-    prices: Mapping[str, Decimal] = field(default_factory=dict)
 
 
 class Broker(Protocol):
@@ -92,7 +91,9 @@ class Broker(Protocol):
 
     async def markets(self, symbols: Sequence[str]) -> Mapping[str, MarketSpec]: ...
 
-    def restore(self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal) -> None:
+    def restore(
+        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal
+    ) -> None:
         """Take over working orders and balances known to the ledger (restart)."""
         ...
 
@@ -104,89 +105,49 @@ class Broker(Protocol):
         """Give the venue a closed candle: paper fills resting orders, live polls fills."""
         ...
 
+    has_venue: bool
+    """True where the broker's books answer to a venue that can disagree with them (live):
+    the engine reconciles against ``venue_state``. False for the paper broker."""
+
+    async def venue_state(
+        self, symbols: Sequence[str]
+    ) -> tuple[VenueState, list[OrderUpdate]] | None:
+        """The venue's balances and open orders for a reconciliation, with the order updates
+        found on the way; None where there is no venue apart from our own books (paper)."""
+        ...
+
+    @property
+    def in_doubt(self) -> int:
+        """Orders whose outcome at the venue is not known yet (0 where none can be)."""
+        ...
+
     async def close(self) -> None: ...
-
-
-@dataclass(slots=True)
-class UnitOfWork:
-    """Changes that commit together, each with its audit event, in one transaction."""
-
-    signals: list[tuple[str, str, Signal]] = field(default_factory=list)  # run, account, signal
-    orders: dict[str, Order] = field(default_factory=dict)  # latest state per client id
-    fills: list[Fill] = field(default_factory=list)
-    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
-    cash: dict[str, tuple[Decimal, int]] = field(default_factory=dict)  # account -> (cash, ts)
-    equity: list[EquitySnapshot] = field(default_factory=list)
-    cursors: dict[tuple[str, str], int] = field(default_factory=dict)  # (account, symbol) -> ts
-    risk_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
-    # account -> the risk manager's memory, taken when the unit is written (group commits
-    # write only the latest)
-    risk_memory: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
-    controls_done: dict[int, dict[str, Any]] = field(default_factory=dict)  # request id -> result
-    commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # MQTT command id -> row
-    audit: list[AuditEvent] = field(default_factory=list)
-
-    def __bool__(self) -> bool:
-        return bool(
-            self.signals or self.orders or self.fills or self.positions or self.cash
-            or self.equity or self.cursors or self.risk_state or self.risk_memory
-            or self.controls_done
-            or self.commands or self.audit
-        )
-
-    def absorb(self, other: UnitOfWork) -> None:
-        """Fold a later unit into this one (group commit keeps the last state per key)."""
-        self.signals.extend(other.signals)
-        self.orders.update(other.orders)
-        self.fills.extend(other.fills)
-        self.positions.update(other.positions)
-        self.cash.update(other.cash)
-        self.equity.extend(other.equity)
-        self.cursors.update(other.cursors)
-        self.risk_state.update(other.risk_state)
-        self.risk_memory.update(other.risk_memory)
-        self.controls_done.update(other.controls_done)
-        self.commands.update(other.commands)
-        self.audit.extend(other.audit)
-
-
-@dataclass(frozen=True, slots=True)
-class AccountState:
-    """What the ledger knows of an account at start-up."""
-
-    cash: Decimal | None
-    positions: tuple[Position, ...]
-    working_orders: tuple[Order, ...]
-    cursors: Mapping[str, int]
-    risk_state: Mapping[str, Any] | None = None
-    risk_memory: Mapping[str, Any] | None = None  # breaker windows etc. (``RiskManager.memory``)
-    pending_controls: tuple[ControlRequest, ...] = ()
-    recent_nonces: frozenset[str] = frozenset()
-    command_acks: Mapping[str, Any] = field(default_factory=dict)  # accepted MQTT id -> ack
-
-
-@dataclass(frozen=True, slots=True)
-class ControlRequest:
-    """An operator's command, from any channel: kill (pause|cancel|flatten) or resume."""
-
-    action: str  # "kill" | "resume" | "status"
-    reason: str
-    operator: str
-    channel: str  # "cli" | "mqtt" | "signal"
-    level: str | None = None
-    request_id: int | None = None  # control_requests row (CLI channel)
-    command_id: str | None = None  # MQTT command id
-    nonce: str | None = None  # MQTT command nonce
-    payload: Any = None  # internal requests only (e.g. a newly promoted model)
 
 
 class Ledger(Protocol):
     async def start_run(
-        self, run_id: str, account: str, mode: str, exchange: str, symbols: Sequence[str],
-        timeframe: str, strategy: str, config: Mapping[str, object], starting_cash: Decimal,
+        self,
+        run_id: str,
+        account: str,
+        mode: str,
+        exchange: str,
+        symbols: Sequence[str],
+        timeframe: str,
+        strategy: str,
+        config: Mapping[str, object],
+        starting_cash: Decimal,
+        quote: str = "USDT",
     ) -> None: ...
 
     async def load_account(self, account: str) -> AccountState: ...
+
+    async def pending_controls(self, account: str) -> list[ControlRequest]:
+        """Operator requests made through the database and not carried out yet."""
+        ...
+
+    async def active_ensemble(self) -> Mapping[str, Any] | None:
+        """The registry's active ensemble (path, sha256, id), None when there is none."""
+        ...
 
     async def commit(self, unit: UnitOfWork) -> None:
         """Durable when it returns, or raise ``LedgerError``; group-committing ledgers may

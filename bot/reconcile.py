@@ -21,8 +21,7 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from bot.domain import ZERO
-from bot.ports import VenueState
+from bot.domain import ZERO, VenueState
 
 TOLERANCE = Decimal("0.00000001")
 
@@ -54,9 +53,9 @@ def reconcile(symbols: Sequence[str], quote: str, positions: Mapping[str, Decima
         adopted = {s: (venue.balances.get(b, ZERO), venue.prices.get(s, ZERO))
                    for s, b in bases.items() if venue.balances.get(b, ZERO) > tolerance}
         unknown = tuple(o for o in venue.open_orders if o[0] not in working)
-        problems = tuple(f"open order {cid or xid} on {sym} at the venue is not in the ledger"
-                         for cid, sym, xid in unknown)
-        return Reconciliation(not unknown, problems, unknown,
+        strays = tuple(f"open order {cid or xid} on {sym} at the venue is not in the ledger"
+                       for cid, sym, xid in unknown)
+        return Reconciliation(not unknown, strays, unknown,
                               venue.balances.get(quote, ZERO) - cash, adopted)
     problems: list[str] = []
     for sym, base in bases.items():

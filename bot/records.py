@@ -7,8 +7,8 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
+from bot.domain import ControlRequest
 from bot.errors import FatalExchangeError
-from bot.ports import ControlRequest
 
 
 def command_row(account: str, request: ControlRequest, verdict: str, ack: dict[str, Any],

@@ -8,8 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.domain import timeframe_ms
-from bot.feeds.files import CandleSeries
+from bot.domain import CandleSeries, timeframe_ms
 from models.features import FEATURE_NAMES, normalise, raw_features
 from models.labels import Barriers, BarrierSpec, triple_barrier
 from models.windows import Split, Windows, make_windows
@@ -55,6 +54,7 @@ class Parts:
 
 
 def _concat(ws: Sequence[Windows]) -> Windows:
+    # not adapter probing: the dataclass's own fields, by name
     return Windows(*(np.concatenate([getattr(w, f) for w in ws]) for f in
                      ("x", "ret", "up", "labeled", "t")))
 
@@ -84,7 +84,8 @@ def split_by_time(data: Sequence[SymbolData], split: Split, ref: np.ndarray, loo
                 rows = evenly(rows, per_symbol)
             out[name].append(make_windows(d.features, d.close, lookback, horizon, rows=rows,
                                           barriers=d.barriers))
-    return Parts(*(_concat(out[k]) for k in ("train", "val", "test")),
+    train, val, test = (_concat(out[k]) for k in ("train", "val", "test"))
+    return Parts(train, val, test,
                  split_ts={k: (int(v[0]), int(v[1])) for k, v in bounds.items()},
                  sizes={k: [len(w) for w in v] for k, v in out.items()})
 
@@ -112,10 +113,10 @@ def panel(data: Sequence[SymbolData], t0: int, t1: int, lookback: int, horizon: 
         ok &= np.isin(rows, w.t)
         built.append((w, rows))
     at = [np.searchsorted(w.t, rows[ok]) for w, rows in built]
-    X = np.stack([w.x[i] for (w, _), i in zip(built, at)], axis=1)
-    R = np.stack([w.ret[i] for (w, _), i in zip(built, at)], axis=1)
-    U = np.stack([w.up[i] for (w, _), i in zip(built, at)], axis=1)
-    D = np.stack([w.labeled[i] for (w, _), i in zip(built, at)], axis=1)
+    X = np.stack([w.x[i] for (w, _), i in zip(built, at, strict=False)], axis=1)
+    R = np.stack([w.ret[i] for (w, _), i in zip(built, at, strict=False)], axis=1)
+    U = np.stack([w.up[i] for (w, _), i in zip(built, at, strict=False)], axis=1)
+    D = np.stack([w.labeled[i] for (w, _), i in zip(built, at, strict=False)], axis=1)
     return X, R, U, D, common[ok]
 
 
@@ -124,10 +125,10 @@ def window_times(data: Sequence[SymbolData], parts: Parts, part: str
     """For every window of ``part`` (in the parts' order): its open time, and the open time
     of the candle that decided its barrier outcome (-1 for a timeout). The online
     re-weighting learns an outcome on that candle, exactly as it would live."""
-    w: Windows = getattr(parts, part)
+    w: Windows = getattr(parts, part)  # not probing: "train", "val" or "test" by name
     ts, resolved = [], []
     offset = 0
-    for d, n in zip(data, parts.sizes[part]):
+    for d, n in zip(data, parts.sizes[part], strict=False):
         rows = w.t[offset:offset + n]
         ts.append(d.ts[rows])
         exit_row = rows + d.barriers.exit_offset[rows]

@@ -8,8 +8,9 @@ symbol, computes the same causal features as training, and combines the members:
 meta-learner's stacked P(target first) with online re-weighting by recent log-loss,
 constrained to keep the stacked logit's validation mean and variance (``models/meta.py``) so
 the p handed to Kelly keeps the stacker's calibration; the expected return, the dispersion
-(disagreement of the members' calibrated probabilities), and the VAE regime. The online weights learn each
-outcome on the candle that touches the target or the stop, as the training labels do.
+(disagreement of the members' calibrated probabilities), and the VAE regime. The online
+weights learn each outcome on the candle that touches the target or the stop, as the
+training labels do.
 """
 
 from __future__ import annotations
@@ -28,13 +29,14 @@ import torch
 from torch import Tensor, nn
 
 from bot.domain import Candle, Gap, Regime, Signal, timeframe_ms
+from bot.ports import PromotedModel
 from models.calibrate import sigmoid
 from models.features import FEATURE_NAMES, WARMUP, normalise, raw_features
-from models.members import Member
-from models.meta import LogitMoments, OnlineWeights, combine
 from models.labels import BarrierSpec, barrier_spec_of
+from models.members import Member
+from models.members.vae import VAERegime
+from models.meta import LogitMoments, OnlineWeights, combine
 from models.registry import RegistryError, barrier_mismatch, load_member, sha256
-
 
 ATR_COL = FEATURE_NAMES.index("atr_pct")
 # timestamps of warm-up history run through the model at start: enough for the online
@@ -80,10 +82,19 @@ class Prediction:
 
 
 class Ensemble:
-    def __init__(self, ensemble_id: str, members: Sequence[Member], temperatures: Sequence[float],
-                 meta_weights: np.ndarray, meta_bias: float, lookback: int,
-                 barrier: BarrierSpec, moments: LogitMoments | None = None,
-                 device: str = "cpu", compile: bool = False) -> None:
+    def __init__(
+        self,
+        ensemble_id: str,
+        members: Sequence[Member],
+        temperatures: Sequence[float],
+        meta_weights: np.ndarray,
+        meta_bias: float,
+        lookback: int,
+        barrier: BarrierSpec,
+        moments: LogitMoments | None = None,
+        device: str = "cpu",
+        compile: bool = False,
+    ) -> None:
         self.id = ensemble_id
         self.names = [m.name for m in members]
         self.temps = np.asarray(temperatures, dtype=np.float64)
@@ -98,8 +109,14 @@ class Ensemble:
         self.forecasters = np.array([m.kind == "supervised" for m in members])
 
     @classmethod
-    def load(cls, manifest: Path, expected_sha256: str | None, barrier: BarrierSpec,
-             device: str = "cpu", compile: bool = False) -> Ensemble:
+    def load(
+        cls,
+        manifest: Path,
+        expected_sha256: str | None,
+        barrier: BarrierSpec,
+        device: str = "cpu",
+        compile: bool = False,
+    ) -> Ensemble:
         """Load a registered ensemble to trade ``barrier`` (the risk settings' stop, target
         and horizon); one trained for another bet is refused."""
         if expected_sha256 is not None and sha256(manifest) != expected_sha256:
@@ -107,17 +124,28 @@ class Ensemble:
         spec = json.loads(manifest.read_text())
         trained = barrier_spec_of(spec)
         if trained != barrier:
-            raise RegistryError(barrier_mismatch(f"ensemble {spec.get('ensemble_id')}",
-                                                 spec.get("barrier"), barrier))
+            raise RegistryError(
+                barrier_mismatch(
+                    f"ensemble {spec.get('ensemble_id')}", spec.get("barrier"), barrier
+                )
+            )
         members, temps = [], []
         for m in spec["members"]:
             model, temp = load_member(manifest.parent / m["path"], m["sha256"], barrier)
             members.append(model)
             temps.append(temp)
-        return cls(spec["ensemble_id"], members, temps, np.array(spec["meta_weights"]),
-                   spec["meta_bias"], spec["lookback"], barrier,
-                   LogitMoments.from_dict(spec["logit_moments"]) if spec.get("logit_moments")
-                   else None, device, compile)
+        return cls(
+            spec["ensemble_id"],
+            members,
+            temps,
+            np.array(spec["meta_weights"]),
+            spec["meta_bias"],
+            spec["lookback"],
+            barrier,
+            LogitMoments.from_dict(spec["logit_moments"]) if spec.get("logit_moments") else None,
+            device,
+            compile,
+        )
 
     @staticmethod
     def trained_barrier(manifest: Path) -> BarrierSpec | None:
@@ -140,15 +168,25 @@ class Ensemble:
         mu = outs[:, :, 1]
         exp_ret = mu[:, self.forecasters].mean(axis=1) if self.forecasters.any() else mu.mean(1)
         disp = member_p.std(axis=1)
-        return [Prediction(float(p[i]), float(exp_ret[i]), float(disp[i]),
-                           self.regime_of(int(regime[i])), member_p[i]) for i in range(len(x))]
+        return [
+            Prediction(
+                float(p[i]),
+                float(exp_ret[i]),
+                float(disp[i]),
+                self.regime_of(int(regime[i])),
+                member_p[i],
+            )
+            for i in range(len(x))
+        ]
 
     def regime_of(self, rid: int) -> Regime:
         """The VAE's regime id as a Regime: its k regimes are ordered by mean return, so the
         first is bear, the last bull, those between neutral; -1 is unknown."""
         if rid < 0 or self.module.vae_index < 0:
             return Regime.UNKNOWN
-        k = int(self.module.members[self.module.vae_index].k)
+        vae = self.module.members[self.module.vae_index]
+        assert isinstance(vae, VAERegime)
+        k = vae.k
         return Regime.BEAR if rid == 0 else Regime.BULL if rid == k - 1 else Regime.NEUTRAL
 
 
@@ -157,8 +195,9 @@ class EnsembleSignalSource:
 
     name = "ensemble"
 
-    def __init__(self, ensemble: Ensemble, timeframe: str, executor: Executor | None = None,
-                 threads: int = 1) -> None:
+    def __init__(
+        self, ensemble: Ensemble, timeframe: str, executor: Executor | None = None, threads: int = 1
+    ) -> None:
         # one intra-op thread: small batches run faster without OpenMP contention with the
         # event loop's thread (raise it for many symbols)
         torch.set_num_threads(threads)
@@ -184,7 +223,7 @@ class EnsembleSignalSource:
         ohlcv = np.array([[c.open, c.high, c.low, c.close, c.volume] for c in buf])
         ts = np.array([c.ts for c in buf], dtype=np.int64)
         raw = raw_features(ohlcv, ts, self.step)
-        feats = normalise(raw).astype(np.float32)[-self.ens.lookback:]
+        feats = normalise(raw).astype(np.float32)[-self.ens.lookback :]
         if np.isnan(feats).any():
             return None
         atr = float(raw[-1, ATR_COL] * ohlcv[-1, 3])
@@ -209,13 +248,17 @@ class EnsembleSignalSource:
                 keep.append((ts, upper, lower, member_p))
         self._pending[c.symbol] = keep
 
-    def swap(self, ensemble: Ensemble) -> None:
+    def swap(self, model: PromotedModel) -> bool:
         """Score from now on with a newly promoted version (same features, new weights)."""
+        if not isinstance(model, Ensemble):
+            raise TypeError(f"an ensemble source cannot score with {type(model).__name__}")
+        ensemble = model
         self.ens = ensemble
         self.model_version = ensemble.id
         self._online = OnlineWeights(len(ensemble.names))
         self._pending.clear()
         self._replay.clear()
+        return True
 
     def warm(self, candles: Sequence[Candle]) -> None:
         """History before trading starts. The older part only fills the feature buffers; the
@@ -244,9 +287,10 @@ class EnsembleSignalSource:
                 ready.append((c, w[0], w[1]))
         return ready
 
-    def _remember(self, ready: Sequence[tuple[Candle, np.ndarray, float]],
-                  preds: Sequence[Prediction]) -> None:
-        for (c, _, atr), p in zip(ready, preds):
+    def _remember(
+        self, ready: Sequence[tuple[Candle, np.ndarray, float]], preds: Sequence[Prediction]
+    ) -> None:
+        for (c, _, atr), p in zip(ready, preds, strict=False):
             if atr > 0:
                 upper, lower = self.ens.barrier.levels(c.close, atr)
                 self._pending.setdefault(c.symbol, []).append((c.ts, upper, lower, p.member_p))
@@ -256,8 +300,9 @@ class EnsembleSignalSource:
         while self._replay:
             ready = self._take(self._replay.pop(0))
             if ready:
-                preds = self.ens.predict(np.stack([r[1] for r in ready]),
-                                         self._online.multipliers())
+                preds = self.ens.predict(
+                    np.stack([r[1] for r in ready]), self._online.multipliers()
+                )
                 self._remember(ready, preds)
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
@@ -271,8 +316,18 @@ class EnsembleSignalSource:
         online = self._online.multipliers()
         preds = await loop.run_in_executor(self.executor, self.ens.predict, x, online)
         self._remember(ready, preds)
-        return [Signal(symbol=c.symbol, ts=c.ts, p_up=p.p_up,
-                       expected_return=p.expected_return, source=self.name,
-                       model_version=self.model_version, dispersion=p.dispersion,
-                       regime=p.regime, price=c.close, atr=atr)
-                for (c, _, atr), p in zip(ready, preds)]
+        return [
+            Signal(
+                symbol=c.symbol,
+                ts=c.ts,
+                p_up=p.p_up,
+                expected_return=p.expected_return,
+                source=self.name,
+                model_version=self.model_version,
+                dispersion=p.dispersion,
+                regime=p.regime,
+                price=c.close,
+                atr=atr,
+            )
+            for (c, _, atr), p in zip(ready, preds, strict=False)
+        ]

@@ -11,9 +11,9 @@ before stop within the horizon). For each of the ``folds`` walk-forward folds, t
 members are trained on that fold's train part, calibrated on its validation part, and scored
 on its test part. The ensemble's p is the one that reaches Kelly live: stacked, and
 re-weighted online as the outcomes come in, keeping the stacked logit's validation moments.
-Nothing is tuned on a test part. Every predictor's out-of-sample p then trades through the engine (replay feed,
-paper broker, full risk manager, the ensemble strategy). The output is ``report.md`` plus PNG
-plots.
+Nothing is tuned on a test part. Every predictor's out-of-sample p then trades through the
+engine (replay feed, paper broker, full risk manager, the ensemble strategy). The output is
+``report.md`` plus PNG plots.
 """
 
 from __future__ import annotations
@@ -24,9 +24,8 @@ from typing import Any
 
 import numpy as np
 
-from bot.domain import Candle, Gap, OrderIntent, Signal
-from bot.feeds.files import CandleSeries
-from bot.ports import PortfolioView
+from bot.domain import Candle, CandleSeries, Gap, OrderIntent, Signal
+from bot.ports import PortfolioView, PromotedModel
 from models.calibrate import reliability, report, sigmoid
 from models.dataset import SymbolData, reference_timeline, split_by_time, symbol_data
 from models.labels import BarrierSpec
@@ -69,13 +68,29 @@ class PrecomputedSource:
     def on_gap(self, gap: Gap) -> None:
         return None
 
+    def warm(self, candles: Sequence[Candle]) -> None:
+        return None  # the predictions are computed already
+
+    def swap(self, model: PromotedModel) -> bool:
+        return False
+
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         out = []
         for c in candles:
             hit = self.table.get((c.symbol, c.ts))
             if hit is not None:
-                out.append(Signal(c.symbol, c.ts, hit[0], 0.0, self.name, self.model_version,
-                                  price=c.close, atr=hit[1]))
+                out.append(
+                    Signal(
+                        c.symbol,
+                        c.ts,
+                        hit[0],
+                        0.0,
+                        self.name,
+                        self.model_version,
+                        price=c.close,
+                        atr=hit[1],
+                    )
+                )
         return out
 
 
@@ -93,17 +108,24 @@ class WithoutProbability:
         return replace(intent, confidence=None)
 
 
-def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequence[str],
-                  folds: int, on_step: Callable[[int, int, str], None] | None = None) -> OOS:
+def out_of_sample(
+    data: Sequence[SymbolData],
+    cfg: TrainConfig,
+    members: Sequence[str],
+    folds: int,
+    on_step: Callable[[int, int, str], None] | None = None,
+) -> OOS:
     """``on_step(fold, folds, what)`` after each member is trained (``what`` its name) and
     after each fold's stacking and baselines (``what`` "stacking")."""
     ref = reference_timeline(data)
     embargo = cfg.lookback + cfg.horizon
     fold_list = expanding_folds(len(ref), cfg.train_rows, cfg.val_rows, embargo, folds)
     if not fold_list:
-        raise ValueError(f"not enough history for {folds} walk-forward fold(s): {len(ref)} "
-                         f"candles, the first training span and validation take "
-                         f"{cfg.train_rows + cfg.val_rows + 2 * embargo}")
+        raise ValueError(
+            f"not enough history for {folds} walk-forward fold(s): {len(ref)} "
+            f"candles, the first training span and validation take "
+            f"{cfg.train_rows + cfg.val_rows + 2 * embargo}"
+        )
     oos = OOS()
     for k, split in enumerate(fold_list):
         parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon, cfg.max_train_samples)
@@ -116,8 +138,8 @@ def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequenc
         st = stack_members(data, parts, results)
         base = float(tr.up[tr.labeled].mean()) if tr.labeled.any() else 0.5
         offset = 0
-        for d, n in zip(data, parts.sizes["test"]):
-            rows = test.t[offset:offset + n]
+        for d, n in zip(data, parts.sizes["test"], strict=False):
+            rows = test.t[offset : offset + n]
             oos.symbol += [d.symbol] * n
             oos.ts += d.ts[rows].tolist()
             mom = np.log(d.close[rows] / d.close[np.maximum(rows - cfg.horizon, 0)])
@@ -132,8 +154,9 @@ def out_of_sample(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequenc
         oos.add_stage("ensemble_static_stacker", st.p_test_static)
         oos.add_stage("ensemble_reweighted_unconstrained", st.p_test_reweighted)
         # no temperature, no stacker, no re-weighting: the members' raw probabilities
-        oos.add_stage("ensemble_uncalibrated",
-                      np.mean([sigmoid(r.test_logits) for r in results], axis=0))
+        oos.add_stage(
+            "ensemble_uncalibrated", np.mean([sigmoid(r.test_logits) for r in results], axis=0)
+        )
         oos.add("base_rate", np.full(len(test), base))
         lab = tr.labeled  # the logistic baseline: the same features, the same train part
         lw, lb = fit_stacker(np.nan_to_num(tr.x[lab, -1, :]), tr.up[lab], l2=10.0)
@@ -151,17 +174,24 @@ def metrics_table(oos: OOS, stages: bool = False) -> dict[str, dict[str, float]]
     return {name: report(np.array(p)[lab], y) for name, p in src.items()}
 
 
-def signal_tables(oos: OOS, data: Sequence[SymbolData]
-                  ) -> dict[str, dict[tuple[str, int], tuple[float, float]]]:
+def signal_tables(
+    oos: OOS, data: Sequence[SymbolData]
+) -> dict[str, dict[tuple[str, int], tuple[float, float]]]:
     """Per predictor and ensemble stage: (symbol, open time) -> (p, ATR in price units)."""
     by_symbol = {d.symbol: d for d in data}
-    atr_at = [float(by_symbol[s].atr[np.searchsorted(by_symbol[s].ts, t)])
-              for s, t in zip(oos.symbol, oos.ts)]
-    return {name: {(s, t): (p, a) for s, t, p, a in zip(oos.symbol, oos.ts, ps, atr_at)}
-            for name, ps in {**oos.p, **oos.stages}.items()}
+    atr_at = [
+        float(by_symbol[s].atr[np.searchsorted(by_symbol[s].ts, t)])
+        for s, t in zip(oos.symbol, oos.ts, strict=False)
+    ]
+    return {
+        name: {(s, t): (p, a) for s, t, p, a in zip(oos.symbol, oos.ts, ps, atr_at, strict=False)}
+        for name, ps in {**oos.p, **oos.stages}.items()
+    }
 
 
-def accuracy_over_time(oos: OOS, bucket_ms: int = 30 * 86_400_000) -> dict[str, list[tuple[int, float]]]:
+def accuracy_over_time(
+    oos: OOS, bucket_ms: int = 30 * 86_400_000
+) -> dict[str, list[tuple[int, float]]]:
     lab = np.array(oos.labeled)
     ts = np.array(oos.ts)[lab]
     y = np.array(oos.up)[lab]
@@ -169,8 +199,10 @@ def accuracy_over_time(oos: OOS, bucket_ms: int = 30 * 86_400_000) -> dict[str, 
     out: dict[str, list[tuple[int, float]]] = {}
     for name, ps in oos.p.items():
         p = np.array(ps)[lab]
-        out[name] = [(int(b * bucket_ms), float(((p[buckets == b] > 0.5) == (y[buckets == b] > 0.5)).mean()))
-                     for b in np.unique(buckets)]
+        out[name] = [
+            (int(b * bucket_ms), float(((p[buckets == b] > 0.5) == (y[buckets == b] > 0.5)).mean()))
+            for b in np.unique(buckets)
+        ]
     return out
 
 
@@ -183,8 +215,11 @@ def load(series: Sequence[CandleSeries], barrier: BarrierSpec) -> list[SymbolDat
 def reliability_data(oos: OOS) -> dict[str, list[tuple[float, float, int]]]:
     lab = np.array(oos.labeled)
     y = np.array(oos.up)[lab]
-    return {name: reliability(np.array(p)[lab], y) for name, p in {**oos.p, **oos.stages}.items()
-            if name != "base_rate"}
+    return {
+        name: reliability(np.array(p)[lab], y)
+        for name, p in {**oos.p, **oos.stages}.items()
+        if name != "base_rate"
+    }
 
 
 def fold_table(oos: OOS, members: Sequence[str]) -> list[dict[str, Any]]:
@@ -194,19 +229,24 @@ def fold_table(oos: OOS, members: Sequence[str]) -> list[dict[str, Any]]:
     fold = np.array(oos.fold)
     ts = np.array(oos.ts)
     y = np.array(oos.up)
-    scored = {n: report(np.array(oos.p[n])[lab], y[lab])["log_loss"] for n in members
-              if n in oos.p}
+    scored = {n: report(np.array(oos.p[n])[lab], y[lab])["log_loss"] for n in members if n in oos.p}
     best = min(scored, key=scored.__getitem__) if scored else None
     rows = []
     for k in sorted(set(oos.fold)):
         sel = (fold == k) & lab
-        row: dict[str, Any] = {"fold": k + 1, "from": int(ts[fold == k].min()),
-                               "to": int(ts[fold == k].max()), "n": int(sel.sum()),
-                               "ensemble": report(np.array(oos.p["ensemble"])[sel],
-                                                  y[sel])["log_loss"] if sel.any() else None,
-                               "best_member": best}
-        row["best_member_log_loss"] = (report(np.array(oos.p[best])[sel], y[sel])["log_loss"]
-                                       if best and sel.any() else None)
+        row: dict[str, Any] = {
+            "fold": k + 1,
+            "from": int(ts[fold == k].min()),
+            "to": int(ts[fold == k].max()),
+            "n": int(sel.sum()),
+            "ensemble": report(np.array(oos.p["ensemble"])[sel], y[sel])["log_loss"]
+            if sel.any()
+            else None,
+            "best_member": best,
+        }
+        row["best_member_log_loss"] = (
+            report(np.array(oos.p[best])[sel], y[sel])["log_loss"] if best and sel.any() else None
+        )
         rows.append(row)
     return rows
 
@@ -217,7 +257,9 @@ def coverage(oos: OOS, series: Sequence[CandleSeries], step_ms: int) -> dict[str
     last = max(s.candles[-1].ts for s in series) + step_ms
     ts = np.array(oos.ts)
     folds = np.array(oos.fold)
-    tested = sum(int(ts[folds == k].max() - ts[folds == k].min()) + step_ms
-                 for k in set(oos.fold))
-    return {"test_days": tested / 86_400_000, "file_days": (last - first) / 86_400_000,
-            "share": tested / (last - first)}
+    tested = sum(int(ts[folds == k].max() - ts[folds == k].min()) + step_ms for k in set(oos.fold))
+    return {
+        "test_days": tested / 86_400_000,
+        "file_days": (last - first) / 86_400_000,
+        "share": tested / (last - first),
+    }

@@ -27,6 +27,7 @@ are purged and embargoed by ``lookback + horizon`` between train, validation and
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,8 +54,8 @@ class BarrierSpec:
                 "horizon": int(self.horizon)}
 
     @classmethod
-    def from_dict(cls, d: dict[str, object]) -> BarrierSpec:
-        return cls(float(d["k_stop"]), float(d["k_target"]), int(d["horizon"]))  # type: ignore[arg-type]
+    def from_dict(cls, d: Mapping[str, Any]) -> BarrierSpec:
+        return cls(float(d["k_stop"]), float(d["k_target"]), int(d["horizon"]))
 
     def levels(self, close: Any, atr: Any) -> tuple[Any, Any]:
         """(upper, lower) barriers from a close and an ATR in price units (floats or arrays):
@@ -128,3 +129,8 @@ def barrier_spec_of(manifest: dict[str, object]) -> BarrierSpec | None:
     raw = manifest.get("barrier")
     return BarrierSpec.from_dict(raw) if isinstance(raw, dict) else None
 
+
+def barrier_from(risk: Any) -> BarrierSpec:
+    """The bet the risk settings place (``k_stop``, ``k_target``, ``barrier_horizon``): what
+    a model must be trained for."""
+    return BarrierSpec(risk.k_stop, risk.k_target, risk.barrier_horizon)

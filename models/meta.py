@@ -50,10 +50,10 @@ class OnlineWeights:
 
     def __init__(self, members: int, window: int = 200, eta: float = 5.0) -> None:
         self.eta = eta
-        self.losses = [deque(maxlen=window) for _ in range(members)]
+        self.losses: list[deque[float]] = [deque(maxlen=window) for _ in range(members)]
 
     def update(self, member_p: np.ndarray, outcome: float) -> None:
-        for q, p in zip(self.losses, member_p):
+        for q, p in zip(self.losses, member_p, strict=False):
             p = min(max(float(p), EPS), 1 - EPS)
             q.append(-(outcome * np.log(p) + (1 - outcome) * np.log(1 - p)))
 

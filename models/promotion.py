@@ -16,8 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from bot.domain import Candle
-from bot.feeds.files import CandleSeries
+from bot.domain import Candle, CandleSeries
 from models.calibrate import report
 from models.dataset import symbol_data
 from models.ensemble import LIVE_WARMUP, Ensemble, EnsembleSignalSource

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 from models.significance import DMResult, Interval, Verdicts
 
@@ -84,7 +85,7 @@ def plot_calibration(rel: dict[str, list[tuple[float, float, int]]], path: Path)
     cols = 4
     rows = (len(names) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
-    for ax, name in zip(axes.flat, names):
+    for ax, name in zip(axes.flat, names, strict=False):
         pts = rel[name]
         ax.plot([0, 1], [0, 1], "k--", linewidth=0.7)
         ax.plot([p for p, _, _ in pts], [o for _, o, _ in pts], "o-", markersize=3)
@@ -104,8 +105,9 @@ def plot_accuracy(acc: dict[str, list[tuple[int, float]]], path: Path) -> None:
     for name, pts in acc.items():
         if name == "base_rate":
             continue
-        style = {"linewidth": 2.2} if name == "ensemble" else {"linewidth": 0.8, "alpha": 0.7}
-        ax.plot([_dt(t) for t, _ in pts], [a for _, a in pts], label=name, **style)
+        width, alpha = (2.2, 1.0) if name == "ensemble" else (0.8, 0.7)
+        ax.plot(np.asarray([_dt(t) for t, _ in pts]), [a for _, a in pts], label=name,
+                linewidth=width, alpha=alpha)
     ax.axhline(0.5, color="k", linewidth=0.7)
     ax.set_ylabel("directional accuracy (30-day buckets)")
     ax.legend(fontsize=7, ncol=4)
@@ -159,8 +161,10 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
                      out / "reliability.png")
     plot_accuracy(acc, out / "accuracy_over_time.png")
     lines = [
-        "# Walk-forward out-of-sample evaluation", "",
-        f"**Verdict.** {v.sentence()}", "",
+        "# Walk-forward out-of-sample evaluation",
+        "",
+        f"**Verdict.** {v.sentence()}",
+        "",
         f"- data: {', '.join(meta['symbols'])} {meta['timeframe']}",
         f"- the bet every predictor prices: {meta['barrier']} (triple-barrier labels from the "
         f"risk settings); break-even p before costs {meta['break_even']:.4f}",
@@ -183,54 +187,82 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         "break-even with costs, exit below the cost-free break-even or at the time limit; "
         f"Kelly {meta['kelly_fraction']}, at most {meta['max_risk_per_trade']:.2%} of equity "
         "at risk per trade",
-        "", "| fold | test from | test to | n | ensemble log-loss | best member log-loss |",
+        "",
+        "| fold | test from | test to | n | ensemble log-loss | best member log-loss |",
         "|---:|---|---|---:|---:|---:|",
-        *(f"| {r['fold']} | {_dt(r['from']):%Y-%m-%d} | {_dt(r['to']):%Y-%m-%d} | {r['n']} | "
-          f"{_num(r['ensemble'])} | {_num(r['best_member_log_loss'])} ({r['best_member']}) |"
-          for r in meta["folds_table"]),
-        "", "## Sizing: Kelly against fixed sizing", "",
+        *(
+            f"| {r['fold']} | {_dt(r['from']):%Y-%m-%d} | {_dt(r['to']):%Y-%m-%d} | {r['n']} | "
+            f"{_num(r['ensemble'])} | {_num(r['best_member_log_loss'])} ({r['best_member']}) |"
+            for r in meta["folds_table"]
+        ),
+        "",
+        "## Sizing: Kelly against fixed sizing",
+        "",
         "The ensemble's out-of-sample p through the engine on the same test windows and the "
         "same entries and exits; only the sizing rule differs (the uncalibrated row also "
         "enters on its own p). Buy & hold: equal weights bought at each test window's first "
         "open and sold at its last close, from prices, with fees and slippage both ways and no "
-        "stops. always_flat never trades.", "",
+        "stops. always_flat never trades.",
+        "",
         f"With the risk settings as they are (at most {meta['max_risk_per_trade']:.2%} of "
         f"equity at risk per trade, {meta['max_exposure_symbol']:.0%} of equity per symbol, "
         f"{meta['max_exposure_total']:.0%} in all): where a cap binds, rules that ask for more "
-        "get the same size.", "",
+        "get the same size.",
+        "",
         f"Intervals: 95 % circular block bootstrap of the per-candle returns; p: the bootstrap "
         f"p-value of a zero Sharpe. This report tests {len(v.intervals)} strategies on the "
         "same test windows, so about one raw 95 % interval in twenty excludes zero by chance: "
         "a Sharpe is **bold** only where it differs from zero at 5 % after Holm's correction "
-        "over all of them.", "",
-        "| rule | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | turnover (x equity) | fees % of equity | trades |",
+        "over all of them.",
+        "",
+        "| rule | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | turnover (x equity) "
+        "| fees % of equity | trades |",
         "|---|---:|---:|---:|---:|---:|---:|",
         *(_money_row(name, t, v) for name, t in sizing.items() if "caps lifted" not in name),
-        "", "The same rules with those three caps lifted (20 % risk per trade, 100 % of equity "
+        "",
+        "The same rules with those three caps lifted (20 % risk per trade, 100 % of equity "
         "per symbol and in all; spot still cannot spend more cash than it has), to show what "
-        "the sizing rule itself does:", "",
-        "| rule | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | turnover (x equity) | fees % of equity | trades |",
+        "the sizing rule itself does:",
+        "",
+        "| rule | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | turnover (x equity) "
+        "| fees % of equity | trades |",
         "|---|---:|---:|---:|---:|---:|---:|",
-        *(_money_row(name.replace(" (caps lifted)", ""), t, v, name) for name, t in sizing.items()
-          if "caps lifted" in name),
-        "", "## Calibration of the p that reaches Kelly", "",
+        *(
+            _money_row(name.replace(" (caps lifted)", ""), t, v, name)
+            for name, t in sizing.items()
+            if "caps lifted" in name
+        ),
+        "",
+        "## Calibration of the p that reaches Kelly",
+        "",
         f"ECE of the final p on the test windows: **{calibration['ece_final']:.4f}** "
-        f"(n = {calibration['n']}).", "",
-        "| stage | ECE | log-loss | Brier | accuracy |", "|---|---:|---:|---:|---:|",
+        f"(n = {calibration['n']}).",
+        "",
+        "| stage | ECE | log-loss | Brier | accuracy |",
+        "|---|---:|---:|---:|---:|",
         f"| final: stacked, re-weighted online keeping its moments (traded) | "
         f"{metrics['ensemble']['ece']:.4f} | {metrics['ensemble']['log_loss']:.4f} | "
         f"{metrics['ensemble']['brier']:.4f} | {metrics['ensemble']['accuracy']:.4f} |",
-        *(f"| {name} | {m['ece']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
-          f"{m['accuracy']:.4f} |" for name, m in stages.items()),
-        "", "![reliability diagram](reliability.png)", "",
-        "## Predictors", "",
+        *(
+            f"| {name} | {m['ece']:.4f} | {m['log_loss']:.4f} | {m['brier']:.4f} | "
+            f"{m['accuracy']:.4f} |"
+            for name, m in stages.items()
+        ),
+        "",
+        "![reliability diagram](reliability.png)",
+        "",
+        "## Predictors",
+        "",
         "Diebold-Mariano tests on the per-sample log-loss (autocorrelation-robust over the "
         "horizon's overlap; p-values two-sided, '(better)' when the predictor's loss is the "
         f"lower): against the base rate, and against the best baseline ({v.best_baseline}). "
         "**Bold**: significantly better than the base rate at 5 % after Holm's correction. "
         "Return and Sharpe intervals: 95 % circular block bootstrap of the per-candle "
-        "returns, with the bootstrap p-value of a zero Sharpe.", "",
-        "| predictor | accuracy | log-loss | Brier | ECE | n | DM p vs base rate | DM p vs best baseline | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % | trades |",
+        "returns, with the bootstrap p-value of a zero Sharpe.",
+        "",
+        "| predictor | accuracy | log-loss | Brier | ECE | n | DM p vs base rate "
+        "| DM p vs best baseline | net return % [95 % CI] | Sharpe [95 % CI] p | max DD % "
+        "| trades |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for name, m in metrics.items():
@@ -242,15 +274,27 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
             f"{m['ece']:.4f} | {m['n']} | {_p(v.dm_base.get(name))} | "
             f"{_p(v.dm_best.get(name))} | {t.get('return_pct', float('nan')):.2f} "
             f"{_ci(ret, 100)} | {_sharpe(t.get('sharpe', float('nan')), name, v)} | "
-            f"{t.get('max_drawdown_pct', float('nan')):.2f} | {t.get('trades', '')} |")
-    lines += ["", "Accuracy (p > 0.5 against the outcome) matters less here than calibration "
-              "and log-loss: the bet pays more than it risks, so a p below 0.5 can still be "
-              "worth a trade. base_rate forecasts the train part's share of target-first "
-              "outcomes every time: the no-skill bar. A model is honest when it is measured as "
-              "it came out, whatever the sign.",
-              "", "## Plots", "", "![equity and drawdown](equity.png)", "",
-              "![calibration](calibration.png)", "", "![accuracy over time](accuracy_over_time.png)", "",
-              f"Elapsed (up to the report): {meta['elapsed']}.", ""]
+            f"{t.get('max_drawdown_pct', float('nan')):.2f} | {t.get('trades', '')} |"
+        )
+    lines += [
+        "",
+        "Accuracy (p > 0.5 against the outcome) matters less here than calibration "
+        "and log-loss: the bet pays more than it risks, so a p below 0.5 can still be "
+        "worth a trade. base_rate forecasts the train part's share of target-first "
+        "outcomes every time: the no-skill bar. A model is honest when it is measured as "
+        "it came out, whatever the sign.",
+        "",
+        "## Plots",
+        "",
+        "![equity and drawdown](equity.png)",
+        "",
+        "![calibration](calibration.png)",
+        "",
+        "![accuracy over time](accuracy_over_time.png)",
+        "",
+        f"Elapsed (up to the report): {meta['elapsed']}.",
+        "",
+    ]
     path = out / "report.md"
     path.write_text("\n".join(lines))
     return path

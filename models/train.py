@@ -18,11 +18,20 @@ import torch
 
 from models.calibrate import Temperature, report, sigmoid
 from models.dataset import (
-    Parts, SymbolData, evenly, panel, reference_timeline, split_by_time, window_times,
+    Parts,
+    SymbolData,
+    evenly,
+    panel,
+    reference_timeline,
+    split_by_time,
+    window_times,
 )
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec, outcome_shares
 from models.members import REGISTRY, Member, MemberConfig
+from models.members.gnn import CrossAssetGNN
+from models.members.ppo import PPOAgent
+from models.members.vae import VAERegime
 from models.meta import LogitMoments, fit_stacker, replay_online, stacked_logit
 from models.windows import holdout, make_windows
 
@@ -212,7 +221,7 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
     mcfg = MemberConfig(len(FEATURE_NAMES), cfg.lookback, cfg.hidden)
     model = REGISTRY[name](mcfg)
     times: list[float] = []
-    if name == "gnn":
+    if isinstance(model, CrossAssetGNN):
         (a, b), (c, d) = parts.split_ts["train"], parts.split_ts["val"]
         train_panel = panel(data, a, b, cfg.lookback, cfg.horizon,
                             max(1, cfg.max_train_samples // len(data)))[:4]
@@ -221,13 +230,14 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
         times = _fit_gnn(model, train_panel, val_panel, cfg, tick)
     elif name == "ppo":
         t0 = time.perf_counter()
-        for d in data:
+        assert isinstance(model, PPOAgent)
+        for sd in data:
             a, b = parts.split_ts["train"]
             # the most recent rows: the policy learns from chronological episodes, so it
             # cannot be subsampled evenly; the cap keeps its cost the preset's
             cap = max(1, cfg.max_train_samples // len(data))
-            rows = np.nonzero((d.ts >= a) & (d.ts <= b))[0][-cap:]
-            w = make_windows(d.features, d.close, cfg.lookback, 1, rows=rows)
+            rows = np.nonzero((sd.ts >= a) & (sd.ts <= b))[0][-cap:]
+            w = make_windows(sd.features, sd.close, cfg.lookback, 1, rows=rows)
             model.fit(w.x, w.ret, fee=cfg.cost / 2, passes=cfg.ppo_passes, seed=cfg.seed)
         times = [(time.perf_counter() - t0) / max(1, cfg.ppo_passes)]
         if tick:
@@ -235,7 +245,7 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
     else:
         idx = evenly(np.arange(len(parts.train)), cfg.max_train_samples)
         times = fit_supervised(model, _arrays(parts.train, idx), _arrays(parts.val), cfg, tick)
-        if name == "vae":
+        if isinstance(model, VAERegime):
             model.fit_regimes(torch.as_tensor(parts.train.x[idx], device=cfg.device),
                               parts.train.up[idx], parts.train.ret[idx], cfg.seed)
     model.cpu()
@@ -259,8 +269,8 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
 def member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: Parts,
                    part: str, cfg: TrainConfig) -> np.ndarray:
     """Logits for every window of ``part`` in the parts' order (symbol by symbol)."""
-    w = getattr(parts, part)
-    if name != "gnn":
+    w = getattr(parts, part)  # not probing: "train", "val" or "test" by name
+    if not isinstance(model, CrossAssetGNN):
         return predict(model, w.x, cfg.device)[:, 0]
     # the graph member sees all symbols of a timestamp together; a window whose timestamp is
     # not shared by every symbol is answered by a one-node graph
@@ -271,7 +281,7 @@ def member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: P
         with torch.no_grad():
             joint = model.forward_panel(torch.as_tensor(X)).numpy()[:, 0].reshape(len(ts), -1)
         offset = 0
-        for k, (d, n) in enumerate(zip(data, parts.sizes[part])):
+        for k, (d, n) in enumerate(zip(data, parts.sizes[part], strict=False)):
             when = d.ts[w.t[offset:offset + n]]
             pos = np.minimum(np.searchsorted(ts, when), len(ts) - 1)
             hit = ts[pos] == when
@@ -280,7 +290,7 @@ def member_logits(model: Member, name: str, data: Sequence[SymbolData], parts: P
     return out
 
 
-def _fit_gnn(model: Member, train: tuple[np.ndarray, ...], val: tuple[np.ndarray, ...],
+def _fit_gnn(model: CrossAssetGNN, train: tuple[np.ndarray, ...], val: tuple[np.ndarray, ...],
              cfg: TrainConfig, tick: Callable[[], None] | None) -> list[float]:
     """``train`` and ``val`` are panels: windows, returns, target-first, has-a-direction
     (the train panel already capped at the preset's windows by ``panel(max_rows=...)``)."""
@@ -294,7 +304,7 @@ def _fit_gnn(model: Member, train: tuple[np.ndarray, ...], val: tuple[np.ndarray
 
     def loss_of(x: torch.Tensor, r: torch.Tensor, u: torch.Tensor,
                 lab: torch.Tensor) -> torch.Tensor:
-        out = model.forward_panel(x)  # type: ignore[attr-defined]
+        out = model.forward_panel(x)
         return direction_loss(out, u.reshape(-1), lab.reshape(-1)) + return_nll(out, r.reshape(-1))
 
     def epoch() -> None:
@@ -327,7 +337,7 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
     meta = {"val": report(st.p_val[lab_v], parts.val.up[lab_v]),
             "test": report(st.p_test[lab_t], parts.test.up[lab_t]),
             "test_static_stacker": report(st.p_test_static[lab_t], parts.test.up[lab_t]),
-            "weights": dict(zip([r.name for r in results], map(float, st.weights))),
+            "weights": dict(zip([r.name for r in results], map(float, st.weights), strict=False)),
             "bias": st.bias,
             "test_reweighted_unconstrained": report(st.p_test_reweighted[lab_t],
                                                     parts.test.up[lab_t]),

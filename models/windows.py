@@ -80,7 +80,7 @@ def expanding_folds(n_rows: int, first_train: int, val: int, embargo: int,
         return []
     edges = [start + span * k // folds for k in range(folds + 1)]
     out = []
-    for a, b in zip(edges, edges[1:]):
+    for a, b in zip(edges, edges[1:], strict=False):
         va = (a - embargo - val, a - embargo)
         out.append(Split((0, va[0] - embargo), va, (a, b)))
     return out

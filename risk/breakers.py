@@ -9,67 +9,21 @@ from __future__ import annotations
 
 import bisect
 from collections import deque
-from dataclasses import dataclass
 from typing import Any, Protocol
 
-from risk.state import TradingState
+from bot.domain import (
+    CandleObs,
+    ClockObs,
+    EquityObs,
+    ExchangeCallObs,
+    FeedObs,
+    PredictionObs,
+    TradeClosedObs,
+    TradingState,
+    Trip,
+)
 
 DAY_MS = 86_400_000
-
-
-@dataclass(frozen=True, slots=True)
-class Trip:
-    breaker: str
-    reason: str
-    target: TradingState | None = None  # None: no state change (cooldown or block only)
-    until: int | None = None  # REDUCING end
-    cooldown_until: int | None = None
-    block: tuple[str, bool] | None = None  # (key, on)
-    retrain: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class EquityObs:
-    ts: int
-    equity: float  # cash + positions marked to market (unrealized P&L included)
-
-
-@dataclass(frozen=True, slots=True)
-class CandleObs:
-    ts: int  # close time
-    symbol: str
-    atr: float
-
-
-@dataclass(frozen=True, slots=True)
-class TradeClosedObs:
-    ts: int
-    symbol: str
-    pnl: float
-
-
-@dataclass(frozen=True, slots=True)
-class ExchangeCallObs:
-    ts: int
-    ok: bool
-
-
-@dataclass(frozen=True, slots=True)
-class PredictionObs:
-    ts: int
-    correct: bool
-
-
-@dataclass(frozen=True, slots=True)
-class ClockObs:
-    now: int
-
-
-@dataclass(frozen=True, slots=True)
-class FeedObs:
-    ts: int
-    stale: bool  # the feed's reads keep failing (True) or data flows again (False)
-    reason: str = ""
 
 
 Observation = (EquityObs | CandleObs | TradeClosedObs | ExchangeCallObs | PredictionObs
@@ -83,8 +37,13 @@ class Breaker(Protocol):
     """Watches one thing. ``state``/``load`` carry its window through the ledger, so a
     restart neither resets it nor changes what it would decide."""
 
-    name: str
-    watches: tuple[type, ...]  # the observation types it reads
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def watches(self) -> tuple[type, ...]:
+        """The observation types it reads."""
+        ...
 
     def observe(self, obs: Observation) -> list[Trip]: ...
 
@@ -351,7 +310,7 @@ class ModelDegradationBreaker:
     and a retrain is requested. Inactive without a validation baseline."""
 
     name = "model_degradation"
-    watches = (PredictionObs,)
+    watches: tuple[type, ...] = (PredictionObs,)
 
     def __init__(self, baseline: float | None, drop: float = 0.05, window: int = 200) -> None:
         self.baseline, self.drop = baseline, drop
@@ -387,3 +346,11 @@ class ModelDegradationBreaker:
 
     def reading(self) -> float:
         return sum(self._hits) / len(self._hits) if self._hits else 0.0
+
+    def health(self) -> dict[str, object]:
+        """Live accuracy against the validation baseline, for the scheduled model check."""
+        if self.baseline is None:
+            return {"status": "inactive", "reason": "no validation baseline accuracy"}
+        return {"status": "tripped" if self._tripped else "ok",
+                "live_accuracy": self.reading() if self._hits else None,
+                "baseline": self.baseline, "window": len(self._hits)}

@@ -50,7 +50,9 @@ class MaxNotional:
     def check(self, p: Proposal) -> Verdict:
         if p.reduces or p.quantity * p.price <= self.limit:
             return Verdict(p.quantity)
-        return Verdict(p.market.floor_qty(self.limit / p.price), f"order notional capped at {self.limit}")
+        return Verdict(
+            p.market.floor_qty(self.limit / p.price), f"order notional capped at {self.limit}"
+        )
 
 
 class MaxQuantity:
@@ -78,8 +80,10 @@ class PriceCollar:
             return Verdict(p.quantity)
         off = abs(p.limit_price / p.price - 1)
         if off > self.band:
-            return Verdict(ZERO, f"limit {p.limit_price} is {off:.2%} from last {p.price} "
-                                 f"(collar {self.band:.0%})")
+            return Verdict(
+                ZERO,
+                f"limit {p.limit_price} is {off:.2%} from last {p.price} (collar {self.band:.0%})",
+            )
         return Verdict(p.quantity)
 
 
@@ -100,8 +104,7 @@ class MaxOpenPositions:
 
 
 def _held_symbols(pf: PortfolioView) -> list[str]:
-    positions = getattr(pf, "positions", None)
-    return [x.symbol for x in positions()] if callable(positions) else []
+    return [x.symbol for x in pf.positions()]
 
 
 class MaxExposure:
@@ -123,8 +126,14 @@ class MaxExposure:
         def value(symbol: str) -> Decimal:
             px = pf.price(symbol) or ZERO
             held = abs(pf.position(symbol).quantity) * px
-            working = sum((o.remaining * (o.limit_price or px) for o in pf.working_orders(symbol)
-                           if o.side is Side.BUY), ZERO)
+            working = sum(
+                (
+                    o.remaining * (o.limit_price or px)
+                    for o in pf.working_orders(symbol)
+                    if o.side is Side.BUY
+                ),
+                ZERO,
+            )
             return held + working
 
         symbols = set(_held_symbols(pf)) | {o.symbol for o in pf.working_orders()} | {p.symbol}

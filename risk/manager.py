@@ -11,56 +11,59 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from bot.domain import ZERO, Candle, Fill, MarketSpec, OrderIntent, Position, RiskDecision, Side
+from bot.domain import (
+    ZERO,
+    BreakerReading,
+    Candle,
+    CandleObs,
+    ClockObs,
+    EquityObs,
+    ExchangeCallObs,
+    FeedObs,
+    Fill,
+    KillLevel,
+    MarketSpec,
+    OrderIntent,
+    Position,
+    PredictionObs,
+    Protect,
+    RiskDecision,
+    RiskReport,
+    Side,
+    TradeClosedObs,
+    Transition,
+    Trip,
+)
 from bot.ports import PortfolioView
 from risk.breakers import (
-    Breaker, CandleObs, ClockObs, ConsecutiveLossBreaker, DailyLossBreaker, DrawdownBreaker,
-    EquityObs, ExchangeCallObs, ExchangeErrorBreaker, FeedObs, ModelDegradationBreaker,
+    Breaker,
+    ConsecutiveLossBreaker,
+    DailyLossBreaker,
+    DrawdownBreaker,
+    ExchangeErrorBreaker,
+    ModelDegradationBreaker,
     Observation,
-    PredictionObs, StaleDataBreaker, TradeClosedObs, Trip, VolatilityBreaker,
+    StaleDataBreaker,
+    VolatilityBreaker,
 )
 from risk.controls import (
-    Control, MaxExposure, MaxNotional, MaxOpenPositions, MaxQuantity, OrderRateThrottle,
-    PriceCollar, Proposal, VenueMinimums,
+    Control,
+    MaxExposure,
+    MaxNotional,
+    MaxOpenPositions,
+    MaxQuantity,
+    OrderRateThrottle,
+    PriceCollar,
+    Proposal,
+    VenueMinimums,
 )
 from risk.settings import RiskSettings
 from risk.sizing import SizingInputs, SizingParams, size_entry
-from risk.state import KillLevel, RiskState, StateMachine, Transition
+from risk.state import RiskState, StateMachine
 from risk.stops import StopLevels
-
-
-@dataclass(frozen=True, slots=True)
-class Protect:
-    """What a position needs at the venue: a stop at ``stop_price`` (None: no stop), or an
-    exit at market (``exit_reason``)."""
-
-    symbol: str
-    stop_price: Decimal | None = None
-    exit_reason: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class BreakerReading:
-    """One breaker's current reading against its limit, for ``stackbot status``."""
-
-    name: str
-    reading: float
-    limit: float
-    unit: str  # "share", "count", "ratio"
-
-
-@dataclass
-class RiskReport:
-    """What fired, for the run summary."""
-
-    trips: dict[str, int] = field(default_factory=dict)
-    transitions: list[dict[str, object]] = field(default_factory=list)
-    decisions: dict[str, int] = field(default_factory=dict)
-    retrain_requests: int = 0
 
 
 class RiskManager:
@@ -75,6 +78,8 @@ class RiskManager:
                                    cfg.fixed_risk_per_trade)
         self._errors = ExchangeErrorBreaker(cfg.max_exchange_error_rate, cfg.exchange_error_window)
         self._stale_breaker = StaleDataBreaker(timeframe_ms, cfg.stale_after_timeframes)
+        self._model_breaker = ModelDegradationBreaker(cfg.model_baseline_accuracy,
+                                                      cfg.model_accuracy_drop)
         self.breakers: list[Breaker] = [
             DrawdownBreaker(cfg.drawdown_limit, int(cfg.drawdown_window_days * 86_400_000)),
             DailyLossBreaker(cfg.daily_loss_limit),
@@ -83,7 +88,7 @@ class RiskManager:
             self._errors,
             VolatilityBreaker(cfg.volatility_k, cfg.volatility_window,
                               cfg.volatility_hold_candles * timeframe_ms),
-            ModelDegradationBreaker(cfg.model_baseline_accuracy, cfg.model_accuracy_drop),
+            self._model_breaker,
         ]
         self._watchers: dict[type, list[Breaker]] = {}
         self.throttle = OrderRateThrottle(cfg.max_orders, cfg.max_orders_window_s * 1000)
@@ -117,7 +122,7 @@ class RiskManager:
         price = pf.price(intent.symbol)
         if price is None or price <= 0:
             return RiskDecision(intent, False, ZERO, "no price for the symbol yet")
-        if "reconcile" in self.machine.s.blocks:
+        if "reconcile" in self.machine.current.blocks:
             return RiskDecision(intent, False, ZERO, "ledger and venue disagree: no new orders "
                                 "until they are reconciled")
         held = pf.position(intent.symbol).quantity
@@ -196,8 +201,9 @@ class RiskManager:
             out.append(t)
         last = self._last_call.pop(candle.symbol, None)
         if last is not None and candle.close != last[1]:
-            out += self.observe(PredictionObs(self.now, (last[0] > 0.5) == (candle.close > last[1])),
-                                self.now)
+            out += self.observe(
+                PredictionObs(self.now, (last[0] > 0.5) == (candle.close > last[1])), self.now
+            )
         out += self.observe(CandleObs(candle.close_ts, candle.symbol, atr), self.now)
         return out
 
@@ -224,13 +230,7 @@ class RiskManager:
         return self._apply(trips, self.now) if trips else []
 
     def model_health(self) -> dict[str, object]:
-        b = next(x for x in self.breakers if isinstance(x, ModelDegradationBreaker))
-        if b.baseline is None:
-            return {"status": "inactive", "reason": "no validation baseline accuracy"}
-        hits = list(b._hits)
-        acc = sum(hits) / len(hits) if hits else None
-        return {"status": "tripped" if b._tripped else "ok", "live_accuracy": acc,
-                "baseline": b.baseline, "window": len(hits)}
+        return self._model_breaker.health()
 
     # ---- restart ------------------------------------------------------------------------
     def memory(self) -> dict[str, Any]:
@@ -239,7 +239,8 @@ class RiskManager:
         engine commits it with every unit of work; ``restore`` brings it back, so a restart
         never changes what the manager would decide."""
         return {
-            "machine": self.machine.s.snapshot(), "now": self.now,
+            "machine": self.machine.current.snapshot(),
+            "now": self.now,
             "breakers": {b.name: b.state() for b in self.breakers},
             "atr": dict(self._atr),
             "levels": {s: list(dataclasses.astuple(v)) for s, v in self._levels.items()},
@@ -249,45 +250,51 @@ class RiskManager:
             "orders": self.throttle.state(),
         }
 
-    def restore(self, state: Mapping[str, Any] | None,
-                memory: Mapping[str, Any] | None = None) -> None:
+    def restore(
+        self, state: Mapping[str, Any] | None, memory: Mapping[str, Any] | None = None
+    ) -> None:
         """Carry on from the ledger: the trading state (``state``, which operators may have
         changed while no instance ran) and the rest of ``memory``."""
         m = dict(memory or {})
         snap = state or m.get("machine")
         if snap:
-            self.machine.s = RiskState.restore(dict(snap))
+            self.machine.restore(dict(snap))
         windows = m.get("breakers") or {}
         for b in self.breakers:
             b.load(dict(windows.get(b.name) or {}))
-        self._stale_breaker.adopt_blocks(self.machine.s.blocks)
+        self._stale_breaker.adopt_blocks(self.machine.current.blocks)
         self.now = int(m.get("now", self.now))
         self._atr = {str(k): float(v) for k, v in (m.get("atr") or {}).items()}
-        self._levels = {str(k): StopLevels(*map(float, v))
-                        for k, v in (m.get("levels") or {}).items()}
+        self._levels = {
+            str(k): StopLevels(*map(float, v)) for k, v in (m.get("levels") or {}).items()
+        }
         self._round_trip = {str(k): float(v) for k, v in (m.get("round_trip") or {}).items()}
-        self._last_call = {str(k): (float(v[0]), float(v[1]))
-                           for k, v in (m.get("last_call") or {}).items()}
+        self._last_call = {
+            str(k): (float(v[0]), float(v[1])) for k, v in (m.get("last_call") or {}).items()
+        }
         self._placed_stop = {str(k): float(v) for k, v in (m.get("placed_stop") or {}).items()}
         self.throttle.load(list(m.get("orders") or ()))
 
     def readings(self) -> list[BreakerReading]:
         cfg = self.cfg
-        limits = {"drawdown": (cfg.drawdown_limit, "share"),
-                  "daily_loss": (cfg.daily_loss_limit, "share"),
-                  "consecutive_losses": (float(cfg.consecutive_losses), "count"),
-                  "stale_data": (0.0, "count"),
-                  "exchange_errors": (cfg.max_exchange_error_rate, "share"),
-                  "volatility": (cfg.volatility_k, "ratio"),
-                  "model_degradation": ((cfg.model_baseline_accuracy or 0.0)
-                                        - cfg.model_accuracy_drop, "share")}
-        return [BreakerReading(b.name, b.reading(), *limits[b.name])
-                for b in self.breakers]
+        limits = {
+            "drawdown": (cfg.drawdown_limit, "share"),
+            "daily_loss": (cfg.daily_loss_limit, "share"),
+            "consecutive_losses": (float(cfg.consecutive_losses), "count"),
+            "stale_data": (0.0, "count"),
+            "exchange_errors": (cfg.max_exchange_error_rate, "share"),
+            "volatility": (cfg.volatility_k, "ratio"),
+            "model_degradation": (
+                (cfg.model_baseline_accuracy or 0.0) - cfg.model_accuracy_drop,
+                "share",
+            ),
+        }
+        return [BreakerReading(b.name, b.reading(), *limits[b.name]) for b in self.breakers]
 
     def blocks_explained(self) -> dict[str, str]:
         """Entry blocks an operator's resume does not lift, and what does."""
         why = {}
-        for block in sorted(self.machine.s.blocks):
+        for block in sorted(self.machine.current.blocks):
             if block == "reconcile":
                 why[block] = "ledger and venue disagree: lifts when a reconciliation agrees"
             elif block == "stale:feed":
@@ -313,8 +320,11 @@ class RiskManager:
     def on_fill(self, fill: Fill, before: Position, after: Position) -> list[Protect]:
         """Entries get a stop; a closed position reports its round trip to the breakers."""
         sym = fill.symbol
-        self._round_trip[sym] = (self._round_trip.get(sym, 0.0)
-                                 + float(after.realized_pnl - before.realized_pnl) - float(fill.fee))
+        self._round_trip[sym] = (
+            self._round_trip.get(sym, 0.0)
+            + float(after.realized_pnl - before.realized_pnl)
+            - float(fill.fee)
+        )
         if after.quantity == 0:
             pnl = self._round_trip.pop(sym, 0.0)
             self._levels.pop(sym, None)
@@ -325,8 +335,9 @@ class RiskManager:
             atr = self._atr.get(sym, 0.0)
             if atr <= 0:
                 return []
-            self._levels[sym] = StopLevels.on_entry(float(fill.price), atr, self.cfg.k_stop,
-                                                    self.cfg.k_target)
+            self._levels[sym] = StopLevels.on_entry(
+                float(fill.price), atr, self.cfg.k_stop, self.cfg.k_target
+            )
             self._placed_stop[sym] = self._levels[sym].stop
         levels = self._levels.get(sym)
         if levels is None or not self.venue_stops:
@@ -342,8 +353,9 @@ class RiskManager:
             return [Protect(candle.symbol, exit_reason=f"take-profit at {levels.target:.8g}")]
         if hit == "stop" and not self.venue_stops:
             return [Protect(candle.symbol, exit_reason=f"stop (watched) at {levels.stop:.8g}")]
-        trailed = levels.trail(candle.high, self._atr.get(candle.symbol, levels.atr),
-                               self.cfg.k_chandelier)
+        trailed = levels.trail(
+            candle.high, self._atr.get(candle.symbol, levels.atr), self.cfg.k_chandelier
+        )
         self._levels[candle.symbol] = trailed
         # move the venue's stop only in steps worth an order (a quarter ATR), not every tick
         moved = trailed.stop - self._placed_stop.get(candle.symbol, levels.stop)
@@ -351,4 +363,3 @@ class RiskManager:
             self._placed_stop[candle.symbol] = trailed.stop
             return [Protect(candle.symbol, stop_price=Decimal(repr(trailed.stop)))]
         return []
-

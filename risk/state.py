@@ -16,34 +16,11 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
-
-class TradingState(StrEnum):
-    ACTIVE = "ACTIVE"
-    REDUCING = "REDUCING"
-    HALTED = "HALTED"
-
-
-class KillLevel(StrEnum):
-    PAUSE = "pause"
-    CANCEL = "cancel"
-    FLATTEN = "flatten"
-
+from bot.domain import KillLevel, TradingState, Transition
 
 _RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class Transition:
-    before: TradingState
-    after: TradingState
-    reason: str
-    source: str  # breaker name, "operator", "kill", "clock"
-    ts: int
-    operator: str | None = None
-    kill_level: KillLevel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,34 +54,39 @@ class RiskState:
 
 class StateMachine:
     def __init__(self, state: RiskState | None = None) -> None:
-        self.s = state or RiskState()
+        self.current = state or RiskState()
 
     @property
     def state(self) -> TradingState:
-        return self.s.state
+        return self.current.state
 
     # ---- what may pass ----------------------------------------------------------------
     def entries_allowed(self, now: int) -> bool:
-        if self.s.state is not TradingState.ACTIVE or self.s.blocks:
+        if self.current.state is not TradingState.ACTIVE or self.current.blocks:
             return False
-        return self.s.cooldown_until is None or now >= self.s.cooldown_until
+        return self.current.cooldown_until is None or now >= self.current.cooldown_until
 
     def permits(self, reduces: bool, now: int) -> bool:
         """Orders that reduce exposure (and cancels) always pass; entries only when allowed."""
         return reduces or self.entries_allowed(now)
 
     def entry_block_reason(self, now: int) -> str:
-        if self.s.state is not TradingState.ACTIVE:
-            return f"{self.s.state.value}: {self.s.reason}"
-        if self.s.blocks:
-            return "entries blocked: " + ", ".join(sorted(self.s.blocks))
-        return f"cooldown until {self.s.cooldown_until}"
+        if self.current.state is not TradingState.ACTIVE:
+            return f"{self.current.state.value}: {self.current.reason}"
+        if self.current.blocks:
+            return "entries blocked: " + ", ".join(sorted(self.current.blocks))
+        return f"cooldown until {self.current.cooldown_until}"
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Take up a state the ledger kept (a restart)."""
+        self.current = RiskState.restore(snapshot)
 
     # ---- events -----------------------------------------------------------------------
     def _move(self, after: TradingState, reason: str, source: str, ts: int,
               **changes: Any) -> Transition | None:
-        before = self.s.state
-        self.s = dataclasses.replace(self.s, state=after, reason=reason, since_ts=ts, **changes)
+        before = self.current.state
+        self.current = dataclasses.replace(self.current, state=after, reason=reason,
+                                           since_ts=ts, **changes)
         if before is after and source not in ("kill", "operator"):
             return None
         return Transition(before, after, reason, source, ts, changes.get("operator"),
@@ -113,13 +95,13 @@ class StateMachine:
     def trip(self, target: TradingState, reason: str, source: str, ts: int,
              until: int | None = None) -> Transition | None:
         """A breaker fired. Never lowers the state: REDUCING does not undo HALTED."""
-        if _RANK[target] < _RANK[self.s.state]:
+        if _RANK[target] < _RANK[self.current.state]:
             return None
-        if target is self.s.state:
+        if target is self.current.state:
             if target is TradingState.REDUCING and until is not None:
-                current = self.s.reducing_until
+                current = self.current.reducing_until
                 if current is not None and until > current:
-                    self.s = dataclasses.replace(self.s, reducing_until=until)
+                    self.current = dataclasses.replace(self.current, reducing_until=until)
             return None
         return self._move(target, reason, source, ts,
                           reducing_until=until if target is TradingState.REDUCING else None)
@@ -140,22 +122,22 @@ class StateMachine:
 
     def tick(self, now: int) -> Transition | None:
         """Time passes: a REDUCING with an end expires; a cooldown ends."""
-        if self.s.cooldown_until is not None and now >= self.s.cooldown_until:
-            self.s = dataclasses.replace(self.s, cooldown_until=None)
-        until = self.s.reducing_until
-        if self.s.state is TradingState.REDUCING and until is not None and now >= until:
+        if self.current.cooldown_until is not None and now >= self.current.cooldown_until:
+            self.current = dataclasses.replace(self.current, cooldown_until=None)
+        until = self.current.reducing_until
+        if self.current.state is TradingState.REDUCING and until is not None and now >= until:
             return self._move(TradingState.ACTIVE, "reducing period over", "clock", now,
                               reducing_until=None)
         return None
 
     def cooldown(self, until: int) -> None:
-        current = self.s.cooldown_until or 0
-        self.s = dataclasses.replace(self.s, cooldown_until=max(current, until))
+        current = self.current.cooldown_until or 0
+        self.current = dataclasses.replace(self.current, cooldown_until=max(current, until))
 
     def block(self, key: str, on: bool) -> bool:
         """Set or clear an entry block; True when it changed."""
-        blocks = set(self.s.blocks)
+        blocks = set(self.current.blocks)
         changed = (key in blocks) != on
         (blocks.add if on else blocks.discard)(key)
-        self.s = dataclasses.replace(self.s, blocks=frozenset(blocks))
+        self.current = dataclasses.replace(self.current, blocks=frozenset(blocks))
         return changed

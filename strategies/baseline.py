@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bot.domain import Candle, Gap, OrderIntent, Side, Signal
-from bot.ports import PortfolioView
+from bot.ports import PortfolioView, PromotedModel
 
 SOURCE = "ema_cross"
 
@@ -77,6 +77,9 @@ class EmaCrossSignal:
         """History before trading starts: update the averages, emit nothing."""
         for c in candles:
             self.update(c)
+
+    def swap(self, model: PromotedModel) -> bool:
+        return False  # no trained model to replace
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         out = []

@@ -7,9 +7,9 @@ import asyncio
 import os
 import socket
 import uuid
-from typing import Any
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import numpy as np
 
-from bot.domain import Candle, timeframe_ms
-from bot.feeds.files import CandleSeries, write_csv
+from bot.domain import Candle, CandleSeries, timeframe_ms
+from bot.feeds.files import write_csv
 from bot.sim.binance import synthetic_candles
 
 T0 = 1_600_000_000_000 - 1_600_000_000_000 % 3_600_000  # aligned to the hour
@@ -27,7 +27,9 @@ def write_series(dir_: Path, symbol: str = "BTC/USDT", n: int = 500, timeframe: 
     if fmt == "csv":
         write_csv(path, rows)
     else:
-        path.write_text(json.dumps([[c.ts, c.open, c.high, c.low, c.close, c.volume] for c in rows]))
+        path.write_text(
+            json.dumps([[c.ts, c.open, c.high, c.low, c.close, c.volume] for c in rows])
+        )
     return path
 
 
@@ -45,16 +47,16 @@ def backtest_parts(dir_: Path, db_url: str, n: int, seed: int):  # type: ignore[
     from bot.feeds.replay import ReplayFeed
 
     path = write_series(dir_, "BTC/USDT", n, seed=seed)
-    settings = load_settings(overrides={"database": {"url": db_url}, "timeframe": "1h"},
-                             environ={})
+    settings = load_settings(overrides={"database": {"url": db_url}, "timeframe": "1h"}, environ={})
     clock = SimulatedClock()
     feed = ReplayFeed([load_candle_file(path, "1h")])
     p = settings.paper
     return settings, clock, feed, PaperBroker(static_markets(), clock, p.quote, p.starting_balance)
 
 
-def ar1_series(n: int, phi: float = 0.0, seed: int = 0, symbol: str = "SYN/USDT",
-               gap_at: int | None = None) -> CandleSeries:
+def ar1_series(
+    n: int, phi: float = 0.0, seed: int = 0, symbol: str = "SYN/USDT", gap_at: int | None = None
+) -> CandleSeries:
     """Candles whose log returns follow r_t = phi * r_(t-1) + noise (phi = 0: pure noise)."""
     rng = np.random.default_rng(seed)
     r = np.zeros(n)
@@ -69,7 +71,10 @@ def ar1_series(n: int, phi: float = 0.0, seed: int = 0, symbol: str = "SYN/USDT"
             ts += 5 * H
         o = close[i - 1] if i else close[0]
         c = close[i]
-        hi, lo = max(o, c) * (1 + abs(rng.normal(0, 0.002))), min(o, c) * (1 - abs(rng.normal(0, 0.002)))
+        hi, lo = (
+            max(o, c) * (1 + abs(rng.normal(0, 0.002))),
+            min(o, c) * (1 - abs(rng.normal(0, 0.002))),
+        )
         candles.append(Candle(symbol, "1h", ts, o, hi, lo, c, float(rng.uniform(1, 10))))
         ts += H
     return CandleSeries(Path("synthetic"), symbol, "1h", candles, [], False)

@@ -4,16 +4,30 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
-from bot.domain import Candle
+from bot.domain import (
+    Candle,
+    CandleObs,
+    ClockObs,
+    EquityObs,
+    ExchangeCallObs,
+    PredictionObs,
+    TradeClosedObs,
+    TradingState,
+)
 from risk.breakers import (
-    DAY_MS, CandleObs, ClockObs, ConsecutiveLossBreaker, DailyLossBreaker, DrawdownBreaker,
-    EquityObs, ExchangeCallObs, ExchangeErrorBreaker, ModelDegradationBreaker, PredictionObs,
-    StaleDataBreaker, TradeClosedObs, VolatilityBreaker, next_utc_midnight,
+    DAY_MS,
+    ConsecutiveLossBreaker,
+    DailyLossBreaker,
+    DrawdownBreaker,
+    ExchangeErrorBreaker,
+    ModelDegradationBreaker,
+    StaleDataBreaker,
+    VolatilityBreaker,
+    next_utc_midnight,
 )
 from risk.manager import RiskManager
 from risk.settings import RiskSettings
 from risk.sizing import SizingInputs, SizingParams, size_entry
-from risk.state import TradingState
 from risk.stops import StopLevels
 
 H = 3_600_000
@@ -36,7 +50,9 @@ def test_daily_loss_reduces_until_next_utc_midnight() -> None:
     t0 = 10 * DAY_MS + 3 * H
     assert b.observe(EquityObs(t0, 1000.0)) == []
     [trip] = b.observe(EquityObs(t0 + H, 960.0))
-    assert trip.target is TradingState.REDUCING and trip.until == next_utc_midnight(t0) == 11 * DAY_MS
+    assert (
+        trip.target is TradingState.REDUCING and trip.until == next_utc_midnight(t0) == 11 * DAY_MS
+    )
     assert b.observe(EquityObs(11 * DAY_MS + H, 960.0)) == []  # a new day, a new baseline
 
 
@@ -87,8 +103,14 @@ def test_model_degradation_reduces_and_requests_retrain() -> None:
 
 
 def test_sizing_disagreement_shrinks_and_costs_gate() -> None:
-    k = SizingParams(kelly_fraction=0.5, k_stop=2, k_target=3, max_risk_per_trade=1.0,
-                     round_trip_cost=0.002, disagreement_limit=0.2)
+    k = SizingParams(
+        kelly_fraction=0.5,
+        k_stop=2,
+        k_target=3,
+        max_risk_per_trade=1.0,
+        round_trip_cost=0.002,
+        disagreement_limit=0.2,
+    )
     base = size_entry(SizingInputs(10_000, 100, 2, 0.6, 0.0), k)
     half = size_entry(SizingInputs(10_000, 100, 2, 0.6, 0.1), k)
     none = size_entry(SizingInputs(10_000, 100, 2, 0.6, 0.2), k)

@@ -13,9 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from bot.bus.signing import Command, Rejection, sign, verify
-from bot.control import CommandGate
-from bot.domain import Candle, Fill, Position, Side
-from bot.ports import ControlRequest
+from bot.command_gate import CommandGate
+from bot.domain import Candle, ControlRequest, Fill, Position, Side
 from risk.manager import RiskManager
 from risk.settings import RiskSettings
 
@@ -125,7 +124,8 @@ async def test_a_command_for_one_instance_is_refused_by_another_sharing_the_secr
     raw = message(ts=now, nonce="x1", instance="A", account="A:live:binance")
     assert (await a.handle("kill", raw))["verdict"] == "accepted"
     ack = await b.handle("kill", raw)
-    assert ack["verdict"] == "rejected" and "signed for instance 'A', not this one ('B')" in ack["reason"]
+    assert ack["verdict"] == "rejected"
+    assert "signed for instance 'A', not this one ('B')" in ack["reason"]
     assert [r.action for r in a_engine.requests] == ["kill"]
     assert [r.action for r in b_engine.requests] == ["reject"]  # audited as refused
     # re-signing for B needs the secret: changing the field alone breaks the signature
@@ -139,7 +139,7 @@ async def test_a_flood_of_bad_messages_adds_a_few_audit_rows_a_minute() -> None:
     """Anyone who can publish can send garbage. 10,000 unsigned messages within a minute are
     audited as at most 5 rows: the first three one by one, then one summary with the counts
     by reason and the first claimed sender, written when the minute ends."""
-    from bot.control import MINUTE_MS, REJECTIONS_AUDITED_PER_MINUTE
+    from bot.command_gate import MINUTE_MS, REJECTIONS_AUDITED_PER_MINUTE
 
     t = [60 * MINUTE_MS * 1000]  # the start of a minute
     engine = RecordingEngine()
@@ -154,7 +154,7 @@ async def test_a_flood_of_bad_messages_adds_a_few_audit_rows_a_minute() -> None:
     await gate.handle("kill", b"{}")
     rows = engine.requests
     assert len(rows) == REJECTIONS_AUDITED_PER_MINUTE + 2
-    first_minute = rows[:REJECTIONS_AUDITED_PER_MINUTE + 1]
+    first_minute = rows[: REJECTIONS_AUDITED_PER_MINUTE + 1]
     assert len(first_minute) <= 5
     summary = first_minute[-1]
     assert summary.action == "reject" and summary.command_id is not None
@@ -163,7 +163,7 @@ async def test_a_flood_of_bad_messages_adds_a_few_audit_rows_a_minute() -> None:
 
 
 async def test_a_minute_of_rejections_is_summarised_even_if_nothing_follows() -> None:
-    from bot.control import REJECTIONS_AUDITED_PER_MINUTE
+    from bot.command_gate import REJECTIONS_AUDITED_PER_MINUTE
 
     now = int(time.time() * 1000)
     engine = RecordingEngine()

@@ -26,7 +26,14 @@ from bot.sim.binance import build, start_server
 from bot.sim.faults import FaultPlan
 from tests.conftest import fetch, plain_url
 from tests.fault_helpers import (
-    KEY, LIVE_ENV, SECRET, SYMBOLS, AuditWitness, assert_no_secrets, check_books, live_cmd,
+    KEY,
+    LIVE_ENV,
+    SECRET,
+    SYMBOLS,
+    AuditWitness,
+    assert_no_secrets,
+    check_books,
+    live_cmd,
     live_config,
 )
 from tests.live_helpers import spawn_logged, stop, until
@@ -120,6 +127,6 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
 
 
 async def _settled(sim: object) -> bool:
-    acct = getattr(sim, "account")
+    acct = sim.account
     return all(o.type == "STOP_LOSS" for o in acct.orders.values()
                if o.status in ("NEW", "PARTIALLY_FILLED"))

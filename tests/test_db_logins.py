@@ -130,24 +130,30 @@ def test_compose_split_the_bot_holds_only_the_login(fresh_db: str, tmp_path: Pat
         assert asyncio.run(_attempts(login, ["RESET ROLE", "DELETE FROM audit_events"])) == \
             ["done", "InsufficientPrivilegeError"]
     finally:
-        asyncio.run(_attempts(fresh_db, [f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"']))
+        asyncio.run(_attempts(fresh_db, [f'DROP OWNED BY "{role}"',
+                                         f'DROP ROLE IF EXISTS "{role}"']))
 
 
 def test_a_login_that_could_become_the_owner_is_refused(fresh_db: str) -> None:
     owner = user_of(fresh_db)
     role = f"sb_bad_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_attempts(fresh_db, [f'CREATE ROLE "{role}" LOGIN', f'GRANT "{owner}" TO "{role}"']))
+    asyncio.run(
+        _attempts(fresh_db, [f'CREATE ROLE "{role}" LOGIN', f'GRANT "{owner}" TO "{role}"'])
+    )
     try:
         with pytest.raises(LedgerError, match="member of the owner"):
             asyncio.run(prepare(database_logins(_with_login(fresh_db, role), fresh_db, role)))
     finally:
-        asyncio.run(_attempts(fresh_db, [f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"']))
+        asyncio.run(
+            _attempts(fresh_db, [f'DROP OWNED BY "{role}"', f'DROP ROLE IF EXISTS "{role}"'])
+        )
 
 
 def test_which_url_is_which() -> None:
     owner, login = "postgresql://own:o1@h/db", "postgresql://stackbot_app:p1@h/db"
-    assert database_logins(login, owner, "stackbot_app") == \
-        type(database_logins(login, owner, "stackbot_app"))(owner, login, "stackbot_app", "p1")
+    assert database_logins(login, owner, "stackbot_app") == type(
+        database_logins(login, owner, "stackbot_app")
+    )(owner, login, "stackbot_app", "p1")
     assert database_logins(login, None, "stackbot_app").owner is None
     derived = database_logins(owner, None, "stackbot_app")
     assert derived.owner == owner and derived.service == "postgresql://stackbot_app@h/db"

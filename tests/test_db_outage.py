@@ -18,7 +18,14 @@ import pytest
 from bot.sim.binance import build, start_server
 from tests.conftest import fetch
 from tests.fault_helpers import (
-    KEY, LIVE_ENV, SECRET, SYMBOLS, AuditWitness, assert_no_secrets, check_books, live_cmd,
+    KEY,
+    LIVE_ENV,
+    SECRET,
+    SYMBOLS,
+    AuditWitness,
+    assert_no_secrets,
+    check_books,
+    live_cmd,
     live_config,
 )
 from tests.live_helpers import spawn_logged, stop, until

@@ -7,11 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from bot.app import drive
-from bot.domain import Mode
+from bot.domain import Mode, UnitOfWork
 from bot.engine import Engine
 from bot.feeds.replay import ReplayFeed
 from bot.ledger.repository import PostgresLedger
-from bot.ports import UnitOfWork
 from tests.conftest import fetch
 from tests.helpers import backtest_parts
 

@@ -12,7 +12,12 @@ from bot.config import ExchangeSettings
 from bot.errors import ExchangeUnavailable, FatalExchangeError, OrderAction, ReadAction
 from bot.exchange.client import make_exchange
 from bot.exchange.policy import (
-    RULES, ccxt_classes, policy_for, policy_table, translate, venue_codes,
+    RULES,
+    ccxt_classes,
+    policy_for,
+    policy_table,
+    translate,
+    venue_codes,
 )
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "faults.md"

@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 
 from bot.config import load_settings
-from bot.domain import Candle
-from bot.feeds.files import CandleSeries
-from models.evaluate_run import buy_and_hold, round_trip_cost
+from bot.domain import Candle, CandleSeries
+from bot.evaluation import buy_and_hold, round_trip_cost
 
 H = 3_600_000
 

@@ -26,10 +26,16 @@ from bot.sim.binance import SimBinance, build, start_server
 from bot.sim.faults import KINDS, FaultPlan
 from tests.conftest import fetch
 from tests.fault_helpers import (
-    KEY, LIVE_ENV, SECRET, SYMBOLS, AuditWitness, assert_no_secrets, check_books, live_cmd,
+    KEY,
+    LIVE_ENV,
+    SECRET,
+    SYMBOLS,
+    AuditWitness,
+    assert_no_secrets,
+    check_books,
+    live_cmd,
     live_config,
 )
-
 from tests.live_helpers import spawn_logged, stop, until
 
 # the failures Binance documents, each to be seen at least MIN_EACH times

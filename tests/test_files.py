@@ -30,8 +30,18 @@ FAULTS = [
     ("nan price", 3, [T0 + 2 * H, "nan", 102, 99, 101, 10], "open is nan"),
     ("zero price", 3, [T0 + 2 * H, 100, 102, 99, 0, 10], "close is not positive"),
     ("negative price", 3, [T0 + 2 * H, 100, 102, -1, 101, 10], "low is not positive"),
-    ("high below body", 3, [T0 + 2 * H, 100, 100.5, 99, 101, 10], "high 100.5 is below max(open, close)"),
-    ("low above body", 3, [T0 + 2 * H, 100, 102, 100.5, 101, 10], "low 100.5 is above min(open, close)"),
+    (
+        "high below body",
+        3,
+        [T0 + 2 * H, 100, 100.5, 99, 101, 10],
+        "high 100.5 is below max(open, close)",
+    ),
+    (
+        "low above body",
+        3,
+        [T0 + 2 * H, 100, 102, 100.5, 101, 10],
+        "low 100.5 is above min(open, close)",
+    ),
     ("negative volume", 3, [T0 + 2 * H, 100, 102, 99, 101, -5], "volume is negative"),
     ("duplicate timestamp", 3, [T0 + 1 * H, 100, 102, 99, 101, 10], "duplicate timestamp"),
     ("out of order", 3, [T0 + 0 * H, 100, 102, 99, 101, 10], "out of order"),
@@ -43,8 +53,9 @@ FAULTS = [
 
 
 @pytest.mark.parametrize("label,row_no,row,reason", FAULTS, ids=[f[0] for f in FAULTS])
-def test_each_fault_names_file_row_and_reason(tmp_path: Path, label: str, row_no: int,
-                                              row: list[object], reason: str) -> None:
+def test_each_fault_names_file_row_and_reason(
+    tmp_path: Path, label: str, row_no: int, row: list[object], reason: str
+) -> None:
     rows = [list(r) for r in GOOD]
     rows[row_no - 1] = row
     path = _csv(tmp_path, rows)
@@ -81,11 +92,16 @@ def test_freqtrade_json_drops_the_forming_last_row(tmp_path: Path) -> None:
 
 def test_feather_round_trip(tmp_path: Path) -> None:
     rows = candles(n=30)
-    table = pa.table({
-        "date": pa.array([c.ts for c in rows], type=pa.timestamp("ms", tz="UTC")),
-        "open": [c.open for c in rows], "high": [c.high for c in rows],
-        "low": [c.low for c in rows], "close": [c.close for c in rows],
-        "volume": [c.volume for c in rows]})
+    table = pa.table(
+        {
+            "date": pa.array([c.ts for c in rows], type=pa.timestamp("ms", tz="UTC")),
+            "open": [c.open for c in rows],
+            "high": [c.high for c in rows],
+            "low": [c.low for c in rows],
+            "close": [c.close for c in rows],
+            "volume": [c.volume for c in rows],
+        }
+    )
     path = tmp_path / "ETH_USDT-1h.feather"
     feather.write_feather(table, str(path))
     series = load_candle_file(path, "1h")
@@ -96,8 +112,8 @@ def test_feather_round_trip(tmp_path: Path) -> None:
 
 def test_json_with_nan_names_row(tmp_path: Path) -> None:
     path = tmp_path / "BTC_USDT-1h.json"
-    path.write_text('[[%d, 1, 2, 0.5, 1.5, 3], [%d, NaN, 2, 0.5, 1.5, 3], [%d, 1, 2, 0.5, 1.5, 3]]'
-                    % (T0, T0 + H, T0 + 2 * H))
+    path.write_text(f"[[{T0}, 1, 2, 0.5, 1.5, 3], [{T0 + H}, NaN, 2, 0.5, 1.5, 3], "
+                    f"[{T0 + 2 * H}, 1, 2, 0.5, 1.5, 3]]")
     with pytest.raises(DataError, match=r"row 2: open is nan"):
         load_candle_file(path, "1h")
 

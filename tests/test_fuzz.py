@@ -3,6 +3,7 @@ a reason; nothing crashes; a refused candle file writes nothing."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import tomllib
 from pathlib import Path
@@ -37,13 +38,19 @@ def test_fuzzed_candles_are_valid_or_refused_with_a_row_and_reason(batch: list) 
         assert min(c.open, c.high, c.low, c.close) > 0 and c.volume >= 0
         assert c.high >= max(c.open, c.close) and c.low <= min(c.open, c.close)
         assert all(math.isfinite(v) for v in (c.open, c.high, c.low, c.close, c.volume))
-    assert all(b.ts > a.ts for a, b in zip(candles, candles[1:]))
+    assert all(b.ts > a.ts for a, b in zip(candles, candles[1:], strict=False))
     assert all(g.missing >= 1 for g in gaps)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(st.lists(st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=8), st.none()),
-                         max_size=7), max_size=20))
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    st.lists(
+        st.lists(st.one_of(st.integers(), st.floats(), st.text(max_size=8), st.none()), max_size=7),
+        max_size=20,
+    )
+)
 def test_fuzzed_json_files_never_crash(tmp_path: Path, content: list) -> None:
     import json
 
@@ -55,31 +62,54 @@ def test_fuzzed_json_files_never_crash(tmp_path: Path, content: list) -> None:
         assert str(path) in str(exc)
 
 
-keys = st.sampled_from(["mode", "timeframe", "symbols", "instance", "risk", "exchange", "paper",
-                        "mqtt", "jobs", "bogus", "risk.kelly_fraction", "exchange.poll_interval",
-                        "paper.starting_balance", "mqtt.port", "strategy.name"])
-values = st.one_of(st.integers(-5, 10**6), st.floats(allow_nan=False), st.text(max_size=10),
-                   st.booleans())
+keys = st.sampled_from(
+    [
+        "mode",
+        "timeframe",
+        "symbols",
+        "instance",
+        "risk",
+        "exchange",
+        "paper",
+        "mqtt",
+        "jobs",
+        "bogus",
+        "risk.kelly_fraction",
+        "exchange.poll_interval",
+        "paper.starting_balance",
+        "mqtt.port",
+        "strategy.name",
+    ]
+)
+values = st.one_of(
+    st.integers(-5, 10**6), st.floats(allow_nan=False), st.text(max_size=10), st.booleans()
+)
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(st.dictionaries(keys, values, max_size=6))
 def test_fuzzed_config_files_load_or_name_the_problem(tmp_path: Path, entries: dict) -> None:
     lines: dict[str, list[str]] = {"": []}
     for k, v in entries.items():
         section, _, key = k.rpartition(".")
-        lit = repr(v).lower() if isinstance(v, bool) else (f'"{v}"' if isinstance(v, str) else
-                                                           repr(v))
+        lit = (
+            repr(v).lower()
+            if isinstance(v, bool)
+            else (f'"{v}"' if isinstance(v, str) else repr(v))
+        )
         lit = lit.replace("\\", "\\\\") if isinstance(v, str) else lit
         lines.setdefault(section, []).append(f"{key} = {lit}")
-    text = "\n".join(lines.pop("")) + "\n" + "".join(
-        f"\n[{sec}]\n" + "\n".join(body) + "\n" for sec, body in lines.items())
+    text = (
+        "\n".join(lines.pop(""))
+        + "\n"
+        + "".join(f"\n[{sec}]\n" + "\n".join(body) + "\n" for sec, body in lines.items())
+    )
     path = tmp_path / "fuzz.toml"
     path.write_text(text)
-    try:
+    with contextlib.suppress(tomllib.TOMLDecodeError):
         tomllib.loads(text)
-    except tomllib.TOMLDecodeError:
-        pass
     try:
         s = load_settings(path, environ={})
     except ConfigError as exc:
@@ -89,15 +119,25 @@ def test_fuzzed_config_files_load_or_name_the_problem(tmp_path: Path, entries: d
 
 
 @settings(max_examples=2000, deadline=None)
-@given(st.sampled_from(["kill", "resume", "status", "nuke", ""]),
-       st.dictionaries(st.sampled_from(["id", "ts", "nonce", "operator", "reason", "level", "sig",
-                                        "x"]),
-                       st.one_of(st.text(max_size=12), st.integers(), st.none(), st.booleans()),
-                       max_size=8))
+@given(
+    st.sampled_from(["kill", "resume", "status", "nuke", ""]),
+    st.dictionaries(
+        st.sampled_from(["id", "ts", "nonce", "operator", "reason", "level", "sig", "x"]),
+        st.one_of(st.text(max_size=12), st.integers(), st.none(), st.booleans()),
+        max_size=8,
+    ),
+)
 def test_fuzzed_commands_are_refused_with_a_reason(action: str, body: dict) -> None:
     import json
 
-    verdict = verify(action, json.dumps(body).encode(), "secret-key-1234", 1_800_000_000_000,
-                     set(), instance="default", account="default:paper:binance")
+    verdict = verify(
+        action,
+        json.dumps(body).encode(),
+        "secret-key-1234",
+        1_800_000_000_000,
+        set(),
+        instance="default",
+        account="default:paper:binance",
+    )
     assert not isinstance(verdict, Command)  # nobody can forge a signature by chance
     assert isinstance(verdict, Rejection) and verdict.reason

@@ -9,11 +9,10 @@ from pathlib import Path
 
 from bot.app import drive
 from bot.config import JobSettings
-from bot.domain import Mode
+from bot.domain import ControlRequest, Mode
 from bot.engine import Engine
 from bot.jobs import build_scheduler
 from bot.ledger.repository import PostgresLedger
-from bot.ports import ControlRequest
 from tests.conftest import fetch
 from tests.helpers import backtest_parts
 

@@ -9,20 +9,19 @@ import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
-from bot.domain import AuditEvent, Fill, Side
+from bot.domain import AuditEvent, Fill, Side, UnitOfWork
 from bot.errors import ConfigError, LedgerError
 from bot.ledger.migrate import head_revision, upgrade
 from bot.ledger.repository import PostgresLedger, make_engine
 from bot.ledger.tables import Base
 from bot.ledger.urls import async_url, plain_url
-from bot.ports import UnitOfWork
 from tests.conftest import fetch
 
 
 def test_head_constant_matches_alembic() -> None:
     from bot.ledger.migrate import HEAD
 
-    assert HEAD == head_revision()
+    assert head_revision() == HEAD
 
 
 async def test_migrations_create_exactly_the_model_schema(fresh_db: str) -> None:

@@ -190,11 +190,16 @@ async def test_websocket_feed_survives_drops_and_stalls(sim: tuple[SimBinance, i
 
                         asyncio.get_running_loop().create_task(speak_again())
                     continue
-                candles = ev.candles if isinstance(ev, Warmup) else ev if isinstance(ev, tuple) else ()
+                candles = (ev.candles if isinstance(ev, Warmup)
+                           else ev if isinstance(ev, tuple) else ())
                 for c in candles:
                     final = [f for f in s.series[c.symbol.replace("/", "")] if f.ts == c.ts][0]
-                    assert (c.open, c.high, c.low, c.close) == (final.open, final.high, final.low,
-                                                                final.close)
+                    assert (c.open, c.high, c.low, c.close) == (
+                        final.open,
+                        final.high,
+                        final.low,
+                        final.close,
+                    )
                     seen[c.symbol].append(c.ts)
                 if isinstance(ev, tuple):
                     live += 1
@@ -205,8 +210,12 @@ async def test_websocket_feed_survives_drops_and_stalls(sim: tuple[SimBinance, i
     finally:
         await ex.close()
     # the drop and the silence: two fallbacks to REST, two returns to the websocket
-    assert states[:4] == [FeedState.FALLBACK, FeedState.WS_RESTORED, FeedState.FALLBACK,
-                          FeedState.WS_RESTORED], states
+    assert states[:4] == [
+        FeedState.FALLBACK,
+        FeedState.WS_RESTORED,
+        FeedState.FALLBACK,
+        FeedState.WS_RESTORED,
+    ], states
     assert feed.fallbacks == 2 and feed.source == "ws"
     for ts in seen.values():
         assert ts == sorted(ts) and len(ts) == len(set(ts))
@@ -236,12 +245,15 @@ def test_a_candle_closes_on_the_venues_clock_not_ours() -> None:
     ahead = feed_with(now, 30_000)
     assert ahead.exchange_now() == now + 30_000
     rows = [row(99 * M), row(100 * M)]
-    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(rows, ahead.exchange_now())] \
-        == [99 * M, 100 * M]
+    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(rows, ahead.exchange_now())] == [
+        99 * M,
+        100 * M,
+    ]
     assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(rows, now)] == [99 * M]
     now = 100 * M + 10_000  # the candle opened at 99 M ended 10 s ago
     behind = feed_with(now, -30_000)
     late = [row(98 * M), row(99 * M)]
-    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(late, behind.exchange_now())] \
-        == [98 * M]
+    assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(late, behind.exchange_now())] == [
+        98 * M
+    ]
     assert [c.ts for c in CloseTracker("BTC/USDT", "1m").closed(late, now)] == [98 * M, 99 * M]

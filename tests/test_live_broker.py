@@ -112,16 +112,31 @@ async def test_resting_limit_order_is_polled_until_filled(
     assert cancelled.order.status is OrderStatus.CANCELLED
 
 
-async def test_protective_stop_rests_at_the_venue(venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+async def test_protective_stop_rests_at_the_venue(
+        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
     """Stops are placed on the exchange (Binance STOP_LOSS via ccxt's triggerPrice)."""
     sim, _, broker = venue
     await broker.submit(market_order("0.05", ts=6))  # something to protect
     price = sim.price("BTCUSDT")
     assert price is not None
     cid = client_order_id("acct", "BTC/USDT", 7, "sell:stop")
-    stop = Order(cid, "acct", "run", "BTC/USDT", Side.SELL, OrderType.STOP, D("0.05"),
-                 OrderStatus.PENDING_SUBMIT, 0, 0, 7, "v", "protective stop",
-                 stop_price=(price * D("0.5")).quantize(D("0.01")), reduce_only=True)
+    stop = Order(
+        cid,
+        "acct",
+        "run",
+        "BTC/USDT",
+        Side.SELL,
+        OrderType.STOP,
+        D("0.05"),
+        OrderStatus.PENDING_SUBMIT,
+        0,
+        0,
+        7,
+        "v",
+        "protective stop",
+        stop_price=(price * D("0.5")).quantize(D("0.01")),
+        reduce_only=True,
+    )
     ack = await broker.submit(stop)
     assert ack.order.status is OrderStatus.OPEN
     assert sim.account is not None
@@ -131,7 +146,8 @@ async def test_protective_stop_rests_at_the_venue(venue: tuple[SimBinance, Any, 
 
 
 async def test_unanswered_order_is_written_off_only_after_recv_window(
-        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    venue: tuple[SimBinance, Any, LiveBroker],
+) -> None:
     """A reset before the venue saw the order: it stays in doubt until the recvWindow has
     passed (a late arrival could still execute), then it is REJECTED. Nothing is resent."""
     import asyncio
@@ -149,14 +165,17 @@ async def test_unanswered_order_is_written_off_only_after_recv_window(
     assert await broker.on_candle(candle) == []  # still inside the window: still in doubt
     await asyncio.sleep(2.1)  # recv_window_ms=1000 plus the 1 s margin
     [update] = await broker.on_candle(candle)
-    assert update.order.status is OrderStatus.REJECTED and "never received" in \
-        update.order.status_reason
+    assert (
+        update.order.status is OrderStatus.REJECTED
+        and "never received" in update.order.status_reason
+    )
     assert sim.account is not None and sim.account.orders == {}
     assert sim.faults.counts["reset"] == 1 and broker.in_doubt == 0
 
 
 async def test_late_execution_inside_the_window_is_found(
-        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    venue: tuple[SimBinance, Any, LiveBroker],
+) -> None:
     """The venue holds the request past the client's timeout and then executes it: the first
     lookup misses it, a later poll finds and books it, exactly once."""
     import asyncio
@@ -179,7 +198,8 @@ async def test_late_execution_inside_the_window_is_found(
 
 
 async def test_fills_come_from_the_venue_trades_exactly(
-        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    venue: tuple[SimBinance, Any, LiveBroker],
+) -> None:
     """A market order that fills in part and expires: the fill is the venue's trade, to the
     last digit of price, quantity and commission, and the order ends CANCELLED."""
     from bot.sim.faults import FaultPlan
@@ -198,16 +218,21 @@ async def test_fills_come_from_the_venue_trades_exactly(
 
 
 async def test_reads_ride_out_rate_limits_and_server_errors(
-        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    venue: tuple[SimBinance, Any, LiveBroker],
+) -> None:
     """Polling a working order through 429 (Retry-After), 418 and 5xx: retried, not failed."""
     from bot.sim.faults import FaultPlan
 
     sim, _, broker = venue
     ack = await broker.submit(resting_buy(sim, ts=11))
     sim.faults.retry_after_s = 0
-    sim.faults.rules[:] = FaultPlan.from_specs([
-        "rate_limit=every:4@/api/v3/order:GET", "ban=every:5@/api/v3/order:GET",
-        "server_error=every:3@/api/v3/order:GET"]).rules
+    sim.faults.rules[:] = FaultPlan.from_specs(
+        [
+            "rate_limit=every:4@/api/v3/order:GET",
+            "ban=every:5@/api/v3/order:GET",
+            "server_error=every:3@/api/v3/order:GET",
+        ]
+    ).rules
     candle = Candle("BTC/USDT", "1m", 0, 1, 1, 1, 1, 1)
     for _ in range(6):
         assert await broker.on_candle(candle) == []
@@ -216,7 +241,8 @@ async def test_reads_ride_out_rate_limits_and_server_errors(
 
 
 async def test_venue_state_names_orders_the_ledger_does_not_know(
-        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    venue: tuple[SimBinance, Any, LiveBroker],
+) -> None:
     from bot.reconcile import reconcile
 
     sim, ex, broker = venue
@@ -224,19 +250,22 @@ async def test_venue_state_names_orders_the_ledger_does_not_know(
     price = sim.price("BTCUSDT")
     assert price is not None
     # somebody else's order on the same account
-    await ex.create_order("BTC/USDT", "limit", "buy", 0.001, float(price * D("0.5")),
-                          {"clientOrderId": "manual-1"})
+    await ex.create_order(
+        "BTC/USDT", "limit", "buy", 0.001, float(price * D("0.5")), {"clientOrderId": "manual-1"}
+    )
     state, _ = await broker.venue_state(["BTC/USDT"])
     assert state.balances["BTC"] == D("0.01")
     assert [o[0] for o in state.open_orders] == ["manual-1"]
-    r = reconcile(["BTC/USDT"], "USDT", {"BTC/USDT": D("0.01")}, state.balances["USDT"],
-                  set(), state)
+    r = reconcile(
+        ["BTC/USDT"], "USDT", {"BTC/USDT": D("0.01")}, state.balances["USDT"], set(), state
+    )
     assert not r.agree and r.unknown_orders[0][0] == "manual-1"
     assert "manual-1" in r.describe()
 
 
 async def test_a_venue_clock_step_is_resynced_and_the_order_sent_once(
-        venue: tuple[SimBinance, Any, LiveBroker]) -> None:
+    venue: tuple[SimBinance, Any, LiveBroker],
+) -> None:
     """The venue's clock jumps 7 s ahead: the order meets Binance's timing rule and gets
     -1021 (refused before processing). The broker resyncs (GET /api/v3/time) and sends it
     again under the same client id: one order at the venue, filled. A read after another step

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from bot.feeds.files import CandleSeries
+from bot.domain import CandleSeries
 from models.dataset import reference_timeline, split_by_time, symbol_data
 from models.features import FEATURE_NAMES
 from models.members import REGISTRY, Member, MemberConfig
@@ -75,7 +75,7 @@ def _outputs(model: Member, name: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
     a = member_logits(model, name, data, parts, "test", CFG)
     b = member_logits(model, name, moved, parts2, "test", CFG)
     ends = np.concatenate([d.ts[parts.test.t[o:o + n]] for d, o, n in zip(
-        data, np.cumsum([0, *parts.sizes["test"][:-1]]), parts.sizes["test"])])
+        data, np.cumsum([0, *parts.sizes["test"][:-1]]), parts.sizes["test"], strict=False)])
     return a, b, ends <= cut
 
 

@@ -11,16 +11,14 @@ import numpy as np
 import pytest
 import torch
 
-from bot.domain import Candle
-from bot.feeds.files import CandleSeries
-from models.dataset import symbol_data
+from bot.domain import CandleSeries
+from models.dataset import reference_timeline, split_by_time, symbol_data
 from models.ensemble import Ensemble
 from models.features import FEATURE_NAMES, WARMUP, compute_features
+from models.labels import BarrierSpec, triple_barrier
 from models.members import REGISTRY, MemberConfig
 from models.registry import RegistryError, load_member, save_member
-from models.labels import BarrierSpec, triple_barrier
 from models.train import TrainConfig, barrier_of, train_ensemble, train_member
-from models.dataset import reference_timeline, split_by_time
 from models.windows import expanding_folds, holdout, make_windows
 from tests.helpers import ar1_series as series
 
@@ -181,7 +179,8 @@ def test_seeded_cpu_training_is_reproducible(planted: list) -> None:
     parts = _parts(planted)
     a = train_member("gru", planted, parts, cfg)
     b = train_member("gru", planted, parts, cfg)
-    for (k, v), (_, w) in zip(a.model.state_dict().items(), b.model.state_dict().items()):
+    pairs = zip(a.model.state_dict().items(), b.model.state_dict().items(), strict=True)
+    for (k, v), (_, w) in pairs:
         assert torch.equal(v, w), k
     np.testing.assert_array_equal(a.test_logits, b.test_logits)
 
@@ -198,7 +197,9 @@ def test_windows_embargo_and_labels() -> None:
     # with barriers, the direction is the triple-barrier outcome and timeouts have none
     bars = triple_barrier(o[:, 1], o[:, 2], o[:, 3], np.full(len(o), 0.5), BarrierSpec(1, 1, 4))
     wb = make_windows(f, o[:, 3], 16, 4, rows=None, barriers=bars)
-    assert (wb.labeled == (bars.label[wb.t] != 0)).all() and wb.labeled.any() and not wb.labeled.all()
+    assert (
+        (wb.labeled == (bars.label[wb.t] != 0)).all() and wb.labeled.any() and not wb.labeled.all()
+    )
     assert (wb.up[wb.labeled] == (bars.label[wb.t][wb.labeled] > 0)).all()
     sp = holdout(len(ts), 400, 100, 100, 20)
     assert sp is not None and sp.val[0] - sp.train[1] == 20 and sp.test[0] - sp.val[1] == 20
@@ -206,17 +207,25 @@ def test_windows_embargo_and_labels() -> None:
     assert holdout(len(ts), 661, 100, 100, 20) is None  # 660 rows are all there is to train on
 
 
-@pytest.mark.parametrize("n,first,val,emb,folds", [(10_000, 3000, 500, 40, 4), (45_024, 8760, 2160, 56, 4),
-                                                   (1_003, 300, 100, 7, 3), (700, 300, 100, 7, 1)])
-def test_expanding_folds_tile_the_file_after_the_first_span(n: int, first: int, val: int,
-                                                            emb: int, folds: int) -> None:
+@pytest.mark.parametrize(
+    "n,first,val,emb,folds",
+    [
+        (10_000, 3000, 500, 40, 4),
+        (45_024, 8760, 2160, 56, 4),
+        (1_003, 300, 100, 7, 3),
+        (700, 300, 100, 7, 1),
+    ],
+)
+def test_expanding_folds_tile_the_file_after_the_first_span(
+    n: int, first: int, val: int, emb: int, folds: int
+) -> None:
     """The test parts are consecutive and cover every row from the end of the first training
     span's validation part to the end of the file; each fold trains from the first row up to
     an embargo before its validation part, which ends an embargo before its test part."""
     fs = expanding_folds(n, first, val, emb, folds)
     assert len(fs) == folds
     assert fs[0].test[0] == first + val + 2 * emb and fs[-1].test[1] == n
-    assert all(a.test[1] == b.test[0] for a, b in zip(fs, fs[1:]))
+    assert all(a.test[1] == b.test[0] for a, b in zip(fs, fs[1:], strict=False))
     sizes = [f.test[1] - f.test[0] for f in fs]
     assert max(sizes) - min(sizes) <= 1
     for f in fs:
@@ -237,8 +246,8 @@ def test_the_train_part_is_capped_evenly_over_an_expanding_history(planted: list
     full = split_by_time(planted, split, ref, SMALL.lookback, SMALL.horizon)
     capped = split_by_time(planted, split, ref, SMALL.lookback, SMALL.horizon, max_train=600)
     assert len(full.train) > 3000 and 500 <= len(capped.train) <= 600
-    first = capped.train.t[:capped.sizes["train"][0]]
-    span = full.train.t[:full.sizes["train"][0]]
+    first = capped.train.t[: capped.sizes["train"][0]]
+    span = full.train.t[: full.sizes["train"][0]]
     assert first.min() - span.min() < 20 and span.max() - first.max() < 20
     assert np.all(np.diff(first) > 0)
     assert len(capped.val) == len(full.val) and len(capped.test) == len(full.test)

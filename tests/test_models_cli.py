@@ -46,45 +46,110 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
     assert r2.exit_code == 0 and "registered as candidate" in r2.output
     listed = runner.invoke(app, ["models", "list", "--json", *common])
     versions = json.loads(listed.stdout[listed.stdout.index("["):])
-    new_id = next(v["id"] for v in versions if v["architecture"] == "ensemble" and v["id"] != ens_id)
+    new_id = next(
+        v["id"] for v in versions if v["architecture"] == "ensemble" and v["id"] != ens_id
+    )
     assert runner.invoke(app, ["models", "promote", new_id, *common]).exit_code == 0
-    st = {r["id"]: r["status"] for r in asyncio.run(fetch(
-        fresh_db, "SELECT id, status FROM model_versions WHERE architecture='ensemble'"))}
+    st = {
+        r["id"]: r["status"]
+        for r in asyncio.run(
+            fetch(fresh_db, "SELECT id, status FROM model_versions WHERE architecture='ensemble'")
+        )
+    }
     assert st == {ens_id: "retired", new_id: "active"}
     bad = runner.invoke(app, ["models", "promote", "ens-nope", *common])
     assert bad.exit_code == 2 and "no ensemble" in bad.output
     assert runner.invoke(app, ["models", "promote", ens_id, *common]).exit_code == 0
     # trade with the active models: every signal and order names that ensemble
-    r3 = runner.invoke(app, ["backtest", *data_args, "--timeframe", "1h", "--strategy",
-                             "ensemble", "--start", str(1_600_000_000_000 + 2600 * 3_600_000),
-                             "--json", *common])
+    r3 = runner.invoke(
+        app,
+        [
+            "backtest",
+            *data_args,
+            "--timeframe",
+            "1h",
+            "--strategy",
+            "ensemble",
+            "--start",
+            str(1_600_000_000_000 + 2600 * 3_600_000),
+            "--json",
+            *common,
+        ],
+    )
     assert r3.exit_code == 0, r3.output
-    summary = json.loads(r3.stdout[r3.stdout.index("{"):])
+    summary = json.loads(r3.stdout[r3.stdout.index("{") :])
     assert summary["signals"] > 0
-    versions_used = asyncio.run(fetch(
-        fresh_db, "SELECT DISTINCT model_version FROM signals WHERE account=$1",
-        summary["account"]))
+    versions_used = asyncio.run(
+        fetch(
+            fresh_db,
+            "SELECT DISTINCT model_version FROM signals WHERE account=$1",
+            summary["account"],
+        )
+    )
     assert [v["model_version"] for v in versions_used] == [ens_id]
-    orders = asyncio.run(fetch(fresh_db, "SELECT DISTINCT model_version FROM orders WHERE "
-                               "account=$1", summary["account"]))
+    orders = asyncio.run(
+        fetch(
+            fresh_db,
+            "SELECT DISTINCT model_version FROM orders WHERE account=$1",
+            summary["account"],
+        )
+    )
     assert all(o["model_version"] == ens_id for o in orders)
     # risk settings for another bet than the one the models were trained for: refused at load,
     # before a single candle is traded
     other = tmp_path / "other-barriers.toml"
     other.write_text("[risk]\nk_stop = 1.5\n")
-    r5 = runner.invoke(app, ["backtest", *data_args, "--timeframe", "1h", "--strategy",
-                             "ensemble", "--config", str(other), *common])
+    r5 = runner.invoke(
+        app,
+        [
+            "backtest",
+            *data_args,
+            "--timeframe",
+            "1h",
+            "--strategy",
+            "ensemble",
+            "--config",
+            str(other),
+            *common,
+        ],
+    )
     assert r5.exit_code == 2, r5.output
     assert "trained for target 3 ATR / stop 2 ATR within 24 candles" in r5.output
     assert "stop 1.5 ATR" in r5.output
     # the evaluation report
-    r4 = runner.invoke(app, ["evaluate", *data_args, "--timeframe", "1h", "--preset", "tiny",
-                             "--folds", "1", "--out", str(tmp_path / "report"), *common])
+    r4 = runner.invoke(
+        app,
+        [
+            "evaluate",
+            *data_args,
+            "--timeframe",
+            "1h",
+            "--preset",
+            "tiny",
+            "--folds",
+            "1",
+            "--out",
+            str(tmp_path / "report"),
+            *common,
+        ],
+    )
     assert r4.exit_code == 0, r4.output
     report = (tmp_path / "report" / "report.md").read_text()
-    for name in ("ensemble", "lstm", "tft", "ppo", "base_rate", "momentum_sign",
-                 "logistic_regression", "kelly_0.25", "kelly_0.5", "fixed_1pct_risk",
-                 "kelly_0.25_uncalibrated_p", "buy_and_hold", "always_flat"):
+    for name in (
+        "ensemble",
+        "lstm",
+        "tft",
+        "ppo",
+        "base_rate",
+        "momentum_sign",
+        "logistic_regression",
+        "kelly_0.25",
+        "kelly_0.5",
+        "fixed_1pct_risk",
+        "kelly_0.25_uncalibrated_p",
+        "buy_and_hold",
+        "always_flat",
+    ):
         assert f"| {name} |" in report or f"| **{name}** |" in report
     assert "ECE of the final p on the test windows: **0." in report
     assert report.splitlines()[2].startswith("**Verdict.** ")  # at the top, one sentence
@@ -101,23 +166,58 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
         assert (tmp_path / "report" / png).stat().st_size > 10_000
 
 
-def test_promote_if_better_compares_on_the_same_window(files: list[Path], fresh_db: str,
-                                                       tmp_path: Path) -> None:
+def test_promote_if_better_compares_on_the_same_window(
+    files: list[Path], fresh_db: str, tmp_path: Path
+) -> None:
     """A retrain promotes only when its out-of-sample log-loss beats the active version on
     the new test window; both verdicts are explained, and the registry follows them."""
     runner = CliRunner()
     data_args = [a for f in files for a in ("--data", str(f))]
     common = ["--db", fresh_db, "--data-dir", str(tmp_path)]
-    first = runner.invoke(app, ["train", *data_args, "--preset", "tiny", "--models", "lstm",
-                                "--promote", "if-better", *common])
+    first = runner.invoke(
+        app,
+        [
+            "train",
+            *data_args,
+            "--preset",
+            "tiny",
+            "--models",
+            "lstm",
+            "--promote",
+            "if-better",
+            *common,
+        ],
+    )
     assert first.exit_code == 0 and "no active ensemble" in first.output
-    second = runner.invoke(app, ["train", *data_args, "--preset", "tiny", "--models", "gru",
-                                 "--seed", "5", "--promote", "if-better", *common])
+    second = runner.invoke(
+        app,
+        [
+            "train",
+            *data_args,
+            "--preset",
+            "tiny",
+            "--models",
+            "gru",
+            "--seed",
+            "5",
+            "--promote",
+            "if-better",
+            *common,
+        ],
+    )
     assert second.exit_code == 0, second.output
     assert "test log-loss" in second.output
     promoted = "promoted to active" in second.output
-    active = asyncio.run(fetch(fresh_db, "SELECT hyperparameters FROM model_versions WHERE "
-                               "architecture='ensemble' AND status='active'"))
-    members = json.loads(active[0]["hyperparameters"])["members"] if isinstance(
-        active[0]["hyperparameters"], str) else active[0]["hyperparameters"]["members"]
+    active = asyncio.run(
+        fetch(
+            fresh_db,
+            "SELECT hyperparameters FROM model_versions WHERE "
+            "architecture='ensemble' AND status='active'",
+        )
+    )
+    members = (
+        json.loads(active[0]["hyperparameters"])["members"]
+        if isinstance(active[0]["hyperparameters"], str)
+        else active[0]["hyperparameters"]["members"]
+    )
     assert members[0].startswith("gru" if promoted else "lstm")

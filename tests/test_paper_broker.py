@@ -97,7 +97,10 @@ async def test_precision_and_minimums_reject() -> None:
     assert off_step.order.status is OrderStatus.REJECTED
     assert "multiple of the step" in off_step.order.status_reason
     tiny = await b.submit(new_order("0.001", cid="tiny"))  # 0.1 USDT < 10 minimum
-    assert tiny.order.status is OrderStatus.REJECTED and "below the market minimum" in tiny.order.status_reason
+    assert (
+        tiny.order.status is OrderStatus.REJECTED
+        and "below the market minimum" in tiny.order.status_reason
+    )
 
 
 async def test_insufficient_funds_rejected_like_a_venue() -> None:

@@ -41,7 +41,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 
 def _verdict(trained: dict, new: str, old: str) -> tuple[bool, str]:
-    from models.cli_support import better_than_active
+    from bot.training import better_than_active
     from models.registry import sha256
 
     result, manifest = trained[new]

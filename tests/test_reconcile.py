@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from decimal import Decimal as D
 
-from bot.ports import VenueState
+from bot.domain import VenueState
 from bot.reconcile import reconcile
 
 SYMS = ["BTC/USDT", "ETH/USDT"]

@@ -9,12 +9,12 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from bot.domain import Candle, Fill, MarketSpec, OrderIntent, Side
+from bot.domain import Candle, Fill, KillLevel, MarketSpec, OrderIntent, Side, TradingState
 from bot.portfolio import Portfolio
 from risk.manager import RiskManager
 from risk.settings import RiskSettings
 from risk.sizing import SizingInputs, SizingParams, break_even, kelly, size_entry
-from risk.state import KillLevel, StateMachine, TradingState
+from risk.state import StateMachine
 
 SPEC = MarketSpec("BTC/USDT", "BTC", "USDT", amount_step=D("0.00001"), price_tick=D("0.01"),
                   min_notional=D("5"))
@@ -26,7 +26,9 @@ def portfolio(cash: D, price: float, held: D = D(0)) -> Portfolio:
     p.mark(Candle("BTC/USDT", "1h", 0, price, price, price, price, 1))
     if held:
         p._cash += held * D(repr(price))
-        p.apply_fill(Fill("f", "c", "a", "BTC/USDT", Side.BUY, held, D(repr(price)), D(0), "USDT", 0))
+        p.apply_fill(
+            Fill("f", "c", "a", "BTC/USDT", Side.BUY, held, D(repr(price)), D(0), "USDT", 0)
+        )
     return p
 
 
@@ -38,7 +40,9 @@ def manager(cfg: RiskSettings, atr: float, price: float) -> RiskManager:
 
 cfgs = st.builds(
     RiskSettings,
-    kelly_fraction=st.floats(0.05, 1.0), k_stop=st.floats(0.5, 5), k_target=st.floats(0.5, 8),
+    kelly_fraction=st.floats(0.05, 1.0),
+    k_stop=st.floats(0.5, 5),
+    k_target=st.floats(0.5, 8),
     max_risk_per_trade=st.floats(0.001, 0.2),
     max_order_notional=st.decimals(D("10"), D("1000000"), places=2),
     max_exposure_symbol=st.decimals(D("0.01"), D("1"), places=2),
@@ -46,8 +50,15 @@ cfgs = st.builds(
 )
 
 
-CAPS = {"max_notional", "max_quantity", "price_collar", "max_open_positions", "max_exposure",
-        "order_rate", "venue_minimums"}
+CAPS = {
+    "max_notional",
+    "max_quantity",
+    "price_collar",
+    "max_open_positions",
+    "max_exposure",
+    "order_rate",
+    "venue_minimums",
+}
 
 
 def _d(cfg: RiskSettings, atr: float, price: float) -> float:
@@ -55,11 +66,17 @@ def _d(cfg: RiskSettings, atr: float, price: float) -> float:
 
 
 @settings(max_examples=300, deadline=None)
-@given(cfgs, st.decimals(D("100"), D("10000000"), places=2), st.floats(1, 100_000),
-       st.floats(0.0001, 0.2), st.floats(0.0, 1.0), st.floats(0.0, 0.5))
-def test_entry_size_never_exceeds_any_cap(cfg: RiskSettings, cash: D, price: float,
-                                          atr_frac: float, margin: float,
-                                          dispersion: float) -> None:
+@given(
+    cfgs,
+    st.decimals(D("100"), D("10000000"), places=2),
+    st.floats(1, 100_000),
+    st.floats(0.0001, 0.2),
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 0.5),
+)
+def test_entry_size_never_exceeds_any_cap(
+    cfg: RiskSettings, cash: D, price: float, atr_frac: float, margin: float, dispersion: float
+) -> None:
     """Entries with an edge (p above break-even by a random margin): sizing approves them, so
     a refusal can only come from a cap, and an approval must respect every cap."""
     atr = price * atr_frac
@@ -70,8 +87,7 @@ def test_entry_size_never_exceeds_any_cap(cfg: RiskSettings, cash: D, price: flo
     assume(dispersion < cfg.disagreement_limit)
     m = manager(cfg, atr, price)
     pf = portfolio(cash, price)
-    intent = OrderIntent("BTC/USDT", Side.BUY, "t", 0, "v", confidence=p_win,
-                         dispersion=dispersion)
+    intent = OrderIntent("BTC/USDT", Side.BUY, "t", 0, "v", confidence=p_win, dispersion=dispersion)
     d = m.review(intent, pf, SPEC)
     if not d.approved:
         assert d.quantity == 0 and d.reason.split(":")[0] in CAPS, d.reason  # never sizing
@@ -88,16 +104,27 @@ def test_entry_size_never_exceeds_any_cap(cfg: RiskSettings, cash: D, price: flo
 
 
 sizing_params = st.builds(
-    SizingParams, kelly_fraction=st.floats(0.05, 1.0), k_stop=st.floats(0.5, 5),
-    k_target=st.floats(0.5, 8), max_risk_per_trade=st.just(0.2),
-    round_trip_cost=st.floats(0.0, 0.004), disagreement_limit=st.just(0.25))
+    SizingParams,
+    kelly_fraction=st.floats(0.05, 1.0),
+    k_stop=st.floats(0.5, 5),
+    k_target=st.floats(0.5, 8),
+    max_risk_per_trade=st.just(0.2),
+    round_trip_cost=st.floats(0.0, 0.004),
+    disagreement_limit=st.just(0.25),
+)
 
 
 @settings(max_examples=300, deadline=None)
-@given(sizing_params, st.floats(100, 1e7), st.floats(1, 1e5), st.floats(0.001, 0.1),
-       st.floats(0.0, 1.0))
+@given(
+    sizing_params,
+    st.floats(100, 1e7),
+    st.floats(1, 1e5),
+    st.floats(0.001, 0.1),
+    st.floats(0.0, 1.0),
+)
 def test_size_equals_the_kelly_on_risk_formula_when_no_cap_binds(
-        k: SizingParams, equity: float, price: float, atr_frac: float, margin: float) -> None:
+    k: SizingParams, equity: float, price: float, atr_frac: float, margin: float
+) -> None:
     """notional = kelly_fraction * f* * equity / d, with f* = p - (1 - p) / b."""
     atr = price * atr_frac
     d = k.k_stop * atr / price
@@ -115,20 +142,26 @@ def test_size_equals_the_kelly_on_risk_formula_when_no_cap_binds(
 
 
 @settings(max_examples=300, deadline=None)
-@given(sizing_params, st.floats(1, 1e5), st.floats(0.001, 0.1), st.floats(0.0, 1.0),
-       st.floats(0.0, 1.0))
-def test_size_is_monotone_in_p(k: SizingParams, price: float, atr_frac: float, p1: float,
-                               p2: float) -> None:
+@given(
+    sizing_params,
+    st.floats(1, 1e5),
+    st.floats(0.001, 0.1),
+    st.floats(0.0, 1.0),
+    st.floats(0.0, 1.0),
+)
+def test_size_is_monotone_in_p(
+    k: SizingParams, price: float, atr_frac: float, p1: float, p2: float
+) -> None:
     lo, hi = sorted((p1, p2))
-    size = [size_entry(SizingInputs(1e6, price, price * atr_frac, p), k).quantity
-            for p in (lo, hi)]
+    size = [size_entry(SizingInputs(1e6, price, price * atr_frac, p), k).quantity for p in (lo, hi)]
     assert size[0] <= size[1]
 
 
 @settings(max_examples=300, deadline=None)
 @given(sizing_params, st.floats(1, 1e5), st.floats(0.001, 0.1), st.floats(0.0, 1.0))
-def test_size_is_zero_at_or_below_break_even(k: SizingParams, price: float, atr_frac: float,
-                                             below: float) -> None:
+def test_size_is_zero_at_or_below_break_even(
+    k: SizingParams, price: float, atr_frac: float, below: float
+) -> None:
     atr = price * atr_frac
     be = break_even(k.payoff, k.round_trip_cost / (k.k_stop * atr / price))
     p = min(1.0, be) * below
@@ -147,15 +180,24 @@ def test_the_baseline_without_a_probability_risks_a_fixed_fraction() -> None:
 
 
 @settings(max_examples=200, deadline=None)
-@given(st.sampled_from(list(KillLevel)), st.booleans(), st.sampled_from([Side.BUY, Side.SELL]),
-       st.decimals(D("0"), D("5"), places=3), st.floats(0.0, 1.0))
-def test_halted_passes_only_reductions(level: KillLevel, reduce_only: bool, side: Side,
-                                       held: D, p_up: float) -> None:
+@given(
+    st.sampled_from(list(KillLevel)),
+    st.booleans(),
+    st.sampled_from([Side.BUY, Side.SELL]),
+    st.decimals(D("0"), D("5"), places=3),
+    st.floats(0.0, 1.0),
+)
+def test_halted_passes_only_reductions(
+    level: KillLevel, reduce_only: bool, side: Side, held: D, p_up: float
+) -> None:
     m = manager(RiskSettings(), 50.0, 1000.0)
     m.kill(level, "test", "tester", 1)
     pf = portfolio(D("100000"), 1000.0, held)
-    d = m.review(OrderIntent("BTC/USDT", side, "t", 0, "v", reduce_only=reduce_only,
-                             confidence=p_up), pf, SPEC)
+    d = m.review(
+        OrderIntent("BTC/USDT", side, "t", 0, "v", reduce_only=reduce_only, confidence=p_up),
+        pf,
+        SPEC,
+    )
     reduces = side is Side.SELL and held > 0
     if reduces and held * 1000 >= 10:  # above the venue's minimum: a halt lets it through
         assert d.approved, d.reason
@@ -176,8 +218,11 @@ def test_no_trade_when_kelly_is_not_positive(p_up: float, k_stop: float, k_targe
     cfg = RiskSettings(k_stop=k_stop, k_target=k_target)
     assume(kelly(p_up, k_target / k_stop) <= 0)
     m = manager(cfg, 20.0, 1000.0)
-    d = m.review(OrderIntent("BTC/USDT", Side.BUY, "t", 0, "v", confidence=p_up),
-                 portfolio(D("100000"), 1000.0), SPEC)
+    d = m.review(
+        OrderIntent("BTC/USDT", Side.BUY, "t", 0, "v", confidence=p_up),
+        portfolio(D("100000"), 1000.0),
+        SPEC,
+    )
     assert not d.approved and d.quantity == 0 and "break-even" in d.reason
 
 
@@ -190,7 +235,9 @@ class TradingStates(RuleBasedStateMachine):
         self.now = 0
         self.halted_by_operator_only = True
 
-    @rule(state=st.sampled_from(list(TradingState)), until=st.one_of(st.none(), st.integers(0, 500)))
+    @rule(
+        state=st.sampled_from(list(TradingState)), until=st.one_of(st.none(), st.integers(0, 500))
+    )
     def trip(self, state: TradingState, until: int | None) -> None:
         before = self.m.state
         self.m.trip(state, "breaker", "test", self.now, None if until is None else self.now + until)
@@ -210,7 +257,7 @@ class TradingStates(RuleBasedStateMachine):
     @rule(dt=st.integers(0, 300))
     def tick(self, dt: int) -> None:
         before = self.m.state
-        until = self.m.s.reducing_until
+        until = self.m.current.reducing_until
         self.now += dt
         self.m.tick(self.now)
         if before is TradingState.HALTED:
@@ -229,7 +276,7 @@ class TradingStates(RuleBasedStateMachine):
     @invariant()
     def entries_only_when_active_and_unblocked(self) -> None:
         if self.m.entries_allowed(self.now):
-            assert self.m.state is TradingState.ACTIVE and not self.m.s.blocks
+            assert self.m.state is TradingState.ACTIVE and not self.m.current.blocks
         assert self.m.permits(True, self.now)  # reductions always pass
 
     @invariant()
@@ -241,7 +288,7 @@ class TradingStates(RuleBasedStateMachine):
     def snapshot_round_trips(self) -> None:
         from risk.state import RiskState
 
-        assert RiskState.restore(self.m.s.snapshot()) == self.m.s
+        assert RiskState.restore(self.m.current.snapshot()) == self.m.current
 
 
 TestTradingStates = TradingStates.TestCase
@@ -259,11 +306,14 @@ def test_the_random_inputs_reach_both_outcomes() -> None:
     approved = at_cap = both_sized = 0
     for _ in range(400):
         cfg = RiskSettings(
-            kelly_fraction=rng.uniform(0.05, 1.0), k_stop=rng.uniform(0.5, 5),
-            k_target=rng.uniform(0.5, 8), max_risk_per_trade=rng.uniform(0.001, 0.2),
+            kelly_fraction=rng.uniform(0.05, 1.0),
+            k_stop=rng.uniform(0.5, 5),
+            k_target=rng.uniform(0.5, 8),
+            max_risk_per_trade=rng.uniform(0.001, 0.2),
             max_order_notional=D(str(round(rng.uniform(10, 1_000_000), 2))),
             max_exposure_symbol=D(str(round(rng.uniform(0.01, 1), 2))),
-            max_exposure_total=D(str(round(rng.uniform(0.01, 1), 2))))
+            max_exposure_total=D(str(round(rng.uniform(0.01, 1), 2))),
+        )
         cash = D(str(round(rng.uniform(100, 10_000_000), 2)))
         price, atr_frac = rng.uniform(1, 100_000), rng.uniform(0.0001, 0.2)
         atr = price * atr_frac
@@ -273,23 +323,32 @@ def test_the_random_inputs_reach_both_outcomes() -> None:
         p_win = be + (1 - be) * max(rng.random(), 1e-3)
         pf = portfolio(cash, price)
         d = manager(cfg, atr, price).review(
-            OrderIntent("BTC/USDT", Side.BUY, "t", 0, "v", confidence=p_win), pf, SPEC)
+            OrderIntent("BTC/USDT", Side.BUY, "t", 0, "v", confidence=p_win), pf, SPEC
+        )
         if d.approved:
             approved += 1
             notional = d.quantity * D(repr(price))
-            caps = [cfg.max_order_notional,
-                    pf.equity() * min(cfg.max_exposure_symbol, cfg.max_exposure_total),
-                    D(repr(float(pf.equity()) * cfg.max_risk_per_trade / (cfg.k_stop * atr)
-                           * price))]
+            caps = [
+                cfg.max_order_notional,
+                pf.equity() * min(cfg.max_exposure_symbol, cfg.max_exposure_total),
+                D(repr(float(pf.equity()) * cfg.max_risk_per_trade / (cfg.k_stop * atr) * price)),
+            ]
             assert all(notional <= c * D("1.000000001") for c in caps)
             at_cap += notional >= min(caps) * D("0.99")
         else:
             assert d.reason.split(":")[0] in CAPS, d.reason
-        k = SizingParams(kelly_fraction=cfg.kelly_fraction, k_stop=cfg.k_stop,
-                         k_target=cfg.k_target, max_risk_per_trade=0.2)
+        k = SizingParams(
+            kelly_fraction=cfg.kelly_fraction,
+            k_stop=cfg.k_stop,
+            k_target=cfg.k_target,
+            max_risk_per_trade=0.2,
+        )
         lo, hi = sorted((rng.random(), rng.random()))
         s = [size_entry(SizingInputs(1e6, price, atr, p), k).quantity for p in (lo, hi)]
         assert s[0] <= s[1]
         both_sized += s[0] > 0
     assert approved >= 200 and 20 <= at_cap <= approved - 20 and both_sized >= 20, (
-        approved, at_cap, both_sized)
+        approved,
+        at_cap,
+        both_sized,
+    )

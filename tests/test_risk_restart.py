@@ -13,12 +13,18 @@ import uuid
 from decimal import Decimal as D
 from typing import Any
 
-from bot.domain import Candle, OrderIntent, Side
-from bot.ports import UnitOfWork
-from risk.breakers import DAY_MS, PredictionObs, TradeClosedObs
+from bot.domain import (
+    Candle,
+    OrderIntent,
+    PredictionObs,
+    Side,
+    TradeClosedObs,
+    TradingState,
+    UnitOfWork,
+)
+from risk.breakers import DAY_MS
 from risk.manager import RiskManager
 from risk.settings import RiskSettings
-from risk.state import TradingState
 from tests.test_risk_properties import SPEC, portfolio
 
 H = 3_600_000
@@ -29,7 +35,7 @@ async def restarted(ledger: Any, risk: RiskManager, cfg: RiskSettings,
                     account: str) -> RiskManager:
     unit = UnitOfWork()
     unit.risk_memory[account] = risk.memory
-    unit.risk_state[account] = (risk.machine.s.snapshot(), risk.now)
+    unit.risk_state[account] = (risk.machine.current.snapshot(), risk.now)
     await ledger.commit(unit)
     state = await ledger.load_account(account)
     fresh = RiskManager(cfg, H)
@@ -65,7 +71,7 @@ async def test_daily_loss_spans_a_restart(ledger: Any) -> None:
     risk.on_equity(T0 + 2 * H, D(98))
     risk = await restarted(ledger, risk, cfg, account)
     assert states(risk.on_equity(T0 + 3 * H, D("96.5"))) == [TradingState.REDUCING]
-    assert risk.machine.s.reducing_until == T0 + DAY_MS  # until 00:00 UTC
+    assert risk.machine.current.reducing_until == T0 + DAY_MS  # until 00:00 UTC
     empty = RiskManager(cfg, H)
     empty.on_equity(T0 + 3 * H, D(98))  # the day "starts" at the restart
     assert empty.on_equity(T0 + 4 * H, D("96.5")) == []
@@ -79,11 +85,11 @@ async def test_loss_streak_spans_a_restart(ledger: Any) -> None:
     risk = await restarted(ledger, risk, cfg, account)
     for i in range(2, 4):
         risk.observe(TradeClosedObs(T0 + i * H, "BTC/USDT", -5.0), T0 + i * H)
-    assert risk.machine.s.cooldown_until == T0 + 3 * H + 12 * H
+    assert risk.machine.current.cooldown_until == T0 + 3 * H + 12 * H
     empty = RiskManager(cfg, H)
     for i in range(2, 4):
         empty.observe(TradeClosedObs(T0 + i * H, "BTC/USDT", -5.0), T0 + i * H)
-    assert empty.machine.s.cooldown_until is None
+    assert empty.machine.current.cooldown_until is None
 
 
 async def test_exchange_error_rate_spans_a_restart(ledger: Any) -> None:
@@ -128,18 +134,18 @@ async def test_a_restored_stale_block_clears_on_the_next_fresh_candle(ledger: An
     risk, account = RiskManager(cfg, H), acct()
     risk.on_candle(Candle("BTC/USDT", "1h", T0, 100, 101, 99, 100, 1), 1.0)
     risk.on_clock(T0 + 4 * H)
-    assert risk.machine.s.blocks == {"stale:BTC/USDT"}
+    assert risk.machine.current.blocks == {"stale:BTC/USDT"}
     risk = await restarted(ledger, risk, cfg, account)
-    assert risk.machine.s.blocks == {"stale:BTC/USDT"}
+    assert risk.machine.current.blocks == {"stale:BTC/USDT"}
     resumed = risk.resume("back", "op", T0 + 4 * H)
     assert resumed.after is TradingState.ACTIVE and "stale:BTC/USDT" in risk.blocks_explained()
     risk.on_candle(Candle("BTC/USDT", "1h", T0 + 5 * H, 100, 101, 99, 100, 1), 1.0)
-    assert risk.machine.s.blocks == frozenset()
+    assert risk.machine.current.blocks == frozenset()
     # a row written before the memory existed (state only) clears the same way
     old = RiskManager(cfg, H)
     old.restore({"state": "ACTIVE", "reason": "x", "blocks": ["stale:ETH/USDT"]}, None)
     old.on_candle(Candle("ETH/USDT", "1h", T0, 10, 11, 9, 10, 1), 0.1)
-    assert old.machine.s.blocks == frozenset()
+    assert old.machine.current.blocks == frozenset()
 
 
 async def test_decisions_are_the_same_with_restarts_anywhere(ledger: Any) -> None:
@@ -191,7 +197,7 @@ def _apply(m: RiskManager, kind: str, arg: Any, price: float) -> Any:
         return [(t.after, t.reason) for t in m.on_equity(arg[0], D(repr(arg[1])))]
     if kind == "trade":
         m.observe(arg, arg.ts)
-        return [m.machine.s.cooldown_until]
+        return [m.machine.current.cooldown_until]
     if kind == "call":
         return [(t.after, t.reason) for t in m.on_exchange_call(arg)]
     if kind == "clock":

@@ -11,6 +11,7 @@ which ccxt maps to ``InsufficientFunds``."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import sys
 import threading
@@ -72,10 +73,8 @@ class CmdlineSampler(threading.Thread):
     def run(self) -> None:
         while not self.halt.is_set():
             for proc in Path("/proc").glob("[0-9]*/cmdline"):
-                try:
+                with contextlib.suppress(OSError):  # it ended between the listing and the read
                     self.seen.add(proc.read_bytes().replace(b"\0", b" ").decode(errors="replace"))
-                except OSError:
-                    pass  # the process ended between the listing and the read
             self.samples += 1
             time.sleep(0.02)
 
@@ -94,10 +93,9 @@ async def venue() -> AsyncIterator[tuple[SimBinance, int]]:
 async def test_no_secret_reaches_a_command_line_a_log_or_the_ledger(
         venue: tuple[SimBinance, int], fresh_db: str, tmp_path: Path) -> None:
     from bot.config import load_settings
-    from bot.domain import AuditEvent
+    from bot.domain import AuditEvent, UnitOfWork
     from bot.jobs import child_env, retrain_commands, run_child
     from bot.ledger.repository import PostgresLedger
-    from bot.ports import UnitOfWork
 
     _, port = venue
     owner = _url(fresh_db, urlsplit(fresh_db).username or "postgres", OWNER_PW)

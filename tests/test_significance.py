@@ -161,4 +161,5 @@ def test_one_lucky_strategy_among_many_is_not_called_significant() -> None:
     edge = {**noise, "edge": g.normal(0.003, 0.01, 800)}
     v2 = verdicts(losses, "base_rate", ("momentum_sign",), 1, edge, 8760.0, block=5)
     assert v2.sharpe_significant["edge"]
-    assert "Sharpe above zero at 5 % after Holm's correction for 31 strategies: edge" in v2.sentence()
+    assert ("Sharpe above zero at 5 % after Holm's correction for 31 strategies: edge"
+            in v2.sentence())

@@ -26,11 +26,12 @@ from bot.domain import (
     Order,
     OrderStatus,
     OrderType,
+    OrderUpdate,
     Position,
     Side,
+    VenueState,
 )
 from bot.portfolio import to_decimal
-from bot.ports import OrderUpdate
 
 MarketSource = Callable[[Sequence[str]], Awaitable[Mapping[str, MarketSpec]]]
 BPS = Decimal("0.0001")
@@ -67,7 +68,9 @@ class PaperBroker:
         self._specs.update(specs)
         return specs
 
-    def restore(self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal) -> None:
+    def restore(
+        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal
+    ) -> None:
         self.cash = cash
         self.holdings = {p.symbol: p.quantity for p in positions}
         for o in orders:
@@ -129,8 +132,14 @@ class PaperBroker:
         return total
 
     def _reserved_base(self, symbol: str) -> Decimal:
-        return sum((o.remaining for o in self._working.values()
-                    if o.symbol == symbol and o.side is Side.SELL), ZERO)
+        return sum(
+            (
+                o.remaining
+                for o in self._working.values()
+                if o.symbol == symbol and o.side is Side.SELL
+            ),
+            ZERO,
+        )
 
     def _fee(self, order: Order, spec: MarketSpec, maker: bool = False) -> Decimal:
         if self._fee_rate is not None:
@@ -186,7 +195,10 @@ class PaperBroker:
         else:
             held = self.holdings.get(order.symbol, ZERO)
             if held < qty:
-                qty, note = spec.floor_qty(held), "insufficient balance at fill; remainder cancelled"
+                qty, note = (
+                    spec.floor_qty(held),
+                    "insufficient balance at fill; remainder cancelled",
+                )
         if qty <= 0:
             if note:
                 return self._cancel_rest(order, c.ts, note)
@@ -208,8 +220,9 @@ class PaperBroker:
         self._triggered.discard(order.client_order_id)
         return OrderUpdate(order.transition(OrderStatus.CANCELLED, ts, note), (), note)
 
-    def _book(self, order: Order, qty: Decimal, price: Decimal, fee: Decimal, ts: int,
-              maker: bool) -> Fill:
+    def _book(
+        self, order: Order, qty: Decimal, price: Decimal, fee: Decimal, ts: int, maker: bool
+    ) -> Fill:
         seq = self._fill_seq.get(order.client_order_id, 0) + 1
         self._fill_seq[order.client_order_id] = seq
         notional = qty * price
@@ -220,11 +233,29 @@ class PaperBroker:
             self.cash += notional - fee
             self.holdings[order.symbol] = self.holdings.get(order.symbol, ZERO) - qty
         return Fill(
-            fill_id=f"{order.client_order_id}:{seq}", client_order_id=order.client_order_id,
-            account=order.account, symbol=order.symbol, side=order.side, quantity=qty,
-            price=price, fee=fee, fee_currency=self.quote, ts=ts,
+            fill_id=f"{order.client_order_id}:{seq}",
+            client_order_id=order.client_order_id,
+            account=order.account,
+            symbol=order.symbol,
+            side=order.side,
+            quantity=qty,
+            price=price,
+            fee=fee,
+            fee_currency=self.quote,
+            ts=ts,
             liquidity="maker" if maker else "taker",
         )
+
+    has_venue = False  # the paper broker's books are the venue: nothing to reconcile
+
+    async def venue_state(
+        self, symbols: Sequence[str]
+    ) -> tuple[VenueState, list[OrderUpdate]] | None:
+        return None
+
+    @property
+    def in_doubt(self) -> int:
+        return 0  # a simulated fill is never in doubt
 
     async def close(self) -> None:
         return None

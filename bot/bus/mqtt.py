@@ -9,6 +9,7 @@ backoff, subscribes to ``cmd/+`` and drains the queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import random
 from collections import deque
@@ -65,10 +66,8 @@ class MqttBus:
             return
         self._closing = True
         self._wake.set()
-        try:
+        with contextlib.suppress(TimeoutError):  # what is not out in 2 s is dropped
             await asyncio.wait_for(asyncio.shield(self._drained()), 2.0)
-        except asyncio.TimeoutError:
-            pass
         self._task.cancel()
         await asyncio.gather(self._task, return_exceptions=True)
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any, Protocol
 
-from bot.ports import UnitOfWork
+from bot.domain import UnitOfWork
 
 
 class Publisher(Protocol):

@@ -47,6 +47,7 @@ def make_exchange(cfg: ExchangeSettings, with_ws: bool = True) -> Any:
             module = ccxt_pro
         except ImportError:  # pragma: no cover - ccxt >= 4 ships pro
             module = ccxt_async
+    # not adapter probing: ccxt names each exchange's class after its id (a lookup by name)
     cls = getattr(module, cfg.name, None)
     if cls is None:
         raise ConfigError(f"exchange.name: ccxt has no exchange called {cfg.name!r}")

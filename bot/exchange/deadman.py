@@ -30,13 +30,13 @@ class DeadMansSwitch:
 
     @property
     def supported(self) -> bool:
-        return bool((getattr(self.exchange, "has", {}) or {}).get("cancelAllOrdersAfter"))
+        return bool(self.exchange.has.get("cancelAllOrdersAfter"))  # ccxt's capability map
 
     def start(self) -> bool:
         if self.timeout_ms <= 0:
             return False
         if not self.supported:
-            log.warning("dead_man_unsupported", exchange=getattr(self.exchange, "id", "?"),
+            log.warning("dead_man_unsupported", exchange=self.exchange.id,
                         note="no countdown cancel-all at this venue; resting orders stay if "
                         "the bot dies")
             return False

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -39,7 +39,7 @@ def spec_from_ccxt(market: Mapping[str, Any], precision_mode: int) -> MarketSpec
     )
 
 
-def ccxt_markets(exchange: Any):  # type: ignore[no-untyped-def]
+def ccxt_markets(exchange: Any) -> Callable[[Sequence[str]], Awaitable[Mapping[str, MarketSpec]]]:
     """A ``MarketSource`` reading specs from the exchange."""
 
     async def source(symbols: Sequence[str]) -> Mapping[str, MarketSpec]:

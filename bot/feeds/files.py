@@ -10,29 +10,20 @@ import csv
 import json
 import math
 import re
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from bot.domain import TIMEFRAME_MS, Candle, Gap
+from bot.domain import TIMEFRAME_MS, Candle, CandleSeries
 from bot.errors import DataError
 from bot.feeds.validate import CandleProblem, Row, validate_series
 
 CSV_HEADER = ["timestamp", "open", "high", "low", "close", "volume"]
-_NAME = re.compile(r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_[A-Za-z0-9]+)?-(?P<tf>\w+?)(?:-\w+)?$")
-
-
-@dataclass(frozen=True, slots=True)
-class CandleSeries:
-    path: Path
-    symbol: str
-    timeframe: str
-    candles: list[Candle]
-    gaps: list[Gap]
-    dropped_partial: bool
+_NAME = re.compile(
+    r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_[A-Za-z0-9]+)?-(?P<tf>\w+?)(?:-\w+)?$"
+)
 
 
 def symbol_from_filename(path: Path) -> tuple[str, str] | None:
@@ -54,7 +45,7 @@ def parse_timestamp(text: str) -> int:
     except ValueError:
         raise ValueError(f"timestamp {text!r} is neither epoch milliseconds nor ISO-8601") from None
     if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=timezone.utc)
+        dt = dt.replace(tzinfo=UTC)
     return int(dt.timestamp() * 1000)
 
 
@@ -69,13 +60,15 @@ def _number(value: Any, name: str) -> float:
 
 def _row(values: list[Any], n: int, ts_parser: Any = int) -> Row:
     if len(values) != 6:
-        raise CandleProblem(n, f"expected 6 fields (timestamp,open,high,low,close,volume), got {len(values)}")
+        raise CandleProblem(
+            n, f"expected 6 fields (timestamp,open,high,low,close,volume), got {len(values)}"
+        )
     try:
         ts = ts_parser(values[0])
-        nums = [_number(v, name) for v, name in zip(values[1:], CSV_HEADER[1:])]
+        nums = [_number(v, name) for v, name in zip(values[1:], CSV_HEADER[1:], strict=False)]
     except ValueError as exc:
         raise CandleProblem(n, str(exc)) from None
-    return (ts, *nums)  # type: ignore[return-value]
+    return (ts, *nums)
 
 
 def _json_ts(value: Any) -> int:
@@ -92,7 +85,9 @@ def _read_csv(path: Path) -> list[Row]:
         if header is None:
             raise DataError(f"{path}: file is empty")
         if [h.strip().lower() for h in header] != CSV_HEADER:
-            raise DataError(f"{path}: row 0: header must be {','.join(CSV_HEADER)}, got {','.join(header)}")
+            raise DataError(
+                f"{path}: row 0: header must be {','.join(CSV_HEADER)}, got {','.join(header)}"
+            )
         for i, values in enumerate(reader, start=1):
             if not values:
                 continue
@@ -132,12 +127,13 @@ def _read_feather(path: Path) -> list[Row]:
     if ts_col is None or missing:
         raise DataError(f"{path}: feather needs columns date|timestamp,open,high,low,close,volume")
     col = table.column(ts_col)
-    unit = getattr(col.type, "unit", None)  # set for timestamp columns
+    # not adapter probing: pyarrow sets ``unit`` on timestamp column types only
+    unit = getattr(col.type, "unit", None)
     dates = col.cast("int64").to_pylist() if unit else col.to_pylist()
     factor = {"s": 1000, "ms": 1, "us": 1e-3, "ns": 1e-6}.get(unit or "ms", 1)
     cols = [table.column(names[c]).to_pylist() for c in CSV_HEADER[1:]]
     rows = []
-    for i, values in enumerate(zip(dates, *cols), start=1):
+    for i, values in enumerate(zip(dates, *cols, strict=False), start=1):
         ts = None if values[0] is None else int(values[0] * factor)
         rows.append(_row([ts, *values[1:]], i, _json_ts))
     return rows
@@ -190,4 +186,6 @@ def write_csv(path: Path, candles: list[Candle], append: bool = False) -> None:
         if new:
             w.writerow(CSV_HEADER)
         for c in candles:
-            w.writerow([c.ts, repr(c.open), repr(c.high), repr(c.low), repr(c.close), repr(c.volume)])
+            w.writerow(
+                [c.ts, repr(c.open), repr(c.high), repr(c.low), repr(c.close), repr(c.volume)]
+            )

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 from typing import Any
 
 from bot.clock import Clock
@@ -134,8 +135,9 @@ class LiveFeed:
     async def _fetch(self, symbol: str, since: int | None, limit: int = PAGE) -> list[list[Any]]:
         rows: list[list[Any]] = []
         while True:
-            page = await read(self.exchange, lambda s=since: self.exchange.fetch_ohlcv(
-                symbol, self.timeframe, s, limit), "ohlcv", self.read_policy)
+            page = await read(self.exchange, partial(self.exchange.fetch_ohlcv, symbol,
+                                                     self.timeframe, since, limit),
+                              "ohlcv", self.read_policy)
             rows.extend(page)
             if since is None or len(page) < limit or not page:
                 self._seen(rows)
@@ -213,7 +215,7 @@ class LiveFeed:
                     self.source = "ws"
                     log.info("feed_ws_restored")
                     yield FeedStatus(FeedState.WS_RESTORED, "ws", "the websocket answers again")
-            except (ExchangeError, asyncio.TimeoutError) as exc:
+            except (TimeoutError, ExchangeError) as exc:
                 reason = str(exc)[:300] or type(exc).__name__
                 if on_ws:
                     await self._close_ws()
@@ -288,7 +290,7 @@ class LiveFeed:
         try:
             rows = await asyncio.wait_for(call(self.exchange.watch_ohlcv(
                 self.symbols[0], self.timeframe)), timeout=self.silence_s)
-        except (VenueError, asyncio.TimeoutError) as exc:  # a probe never ends the run
+        except (TimeoutError, VenueError) as exc:  # a probe never ends the run
             log.debug("ws_probe_failed", error=str(exc)[:200])
             await self._close_ws()
             return False
@@ -311,7 +313,8 @@ class LiveFeed:
                 getter = getter or asyncio.ensure_future(queue.get())
                 # a watcher that fails (cannot connect, dropped) ends this at once; silence
                 # ends it after ``silence_s``
-                done, _ = await asyncio.wait({getter, *tasks}, timeout=self.silence_s,
+                waiting: set[asyncio.Future[Any]] = {getter, *tasks}
+                done, _ = await asyncio.wait(waiting, timeout=self.silence_s,
                                              return_when=asyncio.FIRST_COMPLETED)
                 for t in tasks:
                     if t.done():
@@ -336,24 +339,25 @@ class LiveFeed:
                     if r and r[0] is not None:
                         pending[int(r[0])] = r  # a later update of the same candle wins
                 candles = tracker.closed(list(pending.values()), None)
-                if candles and tracker.last_ts is not None and candles[0].ts > tracker.last_ts + self.step:
+                last = tracker.last_ts
+                if candles and last is not None and candles[0].ts > last + self.step:
                     # a hole in the stream: backfill it over REST before going on
-                    filled = tracker.closed(await self._fetch(sym, tracker.last_ts + self.step), now)
+                    filled = tracker.closed(await self._fetch(sym, last + self.step), now)
                     merged = {c.ts: c for c in filled + candles}
                     candles = [merged[ts] for ts in sorted(merged)]
                 for event in self._events({sym: candles}, now):
                     yield event
-                done = tracker.last_ts
-                if done is not None:
-                    for ts in [ts for ts in pending if ts <= done]:
+                emitted = tracker.last_ts
+                if emitted is not None:
+                    for ts in [ts for ts in pending if ts <= emitted]:
                         del pending[ts]
                 if candles:  # after the consumer took them: time it spent is not a stall
                     closed_at = loop.time()
         finally:
-            pending = [*tasks, *([getter] if getter is not None else [])]
-            for t in pending:
-                t.cancel()
-            await asyncio.gather(*pending, return_exceptions=True)
+            running: list[asyncio.Future[Any]] = [*tasks, *([getter] if getter else [])]
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
 
     async def _close_ws(self) -> None:
         """Tear down the websocket connections only; the REST session stays usable and the

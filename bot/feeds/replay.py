@@ -5,8 +5,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from bot.domain import Candle, Gap, Warmup
-from bot.feeds.files import CandleSeries
+from bot.domain import Candle, CandleSeries, Gap, Warmup
 
 FeedEvent = tuple[Candle, ...] | Gap | Warmup
 
@@ -39,7 +38,7 @@ class ReplayFeed:
         """Skip candles already processed by an earlier run (per symbol, by open time)."""
         self._resume = dict(last_ts)
 
-    def _one(self, series: CandleSeries) -> Iterator[tuple[int, str, int, FeedEvent]]:
+    def _one(self, series: CandleSeries) -> Iterator[tuple[int, str, int, Candle | Gap]]:
         gaps = {g.next_ts: g for g in series.gaps}
         lo = max(self._start or -1, self._resume.get(series.symbol, -1) + 1)
         hi = self._end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+
 from bot.domain import Candle, Gap, timeframe_ms
 
 

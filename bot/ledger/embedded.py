@@ -29,7 +29,9 @@ def embedded_url(data_dir: Path) -> str:
 
                 server = pgserver.get_server(pgdata, cleanup_mode="stop")
             except Exception as exc:  # pgserver raises plain exceptions on start failures
-                raise LedgerError(f"embedded PostgreSQL under {pgdata} failed to start: {exc}") from exc
+                raise LedgerError(
+                    f"embedded PostgreSQL under {pgdata} failed to start: {exc}"
+                ) from exc
         _servers[pgdata] = server
         exists = server.psql(f"SELECT 1 FROM pg_database WHERE datname = '{DATABASE}';")
         if "1 row" not in exists:

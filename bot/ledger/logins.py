@@ -178,3 +178,13 @@ async def prepare(logins: Logins) -> None:
                         why="database.app_role is empty: the service can rewrite the trail")
     finally:
         await engine.dispose()
+    service = make_engine(logins.service, pool_size=1)
+    try:
+        await current_revision(service)
+    except DBAPIError as exc:  # e.g. a server that wants a password the login has not got
+        raise LedgerError(
+            f"the service login {logins.role!r} cannot connect ({brief(exc)}): give "
+            "database.url as that login with its password, and database.migrate_url as the "
+            "owner's URL") from exc
+    finally:
+        await service.dispose()

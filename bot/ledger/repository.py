@@ -8,10 +8,10 @@ upserted. Any database failure surfaces as ``LedgerError``.
 from __future__ import annotations
 
 import asyncio
-from functools import lru_cache
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -20,12 +20,22 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from bot.domain import AuditEvent, Order, OrderStatus, OrderType, Position, Regime, Side
+from bot.domain import (
+    AccountState,
+    AuditEvent,
+    ControlRequest,
+    Order,
+    OrderStatus,
+    OrderType,
+    Position,
+    Regime,
+    Side,
+    UnitOfWork,
+)
 from bot.errors import LedgerError
 from bot.ledger import tables as t
 from bot.ledger.urls import async_url
 from bot.logs import masked
-from bot.ports import AccountState, ControlRequest, UnitOfWork
 
 _WORKING = [s.value for s in OrderStatus if not s.is_terminal]
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in OrderStatus if s.is_terminal)
@@ -80,6 +90,7 @@ def order_from_row(r: Any) -> Order:
 
 def brief(exc: BaseException) -> str:
     """A one-line cause: the driver's message, never the statement or its parameters."""
+    # not adapter probing: SQLAlchemy's DBAPIError wraps the driver's error in ``orig``
     orig = getattr(exc, "orig", None)
     msg = str(orig if orig is not None else exc).strip().splitlines()
     return f"{type(orig or exc).__name__}: {msg[0][:300] if msg else ''}"
@@ -90,7 +101,7 @@ def control_from_row(r: Any) -> ControlRequest:
                           channel=r.channel, level=r.level, request_id=r.id)
 
 
-def _json(payload: Mapping[str, Any]) -> str:
+def json_text(payload: Mapping[str, Any]) -> str:
     """A payload as stored: sorted keys, and no registered secret (``bot.logs.masked``)."""
     return orjson.dumps(masked(payload), default=str, option=orjson.OPT_SORT_KEYS).decode()
 
@@ -188,11 +199,12 @@ class PostgresLedger:
             async with self.engine.begin() as conn:
                 await conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO {self._sync}")
                 await self._write(conn, unit)
-        except (SQLAlchemyError, OSError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"ledger write failed, nothing of it was kept: {brief(exc)}") from exc
         except Exception as exc:  # asyncpg errors raised inside COPY are not wrapped
             if type(exc).__module__.startswith("asyncpg"):
-                raise LedgerError(f"ledger write failed, nothing of it was kept: {brief(exc)}") from exc
+                raise LedgerError(
+                    f"ledger write failed, nothing of it was kept: {brief(exc)}") from exc
             raise
 
     async def flush(self) -> None:
@@ -280,7 +292,7 @@ class PostgresLedger:
         assert raw is not None
         await raw.copy_records_to_table("audit_events", columns=[
             "account", "run_id", "ts", "kind", "entity", "entity_id", "payload"], records=[
-            (e.account, e.run_id, to_dt(e.ts), e.kind, e.entity, e.entity_id, _json(e.payload))
+            (e.account, e.run_id, to_dt(e.ts), e.kind, e.entity, e.entity_id, json_text(e.payload))
             for e in events])
 
     async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
@@ -296,6 +308,14 @@ class PostgresLedger:
                         to_ms(datetime.now(UTC)), {"status": status})])
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"cannot finish run {run_id}: {brief(exc)}") from exc
+
+    async def active_ensemble(self) -> Mapping[str, Any] | None:
+        from bot.ledger.model_versions import active_ensemble
+
+        try:
+            return await active_ensemble(self.engine)
+        except (SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"cannot read the model registry: {brief(exc)}") from exc
 
     async def chain_head(self) -> tuple[int, str] | None:
         try:
@@ -323,8 +343,22 @@ class GroupCommitLedger:
         self._count = 0
         self._inflight: asyncio.Task[None] | None = None
 
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.inner, name)
+    async def start_run(self, run_id: str, account: str, mode: str, exchange: str,
+                        symbols: Sequence[str], timeframe: str, strategy: str,
+                        config: Mapping[str, object], starting_cash: Decimal,
+                        quote: str = "USDT") -> None:
+        await self.inner.start_run(run_id, account, mode, exchange, symbols, timeframe,
+                                   strategy, config, starting_cash, quote=quote)
+
+    async def load_account(self, account: str) -> AccountState:
+        await self.flush()
+        return await self.inner.load_account(account)
+
+    async def pending_controls(self, account: str) -> list[ControlRequest]:
+        return await self.inner.pending_controls(account)
+
+    async def active_ensemble(self) -> Mapping[str, Any] | None:
+        return await self.inner.active_ensemble()
 
     async def commit(self, unit: UnitOfWork) -> None:
         self._pending.absorb(unit)

@@ -6,7 +6,13 @@ from urllib.parse import urlsplit, urlunsplit
 
 from bot.errors import ConfigError
 
-_ACCEPTED = {"postgresql", "postgres", "postgresql+asyncpg", "postgresql+psycopg", "postgresql+psycopg2"}
+_ACCEPTED = {
+    "postgresql",
+    "postgres",
+    "postgresql+asyncpg",
+    "postgresql+psycopg",
+    "postgresql+psycopg2",
+}
 
 
 def async_url(url: str) -> str:

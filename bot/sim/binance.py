@@ -10,15 +10,15 @@ caught out.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import math
 import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
-
 from decimal import Decimal
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -93,7 +93,8 @@ class SimBinance:
     def open_account(self, api_key: str, secret: str,
                      balances: Mapping[str, Decimal | str]) -> SimAccount:
         """Enable the signed private API for one key pair with these balances."""
-        self.account = SimAccount(api_key, secret, {k: Decimal(str(v)) for k, v in balances.items()},
+        cash = {k: Decimal(str(v)) for k, v in balances.items()}
+        self.account = SimAccount(api_key, secret, cash,
                                   self.price, self.clock.now_ms, self.faults,
                                   self.clock.server_ms)
         return self.account
@@ -211,10 +212,12 @@ class SimBinance:
             out.append({
                 "symbol": i, "priceChange": f"{float(last[4]) - float(first[1]):.8f}",
                 "priceChangePercent": f"{(float(last[4]) / float(first[1]) - 1) * 100:.3f}",
-                "weightedAvgPrice": last[4], "prevClosePrice": rows[-2][4] if len(rows) > 1 else last[1],
+                "weightedAvgPrice": last[4],
+                "prevClosePrice": rows[-2][4] if len(rows) > 1 else last[1],
                 "lastPrice": last[4], "lastQty": "0.1", "bidPrice": last[4], "bidQty": "1",
                 "askPrice": last[4], "askQty": "1", "openPrice": first[1],
-                "highPrice": max(r[2] for r in rows[-24:]), "lowPrice": min(r[3] for r in rows[-24:]),
+                "highPrice": max(r[2] for r in rows[-24:]),
+                "lowPrice": min(r[3] for r in rows[-24:]),
                 "volume": "100", "quoteVolume": "1000", "openTime": first[0], "closeTime": now,
                 "firstId": 1, "lastId": 2, "count": 2})
         return web.json_response(out[0] if sid else out)
@@ -284,10 +287,11 @@ class SimBinance:
                             if prev <= r[0] < rows[-1][0]]
                 out.append(self._kline_event(sid, rows[-1], False))
                 last_sent[stream] = rows[-1][0]
-                out = self._disturb(out, held)
-                if out is None:
+                disturbed = self._disturb(out, held)
+                if disturbed is None:
                     await ws.close()
                     return
+                out = disturbed
                 for event in out:
                     await ws.send_json(event)
 
@@ -413,15 +417,16 @@ class SimBinance:
         return app
 
 
-async def start_server(sim: SimBinance, host: str = "127.0.0.1", port: int = 0) -> tuple[web.AppRunner, int]:
+async def start_server(sim: SimBinance, host: str = "127.0.0.1",
+                       port: int = 0) -> tuple[web.AppRunner, int]:
     """Serve ``sim`` on loopback; returns the runner (to ``cleanup()``) and the bound port."""
     runner = web.AppRunner(sim.app(), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)
     await site.start()
     server = site._server
-    assert server is not None
-    bound = server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    assert isinstance(server, asyncio.base_events.Server)
+    bound = server.sockets[0].getsockname()[1]
     return runner, int(bound)
 
 

@@ -125,7 +125,8 @@ class FaultPlan:
         self._t0 = time.monotonic()
 
     @classmethod
-    def from_specs(cls, specs: list[str] | tuple[str, ...], seed: int = 0, **kw: float) -> FaultPlan:
+    def from_specs(cls, specs: list[str] | tuple[str, ...], seed: int = 0,
+                   **kw: float) -> FaultPlan:
         return cls([FaultRule.parse(s) for s in specs], seed, **kw)  # type: ignore[arg-type]
 
     def _pick(self, kinds: tuple[str, ...], method: str, path: str) -> str | None:
@@ -141,8 +142,7 @@ class FaultPlan:
         return self._pick(HTTP_KINDS, method, path)
 
     def order(self, order_type: str) -> str | None:
-        kind = self._pick(("partial_fill", "insufficient_funds", "reject"), "POST",
-                          "/api/v3/order")
+        kind = self._pick(("partial_fill", "insufficient_funds", "reject"), "POST", "/api/v3/order")
         if kind == "partial_fill" and order_type != "MARKET":
             return None
         return kind

@@ -2,7 +2,7 @@
 
 Kept beside the trading state in ``risk_states`` and written with every unit of work, so a
 restart rebuilds every breaker before the first decision instead of starting them empty. The
-operator's kill/resume path (``bot/ledger/control.py``) writes only the state columns and
+operator's kill/resume path (``bot/ledger/control_requests.py``) writes only the state columns and
 leaves this one alone.
 
 Revision ID: 0006

@@ -46,7 +46,7 @@ class CrossAssetGNN(Member):
         h = h[-1].view(T, N, -1)
         a = correlation_edges(x)
         a = a / a.sum(dim=-1, keepdim=True)
-        for msg, upd in zip(self.msg, self.upd):
+        for msg, upd in zip(self.msg, self.upd, strict=False):
             m = a @ msg(h)
             h = h + F.relu(upd(torch.cat((h, m), dim=-1)))
         return scaled(self.out(h).view(T * N, 3))

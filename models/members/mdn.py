@@ -30,9 +30,11 @@ class MixtureDensity(Member):
     def forward(self, x: Tensor) -> Tensor:
         logpi, mu, log_sigma = self.mixture(x)
         pi, sigma = logpi.exp(), log_sigma.exp()
-        p_up = (pi * 0.5 * (1 + torch.erf(mu / (sigma * math.sqrt(2))))).sum(1).clamp(1e-5, 1 - 1e-5)
+        p_up = (
+            (pi * 0.5 * (1 + torch.erf(mu / (sigma * math.sqrt(2))))).sum(1).clamp(1e-5, 1 - 1e-5)
+        )
         mean = (pi * mu).sum(1)
-        var = (pi * (sigma ** 2 + mu ** 2)).sum(1) - mean ** 2
+        var = (pi * (sigma**2 + mu**2)).sum(1) - mean**2
         return torch.stack((torch.logit(p_up), mean / 100.0, torch.log(var.clamp_min(1e-8))), 1)
 
     def training_loss(self, x: Tensor, up: Tensor, ret: Tensor, labeled: Tensor) -> Tensor:

@@ -65,7 +65,7 @@ class PPOAgent(Member):
                 reward = act.float() * r - fee * scale * (act - prev).abs().float()
                 total += float(reward.sum())
                 adv = torch.zeros_like(reward)
-                last = 0.0
+                last: float | torch.Tensor = 0.0
                 for t in range(len(reward) - 1, -1, -1):
                     nxt = values[t + 1] if t + 1 < len(reward) else 0.0
                     delta = reward[t] + gamma * nxt - values[t]

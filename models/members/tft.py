@@ -57,6 +57,7 @@ class InterpretableMHA(nn.Module):
 
 
 class TemporalFusionTransformer(Member):
+    mask: Tensor  # a registered buffer
     name = "tft"
 
     def __init__(self, cfg: MemberConfig, heads: int = 4) -> None:
@@ -77,7 +78,7 @@ class TemporalFusionTransformer(Member):
 
     def _encode(self, x: Tensor) -> Tensor:
         emb = [grn(lin(x[..., i:i + 1])) for i, (lin, grn)
-               in enumerate(zip(self.var_embed, self.var_grns))]
+               in enumerate(zip(self.var_embed, self.var_grns, strict=False))]
         stacked = torch.stack(emb, dim=-2)  # [B, L, nf, d]
         weights = torch.softmax(self.selector(stacked.flatten(-2)), dim=-1)  # [B, L, nf]
         self.last_weights = weights.detach()

@@ -9,6 +9,7 @@ from models.members.base import Member, MemberConfig, head, scaled
 
 
 class TransformerEncoder(Member):
+    mask: Tensor  # a registered buffer
     name = "transformer"
 
     def __init__(self, cfg: MemberConfig, heads: int = 4, layers: int = 2) -> None:

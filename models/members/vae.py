@@ -11,12 +11,13 @@ from torch import Tensor, nn
 
 from models.members.base import Member, MemberConfig
 
-
 # a window is in a regime only when its nearest centroid is at most 90 % as far as the next
 CONFIDENT_RATIO = 0.9
 
 
 class VAERegime(Member):
+    centroids: Tensor  # registered buffers
+    regime_stats: Tensor
     name = "vae"
     kind = "regime"
 

@@ -1,7 +1,7 @@
 """Operator control: every kill-switch channel converges here on the engine's one queue, and
 from there on the risk state machine.
 
-- the CLI, through the database (``bot.ledger.control``: LISTEN/NOTIFY), needs no broker;
+- the CLI, through the database (``bot.ledger.control_requests``: LISTEN/NOTIFY), needs no broker;
 - SIGINT/SIGTERM, with the configured kill level (``risk.kill_on_signal``);
 - signed MQTT commands (``bot.bus``), verified here before anything happens.
 """
@@ -15,9 +15,9 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.bus.signing import Command, Rejection, verify
+from bot.domain import ControlRequest
 from bot.engine import Engine
 from bot.logs import get_logger
-from bot.ports import ControlRequest
 
 log = get_logger("control")
 

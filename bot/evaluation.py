@@ -24,14 +24,23 @@ import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from bot.config import Settings
-from bot.domain import MarketSpec, timeframe_ms
-from bot.feeds.files import CandleSeries
+from bot.domain import CandleSeries, MarketSpec, timeframe_ms
+from bot.training import members_from
 from models.calibrate import ece
-from models.cli_support import barrier_from, members_from, pick_device
+from models.device import pick_device
 from models.evaluate import (
-    PrecomputedSource, WithoutProbability, accuracy_over_time, coverage, fold_table, load,
-    metrics_table, out_of_sample, reliability_data, signal_tables,
+    PrecomputedSource,
+    WithoutProbability,
+    accuracy_over_time,
+    coverage,
+    fold_table,
+    load,
+    metrics_table,
+    out_of_sample,
+    reliability_data,
+    signal_tables,
 )
+from models.labels import barrier_from
 from models.report import write_report
 from models.significance import log_losses, step_returns, verdicts
 from models.significance import sharpe as annualised_sharpe
@@ -55,12 +64,15 @@ UNCAPPED_TAG = "(caps lifted)"
 def round_trip_cost(settings: Settings) -> float:
     """Fees and slippage both ways, as the engine computes them for a backtest."""
     p = settings.paper
-    fee = float(p.fee_rate) if p.fee_rate is not None else float(MarketSpec("*", "*", "*").taker_fee)
+    fee = (
+        float(p.fee_rate) if p.fee_rate is not None else float(MarketSpec("*", "*", "*").taker_fee)
+    )
     return 2 * (fee + float(p.slippage_bps) / 10_000)
 
 
-def buy_and_hold(series: Sequence[CandleSeries], windows: Sequence[tuple[int, int]],
-                 settings: Settings) -> dict[str, Any]:
+def buy_and_hold(
+    series: Sequence[CandleSeries], windows: Sequence[tuple[int, int]], settings: Settings
+) -> dict[str, Any]:
     """Buy & hold over each test window [start, end): equal weights bought at the window's
     first open and sold at its last close (one round trip per symbol and window, fees and
     slippage both ways, no stops), marked to market every candle; the proceeds of one window
@@ -95,11 +107,16 @@ def buy_and_hold(series: Sequence[CandleSeries], windows: Sequence[tuple[int, in
     per_year = 365 * 86_400_000 / timeframe_ms(settings.timeframe)
     sharpe = float(annualised_sharpe(rets, per_year)) if len(rets) > 1 else 0.0
     peak = np.maximum.accumulate(vals)
-    return {"return_pct": round(100 * (final / equity0 - 1), 4), "sharpe": round(sharpe, 4),
-            "max_drawdown_pct": round(float(100 * ((peak - vals) / peak).max()), 4),
-            "trades": trades, "turnover": round((bought + sold) / equity0, 4),
-            "fees_pct": round(100 * fees / equity0, 4), "equity": equity,
-            "final_equity": final}
+    return {
+        "return_pct": round(100 * (final / equity0 - 1), 4),
+        "sharpe": round(sharpe, 4),
+        "max_drawdown_pct": round(float(100 * ((peak - vals) / peak).max()), 4),
+        "trades": trades,
+        "turnover": round((bought + sold) / equity0, 4),
+        "fees_pct": round(100 * fees / equity0, 4),
+        "equity": equity,
+        "final_equity": final,
+    }
 
 
 class Timer:
@@ -116,8 +133,10 @@ class Timer:
 
     def summary(self) -> str:
         total = sum(self.parts.values())
-        return ", ".join(f"{k} {_clock(v)}" for k, v in self.parts.items()) + \
-            f"; total {_clock(total)}"
+        return (
+            ", ".join(f"{k} {_clock(v)}" for k, v in self.parts.items())
+            + f"; total {_clock(total)}"
+        )
 
 
 def _clock(seconds: float) -> str:
@@ -126,27 +145,42 @@ def _clock(seconds: float) -> str:
 
 
 def progress_bars() -> Progress:
-    return Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
-                    TextColumn("{task.fields[info]}"), TimeElapsedColumn())
+    return Progress(
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    )
 
 
-async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Sequence[str] | None,
-                         out_dir: Path, preset: str, models: str | None, folds: int,
-                         say: Callable[[str], Any] = print) -> tuple[Path, dict[str, Any]]:
+async def run_evaluation(
+    settings: Settings,
+    files: Sequence[Path],
+    symbols: Sequence[str] | None,
+    out_dir: Path,
+    preset: str,
+    models: str | None,
+    folds: int,
+    say: Callable[[str], Any] = print,
+) -> tuple[Path, dict[str, Any]]:
     from bot.app import backtest, load_series
 
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}")
     timer = Timer()
     barrier = barrier_from(settings.risk)
-    cfg = with_barrier(TrainConfig(**{**vars(PRESETS[preset]), "device": pick_device("auto")}),
-                       barrier)
+    cfg = with_barrier(
+        TrainConfig(**{**vars(PRESETS[preset]), "device": pick_device("auto")}), barrier
+    )
     names = members_from(models)
     series = load_series(files, settings.timeframe, symbols)
     data = load(series, barrier)
     timer.lap("features and labels")
-    say(f"training {len(names)} members on {folds} expanding walk-forward fold(s) for the bet "
-        f"{barrier.describe()}...")
+    say(
+        f"training {len(names)} members on {folds} expanding walk-forward fold(s) for the bet "
+        f"{barrier.describe()}..."
+    )
     with progress_bars() as bars:
         fold_bars: dict[int, Any] = {}
 
@@ -166,21 +200,34 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
     step = timeframe_ms(settings.timeframe)
 
     def strategy() -> EnsembleStrategy:
-        return EnsembleStrategy(barrier.k_stop, barrier.k_target, barrier.horizon, step,
-                                cost=cost, max_dispersion=settings.strategy.max_dispersion)
+        return EnsembleStrategy(
+            barrier.k_stop,
+            barrier.k_target,
+            barrier.horizon,
+            step,
+            cost=cost,
+            max_dispersion=settings.strategy.max_dispersion,
+        )
 
     async def trade(name: str, source: str, risk: dict[str, Any], fixed: bool) -> dict[str, Any]:
         s2 = settings.model_copy(update={"risk": settings.risk.model_copy(update=risk)})
         strat: Any = WithoutProbability(strategy()) if fixed else strategy()
-        outcome = await backtest(s2, series, None, start, end,
-                                 stack=(PrecomputedSource(source, tables[source]), strat))
+        outcome = await backtest(
+            s2, series, None, start, end, stack=(PrecomputedSource(source, tables[source]), strat)
+        )
         s = outcome.summary
-        return {"return_pct": s["return_pct"], "sharpe": s["sharpe"],
-                "max_drawdown_pct": s["max_drawdown_pct"], "trades": s["trades"],
-                "turnover": s["turnover"],
-                "fees_pct": round(100 * float(Decimal(str(s["fees"])) /
-                                              Decimal(str(s["starting_equity"]))), 4),
-                "equity": outcome.equity, "run_id": outcome.run_id}
+        return {
+            "return_pct": s["return_pct"],
+            "sharpe": s["sharpe"],
+            "max_drawdown_pct": s["max_drawdown_pct"],
+            "trades": s["trades"],
+            "turnover": s["turnover"],
+            "fees_pct": round(
+                100 * float(Decimal(str(s["fees"])) / Decimal(str(s["starting_equity"]))), 4
+            ),
+            "equity": outcome.equity,
+            "run_id": outcome.run_id,
+        }
 
     trading: dict[str, dict[str, Any]] = {}
     sizing: dict[str, dict[str, Any]] = {}
@@ -193,56 +240,105 @@ async def run_evaluation(settings: Settings, files: Sequence[Path], symbols: Seq
         timer.lap("trading predictors")
         task = bars.add_task("sizing comparison", total=2 * len(SIZING_RULES), info="")
         for row, source, risk, fixed in SIZING_RULES:
-            same = (source == "ensemble" and not fixed and
-                    risk == {"kelly_fraction": settings.risk.kelly_fraction})
+            same = (
+                source == "ensemble"
+                and not fixed
+                and risk == {"kelly_fraction": settings.risk.kelly_fraction}
+            )
             sizing[row] = trading["ensemble"] if same else await trade(row, source, risk, fixed)
             bars.update(task, advance=1, info=row)
         folds_ts = np.array(oos.fold)
-        windows = [(int(np.array(oos.ts)[folds_ts == k].min()),
-                    int(np.array(oos.ts)[folds_ts == k].max()) + step)
-                   for k in sorted(set(oos.fold))]
+        windows = [
+            (
+                int(np.array(oos.ts)[folds_ts == k].min()),
+                int(np.array(oos.ts)[folds_ts == k].max()) + step,
+            )
+            for k in sorted(set(oos.fold))
+        ]
         sizing["buy_and_hold"] = buy_and_hold(series, windows, settings)
-        sizing["always_flat"] = {"return_pct": 0.0, "sharpe": 0.0, "max_drawdown_pct": 0.0,
-                                 "trades": 0, "turnover": 0.0, "fees_pct": 0.0,
-                                 "equity": [(t, float(settings.paper.starting_balance))
-                                            for t, _ in sizing["buy_and_hold"]["equity"]]}
+        sizing["always_flat"] = {
+            "return_pct": 0.0,
+            "sharpe": 0.0,
+            "max_drawdown_pct": 0.0,
+            "trades": 0,
+            "turnover": 0.0,
+            "fees_pct": 0.0,
+            "equity": [
+                (t, float(settings.paper.starting_balance))
+                for t, _ in sizing["buy_and_hold"]["equity"]
+            ],
+        }
         # the same rules with the caps that bind lifted, so the rule itself shows (spot still
         # cannot spend more than its cash)
         for row, source, risk, fixed in SIZING_RULES:
-            sizing[f"{row} {UNCAPPED_TAG}"] = await trade(row, source, {**risk, **UNCAPPED},
-                                                          fixed)
+            sizing[f"{row} {UNCAPPED_TAG}"] = await trade(row, source, {**risk, **UNCAPPED}, fixed)
             bars.update(task, advance=1, info=f"{row} {UNCAPPED_TAG}")
         timer.lap("sizing comparison")
     lab = np.array(oos.labeled)
     y = np.array(oos.up)[lab]
-    calibration = {"ece_final": ece(np.array(oos.p["ensemble"])[lab], y),
-                   **{f"ece_{k}": ece(np.array(v)[lab], y) for k, v in oos.stages.items()},
-                   "n": int(lab.sum()), "timeouts": int((~lab).sum())}
+    calibration = {
+        "ece_final": ece(np.array(oos.p["ensemble"])[lab], y),
+        **{f"ece_{k}": ece(np.array(v)[lab], y) for k, v in oos.stages.items()},
+        "n": int(lab.sum()),
+        "timeouts": int((~lab).sum()),
+    }
     losses = {n: log_losses(np.array(p)[lab], y) for n, p in oos.p.items()}
-    curves = {**{n: t["equity"] for n, t in trading.items()},
-              **{n: t["equity"] for n, t in sizing.items()}}
+    curves = {
+        **{n: t["equity"] for n, t in trading.items()},
+        **{n: t["equity"] for n, t in sizing.items()},
+    }
     rets = {n: step_returns(eq or []) for n, eq in curves.items()}
     longest = max((len(r) for r in rets.values()), default=0)
-    verdict = verdicts(losses, "base_rate", ("momentum_sign", "logistic_regression"),
-                       barrier.horizon, rets, 365 * 86_400_000 / step,
-                       block=max(barrier.horizon, round(longest ** (1 / 3))))
+    verdict = verdicts(
+        losses,
+        "base_rate",
+        ("momentum_sign", "logistic_regression"),
+        barrier.horizon,
+        rets,
+        365 * 86_400_000 / step,
+        block=max(barrier.horizon, round(longest ** (1 / 3))),
+    )
     timer.lap("statistics")
     fmt = lambda ms: datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%d")  # noqa: E731
-    meta = {"symbols": [s.symbol for s in series], "timeframe": settings.timeframe,
-            "preset": preset, "lookback": cfg.lookback, "barrier": barrier.describe(),
-            "break_even": 1 / (1 + barrier.k_target / barrier.k_stop), "cost": cost,
-            "kelly_fraction": settings.risk.kelly_fraction,
-            "max_risk_per_trade": settings.risk.max_risk_per_trade,
-            "max_exposure_symbol": float(settings.risk.max_exposure_symbol),
-            "max_exposure_total": float(settings.risk.max_exposure_total),
-            "train_windows": cfg.max_train_samples, "epochs": cfg.epochs,
-            "folds": folds, "test_from": fmt(start), "test_to": fmt(end)}
+    meta = {
+        "symbols": [s.symbol for s in series],
+        "timeframe": settings.timeframe,
+        "preset": preset,
+        "lookback": cfg.lookback,
+        "barrier": barrier.describe(),
+        "break_even": 1 / (1 + barrier.k_target / barrier.k_stop),
+        "cost": cost,
+        "kelly_fraction": settings.risk.kelly_fraction,
+        "max_risk_per_trade": settings.risk.max_risk_per_trade,
+        "max_exposure_symbol": float(settings.risk.max_exposure_symbol),
+        "max_exposure_total": float(settings.risk.max_exposure_total),
+        "train_windows": cfg.max_train_samples,
+        "epochs": cfg.epochs,
+        "folds": folds,
+        "test_from": fmt(start),
+        "test_to": fmt(end),
+    }
     meta["coverage"] = coverage(oos, series, step)
     meta["folds_table"] = fold_table(oos, names)
     meta["elapsed"] = timer.summary()
-    path = write_report(out_dir, meta, metrics, trading, accuracy_over_time(oos),
-                        reliability_data(oos), sizing, stages, calibration, verdict)
+    path = write_report(
+        out_dir,
+        meta,
+        metrics,
+        trading,
+        accuracy_over_time(oos),
+        reliability_data(oos),
+        sizing,
+        stages,
+        calibration,
+        verdict,
+    )
     timer.lap("report")
     say(f"elapsed: {timer.summary()}")
-    return path, {"predictors": metrics, "sizing": sizing, "calibration": calibration,
-                  "verdict": verdict, "elapsed": dict(timer.parts)}
+    return path, {
+        "predictors": metrics,
+        "sizing": sizing,
+        "calibration": calibration,
+        "verdict": verdict,
+        "elapsed": dict(timer.parts),
+    }

@@ -1,4 +1,6 @@
-"""What ``stackbot train`` and ``stackbot models`` do, apart from parsing flags."""
+"""Training as the application runs it (``stackbot train``, and the retrain job through it):
+train with progress bars, save and register the checkpoints, and promote by the rule asked
+for, comparing with the active version as live would score both."""
 
 from __future__ import annotations
 
@@ -7,28 +9,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from bot.feeds.files import CandleSeries
+from bot.domain import CandleSeries
+from bot.errors import RegistryError
+from bot.ledger.model_versions import active_ensemble, promote, register
 from models.dataset import symbol_data
+from models.device import pick_device
 from models.ensemble import Ensemble
-from models.members import REGISTRY
-from models.registry import RegistryError, active_ensemble, promote, register, save_ensemble
 from models.labels import BarrierSpec
+from models.members import REGISTRY
 from models.promotion import compare_live
+from models.registry import save_ensemble
 from models.train import PRESETS, TrainConfig, TrainResult, barrier_of, train_ensemble, with_barrier
-
-
-def barrier_from(risk: Any) -> BarrierSpec:
-    """The bet the risk settings place: what a model must be trained for."""
-    return BarrierSpec(risk.k_stop, risk.k_target, risk.barrier_horizon)
-
-
-def pick_device(requested: str) -> str:
-    if requested == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return requested
 
 
 def members_from(arg: str | None) -> list[str]:
@@ -48,8 +41,12 @@ def run_training(series: Sequence[CandleSeries], timeframe: str, preset: str,
     cfg = with_barrier(TrainConfig(**{**vars(cfg), "device": pick_device(device),
                                       **({"seed": seed} if seed is not None else {})}), barrier)
     data = [symbol_data(s, barrier) for s in series]
-    with Progress(TextColumn("{task.description:<16}"), BarColumn(), TextColumn("{task.fields[info]}"),
-                  TimeElapsedColumn()) as progress:
+    with Progress(
+        TextColumn("{task.description:<16}"),
+        BarColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+    ) as progress:
         tasks: dict[str, Any] = {}
         current: list[str] = []
 
@@ -59,8 +56,11 @@ def run_training(series: Sequence[CandleSeries], timeframe: str, preset: str,
                 current[:] = [name]
                 started[name] = time.perf_counter()
             else:
-                progress.update(tasks[name], completed=cfg.epochs,
-                                info=f"done in {time.perf_counter() - started[name]:.1f}s")
+                progress.update(
+                    tasks[name],
+                    completed=cfg.epochs,
+                    info=f"done in {time.perf_counter() - started[name]:.1f}s",
+                )
 
         started: dict[str, float] = {}
 
@@ -71,26 +71,40 @@ def run_training(series: Sequence[CandleSeries], timeframe: str, preset: str,
         return train_ensemble(data, cfg, members, on_member, tick)
 
 
-async def store(engine: Any, result: TrainResult, root: Path, timeframe: str,
-                promote_mode: str, series: Sequence[CandleSeries]) -> tuple[str, Path, bool, str]:
+async def store(
+    engine: Any,
+    result: TrainResult,
+    root: Path,
+    timeframe: str,
+    promote_mode: str,
+    series: Sequence[CandleSeries],
+) -> tuple[str, Path, bool, str]:
     """Save and register; promote per ``promote_mode`` (always | if-none | if-better | never).
     ``series`` are the candles it was trained on (if-better scores both versions on their
     held-out test part). Returns (ensemble id, checkpoint dir, promoted?, why)."""
     bundle = save_ensemble(result, root, timeframe)
-    await register(engine, bundle)
+    await register(engine, bundle.ensemble_id, bundle.rows)
     current = await active_ensemble(engine)
     why = ""
     if promote_mode == "always":
         ok, why = True, "asked to promote"
     elif promote_mode == "if-none":
-        ok, why = current is None, "no active ensemble" if current is None else "an ensemble is active"
+        ok, why = (
+            current is None,
+            "no active ensemble" if current is None else "an ensemble is active",
+        )
     elif promote_mode == "if-better":
         if current is None:
             ok, why = True, "no active ensemble"
         else:
-            ok, why = await better_than_active(result, bundle.directory / "ensemble.json",
-                                               series, timeframe, Path(current["path"]),
-                                               current["sha256"])
+            ok, why = await better_than_active(
+                result,
+                bundle.directory / "ensemble.json",
+                series,
+                timeframe,
+                Path(current["path"]),
+                current["sha256"],
+            )
     else:
         ok, why = False, "not asked to promote"
     if ok:
@@ -98,9 +112,14 @@ async def store(engine: Any, result: TrainResult, root: Path, timeframe: str,
     return bundle.ensemble_id, bundle.directory, ok, why
 
 
-async def better_than_active(result: TrainResult, manifest: Path,
-                             series: Sequence[CandleSeries], timeframe: str, active: Path,
-                             active_sha: str) -> tuple[bool, str]:
+async def better_than_active(
+    result: TrainResult,
+    manifest: Path,
+    series: Sequence[CandleSeries],
+    timeframe: str,
+    active: Path,
+    active_sha: str,
+) -> tuple[bool, str]:
     """Promote only when the new version's log-loss beats the active one's on the same held-out
     test windows, both scored as they would trade live (``models/promotion.py``)."""
     barrier = barrier_of(result.config)
@@ -113,10 +132,14 @@ async def better_than_active(result: TrainResult, manifest: Path,
     c = await compare_live(new, old, series, timeframe, t0, t1)
     if c.n == 0:
         return False, "no test windows with an outcome that both versions scored"
-    scored = (f"on the same {c.n} held-out windows, scored as live (a timestamp at a time, "
-              "online re-weighting on)")
+    scored = (
+        f"on the same {c.n} held-out windows, scored as live (a timestamp at a time, "
+        "online re-weighting on)"
+    )
     if c.new_is_better:
-        return True, (f"test log-loss {c.new_log_loss:.5f} beats the active "
-                      f"{c.old_log_loss:.5f} {scored}")
-    return False, (f"test log-loss {c.new_log_loss:.5f} does not beat the active "
-                   f"{c.old_log_loss:.5f} {scored}")
+        return True, (
+            f"test log-loss {c.new_log_loss:.5f} beats the active {c.old_log_loss:.5f} {scored}"
+        )
+    return False, (
+        f"test log-loss {c.new_log_loss:.5f} does not beat the active {c.old_log_loss:.5f} {scored}"
+    )

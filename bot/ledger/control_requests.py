@@ -15,15 +15,15 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import select, text
+from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import AuditEvent
+from bot.domain import AuditEvent, KillLevel
 from bot.ledger import tables as t
-from bot.ledger.repository import _json, to_dt, to_ms
+from bot.ledger.repository import json_text, to_dt, to_ms
 from bot.ledger.urls import async_url, plain_url
-from risk.state import KillLevel, RiskState, StateMachine
+from risk.state import RiskState, StateMachine
 
 CHANNEL = "stackbot_control"
 
@@ -46,7 +46,7 @@ async def request_control(engine: AsyncEngine, account: str, action: str, reason
         req_id = (await conn.execute(pg_insert(t.ControlRequestRow).values(
             account=account, action=action, level=level, reason=reason, operator=operator,
             channel="cli").returning(t.ControlRequestRow.id))).scalar_one()
-        snap = machine.s.snapshot()
+        snap = machine.current.snapshot()
         stmt = pg_insert(t.RiskStateRow).values(account=account, state=snap["state"],
                                                  reason=snap["reason"], detail=snap, updated_at=now)
         await conn.execute(stmt.on_conflict_do_update(index_elements=["account"], set_={
@@ -56,10 +56,10 @@ async def request_control(engine: AsyncEngine, account: str, action: str, reason
             "from": tr.before.value, "to": tr.after.value, "reason": tr.reason,
             "by": "operator" if action == "resume" else "kill", "operator": operator,
             "channel": "cli", "level": level, "request_id": req_id})
-        await conn.execute(t.AuditEventRow.__table__.insert().values(
+        await conn.execute(insert(t.AuditEventRow).values(
             account=event.account, run_id=event.run_id, ts=to_dt(event.ts), kind=event.kind,
             entity=event.entity, entity_id=event.entity_id,
-            payload=json.loads(_json(event.payload))))
+            payload=json.loads(json_text(event.payload))))
         await conn.execute(text("SELECT pg_notify(:ch, :payload)"),
                            {"ch": CHANNEL, "payload": json.dumps({"account": account,
                                                                   "id": req_id})})
@@ -78,7 +78,7 @@ class ControlListener:
     """LISTEN on the control channel; calls ``on_request(account)`` for each notification.
     Reconnects on its own; a lost notification is caught by ``poll_s`` polling."""
 
-    def __init__(self, url: str, on_request: Callable[[str], None], poll_s: float = 5.0) -> None:
+    def __init__(self, url: str, on_request: Callable[[str], object], poll_s: float = 5.0) -> None:
         self.dsn = plain_url(async_url(url))
         self.on_request = on_request
         self.poll_s = poll_s
@@ -108,7 +108,7 @@ class ControlListener:
                         self.on_request(account)  # safety net: look for pending requests
                 finally:
                     conn.terminate()  # immediate: never waits on a server that went away
-            except (OSError, asyncpg.PostgresError, asyncio.TimeoutError):
+            except (TimeoutError, OSError, asyncpg.PostgresError):
                 await asyncio.sleep(self.poll_s)
 
     async def close(self) -> None:

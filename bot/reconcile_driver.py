@@ -14,11 +14,11 @@ from collections.abc import Mapping
 
 from bot.clock import Clock
 from bot.desk import OrderDesk
-from bot.domain import ZERO, MarketSpec, Position
+from bot.domain import ZERO, MarketSpec, Position, UnitOfWork
 from bot.errors import ExchangeError
 from bot.logs import get_logger
 from bot.portfolio import Portfolio
-from bot.ports import Broker, UnitOfWork
+from bot.ports import Broker
 from bot.reconcile import reconcile
 from risk.manager import RiskManager
 
@@ -39,8 +39,7 @@ class Reconciler:
         """Compare the ledger with the venue (brokers that have one). From start-up until a
         verdict, and whenever they disagree, no new order passes risk; the verdict is audited
         when it changes, and at every start."""
-        probe = getattr(self.broker, "venue_state", None)
-        if probe is None:
+        if not self.broker.has_venue:
             return
         now = self.clock.now_ms()
         if at_start:
@@ -48,17 +47,20 @@ class Reconciler:
             self.awaiting_verdict = True
             self.risk.machine.block("reconcile", True)
         try:
-            venue, updates = await probe(list(self.markets))
+            answer = await self.broker.venue_state(list(self.markets))
         except ExchangeError as exc:  # keep the last verdict; try again next step
             log.warning("reconcile_unavailable", error=str(exc)[:300])
             return
+        if answer is None:
+            return
+        venue, updates = answer
         for update in updates:
             self.desk.apply(update, unit)
         pf = self.portfolio
         first_run = self.first_run
         r = reconcile(list(self.markets), pf.quote, {p.symbol: p.quantity for p in pf.positions()},
                       pf.cash, {o.client_order_id for o in pf.working_orders()}, venue,
-                      first_run, getattr(self.broker, "in_doubt", 0))
+                      first_run, self.broker.in_doubt)
         if r.deferred:
             log.info("reconcile_deferred", why=r.deferred)
             if at_start:
@@ -90,6 +92,6 @@ class Reconciler:
             unit.audit.append(self.desk.event(
                 "reconcile.ok" if r.agree else "reconcile.mismatch", "account", self.account,
                 now, {"problems": list(r.problems)}))
-            unit.risk_state[self.account] = (self.risk.machine.s.snapshot(), now)
+            unit.risk_state[self.account] = (self.risk.machine.current.snapshot(), now)
             (log.info if r.agree else log.error)("reconciled", verdict=r.describe())
         self.first_run = self.awaiting_verdict = False

@@ -1,0 +1,125 @@
+"""The messages that flow between stages, and every value that crosses a stage boundary: one
+home, a module per subject. Import them from here (``from bot.domain import Candle``).
+
+    feed -> features -> signal source -> strategy -> risk -> broker -> ledger / bus
+
+- ``market``: timeframes, candles, gaps, warm-up history, feed states, regimes, market specs,
+  candle series;
+- ``trading``: signals, intents, risk decisions, orders and their states, fills, positions,
+  equity snapshots, audit events;
+- ``venue``: an order's update from the venue, the venue's side of a reconciliation;
+- ``control``: an operator's command;
+- ``ledger``: a unit of work for the ledger, and the account state it returns at start-up;
+- ``risk``: trading states, kill levels, transitions, breaker trips and observations,
+  protective orders, readings and the risk report.
+
+Every message is a frozen, slotted dataclass or an enum (the risk report, a running tally,
+and the unit of work, which is filled in place before it is committed, are the mutable
+exceptions). Times are integer milliseconds since the Unix epoch, UTC.
+"""
+
+from __future__ import annotations
+
+from bot.domain.control import (
+    ControlRequest,
+)
+from bot.domain.ledger import (
+    AccountState,
+    UnitOfWork,
+)
+from bot.domain.market import (
+    TIMEFRAME_MS,
+    ZERO,
+    Candle,
+    CandleSeries,
+    FeedState,
+    FeedStatus,
+    Gap,
+    MarketSpec,
+    Mode,
+    Regime,
+    Warmup,
+    timeframe_ms,
+)
+from bot.domain.risk import (
+    BreakerReading,
+    CandleObs,
+    ClockObs,
+    EquityObs,
+    ExchangeCallObs,
+    FeedObs,
+    KillLevel,
+    PredictionObs,
+    Protect,
+    RiskReport,
+    TradeClosedObs,
+    TradingState,
+    Transition,
+    Trip,
+)
+from bot.domain.trading import (
+    ALLOWED_TRANSITIONS,
+    AuditEvent,
+    EquitySnapshot,
+    Fill,
+    InvalidTransition,
+    Order,
+    OrderIntent,
+    OrderStatus,
+    OrderType,
+    Position,
+    RiskDecision,
+    Side,
+    Signal,
+)
+from bot.domain.venue import (
+    OrderUpdate,
+    VenueState,
+)
+
+__all__ = [
+    "ALLOWED_TRANSITIONS",
+    "AccountState",
+    "AuditEvent",
+    "BreakerReading",
+    "Candle",
+    "CandleObs",
+    "CandleSeries",
+    "ClockObs",
+    "ControlRequest",
+    "EquityObs",
+    "EquitySnapshot",
+    "ExchangeCallObs",
+    "FeedObs",
+    "FeedState",
+    "FeedStatus",
+    "Fill",
+    "Gap",
+    "InvalidTransition",
+    "KillLevel",
+    "MarketSpec",
+    "Mode",
+    "Order",
+    "OrderIntent",
+    "OrderStatus",
+    "OrderType",
+    "OrderUpdate",
+    "Position",
+    "PredictionObs",
+    "Protect",
+    "Regime",
+    "RiskDecision",
+    "RiskReport",
+    "Side",
+    "Signal",
+    "TIMEFRAME_MS",
+    "TradeClosedObs",
+    "TradingState",
+    "Transition",
+    "Trip",
+    "UnitOfWork",
+    "VenueState",
+    "Warmup",
+    "ZERO",
+    "timeframe_ms",
+]

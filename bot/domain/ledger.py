@@ -1,0 +1,69 @@
+"""What goes to the ledger together (a unit of work) and what comes back at start-up."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+from typing import Any
+
+from bot.domain.control import ControlRequest
+from bot.domain.trading import AuditEvent, EquitySnapshot, Fill, Order, Position, Signal
+
+
+@dataclass(slots=True)
+class UnitOfWork:
+    """Changes that commit together, each with its audit event, in one transaction."""
+
+    signals: list[tuple[str, str, Signal]] = field(default_factory=list)  # run, account, signal
+    orders: dict[str, Order] = field(default_factory=dict)  # latest state per client id
+    fills: list[Fill] = field(default_factory=list)
+    positions: dict[tuple[str, str], Position] = field(default_factory=dict)
+    cash: dict[str, tuple[Decimal, int]] = field(default_factory=dict)  # account -> (cash, ts)
+    equity: list[EquitySnapshot] = field(default_factory=list)
+    cursors: dict[tuple[str, str], int] = field(default_factory=dict)  # (account, symbol) -> ts
+    risk_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    # account -> the risk manager's memory, taken when the unit is written (group commits
+    # write only the latest)
+    risk_memory: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
+    controls_done: dict[int, dict[str, Any]] = field(default_factory=dict)  # request id -> result
+    commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # MQTT command id -> row
+    audit: list[AuditEvent] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return bool(
+            self.signals or self.orders or self.fills or self.positions or self.cash
+            or self.equity or self.cursors or self.risk_state or self.risk_memory
+            or self.controls_done
+            or self.commands or self.audit
+        )
+
+    def absorb(self, other: UnitOfWork) -> None:
+        """Fold a later unit into this one (group commit keeps the last state per key)."""
+        self.signals.extend(other.signals)
+        self.orders.update(other.orders)
+        self.fills.extend(other.fills)
+        self.positions.update(other.positions)
+        self.cash.update(other.cash)
+        self.equity.extend(other.equity)
+        self.cursors.update(other.cursors)
+        self.risk_state.update(other.risk_state)
+        self.risk_memory.update(other.risk_memory)
+        self.controls_done.update(other.controls_done)
+        self.commands.update(other.commands)
+        self.audit.extend(other.audit)
+
+
+@dataclass(frozen=True, slots=True)
+class AccountState:
+    """What the ledger knows of an account at start-up."""
+
+    cash: Decimal | None
+    positions: tuple[Position, ...]
+    working_orders: tuple[Order, ...]
+    cursors: Mapping[str, int]
+    risk_state: Mapping[str, Any] | None = None
+    risk_memory: Mapping[str, Any] | None = None  # breaker windows etc. (``RiskManager.memory``)
+    pending_controls: tuple[ControlRequest, ...] = ()
+    recent_nonces: frozenset[str] = frozenset()
+    command_acks: Mapping[str, Any] = field(default_factory=dict)  # accepted MQTT id -> ack

@@ -1,0 +1,118 @@
+"""Risk's messages: trading states and kill levels, state transitions, breaker trips and the
+observations breakers are fed, protective orders the risk manager asks for, and its readings
+and report. The logic that produces them is ``risk/``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from decimal import Decimal
+from enum import StrEnum
+
+
+class TradingState(StrEnum):
+    ACTIVE = "ACTIVE"
+    REDUCING = "REDUCING"
+    HALTED = "HALTED"
+
+
+class KillLevel(StrEnum):
+    PAUSE = "pause"
+    CANCEL = "cancel"
+    FLATTEN = "flatten"
+
+
+@dataclass(frozen=True, slots=True)
+class Transition:
+    before: TradingState
+    after: TradingState
+    reason: str
+    source: str  # breaker name, "operator", "kill", "clock"
+    ts: int
+    operator: str | None = None
+    kill_level: KillLevel | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    breaker: str
+    reason: str
+    target: TradingState | None = None  # None: no state change (cooldown or block only)
+    until: int | None = None  # REDUCING end
+    cooldown_until: int | None = None
+    block: tuple[str, bool] | None = None  # (key, on)
+    retrain: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class EquityObs:
+    ts: int
+    equity: float  # cash + positions marked to market (unrealized P&L included)
+
+
+@dataclass(frozen=True, slots=True)
+class CandleObs:
+    ts: int  # close time
+    symbol: str
+    atr: float
+
+
+@dataclass(frozen=True, slots=True)
+class TradeClosedObs:
+    ts: int
+    symbol: str
+    pnl: float
+
+
+@dataclass(frozen=True, slots=True)
+class ExchangeCallObs:
+    ts: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True)
+class PredictionObs:
+    ts: int
+    correct: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClockObs:
+    now: int
+
+
+@dataclass(frozen=True, slots=True)
+class FeedObs:
+    ts: int
+    stale: bool  # the feed's reads keep failing (True) or data flows again (False)
+    reason: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Protect:
+    """What a position needs at the venue: a stop at ``stop_price`` (None: no stop), or an
+    exit at market (``exit_reason``)."""
+
+    symbol: str
+    stop_price: Decimal | None = None
+    exit_reason: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BreakerReading:
+    """One breaker's current reading against its limit, for ``stackbot status``."""
+
+    name: str
+    reading: float
+    limit: float
+    unit: str  # "share", "count", "ratio"
+
+
+@dataclass
+class RiskReport:
+    """What fired, for the run summary: the risk manager's running tally (mutable, the one
+    exception here; it is read at the end of a run, never passed between stages)."""
+
+    trips: dict[str, int] = field(default_factory=dict)
+    transitions: list[dict[str, object]] = field(default_factory=list)
+    decisions: dict[str, int] = field(default_factory=dict)
+    retrain_requests: int = 0

@@ -1,0 +1,28 @@
+"""What a venue says: an order's new state with its fills, and its side of a reconciliation."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from decimal import Decimal
+
+from bot.domain.trading import Fill, Order
+
+
+@dataclass(frozen=True, slots=True)
+class OrderUpdate:
+    """What a venue said about one order: a new state and any fills."""
+
+    order: Order
+    fills: tuple[Fill, ...] = ()
+    note: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class VenueState:
+    """The venue's side of a reconciliation: total balances (free + locked) per asset, the
+    open orders as (client id, symbol, exchange id), and last prices for adopting holdings."""
+
+    balances: Mapping[str, Decimal]
+    open_orders: tuple[tuple[str, str, str], ...]
+    prices: Mapping[str, Decimal] = field(default_factory=dict)

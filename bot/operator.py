@@ -1,0 +1,186 @@
+"""Operator control: what the engine does with a command from any channel (the CLI through
+PostgreSQL, signed MQTT commands, signals, the scheduler's jobs), between candles.
+
+Kill (pause, cancel or flatten) and resume change risk's trading state; a refused command is
+audited; scheduled housekeeping (risk ticks, equity snapshots, the model check, the
+retrain's outcome) runs here too. Every change goes through the engine's unit of work, so it
+commits with its audit event, and a request already carried out is never carried out twice.
+The engine hands each request here (``Engine.drain_controls``); the console's REST API will
+use the same entry point.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from bot.desk import exit_intent
+from bot.domain import ControlRequest, EquitySnapshot, KillLevel, UnitOfWork
+from bot.errors import LedgerError
+from bot.logs import get_logger
+from bot.records import command_row
+
+if TYPE_CHECKING:
+    from bot.engine import Engine
+
+log = get_logger("operator")
+HOUSEKEEPING = ("tick", "snapshot", "model_check", "retrain", "retrain_done")
+
+
+class OperatorControl:
+    """Carries out operator requests on one engine's account."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.done: set[int] = set()  # control_requests rows already carried out
+
+    async def carry_out_now(self, request: ControlRequest) -> dict[str, Any]:
+        unit, result = await self.carry_out(request)
+        await self.engine.commit(unit)
+        return result
+
+    async def carry_out(self, request: ControlRequest) -> tuple[UnitOfWork, dict[str, Any]]:
+        unit = UnitOfWork()
+        now = self.engine.parts.clock.now_ms()
+        result: dict[str, Any] = {"action": request.action}
+        if request.request_id is not None and request.request_id in self.done:
+            return unit, {"action": request.action, "note": "already carried out"}
+        if request.action in HOUSEKEEPING:
+            return (self.housekeeping(request.action, now, unit, request),
+                    {"action": request.action})
+        if request.action == "reject":
+            unit.audit.append(self.engine.desk.event("command.rejected", "command",
+                                              request.command_id or "-", now, {
+                "channel": request.channel, "reason": request.reason, "level": request.level,
+                "claimed_nonce": request.nonce, "operator": request.operator}))
+            row = command_row(
+                self.engine.account, request, "rejected", {"reason": request.reason}, now
+            )
+            unit.commands[row["id"]] = row
+            return unit, {"action": "reject", "reason": request.reason}
+        if request.action == "kill":
+            level = KillLevel(request.level or "pause")
+            self.engine.transitions.append(
+                self.engine.risk.kill(level, request.reason, request.operator, now)
+            )
+            self.engine.audit_transitions(unit, channel=request.channel)
+            # entries are blocked from here; make it durable (and visible) before the slower
+            # cancels and closes
+            await self.engine.commit(unit)
+            unit = UnitOfWork()
+            if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
+                result["cancelled"] = await self.engine.desk.cancel_where(
+                    unit, f"kill {level.value}"
+                )
+            if level is KillLevel.FLATTEN:
+                flattened = 0
+                for pos in self.engine.portfolio.positions():
+                    if pos.quantity > 0:
+                        unit = await self.engine.act(
+                            exit_intent(pos, now, f"kill flatten: {request.reason}", "operator"),
+                            unit,
+                        )
+                        flattened += 1
+                result["flattened"] = flattened
+        elif request.action == "resume":
+            self.engine.transitions.append(
+                self.engine.risk.resume(request.reason, request.operator, now)
+            )
+            self.engine.audit_transitions(unit, channel=request.channel)
+            still = self.engine.risk.blocks_explained()
+            if still:  # what an operator's resume cannot lift, and what will
+                result["still_blocked"] = still
+        machine = self.engine.risk.machine
+        result.update(state=machine.state.value, reason=machine.current.reason)
+        if request.command_id is not None:
+            unit.audit.append(
+                self.engine.desk.event(
+                    "command.accepted",
+                    "command",
+                    request.command_id,
+                    now,
+                    {"channel": request.channel, "operator": request.operator, **result},
+                )
+            )
+            row = command_row(self.engine.account, request, "accepted", result, now)
+            unit.commands[row["id"]] = row
+        if request.request_id is not None:
+            self.done.add(request.request_id)
+            unit.controls_done[request.request_id] = result
+        log.warning(
+            "operator_command",
+            channel=request.channel,
+            operator=request.operator,
+            **{k: v for k, v in result.items() if k != "action"},
+            command=request.action,
+        )
+        return unit, result
+
+    def housekeeping(
+        self, action: str, now: int, unit: UnitOfWork, request: ControlRequest | None = None
+    ) -> UnitOfWork:
+        """Scheduled jobs, run in the loop like everything that writes."""
+        if action == "tick":
+            self.engine.transitions += self.engine.risk.on_clock(now)
+            self.engine.audit_transitions(unit)
+        elif action == "snapshot":
+            pv = self.engine.portfolio.positions_value()
+            unit.equity.append(
+                EquitySnapshot(
+                    self.engine.account, self.engine.run_id, now, self.engine.portfolio.cash, pv
+                )
+            )
+            self.engine.transitions += self.engine.risk.on_equity(
+                now, self.engine.portfolio.cash + pv
+            )
+            self.engine.audit_transitions(unit)
+        elif action == "model_check":
+            unit.audit.append(
+                self.engine.desk.event(
+                    "model.check",
+                    "account",
+                    self.engine.account,
+                    now,
+                    self.engine.risk.model_health(),
+                )
+            )
+        elif action == "retrain":
+            unit.audit.append(
+                self.engine.desk.event(
+                    "retrain.skipped",
+                    "account",
+                    self.engine.account,
+                    now,
+                    {
+                        "reason": f"signal source {self.engine.parts.source.name!r} has no "
+                        "trainable model",
+                        "requested_by_breaker": self.engine.risk.report.retrain_requests,
+                    },
+                )
+            )
+        elif action == "retrain_done" and request is not None:
+            info = dict(request.payload or {})
+            new = info.pop("ensemble", None)
+            # the next candle is scored by the promoted version (where the source has models)
+            if new is not None and self.engine.parts.source.swap(new):
+                info["now_active"] = new.id
+            unit.audit.append(
+                self.engine.desk.event(
+                    "retrain.finished",
+                    "account",
+                    self.engine.account,
+                    now,
+                    {"outcome": request.reason, **info},
+                )
+            )
+        return unit
+
+    async def poll(self) -> None:
+        """The database says there may be new operator requests: queue the unseen ones."""
+        try:
+            pending = await self.engine.parts.ledger.pending_controls(self.engine.account)
+        except LedgerError:
+            return
+        for request in pending:
+            if request.request_id not in self.done:
+                self.engine.controls.put_nowait((request, None))
+                self.engine.wake.set()
