@@ -55,7 +55,7 @@ class OperatorControl:
             row = command_row(
                 self.engine.account, request, "rejected", {"reason": request.reason}, now
             )
-            unit.commands[row["id"]] = row
+            unit.commands[row.id] = row
             return unit, {"action": "reject", "reason": request.reason}
         if request.action == "kill":
             level = KillLevel(request.level or "pause")
@@ -102,7 +102,7 @@ class OperatorControl:
                 )
             )
             row = command_row(self.engine.account, request, "accepted", result, now)
-            unit.commands[row["id"]] = row
+            unit.commands[row.id] = row
         if request.request_id is not None:
             self.done.add(request.request_id)
             unit.controls_done[request.request_id] = result

@@ -7,12 +7,12 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from bot.domain import ControlRequest
+from bot.domain import CommandRecord, ControlRequest
 from bot.errors import FatalExchangeError
 
 
 def command_row(account: str, request: ControlRequest, verdict: str, ack: dict[str, Any],
-                now: int) -> dict[str, Any]:
+                now: int) -> CommandRecord:
     """Every signed command seen: its id makes it idempotent, its nonce unreplayable."""
     cid = request.command_id or "anonymous"
     nonce = request.nonce
@@ -20,9 +20,9 @@ def command_row(account: str, request: ControlRequest, verdict: str, ack: dict[s
         # a rejected message proves nothing: its id and nonce must not block real ones
         tag = uuid.uuid4().hex[:12]
         cid, nonce = f"{cid}#rejected-{tag}", f"rejected-{tag}"
-    return {"id": cid, "account": account, "nonce": nonce or f"none-{uuid.uuid4().hex}",
-            "action": request.level and f"{request.action}:{request.level}" or request.action,
-            "verdict": verdict, "ack": ack, "received_at": now}
+    action = f"{request.action}:{request.level}" if request.level else request.action
+    return CommandRecord(cid, account, nonce or f"none-{uuid.uuid4().hex}", action, verdict,
+                         ack, now)
 
 
 def fatal_payload(exc: FatalExchangeError) -> dict[str, object]:

@@ -21,6 +21,7 @@ exceptions). Times are integer milliseconds since the Unix epoch, UTC.
 from __future__ import annotations
 
 from bot.domain.control import (
+    CommandRecord,
     ControlRequest,
 )
 from bot.domain.ledger import (
@@ -86,6 +87,7 @@ __all__ = [
     "CandleObs",
     "CandleSeries",
     "ClockObs",
+    "CommandRecord",
     "ControlRequest",
     "EquityObs",
     "EquitySnapshot",

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from bot.domain.control import ControlRequest
+from bot.domain.control import CommandRecord, ControlRequest
 from bot.domain.trading import AuditEvent, EquitySnapshot, Fill, Order, Position, Signal
 
 
@@ -27,7 +27,7 @@ class UnitOfWork:
     # write only the latest)
     risk_memory: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
     controls_done: dict[int, dict[str, Any]] = field(default_factory=dict)  # request id -> result
-    commands: dict[str, dict[str, Any]] = field(default_factory=dict)  # MQTT command id -> row
+    commands: dict[str, CommandRecord] = field(default_factory=dict)  # by MQTT command id
     audit: list[AuditEvent] = field(default_factory=list)
 
     def __bool__(self) -> bool:

@@ -270,8 +270,10 @@ class PostgresLedger:
                                .values(processed_at=datetime.now(UTC), result=result))
         if unit.commands:
             await conn.execute(pg_insert(t.CommandRow).on_conflict_do_nothing(),
-                               [dict(row, received_at=to_dt(row["received_at"]))
-                                for row in unit.commands.values()])
+                               [{"id": r.id, "account": r.account, "nonce": r.nonce,
+                                 "action": r.action, "verdict": r.verdict, "ack": dict(r.ack),
+                                 "received_at": to_dt(r.received_at)}
+                                for r in unit.commands.values()])
         if unit.signals:
             await raw.copy_records_to_table("signals", columns=[
                 "run_id", "account", "symbol", "ts", "p_up", "expected_return", "dispersion",
