@@ -26,6 +26,7 @@ import pytest
 from bot.sim.binance import SimBinance, build, start_server
 from bot.sim.faults import FaultPlan
 from tests.conftest import fetch
+from tests.fault_helpers import live_config
 from tests.live_helpers import spawn_logged
 
 KEY = "vmPUZE6mv9SD5VNHk4HlWFsOr6aKE2zvsw0MuIgwCIPy6utIco14y7Ju91duEh8A"  # Binance's length
@@ -37,22 +38,6 @@ MQTT_PW = f"mqtt-{uuid.uuid4().hex}"
 SECRETS = {"API key": KEY, "API secret": API_SECRET, "login password": APP_PW,
            "owner password": OWNER_PW, "command HMAC key": HMAC_KEY, "MQTT password": MQTT_PW}
 
-CONFIG = """
-[exchange]
-timeout_ms = 2000
-[strategy]
-fast = 3
-slow = 8
-[risk]
-max_exchange_error_rate = 1.0
-stale_after_timeframes = 1000
-cooldown_candles = 0
-consecutive_losses = 1000
-max_orders = 1000
-max_risk_per_trade = 0.05
-max_exposure_symbol = 0.3
-volatility_k = 100
-"""
 
 
 def _url(url: str, user: str, password: str) -> str:
@@ -100,8 +85,7 @@ async def test_no_secret_reaches_a_command_line_a_log_or_the_ledger(
     _, port = venue
     owner = _url(fresh_db, urlsplit(fresh_db).username or "postgres", OWNER_PW)
     login = _url(fresh_db, "stackbot_app", APP_PW)  # the local servers trust: any password
-    config = tmp_path / "bot.toml"
-    config.write_text(CONFIG)
+    config = live_config(tmp_path)  # the fault tests' permissive risk settings
     base = {k: v for k, v in os.environ.items() if not k.startswith("STACKBOT_")}
     env = {**base, "STACKBOT_DATABASE_URL": login,
            "STACKBOT_EXCHANGE_API_KEY": KEY, "STACKBOT_EXCHANGE_SECRET": API_SECRET,

@@ -36,7 +36,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.errors import ConfigError, LedgerError
 from bot.ledger.migrate import HEAD, current_revision, upgrade
-from bot.logs import get_logger
+from bot.logs import get_logger, password_of
 
 log = get_logger("ledger.logins")
 
@@ -61,11 +61,6 @@ def user_of(url: str) -> str:
     return unquote(urlsplit(url).username or "")
 
 
-def _password_of(url: str) -> str | None:
-    pw = urlsplit(url).password
-    return unquote(pw) if pw else None
-
-
 def as_user(url: str, user: str) -> str:
     """The same server and database as ``user``, with no password."""
     parts = urlsplit(url)
@@ -83,7 +78,7 @@ def database_logins(url: str, migrate_url: str | None, app_role: str | None) -> 
             raise ConfigError(
                 f"database.url logs in as {user_of(url)!r} but database.app_role is "
                 f"{app_role!r}: with a migrate_url, database.url is the service login")
-        return Logins(migrate_url, url, user_of(url), _password_of(url))
+        return Logins(migrate_url, url, user_of(url), password_of(url))
     if not app_role:  # opted out: the service is whoever the URL names, owner included
         return Logins(url, url, user_of(url), None)
     if user_of(url) == app_role:
