@@ -61,9 +61,17 @@ class SimClock:
     speed: float = 1.0
     _t0: float = field(default_factory=time.monotonic)
     skew_ms: int = 0
+    frozen_ms: int | None = None  # set by ``freeze``: the market stands still
 
     def now_ms(self) -> int:
+        if self.frozen_ms is not None:
+            return self.frozen_ms
         return self.origin_ms + int((time.monotonic() - self._t0) * 1000 * self.speed)
+
+    def freeze(self) -> None:
+        """Stop the market clock where it is: no new candle, no new price, so no resting order
+        can trigger after the orders already triggerable have been matched."""
+        self.frozen_ms = self.now_ms()
 
     def server_ms(self) -> int:
         return self.origin_ms + int((time.monotonic() - self._t0) * 1000) + self.skew_ms
