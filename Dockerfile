@@ -17,7 +17,10 @@ FROM python:3.11-slim
 ENV PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1 PIP_NO_CACHE_DIR=1 \
     STACKBOT_DATA_DIR=/data STACKBOT_LOG_FORMAT=json \
     MPLCONFIGDIR=/tmp/matplotlib XDG_CACHE_HOME=/tmp/cache
-RUN useradd --create-home --uid 10001 stackbot && mkdir /data && chown stackbot /data
+# LightGBM's wheel links the system OpenMP runtime (torch brings its own)
+RUN apt-get update && apt-get install -y --no-install-recommends libgomp1 \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --create-home --uid 10001 stackbot && mkdir /data && chown stackbot /data
 COPY requirements.lock /tmp/requirements.lock
 COPY --from=build /wheels /wheels
 RUN pip install --no-cache-dir --require-hashes -r /tmp/requirements.lock \

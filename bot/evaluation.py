@@ -36,9 +36,11 @@ from models.evaluate import (
     fold_table,
     load,
     metrics_table,
+    oof_table,
     out_of_sample,
     reliability_data,
     signal_tables,
+    tft_importance,
 )
 from models.labels import barrier_from
 from models.report import write_report
@@ -186,7 +188,8 @@ async def run_evaluation(
 
         def on_step(k: int, n: int, what: str) -> None:
             if k not in fold_bars:
-                fold_bars[k] = bars.add_task(f"fold {k + 1}/{n}", total=len(names) + 1, info="")
+                fold_bars[k] = bars.add_task(f"fold {k + 1}/{n}",
+                                             total=len(names) * (cfg.oof_folds + 1) + 1, info="")
             bars.update(fold_bars[k], advance=1, info=f"{what} done")
 
         oos = out_of_sample(data, cfg, names, folds, on_step)
@@ -292,7 +295,7 @@ async def run_evaluation(
     verdict = verdicts(
         losses,
         "base_rate",
-        ("momentum_sign", "logistic_regression"),
+        ("momentum_sign", "logistic_regression", "lightgbm"),
         barrier.horizon,
         rets,
         365 * 86_400_000 / step,
@@ -320,6 +323,10 @@ async def run_evaluation(
     }
     meta["coverage"] = coverage(oos, series, step)
     meta["folds_table"] = fold_table(oos, names)
+    meta["oof_table"] = oof_table(oos)
+    meta["combiners"] = oos.combiners
+    meta["tft_importance"] = tft_importance(oos)
+    meta["non_members"] = [n for n in oos.oof_p if n not in names]
     meta["elapsed"] = timer.summary()
     path = write_report(
         out_dir,
@@ -337,6 +344,8 @@ async def run_evaluation(
     say(f"elapsed: {timer.summary()}")
     return path, {
         "predictors": metrics,
+        "oof": meta["oof_table"],
+        "combiners": oos.combiners,
         "sizing": sizing,
         "calibration": calibration,
         "verdict": verdict,

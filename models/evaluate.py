@@ -1,16 +1,19 @@
-"""``stackbot evaluate``: a walk-forward out-of-sample report for every member, the ensemble
-and three baselines (the base rate, momentum, logistic regression on the same features), and
-a sizing comparison of the ensemble's p under Kelly and fixed-fractional rules.
+"""``stackbot evaluate``: a walk-forward out-of-sample report for every member, every combiner
+candidate, the deployed ensemble and four baselines (the base rate, momentum, logistic
+regression and LightGBM on the same features, ``models/baselines.py``), and a sizing
+comparison of the ensemble's p under Kelly and fixed-fractional rules.
 
 The folds expand: their test parts tile the file after the first training span and its
 validation part (``models/windows.expanding_folds``), and each fold trains on all history
 before its validation part, subsampled to the preset's number of training windows.
 
 Every predictor forecasts the triple-barrier outcome the risk settings define: P(target
-before stop within the horizon). For each of the ``folds`` walk-forward folds, the
-members are trained on that fold's train part, calibrated on its validation part, and scored
-on its test part. The ensemble's p is the one that reaches Kelly live: stacked, and
-re-weighted online as the outcomes come in, keeping the stacked logit's validation moments.
+before stop within the horizon). For each of the ``folds`` walk-forward folds, the members
+first predict purged out-of-fold parts inside that fold's training history, which choose the
+combiner (``models/oof.py``); then they are trained on the fold's whole history, calibrated on
+its last validation rows, and scored on its test part. The ensemble's p is the one that
+reaches Kelly live: combined by the chosen combiner, and re-weighted online as the outcomes
+come in, keeping the out-of-fold logit's moments.
 Nothing is tuned on a test part. Every predictor's out-of-sample p then trades through the
 engine (replay feed, paper broker, full risk manager, the ensemble strategy). The output is
 ``report.md`` plus PNG plots.
@@ -23,17 +26,21 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
+import torch
 
 from bot.domain import Candle, CandleSeries, Gap, OrderIntent, Signal
 from bot.ports import PortfolioView, PromotedModel
+from models.baselines import baseline_predictions
 from models.calibrate import reliability, report, sigmoid
-from models.dataset import SymbolData, reference_timeline, split_by_time, symbol_data
+from models.dataset import SymbolData, evenly, reference_timeline, split_by_time, symbol_data
+from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
-from models.meta import fit_stacker
-from models.train import TrainConfig, stack_members, train_member
+from models.members.tft import TemporalFusionTransformer
+from models.oof import choose_combiner
+from models.train import TrainConfig, member_oof, stack_members, train_member
 from models.windows import expanding_folds
 
-BASELINES = ("base_rate", "momentum_sign", "logistic_regression")
+COMBINER_ROWS = ("combiner_average", "combiner_stacking", "combiner_best_member")
 # the ensemble's p at its stages, for the calibration table (not traded as predictors)
 STAGES = ("ensemble_static_stacker", "ensemble_reweighted_unconstrained", "ensemble_uncalibrated")
 
@@ -49,9 +56,19 @@ class OOS:
     fold: list[int] = field(default_factory=list)
     p: dict[str, list[float]] = field(default_factory=dict)
     stages: dict[str, list[float]] = field(default_factory=dict)
+    # the out-of-fold predictions inside each fold's training history (models/oof.py)
+    oof_up: list[float] = field(default_factory=list)
+    oof_labeled: list[bool] = field(default_factory=list)
+    oof_p: dict[str, list[float]] = field(default_factory=dict)
+    combiners: list[str] = field(default_factory=list)  # the deployed combiner of each fold
+    # the TFT's variable-selection weights [F] and last-step attention [L], one per fold
+    tft_importance: list[tuple[np.ndarray, np.ndarray]] = field(default_factory=list)
 
     def add(self, name: str, values: np.ndarray) -> None:
         self.p.setdefault(name, []).extend(float(v) for v in values)
+
+    def add_oof(self, name: str, values: np.ndarray) -> None:
+        self.oof_p.setdefault(name, []).extend(float(v) for v in values)
 
     def add_stage(self, name: str, values: np.ndarray) -> None:
         self.stages.setdefault(name, []).extend(float(v) for v in values)
@@ -108,6 +125,12 @@ class WithoutProbability:
         return replace(intent, confidence=None)
 
 
+def _candidate_key(name: str) -> str:
+    """A combiner candidate's row name, the same in every fold ("best_member:tcn" and
+    "best_member:gru" are one row: the best member of each fold)."""
+    return "combiner_" + name.split(":")[0]
+
+
 def out_of_sample(
     data: Sequence[SymbolData],
     cfg: TrainConfig,
@@ -115,8 +138,9 @@ def out_of_sample(
     folds: int,
     on_step: Callable[[int, int, str], None] | None = None,
 ) -> OOS:
-    """``on_step(fold, folds, what)`` after each member is trained (``what`` its name) and
-    after each fold's stacking and baselines (``what`` "stacking")."""
+    """``on_step(fold, folds, what)`` after each member's training (``what`` its name, or its
+    name and "oof" for an out-of-fold model) and after each fold's combining and baselines
+    (``what`` "stacking")."""
     ref = reference_timeline(data)
     embargo = cfg.lookback + cfg.horizon
     fold_list = expanding_folds(len(ref), cfg.train_rows, cfg.val_rows, embargo, folds)
@@ -128,39 +152,53 @@ def out_of_sample(
         )
     oos = OOS()
     for k, split in enumerate(fold_list):
+        def step(name: str, what: str, k: int = k) -> None:
+            if on_step and what == "done":
+                on_step(k, len(fold_list), name)
+
+        oof = member_oof(data, split, ref, cfg, members, step,
+                         baselines=lambda p: baseline_predictions(data, p, cfg.horizon))
+        choice = choose_combiner(oof)
         parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon, cfg.max_train_samples)
         results = []
         for name in members:
             results.append(train_member(name, data, parts, cfg))
             if on_step:
                 on_step(k, len(fold_list), name)
-        test, tr = parts.test, parts.train
-        st = stack_members(data, parts, results)
-        base = float(tr.up[tr.labeled].mean()) if tr.labeled.any() else 0.5
+        test = parts.test
+        st = stack_members(data, parts, results, choice)
         offset = 0
         for d, n in zip(data, parts.sizes["test"], strict=False):
-            rows = test.t[offset : offset + n]
             oos.symbol += [d.symbol] * n
-            oos.ts += d.ts[rows].tolist()
-            mom = np.log(d.close[rows] / d.close[np.maximum(rows - cfg.horizon, 0)])
-            oos.add("momentum_sign", np.clip(np.where(mom > 0, base + 0.05, base - 0.05), 0, 1))
+            oos.ts += d.ts[test.t[offset : offset + n]].tolist()
             offset += n
         oos.up += test.up.astype(float).tolist()
         oos.labeled += test.labeled.astype(bool).tolist()
         oos.fold += [k] * len(test)
+        oos.oof_up += oof.up.astype(float).tolist()
+        oos.oof_labeled += oof.labeled.astype(bool).tolist()
         for r in results:
             oos.add(r.name, sigmoid(r.test_logits / r.temperature))
+            oos.add_oof(r.name, oof.member_p(r.name))
+            if isinstance(r.model, TemporalFusionTransformer) and len(test):
+                sample = test.x[evenly(np.arange(len(test)), 4096)]
+                w, a = r.model.interpret(torch.as_tensor(sample))
+                oos.tft_importance.append((w.numpy(), a.numpy()))
         oos.add("ensemble", st.p_test)
+        oos.add_oof("ensemble", st.p_oof)
+        oos.combiners.append(choice.deployed.name)
+        for name, p in st.candidates_test.items():
+            oos.add(_candidate_key(name), p)
+            oos.add_oof(_candidate_key(name), choice.oof_p[name])
         oos.add_stage("ensemble_static_stacker", st.p_test_static)
         oos.add_stage("ensemble_reweighted_unconstrained", st.p_test_reweighted)
-        # no temperature, no stacker, no re-weighting: the members' raw probabilities
+        # no temperature, no combiner, no re-weighting: the members' raw probabilities
         oos.add_stage(
             "ensemble_uncalibrated", np.mean([sigmoid(r.test_logits) for r in results], axis=0)
         )
-        oos.add("base_rate", np.full(len(test), base))
-        lab = tr.labeled  # the logistic baseline: the same features, the same train part
-        lw, lb = fit_stacker(np.nan_to_num(tr.x[lab, -1, :]), tr.up[lab], l2=10.0)
-        oos.add("logistic_regression", sigmoid(np.nan_to_num(test.x[:, -1, :]) @ lw + lb))
+        for name, p in baseline_predictions(data, parts, cfg.horizon).items():
+            oos.add(name, p)
+            oos.add_oof(name, oof.extra[name])
         if on_step:
             on_step(k, len(fold_list), "stacking")
     return oos
@@ -172,6 +210,25 @@ def metrics_table(oos: OOS, stages: bool = False) -> dict[str, dict[str, float]]
     y = np.array(oos.up)[lab]
     src = oos.stages if stages else oos.p
     return {name: report(np.array(p)[lab], y) for name, p in src.items()}
+
+
+def tft_importance(oos: OOS) -> dict[str, Any] | None:
+    """The TFT's variable importance by feature and its attention by step back from the
+    decision, averaged over the folds (None without a TFT member)."""
+    if not oos.tft_importance:
+        return None
+    w = np.mean([x for x, _ in oos.tft_importance], axis=0)
+    a = np.mean([y for _, y in oos.tft_importance], axis=0)
+    return {"features": dict(zip(FEATURE_NAMES, map(float, w), strict=True)),
+            "attention": [float(v) for v in a[::-1]]}  # [0] = the decision's own candle
+
+
+def oof_table(oos: OOS) -> dict[str, dict[str, float]]:
+    """The same metrics on the out-of-fold windows inside the folds' training histories: what
+    chose each fold's combiner (never the test windows)."""
+    lab = np.array(oos.oof_labeled, dtype=bool)
+    y = np.array(oos.oof_up)[lab]
+    return {name: report(np.array(p)[lab], y) for name, p in oos.oof_p.items()}
 
 
 def signal_tables(

@@ -116,6 +116,37 @@ def plot_accuracy(acc: dict[str, list[tuple[int, float]]], path: Path) -> None:
     plt.close(fig)
 
 
+def plot_tft_importance(imp: dict[str, Any], path: Path) -> None:
+    """The TFT's variable-selection weights by feature, and its attention by candles back."""
+    feats = sorted(imp["features"].items(), key=lambda kv: kv[1])
+    att = imp["attention"]
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12, max(4, 0.28 * len(feats))))
+    ax.barh([k for k, _ in feats], [v for _, v in feats])
+    ax.set_xlabel("mean variable-selection weight")
+    ax.set_title("TFT variable importance (test windows, mean over folds)")
+    bx.bar(range(len(att)), att)
+    bx.set_xlabel("candles back from the decision")
+    bx.set_ylabel("mean attention of the last step")
+    bx.set_title("TFT temporal attention")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def _importance_lines(meta: dict[str, Any], out: Path) -> list[str]:
+    imp = meta.get("tft_importance")
+    if not imp:
+        return []
+    plot_tft_importance(imp, out / "tft_importance.png")
+    top = sorted(imp["features"].items(), key=lambda kv: -kv[1])[:5]
+    return ["## What the TFT looks at", "",
+            "Variable-selection weights (they sum to 1 over the features; uniform would be "
+            f"{1 / len(imp['features']):.3f}), highest first: "
+            + ", ".join(f"{k} {v:.3f}" for k, v in top)
+            + f". The last step's attention on its own candle: {imp['attention'][0]:.3f}.", "",
+            "![TFT importance](tft_importance.png)", ""]
+
+
 def _num(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4f}"
 
@@ -149,6 +180,46 @@ def _p(r: DMResult | None) -> str:
     return f"{r.p_value:.3f} ({'worse' if r.statistic > 0 else 'better'})"
 
 
+def _oof_lines(meta: dict[str, Any], metrics: dict[str, dict[str, float]]) -> list[str]:
+    """One table: every predictor's out-of-fold metrics (inside the folds' training history,
+    where the combiner was chosen) beside its test metrics."""
+    oof: dict[str, dict[str, float]] = meta.get("oof_table", {})
+    if not oof:
+        return []
+
+    def cells(m: dict[str, float] | None) -> str:
+        if not m:
+            return "n/a | n/a | n/a | n/a"
+        return f"{m['log_loss']:.4f} | {m['brier']:.4f} | {m['ece']:.4f} | {m['accuracy']:.4f}"
+
+    label = {"base_rate": "climatology (base rate)",
+             "ensemble": "ensemble (deployed combiner)"}
+    members = [n for n in oof if n not in meta["non_members"]]
+    best = min(members, key=lambda n: oof[n]["log_loss"]) if members else None
+    ens = oof.get("ensemble", {}).get("log_loss")
+    holds = (best is not None and ens is not None and ens <= oof[best]["log_loss"] + 1e-12)
+    return [
+        "## Out of fold and test, every predictor",
+        "",
+        "Out of fold: inside each fold's training history, purged walk-forward parts each "
+        "predicted by models that never saw them (early stopping and temperature on an inner "
+        "validation part); these chose the combiner. Test: the fold's test part, predicted by "
+        "the members retrained on the whole history. Timeouts excluded from both.",
+        "",
+        f"Deployed combiner per fold: {', '.join(meta['combiners'])}. Out-of-fold log-loss of "
+        f"the deployed ensemble {_num(ens)} against the best member's "
+        f"{_num(oof[best]['log_loss']) if best else 'n/a'} ({best}): "
+        f"{'no worse' if holds else 'WORSE'}.",
+        "",
+        "| predictor | OOF log-loss | OOF Brier | OOF ECE | OOF accuracy | test log-loss "
+        "| test Brier | test ECE | test accuracy |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *(f"| {label.get(n, n)} | {cells(oof.get(n))} | {cells(metrics.get(n))} |"
+          for n in [*members, *(n for n in oof if n in meta["non_members"])]),
+        "",
+    ]
+
+
 def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, float]],
                  trading: dict[str, dict[str, Any]], acc: dict[str, list[tuple[int, float]]],
                  rel: dict[str, list[tuple[float, float, int]]],
@@ -177,8 +248,10 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         f"- coverage: the test windows cover {meta['coverage']['test_days']:.0f} of the "
         f"data's {meta['coverage']['file_days']:.0f} days "
         f"({meta['coverage']['share']:.1%}); the rest trained and validated the models",
-        "- members trained on each fold's train part, calibrated on its validation part, "
-        "scored on its test part; nothing was tuned on a test part",
+        "- in each fold, members first predicted purged out-of-fold parts of its training "
+        "history, which chose the combiner; then they were retrained on that whole history, "
+        "calibrated on its last validation part and scored on the test part; nothing was "
+        "tuned on a test part",
         f"- classification metrics are on the {calibration['n']} test windows whose outcome was "
         f"a touch of the target or the stop; {calibration['timeouts']} timeouts (neither "
         "touched within the horizon) are excluded",
@@ -196,6 +269,7 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
             for r in meta["folds_table"]
         ),
         "",
+        *_oof_lines(meta, metrics),
         "## Sizing: Kelly against fixed sizing",
         "",
         "The ensemble's out-of-sample p through the engine on the same test windows and the "
@@ -240,7 +314,7 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         "",
         "| stage | ECE | log-loss | Brier | accuracy |",
         "|---|---:|---:|---:|---:|",
-        f"| final: stacked, re-weighted online keeping its moments (traded) | "
+        f"| final: combined, re-weighted online keeping its moments (traded) | "
         f"{metrics['ensemble']['ece']:.4f} | {metrics['ensemble']['log_loss']:.4f} | "
         f"{metrics['ensemble']['brier']:.4f} | {metrics['ensemble']['accuracy']:.4f} |",
         *(
@@ -284,6 +358,7 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
         "outcomes every time: the no-skill bar. A model is honest when it is measured as "
         "it came out, whatever the sign.",
         "",
+        *_importance_lines(meta, out),
         "## Plots",
         "",
         "![equity and drawdown](equity.png)",

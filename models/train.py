@@ -1,6 +1,8 @@
-"""Walk-forward training of the ensemble: each member on the train part with early stopping on
-validation, temperature calibration on validation, the meta-learner on the members'
-validation (out-of-fold) predictions, and metrics on the untouched test part.
+"""Walk-forward training of the ensemble: every member predicts purged walk-forward
+out-of-fold parts from models that never saw them, the combiner (average, L2 stacking or the
+best member) is the one with the lowest out-of-fold log-loss (``models/oof.py``), and the final
+members train on all the history before the test part, with early stopping and temperature on
+its last validation rows; metrics on the untouched test part.
 
 Seeds are fixed and CPU runs are deterministic; on CUDA the forward passes run under bf16
 autocast.
@@ -32,8 +34,9 @@ from models.members import REGISTRY, Member, MemberConfig
 from models.members.gnn import CrossAssetGNN
 from models.members.ppo import PPOAgent
 from models.members.vae import VAERegime
-from models.meta import LogitMoments, fit_stacker, replay_online, stacked_logit
-from models.windows import holdout, make_windows
+from models.meta import LogitMoments, replay_online, stacked_logit
+from models.oof import Choice, OutOfFold, choose_combiner, out_of_fold
+from models.windows import Split, holdout, make_windows
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,7 @@ class TrainConfig:
     test_rows: int = 2_160  # held out by `stackbot train` (`stackbot evaluate` tiles the file)
     max_train_samples: int = 24_000  # training windows per member (evenly subsampled above)
     ppo_passes: int = 2
+    oof_folds: int = 3  # purged walk-forward folds whose out-of-fold parts choose the combiner
     seed: int = 7
     device: str = "cpu"
 
@@ -65,10 +69,11 @@ class TrainConfig:
 PRESETS: dict[str, TrainConfig] = {
     # a smoke test of the whole pipeline in seconds (tests, demos); not for trading
     "tiny": TrainConfig(lookback=16, hidden=8, epochs=1, patience=0, train_rows=1500,
-                        val_rows=300, test_rows=300, max_train_samples=2000, ppo_passes=1),
+                        val_rows=300, test_rows=300, max_train_samples=2000, ppo_passes=1,
+                        oof_folds=2),
     "quick": TrainConfig(),
     "full": TrainConfig(hidden=64, epochs=30, patience=5, max_train_samples=200_000,
-                        ppo_passes=10, lookback=48),
+                        ppo_passes=10, lookback=48, oof_folds=4),
 }
 
 
@@ -107,37 +112,40 @@ class TrainResult:
     meta_bias: float
     meta_metrics: dict[str, Any]
     symbols: list[str]
-    moments: LogitMoments | None = None  # the members' validation logits (see models/meta.py)
+    moments: LogitMoments | None = None  # the members' out-of-fold logits (models/meta.py)
+    oof: OutOfFold | None = None
+    choice: Choice | None = None
 
 
 @dataclass
 class Stack:
-    """The meta-learner of one walk-forward part, and the probabilities it gives: stacked on
-    validation, then re-weighted online as live, keeping the stacked logit's moments."""
+    """The chosen combiner applied to the final members' test logits, re-weighted online as
+    live, keeping the out-of-fold logit's moments; and every candidate's test p beside it."""
 
     weights: np.ndarray
     bias: float
     moments: LogitMoments
-    p_val: np.ndarray  # the final p on every validation window
+    p_oof: np.ndarray  # the deployed combiner's p on every out-of-fold window, as scored
     p_test: np.ndarray  # the final p on every test window: what reaches Kelly
-    p_test_static: np.ndarray  # the stacker alone (no online re-weighting)
+    p_test_static: np.ndarray  # the combiner alone (no online re-weighting)
     p_test_reweighted: np.ndarray  # re-weighted without the moment constraint
+    candidates_test: dict[str, np.ndarray]  # every combiner candidate's test p (re-weighted)
 
 
-def stack_members(data: Sequence[SymbolData], parts: Parts,
-                  results: Sequence[MemberResult]) -> Stack:
-    lab_v = parts.val.labeled
-    val_l = np.stack([r.val_logits / r.temperature for r in results], axis=1)
+def stack_members(data: Sequence[SymbolData], parts: Parts, results: Sequence[MemberResult],
+                  choice: Choice) -> Stack:
     test_l = np.stack([r.test_logits / r.temperature for r in results], axis=1)
-    w, b = fit_stacker(val_l[lab_v], parts.val.up[lab_v])
-    moments = LogitMoments.of(val_l)
-    vt, vr = window_times(data, parts, "val")
+    c = choice.deployed
     tt, tr = window_times(data, parts, "test")
-    zv = replay_online(val_l, vt, vr, parts.val.up, w, b, moments)
-    zt = replay_online(test_l, tt, tr, parts.test.up, w, b, moments)
-    loose = replay_online(test_l, tt, tr, parts.test.up, w, b, None)
-    return Stack(w, b, moments, sigmoid(zv), sigmoid(zt),
-                 sigmoid(stacked_logit(test_l, w, b)), sigmoid(loose))
+    y = parts.test.up
+
+    def live(w: np.ndarray, b: float, moments: LogitMoments | None) -> np.ndarray:
+        return sigmoid(replay_online(test_l, tt, tr, y, w, b, moments))
+
+    cands = {n: live(k.weights, k.bias, choice.moments) for n, k in choice.candidates.items()}
+    return Stack(c.weights, c.bias, choice.moments, choice.oof_p[c.name], cands[c.name],
+                 sigmoid(stacked_logit(test_l, c.weights, c.bias)),
+                 live(c.weights, c.bias, None), cands)
 
 
 def _batches(n: int, size: int, gen: torch.Generator) -> list[torch.Tensor]:
@@ -238,7 +246,10 @@ def train_member(name: str, data: Sequence[SymbolData], parts: Parts, cfg: Train
             cap = max(1, cfg.max_train_samples // len(data))
             rows = np.nonzero((sd.ts >= a) & (sd.ts <= b))[0][-cap:]
             w = make_windows(sd.features, sd.close, cfg.lookback, 1, rows=rows)
-            model.fit(w.x, w.ret, fee=cfg.cost / 2, passes=cfg.ppo_passes, seed=cfg.seed)
+            # a gap in the windows (a missing candle, a NaN feature) ends an episode
+            starts = np.r_[True, np.diff(w.t) > 1] if len(w.t) else np.zeros(0, bool)
+            model.fit(w.x, w.ret, fee=cfg.cost / 2, passes=cfg.ppo_passes, seed=cfg.seed,
+                      starts=starts)
         times = [(time.perf_counter() - t0) / max(1, cfg.ppo_passes)]
         if tick:
             tick()
@@ -315,6 +326,26 @@ def _fit_gnn(model: CrossAssetGNN, train: tuple[np.ndarray, ...], val: tuple[np.
                            else 0.0, cfg, tick)
 
 
+def member_oof(data: Sequence[SymbolData], split: Split, ref: np.ndarray, cfg: TrainConfig,
+               members: Sequence[str],
+               on_member: Callable[[str, str], None] | None = None,
+               tick: Callable[[], None] | None = None,
+               baselines: Callable[[Parts], dict[str, np.ndarray]] | None = None,
+               ) -> OutOfFold:
+    """The members' out-of-fold predictions inside ``split``'s history (``models/oof.py``)."""
+    def train(name: str, parts: Parts) -> tuple[np.ndarray, float]:
+        label = f"{name} oof"
+        if on_member:
+            on_member(label, "start")
+        r = train_member(name, data, parts, cfg, tick)
+        if on_member:
+            on_member(label, "done")
+        return r.test_logits, r.temperature
+
+    return out_of_fold(data, split, ref, cfg.lookback, cfg.horizon, cfg.max_train_samples,
+                       members, cfg.oof_folds, cfg.val_rows, train, baselines)
+
+
 def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequence[str],
                    on_member: Callable[[str, str], None] | None = None,
                    tick: Callable[[], None] | None = None) -> TrainResult:
@@ -324,6 +355,8 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
     if split is None:
         raise ValueError(f"not enough history: {len(ref)} candles, need "
                          f"{cfg.train_rows + cfg.val_rows + cfg.test_rows + 2 * embargo}")
+    oof = member_oof(data, split, ref, cfg, members, on_member, tick)
+    choice = choose_combiner(oof)
     parts = split_by_time(data, split, ref, cfg.lookback, cfg.horizon, cfg.max_train_samples)
     results = []
     for name in members:
@@ -332,11 +365,18 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
         results.append(train_member(name, data, parts, cfg, tick))
         if on_member:
             on_member(name, "done")
-    lab_v, lab_t = parts.val.labeled, parts.test.labeled
-    st = stack_members(data, parts, results)
-    meta = {"val": report(st.p_val[lab_v], parts.val.up[lab_v]),
+    lab_t = parts.test.labeled
+    st = stack_members(data, parts, results, choice)
+    lab_o = oof.labeled
+    meta = {"oof": report(st.p_oof[lab_o], oof.up[lab_o]),
             "test": report(st.p_test[lab_t], parts.test.up[lab_t]),
             "test_static_stacker": report(st.p_test_static[lab_t], parts.test.up[lab_t]),
+            "combiner": choice.deployed.name,
+            "combiners": {n: {"oof_log_loss": choice.oof_log_loss[n],
+                              "test": report(p[lab_t], parts.test.up[lab_t])}
+                          for n, p in st.candidates_test.items()},
+            "members_oof": {n: report(oof.member_p(n)[lab_o], oof.up[lab_o])
+                            for n in oof.members},
             "weights": dict(zip([r.name for r in results], map(float, st.weights), strict=False)),
             "bias": st.bias,
             "test_reweighted_unconstrained": report(st.p_test_reweighted[lab_t],
@@ -344,7 +384,7 @@ def train_ensemble(data: Sequence[SymbolData], cfg: TrainConfig, members: Sequen
             "barrier": barrier_of(cfg).to_dict(),
             "labels": {k: _outcomes(data, v) for k, v in parts.split_ts.items()}}
     return TrainResult(cfg, parts, results, st.weights, st.bias, meta, [d.symbol for d in data],
-                       st.moments)
+                       st.moments, oof, choice)
 
 
 def _outcomes(data: Sequence[SymbolData], span: tuple[int, int]) -> dict[str, float]:

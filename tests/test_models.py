@@ -131,6 +131,12 @@ def test_meta_learner_beats_chance_on_planted(planted: list) -> None:
     res = train_ensemble(planted, SMALL, ["lstm", "gru", "tcn"])
     assert res.meta_metrics["test"]["accuracy"] > 0.6
     assert res.meta_metrics["test"]["ece"] < 0.1
+    # the combiner was chosen out of fold, and is no worse there than the best member
+    m = res.meta_metrics
+    assert m["combiner"] in m["combiners"] and len(m["combiners"]) == 3
+    best = min(r["log_loss"] for r in m["members_oof"].values())
+    assert m["oof"]["log_loss"] <= best + 1e-9
+    assert res.oof is not None and len(res.oof.up) > 1000 and len(set(res.oof.fold)) == 3
 
 
 # ---- round trips --------------------------------------------------------------------------
@@ -266,3 +272,41 @@ def test_tft_quantile_heads_are_ordered_and_cover_their_levels(planted: list) ->
     assert (np.diff(q, axis=1) >= 0).all()
     below = [(ret < q[:, i]).mean() for i in range(3)]
     assert 0.04 < below[0] < 0.2 and 0.35 < below[1] < 0.65 and 0.8 < below[2] < 0.96, below
+    # what the evaluate report plots: a weight per feature and an attention per step, each
+    # a distribution, read without changing the model's answers
+    before = r.model(torch.as_tensor(parts.test.x[:64]))
+    w, a = r.model.interpret(torch.as_tensor(parts.test.x))  # type: ignore[operator]
+    assert w.shape == (F,) and a.shape == (SMALL.lookback,)
+    assert float(w.sum()) == pytest.approx(1, abs=1e-5)
+    assert float(a.sum()) == pytest.approx(1, abs=1e-5)
+    assert bool((w > 0).all()) and not r.model.training
+    assert torch.equal(r.model(torch.as_tensor(parts.test.x[:64])), before)
+
+
+def test_ppo_pays_fees_on_position_changes_and_keeps_its_position_across_chunks() -> None:
+    """An agent held long (its policy fixed: a huge bias, no learning) earns every return and
+    pays the fee once per episode: the position carries across the update chunks (10 steps
+    here), and only the gap at step 55 ends an episode and sends it back to flat."""
+    from models.members.ppo import PPOAgent
+
+    torch.manual_seed(0)
+    agent = PPOAgent(MemberConfig(F, 4, 8))
+    with torch.no_grad():
+        agent.pi.weight.zero_()
+        agent.pi.bias.copy_(torch.tensor([-30.0, 30.0]))
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(100, 4, F)).astype(np.float32)
+    ret = rng.normal(scale=0.01, size=100)
+    starts = np.zeros(100, bool)
+    starts[55] = True
+    fee = 0.003
+    [mean] = agent.fit(x, ret, fee=fee, passes=1, horizon=10, lr=0.0, starts=starts)
+    assert mean * 100 == pytest.approx(100 * (ret.sum() - 2 * fee), rel=1e-5)
+    # the position is part of what the policy sees: a weight on it moves the long
+    # propensity of a held position, not the member's answer (always for the flat agent)
+    before = agent(torch.as_tensor(x[:3]))[:, 0]
+    with torch.no_grad():
+        agent.pi.weight[1, -1] = -100.0
+    assert torch.allclose(agent(torch.as_tensor(x[:3]))[:, 0], before)
+    held, _ = agent._policy(agent._encode(torch.as_tensor(x[:3])), torch.ones(3))
+    assert bool(((held[:, 1] - held[:, 0]) < before).all())

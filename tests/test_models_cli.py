@@ -152,17 +152,29 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
     ):
         assert f"| {name} |" in report or f"| **{name}** |" in report
     assert "ECE of the final p on the test windows: **0." in report
+    # issue 11: out-of-fold and test side by side for every member, combiner candidate and
+    # baseline; the deployed combiner is no worse than the best member out of fold
+    oof = report[report.index("## Out of fold and test"):report.index("## Sizing")]
+    for name in ("lstm", "gnn", "ppo", "ensemble (deployed combiner)", "combiner_average",
+                 "combiner_stacking", "combiner_best_member", "climatology (base rate)",
+                 "logistic_regression", "lightgbm"):
+        row = next(line for line in oof.splitlines() if line.startswith(f"| {name} |"))
+        assert row.count("|") == 10 and "n/a" not in row, row
+    assert "): no worse." in oof
     assert report.splitlines()[2].startswith("**Verdict.** ")  # at the top, one sentence
     assert "DM p vs base rate" in report and "Sharpe [95 % CI] p" in report
     assert "after Holm's correction over all of them" in report
     assert "expanding (each trains on all history before its validation part)" in report
-    assert "elapsed: features and labels " in r4.output and "; total " in r4.output
+    said = " ".join(r4.output.split())  # the console wraps at 80 columns
+    assert "elapsed: features and labels " in said and "; total " in said
     assert "Elapsed (up to the report): " in report
     assert "- coverage: the test windows cover " in report
     assert "| fold | test from | test to | n | ensemble log-loss |" in report
     assert "\n| 1 | " in report
     assert "target 3 ATR / stop 2 ATR within 24 candles" in report
-    for png in ("equity.png", "calibration.png", "reliability.png", "accuracy_over_time.png"):
+    assert "## What the TFT looks at" in report and "![TFT importance]" in report
+    for png in ("equity.png", "calibration.png", "reliability.png", "accuracy_over_time.png",
+                "tft_importance.png"):
         assert (tmp_path / "report" / png).stat().st_size > 10_000
 
 

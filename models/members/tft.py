@@ -5,8 +5,8 @@ all heads, heads averaged), gated residual networks, and quantile outputs.
 The three quantile heads (10 %, 50 %, 90 % of the forward log return) are trained with the
 pinball loss each on its own level, and are monotone by construction: the lowest, then two
 non-negative (softplus) increments. The median is the member's expected return and the
-10-90 spread its uncertainty. The variable-selection weights of the last forward pass are
-kept (``last_weights``) for reports."""
+10-90 spread its uncertainty. ``interpret`` reads the variable-selection weights and the
+temporal attention, for the evaluate report's importance plot."""
 
 from __future__ import annotations
 
@@ -74,20 +74,34 @@ class TemporalFusionTransformer(Member):
         self.dir = nn.Linear(d, 1)
         mask = torch.triu(torch.full((cfg.lookback, cfg.lookback), float("-inf")), diagonal=1)
         self.register_buffer("mask", mask, persistent=False)
-        self.last_weights: Tensor | None = None  # variable-selection weights, for reports
 
     def _encode(self, x: Tensor) -> Tensor:
+        return self._encode_explained(x)[0]
+
+    def _encode_explained(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """The encoding [B, d], the variable-selection weights [B, L, nf] and the attention
+        of the last step over the window [B, L]."""
         emb = [grn(lin(x[..., i:i + 1])) for i, (lin, grn)
                in enumerate(zip(self.var_embed, self.var_grns, strict=False))]
         stacked = torch.stack(emb, dim=-2)  # [B, L, nf, d]
         weights = torch.softmax(self.selector(stacked.flatten(-2)), dim=-1)  # [B, L, nf]
-        self.last_weights = weights.detach()
         sel = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
         enc, _ = self.lstm(sel)
         enc = self.post_lstm(enc + sel)
         L = x.shape[1]
-        att, _ = self.attn(enc, self.mask[:L, :L])
-        return self.post_attn(att + enc)[:, -1]
+        att, att_w = self.attn(enc, self.mask[:L, :L])
+        return self.post_attn(att + enc)[:, -1], weights, att_w[:, -1, :]
+
+    @torch.no_grad()
+    def interpret(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """What the model looks at, over the windows ``x``: each feature's variable-selection
+        weight averaged over windows and steps [nf] (they sum to 1), and the last step's
+        attention over the window's steps, averaged over windows [L] (sums to 1)."""
+        was = self.training
+        self.eval()
+        _, weights, att = self._encode_explained(x)
+        self.train(was)
+        return weights.mean(dim=(0, 1)), att.mean(dim=0)
 
     def _quantiles(self, z: Tensor) -> Tensor:
         """[B, 3] quantiles in percent of log return, ordered by construction."""
