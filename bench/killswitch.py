@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import aiomqtt  # noqa: E402
 
-from bench.replay import create_db  # noqa: E402
+from bench.replay import create_db, drop_db  # noqa: E402
 from bot.bus.signing import sign  # noqa: E402
 from bot.sim.binance import build, start_server  # noqa: E402
 from tests.conftest import fetch  # noqa: E402
@@ -145,4 +145,8 @@ if __name__ == "__main__":
     ap.add_argument("--cycles", type=int, default=5)
     ap.add_argument("--db", default="postgresql://postgres@127.0.0.1:5432/postgres")
     args = ap.parse_args()
-    asyncio.run(main(args.cycles, create_db(args.db)))
+    db = create_db(args.db)
+    try:
+        asyncio.run(main(args.cycles, db))
+    finally:
+        drop_db(args.db, db)

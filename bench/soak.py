@@ -27,7 +27,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import psutil  # noqa: E402  (pgserver's dependency; present wherever the project installs)
-from replay import create_db  # noqa: E402  (bench/replay.py, beside this script)
+from replay import create_db, drop_db  # noqa: E402  (bench/replay.py, beside this script)
 
 from bot.brokers.paper import PaperBroker, static_markets  # noqa: E402
 from bot.clock import SimulatedClock  # noqa: E402
@@ -136,7 +136,10 @@ def main() -> None:
                     help="admin URL; a fresh database is created beside it")
     args = ap.parse_args()
     db = create_db(args.db)
-    result = asyncio.run(soak(db, args.symbols, args.hours, args.step_ms))
+    try:
+        result = asyncio.run(soak(db, args.symbols, args.hours, args.step_ms))
+    finally:
+        drop_db(args.db, db)
     for k, v in result.items():
         print(f"{k:>18}: {v}")
 

@@ -71,7 +71,7 @@ class CommandGate:
             action=verdict.action, reason=verdict.reason, operator=verdict.operator,
             channel="mqtt", level=verdict.level, command_id=verdict.id, nonce=verdict.nonce))
         ack = {"id": verdict.id, "ok": True, "verdict": "accepted", "action": verdict.action,
-               "result": result, "ts": now}
+               "result": result.as_dict(), "ts": now}
         self.acks[verdict.id] = ack
         return ack
 

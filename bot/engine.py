@@ -22,6 +22,7 @@ from bot.desk import OrderDesk, client_order_id, exit_intent
 from bot.domain import (
     Candle,
     ControlRequest,
+    ControlResult,
     EquitySnapshot,
     FeedState,
     FeedStatus,
@@ -83,8 +84,8 @@ class Engine:
         self.desk = OrderDesk(run_id, account, parts.broker, portfolio, parts.clock, stats)
         self.desk.on_fill = self._on_fill
         self.desk.on_venue_call = self._on_venue_call
-        self.controls: asyncio.Queue[tuple[ControlRequest, asyncio.Future[Any] | None]] = \
-            asyncio.Queue()
+        self.controls: asyncio.Queue[
+            tuple[ControlRequest, asyncio.Future[ControlResult] | None]] = asyncio.Queue()
         self.stopped = asyncio.Event()
         self._backlog = UnitOfWork()  # changes the ledger has not taken yet
         self._pending_protect: list[Protect] = []
@@ -132,9 +133,9 @@ class Engine:
         self.stopped.set()
         self.wake.set()
 
-    def submit_control(self, request: ControlRequest) -> asyncio.Future[Any]:
+    def submit_control(self, request: ControlRequest) -> asyncio.Future[ControlResult]:
         """Any channel hands operator commands in here; the future gets the result."""
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        fut: asyncio.Future[ControlResult] = asyncio.get_running_loop().create_future()
         self.controls.put_nowait((request, fut))
         self.wake.set()
         return fut

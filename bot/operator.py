@@ -11,10 +11,10 @@ use the same entry point.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from bot.desk import exit_intent
-from bot.domain import ControlRequest, EquitySnapshot, KillLevel, UnitOfWork
+from bot.domain import ControlRequest, ControlResult, EquitySnapshot, KillLevel, UnitOfWork
 from bot.errors import LedgerError
 from bot.logs import get_logger
 from bot.records import command_row
@@ -33,20 +33,19 @@ class OperatorControl:
         self.engine = engine
         self.done: set[int] = set()  # control_requests rows already carried out
 
-    async def carry_out_now(self, request: ControlRequest) -> dict[str, Any]:
+    async def carry_out_now(self, request: ControlRequest) -> ControlResult:
         unit, result = await self.carry_out(request)
         await self.engine.commit(unit)
         return result
 
-    async def carry_out(self, request: ControlRequest) -> tuple[UnitOfWork, dict[str, Any]]:
+    async def carry_out(self, request: ControlRequest) -> tuple[UnitOfWork, ControlResult]:
         unit = UnitOfWork()
         now = self.engine.parts.clock.now_ms()
-        result: dict[str, Any] = {"action": request.action}
         if request.request_id is not None and request.request_id in self.done:
-            return unit, {"action": request.action, "note": "already carried out"}
+            return unit, ControlResult(request.action, note="already carried out")
         if request.action in HOUSEKEEPING:
             return (self.housekeeping(request.action, now, unit, request),
-                    {"action": request.action})
+                    ControlResult(request.action))
         if request.action == "reject":
             unit.audit.append(self.engine.desk.event("command.rejected", "command",
                                               request.command_id or "-", now, {
@@ -56,7 +55,10 @@ class OperatorControl:
                 self.engine.account, request, "rejected", {"reason": request.reason}, now
             )
             unit.commands[row.id] = row
-            return unit, {"action": "reject", "reason": request.reason}
+            return unit, ControlResult("reject", reason=request.reason)
+        cancelled: int | None = None
+        flattened: int | None = None
+        still: dict[str, str] | None = None
         if request.action == "kill":
             level = KillLevel(request.level or "pause")
             self.engine.transitions.append(
@@ -68,9 +70,7 @@ class OperatorControl:
             await self.engine.commit(unit)
             unit = UnitOfWork()
             if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
-                result["cancelled"] = await self.engine.desk.cancel_where(
-                    unit, f"kill {level.value}"
-                )
+                cancelled = await self.engine.desk.cancel_where(unit, f"kill {level.value}")
             if level is KillLevel.FLATTEN:
                 flattened = 0
                 for pos in self.engine.portfolio.positions():
@@ -80,17 +80,17 @@ class OperatorControl:
                             unit,
                         )
                         flattened += 1
-                result["flattened"] = flattened
         elif request.action == "resume":
             self.engine.transitions.append(
                 self.engine.risk.resume(request.reason, request.operator, now)
             )
             self.engine.audit_transitions(unit, channel=request.channel)
-            still = self.engine.risk.blocks_explained()
-            if still:  # what an operator's resume cannot lift, and what will
-                result["still_blocked"] = still
+            # what an operator's resume cannot lift, and what will
+            still = self.engine.risk.blocks_explained() or None
         machine = self.engine.risk.machine
-        result.update(state=machine.state.value, reason=machine.current.reason)
+        outcome = ControlResult(request.action, machine.state.value, machine.current.reason,
+                                cancelled, flattened, still)
+        result = outcome.as_dict()
         if request.command_id is not None:
             unit.audit.append(
                 self.engine.desk.event(
@@ -105,7 +105,7 @@ class OperatorControl:
             unit.commands[row.id] = row
         if request.request_id is not None:
             self.done.add(request.request_id)
-            unit.controls_done[request.request_id] = result
+            unit.controls_done[request.request_id] = outcome
         log.warning(
             "operator_command",
             channel=request.channel,
@@ -113,7 +113,7 @@ class OperatorControl:
             **{k: v for k, v in result.items() if k != "action"},
             command=request.action,
         )
-        return unit, result
+        return unit, outcome
 
     def housekeeping(
         self, action: str, now: int, unit: UnitOfWork, request: ControlRequest | None = None

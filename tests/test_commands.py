@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from bot.bus.signing import Command, Rejection, sign, verify
 from bot.command_gate import CommandGate
-from bot.domain import Candle, ControlRequest, Fill, Position, Side
+from bot.domain import Candle, ControlRequest, ControlResult, Fill, Position, Side
 from risk.manager import RiskManager
 from risk.settings import RiskSettings
 
@@ -70,10 +70,10 @@ class RecordingEngine:
     def __init__(self) -> None:
         self.requests: list[ControlRequest] = []
 
-    def submit_control(self, request: ControlRequest) -> asyncio.Future[Any]:
+    def submit_control(self, request: ControlRequest) -> asyncio.Future[ControlResult]:
         self.requests.append(request)
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        fut.set_result({"action": request.action, "state": "HALTED"})
+        fut: asyncio.Future[ControlResult] = asyncio.get_running_loop().create_future()
+        fut.set_result(ControlResult(request.action, state="HALTED"))
         return fut
 
 
@@ -174,3 +174,17 @@ async def test_a_minute_of_rejections_is_summarised_even_if_nothing_follows() ->
     await gate.flush()  # what the timer does when the minute ends
     assert len(engine.requests) == REJECTIONS_AUDITED_PER_MINUTE + 1
     assert engine.requests[-1].reason.startswith("4 more rejected commands")
+
+
+def test_a_control_result_says_only_what_happened() -> None:
+    """The typed result keeps the dict form the ledger, the audit and acks always carried."""
+    kill = ControlResult("kill", "HALTED", "operator kill", cancelled=2, flattened=1)
+    assert kill.as_dict() == {"action": "kill", "cancelled": 2, "flattened": 1,
+                              "state": "HALTED", "reason": "operator kill"}
+    assert list(kill.as_dict()) == ["action", "cancelled", "flattened", "state", "reason"]
+    resume = ControlResult("resume", "ACTIVE", "ok", still_blocked={"reconcile": "agreement"})
+    assert resume.as_dict()["still_blocked"] == {"reconcile": "agreement"}
+    assert ControlResult("reject", reason="bad signature").as_dict() == {
+        "action": "reject", "reason": "bad signature"}
+    assert ControlResult("kill", note="already carried out").as_dict() == {
+        "action": "kill", "note": "already carried out"}

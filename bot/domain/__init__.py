@@ -23,6 +23,7 @@ from __future__ import annotations
 from bot.domain.control import (
     CommandRecord,
     ControlRequest,
+    ControlResult,
 )
 from bot.domain.ledger import (
     AccountState,
@@ -89,6 +90,7 @@ __all__ = [
     "ClockObs",
     "CommandRecord",
     "ControlRequest",
+    "ControlResult",
     "EquityObs",
     "EquitySnapshot",
     "ExchangeCallObs",

@@ -24,6 +24,30 @@ class ControlRequest:
 
 
 @dataclass(frozen=True, slots=True)
+class ControlResult:
+    """What carrying out a ``ControlRequest`` did: the trading state after it and, by action,
+    what it cancelled, flattened or could not lift. ``as_dict`` is the form the ledger's
+    ``control_requests.result``, the audit payload and a signed command's ack carry."""
+
+    action: str
+    state: str | None = None  # the trading state after it (kill, resume)
+    reason: str | None = None  # the state's reason, or why a command was rejected
+    cancelled: int | None = None  # kill cancel|flatten: orders cancelled
+    flattened: int | None = None  # kill flatten: positions closed
+    still_blocked: Mapping[str, str] | None = None  # resume: blocks it cannot lift, and why
+    note: str | None = None  # e.g. "already carried out"
+
+    def as_dict(self) -> dict[str, Any]:
+        """The fields that say something, in a fixed order (``action`` first)."""
+        out: dict[str, Any] = {"action": self.action}
+        for key in ("cancelled", "flattened", "still_blocked", "note", "state", "reason"):
+            value = getattr(self, key)  # not probing: this dataclass's own fields, by name
+            if value is not None:
+                out[key] = dict(value) if key == "still_blocked" else value
+        return out
+
+
+@dataclass(frozen=True, slots=True)
 class CommandRecord:
     """A signed command as the ledger keeps it (``commands`` table): its id makes it
     idempotent and its nonce unreplayable; ``ack`` is what its sender was told."""

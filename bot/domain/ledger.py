@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
-from bot.domain.control import CommandRecord, ControlRequest
+from bot.domain.control import CommandRecord, ControlRequest, ControlResult
 from bot.domain.trading import AuditEvent, EquitySnapshot, Fill, Order, Position, Signal
 
 
@@ -26,7 +26,7 @@ class UnitOfWork:
     # account -> the risk manager's memory, taken when the unit is written (group commits
     # write only the latest)
     risk_memory: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
-    controls_done: dict[int, dict[str, Any]] = field(default_factory=dict)  # request id -> result
+    controls_done: dict[int, ControlResult] = field(default_factory=dict)  # by request id
     commands: dict[str, CommandRecord] = field(default_factory=dict)  # by MQTT command id
     audit: list[AuditEvent] = field(default_factory=list)
 

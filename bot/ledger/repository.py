@@ -267,7 +267,7 @@ class PostgresLedger:
                 index_elements=["account"], set_={"breakers": stmt.excluded.breakers}))
         for req_id, result in unit.controls_done.items():
             await conn.execute(update(t.ControlRequestRow).where(t.ControlRequestRow.id == req_id)
-                               .values(processed_at=datetime.now(UTC), result=result))
+                               .values(processed_at=datetime.now(UTC), result=result.as_dict()))
         if unit.commands:
             await conn.execute(pg_insert(t.CommandRow).on_conflict_do_nothing(),
                                [{"id": r.id, "account": r.account, "nonce": r.nonce,
