@@ -191,7 +191,7 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[An
         raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
                           "(it promotes the first one) or `stackbot models promote ID`")
     barrier = barrier_from(settings.risk)
-    ens = Ensemble.load(Path(active["path"]), active["sha256"], barrier,
+    ens = Ensemble.load(Path(active.path), active.sha256, barrier,
                         pick_device(cfg.device), cfg.compile)
     return EnsembleSignalSource(ens, settings.timeframe), EnsembleStrategy(
         barrier.k_stop, barrier.k_target, barrier.horizon, timeframe_ms(settings.timeframe),

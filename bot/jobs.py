@@ -147,7 +147,7 @@ async def _load_active(db_url: str, settings: Any) -> Any:
     finally:
         await eng.dispose()
     assert active is not None
-    return Ensemble.load(Path(active["path"]), active["sha256"], barrier_from(settings.risk),
+    return Ensemble.load(Path(active.path), active.sha256, barrier_from(settings.risk),
                          pick_device(settings.strategy.device), settings.strategy.compile)
 
 

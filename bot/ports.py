@@ -6,10 +6,11 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping, Sequence
 from decimal import Decimal
-from typing import Any, Protocol
+from typing import Protocol
 
 from bot.domain import (
     AccountState,
+    ActiveModel,
     Candle,
     ControlRequest,
     FeedStatus,
@@ -145,7 +146,7 @@ class Ledger(Protocol):
         """Operator requests made through the database and not carried out yet."""
         ...
 
-    async def active_ensemble(self) -> Mapping[str, Any] | None:
+    async def active_ensemble(self) -> ActiveModel | None:
         """The registry's active ensemble (path, sha256, id), None when there is none."""
         ...
 

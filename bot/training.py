@@ -102,8 +102,8 @@ async def store(
                 bundle.directory / "ensemble.json",
                 series,
                 timeframe,
-                Path(current["path"]),
-                current["sha256"],
+                Path(current.path),
+                current.sha256,
             )
     else:
         ok, why = False, "not asked to promote"

@@ -27,6 +27,7 @@ from bot.domain.control import (
 )
 from bot.domain.ledger import (
     AccountState,
+    ActiveModel,
     UnitOfWork,
 )
 from bot.domain.market import (
@@ -82,6 +83,7 @@ from bot.domain.venue import (
 __all__ = [
     "ALLOWED_TRANSITIONS",
     "AccountState",
+    "ActiveModel",
     "AuditEvent",
     "BreakerReading",
     "Candle",

@@ -67,3 +67,14 @@ class AccountState:
     pending_controls: tuple[ControlRequest, ...] = ()
     recent_nonces: frozenset[str] = frozenset()
     command_acks: Mapping[str, Any] = field(default_factory=dict)  # accepted MQTT id -> ack
+
+
+@dataclass(frozen=True, slots=True)
+class ActiveModel:
+    """The registry's active ensemble: its id, manifest path and the manifest's sha256 (the
+    load refuses a file that no longer matches), and the metrics it was registered with."""
+
+    id: str
+    path: str
+    sha256: str
+    metrics: Mapping[str, Any]

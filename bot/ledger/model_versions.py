@@ -13,7 +13,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import AuditEvent
+from bot.domain import ActiveModel, AuditEvent
 from bot.errors import RegistryError
 from bot.ledger import tables as t
 from bot.ledger.repository import json_text
@@ -72,12 +72,11 @@ async def list_versions(engine: AsyncEngine) -> list[dict[str, Any]]:
     return [dict(r) for r in rows]
 
 
-async def active_ensemble(engine: AsyncEngine) -> dict[str, Any] | None:
+async def active_ensemble(engine: AsyncEngine) -> ActiveModel | None:
     async with engine.connect() as conn:
         row = (await conn.execute(select(t.ModelVersionRow).where(
             t.ModelVersionRow.architecture == "ensemble",
             t.ModelVersionRow.status == "active"))).first()
     if row is None:
         return None
-    return {"id": row.id, "path": row.checkpoint_path, "sha256": row.checkpoint_sha256,
-            "metrics": row.metrics}
+    return ActiveModel(row.id, row.checkpoint_path, row.checkpoint_sha256, row.metrics or {})

@@ -22,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 
 from bot.domain import (
     AccountState,
+    ActiveModel,
     AuditEvent,
     ControlRequest,
     Order,
@@ -311,7 +312,7 @@ class PostgresLedger:
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"cannot finish run {run_id}: {brief(exc)}") from exc
 
-    async def active_ensemble(self) -> Mapping[str, Any] | None:
+    async def active_ensemble(self) -> ActiveModel | None:
         from bot.ledger.model_versions import active_ensemble
 
         try:
@@ -359,7 +360,7 @@ class GroupCommitLedger:
     async def pending_controls(self, account: str) -> list[ControlRequest]:
         return await self.inner.pending_controls(account)
 
-    async def active_ensemble(self) -> Mapping[str, Any] | None:
+    async def active_ensemble(self) -> ActiveModel | None:
         return await self.inner.active_ensemble()
 
     async def commit(self, unit: UnitOfWork) -> None:
