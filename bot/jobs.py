@@ -18,7 +18,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import JobSettings
-from bot.domain import ControlRequest
+from bot.domain import ControlRequest, RetrainOutcome
 from bot.engine import Engine
 from bot.logs import password_of, register_secrets, scrub
 
@@ -76,17 +76,16 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
         since = (now - timedelta(days=history_days)).strftime("%Y-%m-%d")
         dl, train = retrain_commands(settings, folder, since)
         rc, log = await run(dl)
-        outcome, info = "download failed", {"log": log}
+        outcome, done = "download failed", RetrainOutcome(log)
         if rc == 0:
             rc, log = await run(train)
             promoted = rc == 0 and "promoted to active" in log
             outcome = ("promoted" if promoted else "kept the active version") if rc == 0 \
                 else "training failed"
-            info = {"log": log}
-            if promoted:
-                info["ensemble"] = await _load_active(db_url, settings)
+            done = RetrainOutcome(log, await _load_active(db_url, settings) if promoted
+                                  else None)
         engine.submit_control(ControlRequest("retrain_done", outcome, "scheduler", "jobs",
-                                             payload=info))
+                                             payload=done))
 
     return job
 

@@ -158,8 +158,9 @@ class OperatorControl:
                 )
             )
         elif action == "retrain_done" and request is not None:
-            info = dict(request.payload or {})
-            new = info.pop("ensemble", None)
+            done = request.payload
+            info: dict[str, str] = {"log": done.log} if done is not None else {}
+            new = done.promoted if done is not None else None
             # the next candle is scored by the promoted version (where the source has models)
             if new is not None and self.engine.parts.source.swap(new):
                 info["now_active"] = new.id

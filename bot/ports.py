@@ -20,6 +20,7 @@ from bot.domain import (
     OrderIntent,
     OrderUpdate,
     Position,
+    PromotedModel,
     Signal,
     UnitOfWork,
     VenueState,
@@ -54,13 +55,6 @@ class PortfolioView(Protocol):
     def price(self, symbol: str) -> Decimal | None: ...
 
     def positions(self) -> Sequence[Position]: ...
-
-
-class PromotedModel(Protocol):
-    """A newly promoted model version, as the retrain job hands it to the signal source."""
-
-    @property
-    def id(self) -> str: ...
 
 
 class SignalSource(Protocol):

@@ -28,8 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from bot.domain import Candle, Gap, Regime, Signal, timeframe_ms
-from bot.ports import PromotedModel
+from bot.domain import Candle, Gap, PromotedModel, Regime, Signal, timeframe_ms
 from models.calibrate import sigmoid
 from models.features import FEATURE_NAMES, WARMUP, normalise, raw_features
 from models.labels import BarrierSpec, barrier_spec_of

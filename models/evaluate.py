@@ -28,8 +28,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from bot.domain import Candle, CandleSeries, Gap, OrderIntent, Signal
-from bot.ports import PortfolioView, PromotedModel
+from bot.domain import Candle, CandleSeries, Gap, OrderIntent, PromotedModel, Signal
+from bot.ports import PortfolioView
 from models.baselines import baseline_predictions
 from models.calibrate import reliability, report, sigmoid
 from models.dataset import SymbolData, evenly, reference_timeline, split_by_time, symbol_data

@@ -15,8 +15,8 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from bot.domain import Candle, Gap, OrderIntent, Side, Signal
-from bot.ports import PortfolioView, PromotedModel
+from bot.domain import Candle, Gap, OrderIntent, PromotedModel, Side, Signal
+from bot.ports import PortfolioView
 
 SOURCE = "ema_cross"
 

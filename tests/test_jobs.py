@@ -9,7 +9,7 @@ from pathlib import Path
 
 from bot.app import drive
 from bot.config import JobSettings
-from bot.domain import ControlRequest, Mode
+from bot.domain import ControlRequest, Mode, RetrainOutcome
 from bot.engine import Engine
 from bot.jobs import build_scheduler
 from bot.ledger.repository import PostgresLedger
@@ -33,6 +33,10 @@ async def test_scheduler_jobs_coalesce_with_grace(tmp_path: Path) -> None:
     assert "day='1'" in str(jobs["retrain"].trigger)  # monthly by default
 
 
+class Promoted:
+    id = "ens-20261123-test"
+
+
 async def test_job_actions_are_carried_out_and_audited(tmp_path: Path, pg_url: str) -> None:
     settings, clock, feed, broker = backtest_parts(tmp_path, pg_url, 120, 9)
 
@@ -40,6 +44,10 @@ async def test_job_actions_are_carried_out_and_audited(tmp_path: Path, pg_url: s
         for action in ("snapshot", "tick", "model_check", "retrain"):
             engine.controls.put_nowait((ControlRequest(action, "scheduled", "scheduler", "jobs"),
                                         None))
+        # a retrain that promoted a version the running source (the EMA baseline) cannot take
+        engine.controls.put_nowait((ControlRequest(
+            "retrain_done", "promoted", "scheduler", "jobs",
+            payload=RetrainOutcome("trained 12 members", Promoted())), None))
 
     account = "jobs-test"
     await drive(settings, "jobsrun1", account, Mode.BACKTEST, "replay", ["BTC/USDT"], feed,
@@ -48,6 +56,7 @@ async def test_job_actions_are_carried_out_and_audited(tmp_path: Path, pg_url: s
         pg_url, "SELECT kind, payload FROM audit_events WHERE account=$1", account)}
     assert kinds["model.check"]["status"] == "inactive"
     assert "no trainable model" in kinds["retrain.skipped"]["reason"]
+    assert kinds["retrain.finished"] == {"outcome": "promoted", "log": "trained 12 members"}
     snaps = await fetch(pg_url, "SELECT count(*) AS n FROM equity_snapshots WHERE account=$1",
                         account)
     assert snaps[0]["n"] == 120 + 1  # one per candle step, plus the scheduled one

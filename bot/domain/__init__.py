@@ -24,6 +24,8 @@ from bot.domain.control import (
     CommandRecord,
     ControlRequest,
     ControlResult,
+    PromotedModel,
+    RetrainOutcome,
 )
 from bot.domain.ledger import (
     AccountState,
@@ -93,6 +95,8 @@ __all__ = [
     "CommandRecord",
     "ControlRequest",
     "ControlResult",
+    "PromotedModel",
+    "RetrainOutcome",
     "EquityObs",
     "EquitySnapshot",
     "ExchangeCallObs",

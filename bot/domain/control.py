@@ -5,7 +5,23 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+
+class PromotedModel(Protocol):
+    """A newly promoted model version, as the retrain job hands it to the signal source."""
+
+    @property
+    def id(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainOutcome:
+    """What the retrain job reports back: the tail of its children's output (scrubbed), and
+    the newly promoted version where it promoted one."""
+
+    log: str
+    promoted: PromotedModel | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -20,7 +36,7 @@ class ControlRequest:
     request_id: int | None = None  # control_requests row (CLI channel)
     command_id: str | None = None  # MQTT command id
     nonce: str | None = None  # MQTT command nonce
-    payload: Any = None  # internal requests only (e.g. a newly promoted model)
+    payload: RetrainOutcome | None = None  # "retrain_done" only
 
 
 @dataclass(frozen=True, slots=True)
