@@ -251,7 +251,9 @@ def _control(
 ) -> None:
     from bot.app import account_name
     from bot.ledger.control_requests import request_control
+    from risk.state import operator_command
 
+    who = _operator(operator)
     settings = _settings(
         config,
         mode=mode,
@@ -263,7 +265,9 @@ def _control(
     target = account or account_name(settings)
     state = _with_db(
         settings,
-        lambda engine: request_control(engine, target, action, reason, _operator(operator), level),
+        lambda engine: request_control(
+            engine, target, action, reason, who, level,
+            lambda stored, ts: operator_command(stored, action, reason, who, level, ts)),
     )
     out.print(
         f"{target}: {state['state']} ({state['reason']}); request {state['request_id']} "

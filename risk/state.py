@@ -141,3 +141,18 @@ class StateMachine:
         (blocks.add if on else blocks.discard)(key)
         self.current = dataclasses.replace(self.current, blocks=frozenset(blocks))
         return changed
+
+
+def operator_command(stored: dict[str, Any] | None, action: str, reason: str, operator: str,
+                     level: str | None, ts: int) -> tuple[dict[str, Any], Transition]:
+    """An operator's kill or resume applied to a stored state (its ``snapshot``; None: none
+    stored yet): the new snapshot to latch, and the transition to audit. Pure: the caller
+    reads and writes the state in one transaction (``bot/ledger/control_requests.py``)."""
+    machine = StateMachine(RiskState.restore(stored) if stored else None)
+    if action == "kill":
+        tr = machine.kill(KillLevel(level or "pause"), reason, operator, ts)
+    elif action == "resume":
+        tr = machine.resume(reason, operator, ts)
+    else:
+        raise ValueError(f"unknown control action {action!r}")
+    return machine.current.snapshot(), tr

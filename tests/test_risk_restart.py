@@ -13,6 +13,8 @@ import uuid
 from decimal import Decimal as D
 from typing import Any
 
+import pytest
+
 from bot.domain import (
     Candle,
     OrderIntent,
@@ -205,3 +207,20 @@ def _apply(m: RiskManager, kind: str, arg: Any, price: float) -> Any:
     intent = OrderIntent("BTC/USDT", Side.BUY, "t", m.now, "v", confidence=arg)
     d = m.review(intent, portfolio(D(10_000), price), SPEC)
     return (d.approved, d.quantity, d.reason)
+
+
+def test_an_operator_command_latches_from_the_stored_state() -> None:
+    """The CLI's kill and resume decide the state from the stored one (risk, pure); the
+    ledger only stores what they decide."""
+    from risk.state import operator_command
+
+    halted, tr = operator_command(None, "kill", "drill", "ops", "cancel", 1_000)
+    assert (tr.before.value, tr.after.value) == ("ACTIVE", "HALTED")
+    assert halted["state"] == "HALTED" and halted["kill_level"] == "cancel"
+    again, tr2 = operator_command(halted, "kill", "twice", "ops", "flatten", 2_000)
+    assert tr2.before.value == "HALTED" and again["kill_level"] == "flatten"
+    active, tr3 = operator_command(again, "resume", "drill over", "ops", None, 3_000)
+    assert (tr3.before.value, tr3.after.value) == ("HALTED", "ACTIVE")
+    assert active["state"] == "ACTIVE"
+    with pytest.raises(ValueError, match="unknown control action 'pause'"):
+        operator_command(None, "pause", "x", "ops", None, 0)

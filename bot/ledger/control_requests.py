@@ -1,7 +1,8 @@
 """The kill switch through the database: ``stackbot kill`` and ``stackbot resume`` work with no
 message broker at all.
 
-A request row, the latched trading state and their audit event commit in one transaction,
+A request row, the latched trading state and their audit event commit in one transaction
+(the caller decides the state: this module stores it, and runs no state machine),
 then ``NOTIFY stackbot_control`` wakes a running instance, which carries out the rest
 (cancelling, flattening) and marks the request done. With no instance running, the state is
 already HALTED in the ledger and the next start carries out what is pending.
@@ -19,34 +20,32 @@ from sqlalchemy import insert, select, text
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import AuditEvent, KillLevel
+from bot.domain import AuditEvent, Transition
 from bot.ledger import tables as t
 from bot.ledger.repository import json_text, to_dt, to_ms
 from bot.ledger.urls import async_url, plain_url
-from risk.state import RiskState, StateMachine
 
 CHANNEL = "stackbot_control"
 
 
+Decide = Callable[[dict[str, Any] | None, int], tuple[dict[str, Any], Transition]]
+"""From the stored trading state (None: none yet) and the time in ms: the state to latch and
+the transition to audit (``risk.state.operator_command``, bound to the request)."""
+
+
 async def request_control(engine: AsyncEngine, account: str, action: str, reason: str,
-                          operator: str, level: str | None = None) -> dict[str, Any]:
-    """Record the request, latch the state, audit, notify. Returns the new state."""
+                          operator: str, level: str | None, decide: Decide) -> dict[str, Any]:
+    """Record the request, latch the state ``decide`` gives, audit, notify: one transaction,
+    the stored state locked while it is decided. Returns the new state."""
     now = datetime.now(UTC)
     async with engine.begin() as conn:
         detail = (await conn.execute(select(t.RiskStateRow.detail).where(
             t.RiskStateRow.account == account).with_for_update())).scalar()
-        machine = StateMachine(RiskState.restore(detail) if detail else None)
         ts = to_ms(now)
-        if action == "kill":
-            tr = machine.kill(KillLevel(level or "pause"), reason, operator, ts)
-        elif action == "resume":
-            tr = machine.resume(reason, operator, ts)
-        else:
-            raise ValueError(f"unknown control action {action!r}")
+        snap, tr = decide(detail, ts)
         req_id = (await conn.execute(pg_insert(t.ControlRequestRow).values(
             account=account, action=action, level=level, reason=reason, operator=operator,
             channel="cli").returning(t.ControlRequestRow.id))).scalar_one()
-        snap = machine.current.snapshot()
         stmt = pg_insert(t.RiskStateRow).values(account=account, state=snap["state"],
                                                  reason=snap["reason"], detail=snap, updated_at=now)
         await conn.execute(stmt.on_conflict_do_update(index_elements=["account"], set_={
