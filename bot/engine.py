@@ -229,7 +229,7 @@ class Engine:
         if status.state in (FeedState.STALE, FeedState.FRESH):
             self.transitions += self.risk.on_feed(now, status.state is FeedState.STALE,
                                                    status.reason)
-            unit.risk_state[self.account] = (self.risk.machine.current.snapshot(), now)
+            unit.risk_state[self.account] = (self.risk.machine.current, now)
         self.audit_transitions(unit)
         await self.commit(unit)
 
@@ -387,10 +387,7 @@ class Engine:
             )
             log.warning("trading_state", **payload)
         self.transitions = []
-        unit.risk_state[self.account] = (
-            self.risk.machine.current.snapshot(),
-            self.parts.clock.now_ms(),
-        )
+        unit.risk_state[self.account] = (self.risk.machine.current, self.parts.clock.now_ms())
 
     def snapshot_equity(self) -> Decimal:
         return self.portfolio.equity()

@@ -92,6 +92,6 @@ class Reconciler:
             unit.audit.append(self.desk.event(
                 "reconcile.ok" if r.agree else "reconcile.mismatch", "account", self.account,
                 now, {"problems": list(r.problems)}))
-            unit.risk_state[self.account] = (self.risk.machine.current.snapshot(), now)
+            unit.risk_state[self.account] = (self.risk.machine.current, now)
             (log.info if r.agree else log.error)("reconciled", verdict=r.describe())
         self.first_run = self.awaiting_verdict = False

@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import desc, select
 
 from bot.config import Settings
-from bot.domain import OrderStatus
+from bot.domain import OrderStatus, RiskState
 from bot.errors import LedgerError
 from bot.ledger import tables as t
 
@@ -76,7 +76,8 @@ def breaker_readings(settings: Settings, rows: Any) -> list[dict[str, Any]]:
     out = []
     for r in rows:
         risk = RiskManager(settings.risk, timeframe_ms(settings.timeframe))
-        risk.restore(r["detail"], r["breakers"] or None)
+        risk.restore(RiskState.restore(r["detail"]) if r["detail"] else None,
+                     r["breakers"] or None)
         for b in risk.readings():
             out.append({"account": r["account"], "breaker": b.name,
                         "reading": round(b.reading, 6), "limit": round(b.limit, 6),

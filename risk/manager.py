@@ -32,6 +32,7 @@ from bot.domain import (
     Protect,
     RiskDecision,
     RiskReport,
+    RiskState,
     Side,
     TradeClosedObs,
     Transition,
@@ -62,7 +63,7 @@ from risk.controls import (
 )
 from risk.settings import RiskSettings
 from risk.sizing import SizingInputs, SizingParams, size_entry
-from risk.state import RiskState, StateMachine
+from risk.state import StateMachine
 from risk.stops import StopLevels
 
 
@@ -250,15 +251,13 @@ class RiskManager:
             "orders": self.throttle.state(),
         }
 
-    def restore(
-        self, state: Mapping[str, Any] | None, memory: Mapping[str, Any] | None = None
-    ) -> None:
+    def restore(self, state: RiskState | None, memory: Mapping[str, Any] | None = None) -> None:
         """Carry on from the ledger: the trading state (``state``, which operators may have
         changed while no instance ran) and the rest of ``memory``."""
         m = dict(memory or {})
-        snap = state or m.get("machine")
-        if snap:
-            self.machine.restore(dict(snap))
+        latched = state or (RiskState.restore(m["machine"]) if m.get("machine") else None)
+        if latched is not None:
+            self.machine.restore(latched)
         windows = m.get("breakers") or {}
         for b in self.breakers:
             b.load(dict(windows.get(b.name) or {}))

@@ -15,41 +15,11 @@ consecutive losses, and stale data. Every change returns a ``Transition`` to be 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
 from typing import Any
 
-from bot.domain import KillLevel, TradingState, Transition
+from bot.domain import KillLevel, RiskState, TradingState, Transition
 
 _RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
-
-
-@dataclass(frozen=True, slots=True)
-class RiskState:
-    """The persisted part; ``snapshot``/``restore`` round-trip it through the ledger."""
-
-    state: TradingState = TradingState.ACTIVE
-    reason: str = "start"
-    since_ts: int = 0
-    reducing_until: int | None = None  # None with REDUCING: until an operator resumes
-    kill_level: KillLevel | None = None
-    operator: str | None = None
-    cooldown_until: int | None = None
-    blocks: frozenset[str] = field(default_factory=frozenset)  # e.g. {"stale:BTC/USDT"}
-
-    def snapshot(self) -> dict[str, Any]:
-        return {"state": self.state.value, "reason": self.reason, "since_ts": self.since_ts,
-                "reducing_until": self.reducing_until,
-                "kill_level": self.kill_level.value if self.kill_level else None,
-                "operator": self.operator, "cooldown_until": self.cooldown_until,
-                "blocks": sorted(self.blocks)}
-
-    @classmethod
-    def restore(cls, data: dict[str, Any]) -> RiskState:
-        return cls(TradingState(data["state"]), data.get("reason", ""), data.get("since_ts", 0),
-                   data.get("reducing_until"),
-                   KillLevel(data["kill_level"]) if data.get("kill_level") else None,
-                   data.get("operator"), data.get("cooldown_until"),
-                   frozenset(data.get("blocks") or ()))
 
 
 class StateMachine:
@@ -77,9 +47,9 @@ class StateMachine:
             return "entries blocked: " + ", ".join(sorted(self.current.blocks))
         return f"cooldown until {self.current.cooldown_until}"
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
+    def restore(self, state: RiskState) -> None:
         """Take up a state the ledger kept (a restart)."""
-        self.current = RiskState.restore(snapshot)
+        self.current = state
 
     # ---- events -----------------------------------------------------------------------
     def _move(self, after: TradingState, reason: str, source: str, ts: int,

@@ -286,7 +286,7 @@ class TradingStates(RuleBasedStateMachine):
 
     @invariant()
     def snapshot_round_trips(self) -> None:
-        from risk.state import RiskState
+        from bot.domain import RiskState
 
         assert RiskState.restore(self.m.current.snapshot()) == self.m.current
 

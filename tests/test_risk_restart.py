@@ -19,6 +19,7 @@ from bot.domain import (
     Candle,
     OrderIntent,
     PredictionObs,
+    RiskState,
     Side,
     TradeClosedObs,
     TradingState,
@@ -37,7 +38,7 @@ async def restarted(ledger: Any, risk: RiskManager, cfg: RiskSettings,
                     account: str) -> RiskManager:
     unit = UnitOfWork()
     unit.risk_memory[account] = risk.memory
-    unit.risk_state[account] = (risk.machine.current.snapshot(), risk.now)
+    unit.risk_state[account] = (risk.machine.current, risk.now)
     await ledger.commit(unit)
     state = await ledger.load_account(account)
     fresh = RiskManager(cfg, H)
@@ -145,7 +146,8 @@ async def test_a_restored_stale_block_clears_on_the_next_fresh_candle(ledger: An
     assert risk.machine.current.blocks == frozenset()
     # a row written before the memory existed (state only) clears the same way
     old = RiskManager(cfg, H)
-    old.restore({"state": "ACTIVE", "reason": "x", "blocks": ["stale:ETH/USDT"]}, None)
+    old.restore(RiskState.restore({"state": "ACTIVE", "reason": "x",
+                                   "blocks": ["stale:ETH/USDT"]}), None)
     old.on_candle(Candle("ETH/USDT", "1h", T0, 10, 11, 9, 10, 1), 0.1)
     assert old.machine.current.blocks == frozenset()
 

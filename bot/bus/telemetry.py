@@ -37,8 +37,9 @@ def publish_unit(bus: Publisher, unit: UnitOfWork) -> None:
         bus.publish("equity", {"ts": e.ts, "cash": str(e.cash),
                                "positions_value": str(e.positions_value),
                                "equity": str(e.equity)})
-    for account, (detail, ts) in unit.risk_state.items():
-        bus.publish("risk/state", {"account": account, "ts": ts, **detail}, retain=True)
+    for account, (state, ts) in unit.risk_state.items():
+        bus.publish("risk/state", {"account": account, "ts": ts, **state.snapshot()},
+                    retain=True)
     for ev in unit.audit:
         if ev.kind not in _SKIP_EVENTS:
             bus.publish("events", {"kind": ev.kind, "entity": ev.entity, "id": ev.entity_id,

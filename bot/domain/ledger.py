@@ -8,6 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from bot.domain.control import CommandRecord, ControlRequest, ControlResult
+from bot.domain.risk import RiskState
 from bot.domain.trading import AuditEvent, EquitySnapshot, Fill, Order, Position, Signal
 
 
@@ -22,7 +23,7 @@ class UnitOfWork:
     cash: dict[str, tuple[Decimal, int]] = field(default_factory=dict)  # account -> (cash, ts)
     equity: list[EquitySnapshot] = field(default_factory=list)
     cursors: dict[tuple[str, str], int] = field(default_factory=dict)  # (account, symbol) -> ts
-    risk_state: dict[str, tuple[dict[str, Any], int]] = field(default_factory=dict)
+    risk_state: dict[str, tuple[RiskState, int]] = field(default_factory=dict)  # latched, at ts
     # account -> the risk manager's memory, taken when the unit is written (group commits
     # write only the latest)
     risk_memory: dict[str, Callable[[], dict[str, Any]]] = field(default_factory=dict)
@@ -62,7 +63,7 @@ class AccountState:
     positions: tuple[Position, ...]
     working_orders: tuple[Order, ...]
     cursors: Mapping[str, int]
-    risk_state: Mapping[str, Any] | None = None
+    risk_state: RiskState | None = None
     risk_memory: Mapping[str, Any] | None = None  # breaker windows etc. (``RiskManager.memory``)
     pending_controls: tuple[ControlRequest, ...] = ()
     recent_nonces: frozenset[str] = frozenset()

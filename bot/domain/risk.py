@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from decimal import Decimal
 from enum import StrEnum
+from typing import Any
 
 
 class TradingState(StrEnum):
@@ -19,6 +20,35 @@ class KillLevel(StrEnum):
     PAUSE = "pause"
     CANCEL = "cancel"
     FLATTEN = "flatten"
+
+
+@dataclass(frozen=True, slots=True)
+class RiskState:
+    """The persisted part; ``snapshot``/``restore`` round-trip it through the ledger."""
+
+    state: TradingState = TradingState.ACTIVE
+    reason: str = "start"
+    since_ts: int = 0
+    reducing_until: int | None = None  # None with REDUCING: until an operator resumes
+    kill_level: KillLevel | None = None
+    operator: str | None = None
+    cooldown_until: int | None = None
+    blocks: frozenset[str] = field(default_factory=frozenset)  # e.g. {"stale:BTC/USDT"}
+
+    def snapshot(self) -> dict[str, Any]:
+        return {"state": self.state.value, "reason": self.reason, "since_ts": self.since_ts,
+                "reducing_until": self.reducing_until,
+                "kill_level": self.kill_level.value if self.kill_level else None,
+                "operator": self.operator, "cooldown_until": self.cooldown_until,
+                "blocks": sorted(self.blocks)}
+
+    @classmethod
+    def restore(cls, data: dict[str, Any]) -> RiskState:
+        return cls(TradingState(data["state"]), data.get("reason", ""), data.get("since_ts", 0),
+                   data.get("reducing_until"),
+                   KillLevel(data["kill_level"]) if data.get("kill_level") else None,
+                   data.get("operator"), data.get("cooldown_until"),
+                   frozenset(data.get("blocks") or ()))
 
 
 @dataclass(frozen=True, slots=True)

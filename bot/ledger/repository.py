@@ -30,6 +30,7 @@ from bot.domain import (
     OrderType,
     Position,
     Regime,
+    RiskState,
     Side,
     UnitOfWork,
 )
@@ -175,7 +176,8 @@ class PostgresLedger:
             cash=cash, positions=positions,
             working_orders=tuple(order_from_row(r) for r in order_rows),
             cursors={r.symbol: to_ms(r.last_ts) for r in cursor_rows},
-            risk_state=risk_row.detail if risk_row is not None else None,
+            risk_state=(RiskState.restore(risk_row.detail)
+                        if risk_row is not None and risk_row.detail else None),
             risk_memory=(risk_row.breakers or None) if risk_row is not None else None,
             pending_controls=tuple(control_from_row(r) for r in pending),
             recent_nonces=frozenset(c.nonce for c in commands),
@@ -249,7 +251,8 @@ class PostgresLedger:
                                               set_={"last_ts": stmt.excluded.last_ts})
             await conn.execute(stmt, [{"account": a, "symbol": s, "last_ts": to_dt(ts)}
                                       for (a, s), ts in unit.cursors.items()])
-        for account, (detail, ts) in unit.risk_state.items():
+        for account, (state, ts) in unit.risk_state.items():
+            detail = state.snapshot()
             stmt = pg_insert(t.RiskStateRow).values(account=account, state=detail["state"],
                                                      reason=detail["reason"], detail=detail,
                                                      updated_at=to_dt(ts))
