@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -177,20 +178,23 @@ def models_list(
     except StackbotError as exc:
         raise _fail(exc) from None
     if as_json:
-        print(json.dumps(rows, indent=2, default=str))
+        print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2, default=str))
         return
     table = Table(title="model versions")
-    for col in ("id", "architecture", "status", "symbols", "train end", "test acc"):
-        table.add_column(col)
+    # an id is what `models promote` takes: never cut it, whatever the terminal's width
+    widest = max((len(r.id) for r in rows), default=2)
+    table.add_column("id", no_wrap=True, min_width=widest)
+    for col in ("architecture", "status", "symbols", "train end", "test acc"):
+        table.add_column(col, overflow="fold")
     for r in rows:
-        m = r["metrics"] or {}
+        m = r.metrics
         acc = (m.get("test_calibrated") or m.get("test") or {}).get("accuracy")
         table.add_row(
-            r["id"],
-            r["architecture"],
-            r["status"],
-            ",".join(r["symbols"]),
-            str(r["train_end"])[:16],
+            r.id,
+            r.architecture,
+            r.status,
+            ",".join(r.symbols),
+            str(r.train_end)[:16],
             f"{acc:.3f}" if acc is not None else "",
         )
     out.print(table)

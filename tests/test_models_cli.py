@@ -49,6 +49,15 @@ def test_train_registry_backtest_evaluate(files: list[Path], fresh_db: str,
     new_id = next(
         v["id"] for v in versions if v["architecture"] == "ensemble" and v["id"] != ens_id
     )
+    # at 80 columns the table still shows every id whole: `models promote` takes them
+    from bot.cli_common import out
+
+    width, out.width = out.width, 80
+    try:
+        shown = runner.invoke(app, ["models", "list", *common]).stdout
+    finally:
+        out.width = width
+    assert all(v["id"] in shown for v in versions), shown
     assert runner.invoke(app, ["models", "promote", new_id, *common]).exit_code == 0
     st = {
         r["id"]: r["status"]

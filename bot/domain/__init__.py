@@ -30,6 +30,7 @@ from bot.domain.control import (
 from bot.domain.ledger import (
     AccountState,
     ActiveModel,
+    ModelVersion,
     UnitOfWork,
 )
 from bot.domain.market import (
@@ -87,6 +88,7 @@ __all__ = [
     "ALLOWED_TRANSITIONS",
     "AccountState",
     "ActiveModel",
+    "ModelVersion",
     "AuditEvent",
     "BreakerReading",
     "Candle",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -79,3 +80,17 @@ class ActiveModel:
     path: str
     sha256: str
     metrics: Mapping[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelVersion:
+    """One registered model version, as ``stackbot models list`` shows it."""
+
+    id: str
+    architecture: str  # "ensemble" or a member's name
+    status: str  # "candidate" | "active" | "retired"
+    symbols: tuple[str, ...]
+    timeframe: str
+    train_end: datetime | None
+    metrics: Mapping[str, Any]
+    created_at: datetime | None

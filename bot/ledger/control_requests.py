@@ -65,14 +65,6 @@ async def request_control(engine: AsyncEngine, account: str, action: str, reason
     return {"request_id": req_id, **snap}
 
 
-async def read_risk_states(engine: AsyncEngine) -> list[dict[str, Any]]:
-    async with engine.connect() as conn:
-        rows = (await conn.execute(select(t.RiskStateRow.account, t.RiskStateRow.state,
-                                          t.RiskStateRow.reason, t.RiskStateRow.updated_at)
-                                   .order_by(t.RiskStateRow.account))).mappings().all()
-    return [dict(r) for r in rows]
-
-
 class ControlListener:
     """LISTEN on the control channel; calls ``on_request(account)`` for each notification.
     Reconnects on its own; a lost notification is caught by ``poll_s`` polling."""

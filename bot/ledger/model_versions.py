@@ -13,7 +13,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from bot.domain import ActiveModel, AuditEvent
+from bot.domain import ActiveModel, AuditEvent, ModelVersion
 from bot.errors import RegistryError
 from bot.ledger import tables as t
 from bot.ledger.repository import json_text
@@ -62,14 +62,15 @@ async def promote(engine: AsyncEngine, ensemble_id: str, reason: str = "operator
         await _audit(conn, "model.promoted", ensemble_id, {"reason": reason})
 
 
-async def list_versions(engine: AsyncEngine) -> list[dict[str, Any]]:
+async def list_versions(engine: AsyncEngine) -> list[ModelVersion]:
     async with engine.connect() as conn:
         rows = (await conn.execute(select(
             t.ModelVersionRow.id, t.ModelVersionRow.architecture, t.ModelVersionRow.status,
             t.ModelVersionRow.symbols, t.ModelVersionRow.timeframe, t.ModelVersionRow.train_end,
             t.ModelVersionRow.metrics, t.ModelVersionRow.created_at)
-            .order_by(t.ModelVersionRow.created_at.desc(), t.ModelVersionRow.id))).mappings().all()
-    return [dict(r) for r in rows]
+            .order_by(t.ModelVersionRow.created_at.desc(), t.ModelVersionRow.id))).all()
+    return [ModelVersion(r.id, r.architecture, r.status, tuple(r.symbols or ()), r.timeframe,
+                         r.train_end, r.metrics or {}, r.created_at) for r in rows]
 
 
 async def active_ensemble(engine: AsyncEngine) -> ActiveModel | None:
