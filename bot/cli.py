@@ -219,15 +219,25 @@ def status(
         print(json.dumps(report, indent=2, default=str))
         return
     for title, rows in report.items():
-        table = Table(title=title)
-        if rows:
-            for col in rows[0]:
-                table.add_column(col)
-            for row in rows:
-                table.add_row(*(str(v) for v in row.values()))
+        out.print(whole_ids_table(title, rows))
+
+
+def whole_ids_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """A table whose ids (runs, accounts, orders) are never cut, at any terminal width: they
+    are what an operator copies into the next command. Other columns fold instead."""
+    table = Table(title=title)
+    if not rows:
+        table.add_column("(none)")
+        return table
+    for col in rows[0]:
+        if col == "account" or col == "id" or col.endswith("_id"):
+            table.add_column(col, no_wrap=True,
+                             min_width=max(len(str(r.get(col, ""))) for r in rows))
         else:
-            table.add_column("(none)")
-        out.print(table)
+            table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    return table
 
 
 def _operator(explicit: str | None) -> str:

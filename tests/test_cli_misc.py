@@ -63,3 +63,13 @@ def test_embedded_database_is_the_default(tmp_path: Path) -> None:
     report = json.loads(st.stdout[st.stdout.index("{"):])
     assert report["recent runs"][0]["id"] == summary["run_id"]
     assert report["recent runs"][0]["status"] == "completed"
+    # the table, at 80 columns, shows the run's id and its account whole
+    from bot.cli_common import out
+
+    width, out.width = out.width, 80
+    try:
+        shown = runner.invoke(app, ["status", "--data-dir", str(state)]).stdout
+    finally:
+        out.width = width
+    run = report["recent runs"][0]
+    assert run["id"] in shown and run["account"] in shown, shown
