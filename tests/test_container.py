@@ -58,3 +58,5 @@ def test_the_image_installs_the_hashed_lock_and_keeps_no_compiler_or_pip() -> No
     for tool in ("gcc", "build-essential", "apt-get install"):
         assert tool not in final, tool
     assert "\nUSER stackbot" in final
+    # LightGBM needs the OpenMP runtime: copied as a file from the build stage, not installed
+    assert "COPY --from=build /usr/lib/x86_64-linux-gnu/libgomp.so.1" in final
