@@ -12,7 +12,7 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli_common import ConfigOpt, DataDirOpt, DbOpt, out
+from bot.cli_common import ConfigOpt, DataDirOpt, DbOpt, out, whole_ids_table
 from bot.cli_common import fail as _fail
 from bot.cli_common import load as _settings
 from bot.cli_common import with_db as _with_db
@@ -220,24 +220,6 @@ def status(
         return
     for title, rows in report.items():
         out.print(whole_ids_table(title, rows))
-
-
-def whole_ids_table(title: str, rows: list[dict[str, Any]]) -> Table:
-    """A table whose ids (runs, accounts, orders) are never cut, at any terminal width: they
-    are what an operator copies into the next command. Other columns fold instead."""
-    table = Table(title=title)
-    if not rows:
-        table.add_column("(none)")
-        return table
-    for col in rows[0]:
-        if col == "account" or col == "id" or col.endswith("_id"):
-            table.add_column(col, no_wrap=True,
-                             min_width=max(len(str(r.get(col, ""))) for r in rows))
-        else:
-            table.add_column(col, overflow="fold")
-    for row in rows:
-        table.add_row(*(str(v) for v in row.values()))
-    return table
 
 
 def _operator(explicit: str | None) -> str:

@@ -9,6 +9,7 @@ from typing import Annotated, Any
 
 import typer
 from rich.console import Console
+from rich.table import Table
 
 from bot.config import Settings, load_settings
 from bot.logs import configure_logging
@@ -67,3 +68,19 @@ def fail(exc: BaseException) -> typer.Exit:
     return typer.Exit(2)
 
 
+def whole_ids_table(title: str, rows: list[dict[str, Any]]) -> Table:
+    """A table whose ids (runs, accounts, orders) are never cut, at any terminal width: they
+    are what an operator copies into the next command. Other columns fold instead."""
+    table = Table(title=title)
+    if not rows:
+        table.add_column("(none)")
+        return table
+    for col in rows[0]:
+        if col == "account" or col == "id" or col.endswith("_id"):
+            table.add_column(col, no_wrap=True,
+                             min_width=max(len(str(r.get(col, ""))) for r in rows))
+        else:
+            table.add_column(col, overflow="fold")
+    for row in rows:
+        table.add_row(*(str(v) for v in row.values()))
+    return table

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from bot.cli_common import ConfigOpt, DataDirOpt, DbOpt, out
+from bot.cli_common import ConfigOpt, DataDirOpt, DbOpt, out, whole_ids_table
 from bot.cli_common import fail as _fail
 from bot.cli_common import load as _settings
 from bot.cli_common import with_db as _with_db
@@ -180,23 +180,14 @@ def models_list(
     if as_json:
         print(json.dumps([dataclasses.asdict(r) for r in rows], indent=2, default=str))
         return
-    table = Table(title="model versions")
-    # an id is what `models promote` takes: never cut it, whatever the terminal's width
-    widest = max((len(r.id) for r in rows), default=2)
-    table.add_column("id", no_wrap=True, min_width=widest)
-    for col in ("architecture", "status", "symbols", "train end", "test acc"):
-        table.add_column(col, overflow="fold")
+    listed = []
     for r in rows:
         m = r.metrics
         acc = (m.get("test_calibrated") or m.get("test") or {}).get("accuracy")
-        table.add_row(
-            r.id,
-            r.architecture,
-            r.status,
-            ",".join(r.symbols),
-            str(r.train_end)[:16],
-            f"{acc:.3f}" if acc is not None else "",
-        )
+        listed.append({"id": r.id, "architecture": r.architecture, "status": r.status,
+                       "symbols": ",".join(r.symbols), "train end": str(r.train_end)[:16],
+                       "test acc": f"{acc:.3f}" if acc is not None else ""})
+    table = whole_ids_table("model versions", listed)
     out.print(table)
 
 

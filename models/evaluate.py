@@ -40,7 +40,6 @@ from models.oof import choose_combiner
 from models.train import TrainConfig, member_oof, stack_members, train_member
 from models.windows import expanding_folds
 
-COMBINER_ROWS = ("combiner_average", "combiner_stacking", "combiner_best_member")
 # the ensemble's p at its stages, for the calibration table (not traded as predictors)
 STAGES = ("ensemble_static_stacker", "ensemble_reweighted_unconstrained", "ensemble_uncalibrated")
 
