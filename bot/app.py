@@ -29,7 +29,8 @@ from bot.feeds.files import load_candle_file
 from bot.feeds.replay import ReplayFeed
 from bot.ledger.embedded import embedded_url
 from bot.ledger.logins import Logins, database_logins, prepare
-from bot.ledger.repository import GroupCommitLedger, PostgresLedger, make_engine
+from bot.ledger.pipeline import PipelinedLedger
+from bot.ledger.repository import PostgresLedger, make_engine
 from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.portfolio import Portfolio
@@ -226,8 +227,8 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
     cfg = settings.paper
     broker = PaperBroker(static_markets(), clock, cfg.quote, cfg.starting_balance,
                          cfg.slippage_bps, cfg.participation, cfg.fee_rate)
-    ledger = GroupCommitLedger(await open_postgres(settings, synchronous_commit=False),
-                               settings.database.batch_candles)
+    ledger = PipelinedLedger(await open_postgres(settings, synchronous_commit=False),
+                             settings.database.batch_candles)
     run_id = new_run_id()
     return await drive(settings, run_id, f"backtest:{run_id}", Mode.BACKTEST, "replay",
                        feed.symbols, feed, broker, ledger, clock, engine_hook, stack=stack)

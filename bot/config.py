@@ -78,7 +78,8 @@ class DatabaseSettings(_Section):
         None, description="postgresql://user@host:port/db; embedded if unset"
     )
     batch_candles: int = Field(
-        2000, gt=0, description="backtest: candles per group commit to the ledger"
+        5000, gt=0, description="backtest: candle steps per ledger batch (one transaction, "
+        "written by the writer thread while the engine goes on)"
     )
     migrate_url: SecretStr | None = Field(
         None,

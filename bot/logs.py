@@ -17,9 +17,25 @@ MASK = "**********"
 
 def register_secrets(values: Iterable[str | None]) -> None:
     """Values that must never reach a log line, whatever field they hide in."""
+    global _SPELLED
     for value in values:
         if value and len(value) >= 4:
             _SECRETS.add(value)
+    _SPELLED = None
+
+
+_SPELLED: tuple[str, ...] | None = None
+
+
+def json_spelled_secrets() -> tuple[str, ...]:
+    """Every registered secret as it reads inside a JSON string (escapes applied), so that
+    serialised text can be searched for them without walking the value it came from."""
+    global _SPELLED
+    if _SPELLED is None:
+        import orjson
+
+        _SPELLED = tuple(orjson.dumps(s).decode()[1:-1] for s in _SECRETS)
+    return _SPELLED
 
 
 def register_settings_secrets(settings: BaseModel) -> None:

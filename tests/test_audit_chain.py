@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from datetime import UTC, datetime
 from pathlib import Path
 
 import asyncpg
@@ -149,3 +150,85 @@ def test_rewriting_the_table_and_its_head_together_is_caught_by_the_anchors(
     refused = runner.invoke(app, ["audit", "verify", "--anchors", str(junk), *common])
     assert refused.exit_code != 0
     assert "junk.jsonl:1: not an audit anchor" in " ".join(refused.output.split())
+
+
+def test_a_bulk_insert_chains_like_single_rows_and_moves_the_head_once(
+        fresh_db: str, tmp_path: Path) -> None:
+    """Migration 0007: the head is carried from row to row inside the transaction and written
+    once per statement. A 3,000-row COPY used to cost O(n^2) (each row walked every earlier
+    version of the head row); now it must chain exactly as rows inserted one at a time would,
+    so the independent re-computation in ``audit verify`` passes, and the head row must have
+    been rewritten once per statement, not once per row."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade", "--db", fresh_db]).exit_code == 0
+
+    async def go() -> tuple[int, int, int]:
+        conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
+        stat = "SELECT n_tup_upd FROM pg_stat_user_tables WHERE relname = 'audit_chain_head'"
+        try:
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            before = await conn.fetchval(stat)
+            at = datetime(2024, 1, 1, tzinfo=UTC)
+            rows = [("acct", "run1", at, "test.bulk", "e", str(i),
+                     json.dumps({"i": i, "s": "x" * (i % 7)})) for i in range(3000)]
+            async with conn.transaction():
+                await conn.copy_records_to_table(
+                    "audit_events", columns=["account", "run_id", "ts", "kind", "entity",
+                                             "entity_id", "payload"], records=rows)
+                # a second statement in the same transaction continues the chain
+                await conn.execute(
+                    "INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, "
+                    "payload) VALUES ('acct', 'run1', now(), 'test.one', 'e', 'x', '{}')")
+            # and a later transaction picks the head up from the table, not the setting
+            await conn.execute(
+                "INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, "
+                "payload) VALUES ('acct', 'run1', now(), 'test.two', 'e', 'y', '{}')")
+            head = await conn.fetchval("SELECT seq FROM audit_chain_head WHERE id = 1")
+            n = await conn.fetchval("SELECT count(*) FROM audit_events")
+            # n_tup_upd counts every rewrite of the head row since the database was made
+            await conn.execute("SELECT pg_stat_force_next_flush()")
+            return head, n, await conn.fetchval(stat) - before
+        finally:
+            await conn.close()
+
+    head, n, updates = asyncio.run(go())
+    assert head == n == 3002
+    assert updates == 3, updates  # one per statement: the COPY, and the two INSERTs
+    ok = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
+    assert ok.exit_code == 0 and "audit chain intact: 3002 rows" in ok.output, ok.output
+
+
+def test_a_forged_carried_head_is_refused(fresh_db: str) -> None:
+    """The carried head (``stackbot.audit_head``) is a setting any client can write. The
+    trigger refuses one that names no real link, and one that names an older link gets a seq
+    that already exists: either way nothing off the chain is appended."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade", "--db", fresh_db]).exit_code == 0
+    insert = ("INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, payload) "
+              "VALUES ('a', 'r', now(), 'test.kind', 'e', '1', '{}')")
+
+    async def go() -> list[str]:
+        conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
+        out = []
+        try:
+            await conn.execute("SET ROLE stackbot_app")
+            for _ in range(3):
+                await conn.execute(insert)
+            for forged in ("{tx}:2:" + "f" * 64, "{tx}:1:{h1}"):
+                try:
+                    async with conn.transaction():
+                        tx = await conn.fetchval("SELECT txid_current()")
+                        h1 = await conn.fetchval("SELECT hash FROM audit_events WHERE seq = 1")
+                        await conn.execute("SELECT set_config('stackbot.audit_head', $1, true)",
+                                           forged.format(tx=tx, h1=h1))
+                        await conn.execute(insert)
+                    out.append("appended")
+                except asyncpg.PostgresError as exc:
+                    out.append(type(exc).__name__)
+            return out
+        finally:
+            await conn.close()
+
+    assert asyncio.run(go()) == ["InsufficientPrivilegeError", "UniqueViolationError"]
+    ok = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
+    assert ok.exit_code == 0 and "audit chain intact: 3 rows" in ok.output, ok.output

@@ -7,7 +7,6 @@ upserted. Any database failure surfaces as ``LedgerError``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -37,7 +36,7 @@ from bot.domain import (
 from bot.errors import LedgerError
 from bot.ledger import tables as t
 from bot.ledger.urls import async_url
-from bot.logs import masked
+from bot.logs import json_spelled_secrets, masked
 
 _WORKING = [s.value for s in OrderStatus if not s.is_terminal]
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in OrderStatus if s.is_terminal)
@@ -104,8 +103,14 @@ def control_from_row(r: Any) -> ControlRequest:
 
 
 def json_text(payload: Mapping[str, Any]) -> str:
-    """A payload as stored: sorted keys, and no registered secret (``bot.logs.masked``)."""
-    return orjson.dumps(masked(payload), default=str, option=orjson.OPT_SORT_KEYS).decode()
+    """A payload as stored: sorted keys, and no registered secret (``bot.logs.masked``).
+
+    Serialised first, then searched for each secret as JSON would spell it; only a payload
+    that holds one is walked and masked (the walk cost a backtest 0.4 s for 41k events)."""
+    text_ = orjson.dumps(payload, default=str, option=orjson.OPT_SORT_KEYS).decode()
+    if any(spelled in text_ for spelled in json_spelled_secrets()):
+        return orjson.dumps(masked(payload), default=str, option=orjson.OPT_SORT_KEYS).decode()
+    return text_
 
 
 class PostgresLedger:
@@ -334,67 +339,3 @@ class PostgresLedger:
 
     async def close(self) -> None:
         await self.engine.dispose()
-
-
-class GroupCommitLedger:
-    """Backtests: folds units together and commits every ``batch`` units in one transaction,
-    written in the background while the engine goes on. Each change still lands together with
-    its audit event; what a crash loses is only the tail of a backtest, which is re-runnable.
-    """
-
-    def __init__(self, inner: PostgresLedger, batch: int = 2000) -> None:
-        self.inner = inner
-        self.batch = batch
-        self._pending = UnitOfWork()
-        self._count = 0
-        self._inflight: asyncio.Task[None] | None = None
-
-    async def start_run(self, run_id: str, account: str, mode: str, exchange: str,
-                        symbols: Sequence[str], timeframe: str, strategy: str,
-                        config: Mapping[str, object], starting_cash: Decimal,
-                        quote: str = "USDT") -> None:
-        await self.inner.start_run(run_id, account, mode, exchange, symbols, timeframe,
-                                   strategy, config, starting_cash, quote=quote)
-
-    async def load_account(self, account: str) -> AccountState:
-        await self.flush()
-        return await self.inner.load_account(account)
-
-    async def pending_controls(self, account: str) -> list[ControlRequest]:
-        return await self.inner.pending_controls(account)
-
-    async def active_ensemble(self) -> ActiveModel | None:
-        return await self.inner.active_ensemble()
-
-    async def commit(self, unit: UnitOfWork) -> None:
-        self._pending.absorb(unit)
-        self._count += 1
-        if self._count >= self.batch:
-            await self._launch()
-
-    async def _launch(self) -> None:
-        if self._inflight is not None:
-            await self._inflight
-        unit, self._pending, self._count = self._pending, UnitOfWork(), 0
-        self._inflight = asyncio.create_task(self.inner.commit(unit))
-
-    async def flush(self) -> None:
-        if self._pending:
-            await self._launch()
-        if self._inflight is not None:
-            task, self._inflight = self._inflight, None
-            await task
-
-    async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
-        await self.flush()
-        await self.inner.finish_run(run_id, status, summary)
-
-    async def chain_head(self) -> tuple[int, str] | None:
-        await self.flush()
-        return await self.inner.chain_head()
-
-    async def close(self) -> None:
-        try:
-            await self.flush()
-        finally:
-            await self.inner.close()

@@ -1,0 +1,130 @@
+"""stackbot against freqtrade, side by side: the same candles, the same machine, the same run.
+
+    python bench/peer.py [--cases a,b] [--pairs 3] [--ftdir ~/.cache/ftbench]
+
+For each case it runs ``--pairs`` pairs of whole processes, interleaved (freqtrade, stackbot,
+freqtrade, stackbot, ...), so that whatever else the machine is doing weighs on both alike,
+and prints each one's median wall time, stackbot's peak RSS and the ratio of the medians.
+
+- case a: BTC/USDT 1h, 2017-08 to 2022-10 (45,024 candles);
+- case b: the eight pairs of ``../shared/data/binance-spot-1h`` (about 301k candles).
+
+freqtrade runs through ``../shared/peers/freqtrade/bench_ft.sh`` (its README: EMA 12/26 cross,
+long only, 0.1 % fee, a 5 % stop), set up on first use in ``--ftdir``. stackbot runs
+``stackbot backtest`` with its default strategy (the same EMA 12/26 cross), the full risk
+manager, and every signal, order, fill, equity snapshot and audit event written to PostgreSQL,
+each run into a scratch database of its own, created and dropped outside the timing.
+
+The ratio is "how many times faster than freqtrade": freqtrade's median over stackbot's.
+Only ratios taken this way are comparable across machines; absolute seconds are not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from replay import DATA, PAIRS, create_db, drop_db  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+FT_SCRIPT = SHARED / "peers" / "freqtrade" / "bench_ft.sh"
+CASES = {"a": ["BTC"], "b": PAIRS}
+
+
+def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
+    """Exit status and the child's peak RSS in MiB (from its own rusage)."""
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    return proc.returncode, usage.ru_maxrss / 1024
+
+
+def stackbot(case: str, admin: str, tree: Path | None = None) -> tuple[float, float, str]:
+    """One whole ``stackbot backtest`` process; ``tree``: run that checkout's code instead."""
+    db = create_db(admin)
+    try:
+        cmd = [sys.executable, "-m", "bot", "backtest", "--timeframe", "1h", "--json",
+               "--db", db]
+        for p in CASES[case]:
+            cmd += ["--data", str(DATA / f"{p}_USDT-1h.json")]
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                                cwd=tree)
+        out = proc.stdout.read() if proc.stdout else b""
+        rc, rss = _wait(proc)
+        wall = time.perf_counter() - t0
+    finally:
+        drop_db(admin, db)
+    if rc != 0:
+        raise SystemExit(f"stackbot backtest failed (exit {rc})")
+    text = out.decode()
+    import json
+
+    summary = json.loads(text[text.index("{"):])
+    return wall, rss, f"{summary['candles']} candles, {summary['trades']} trades"
+
+
+def freqtrade(case: str, ftdir: Path) -> float:
+    env = {**os.environ, "FTDIR": str(ftdir)}
+    t0 = time.perf_counter()
+    proc = subprocess.run(["bash", str(FT_SCRIPT), case], env=env, capture_output=True,
+                          text=True, check=False)
+    wall = time.perf_counter() - t0
+    if proc.returncode != 0:
+        raise SystemExit(f"freqtrade case {case} failed: {proc.stderr[-1500:]}")
+    return wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cases", default="a,b")
+    ap.add_argument("--pairs", type=int, default=3, help="interleaved runs of each")
+    ap.add_argument("--ftdir", type=Path, default=Path.home() / ".cache" / "ftbench")
+    ap.add_argument("--db", default="postgresql://postgres@127.0.0.1:5432/postgres",
+                    help="admin URL; scratch databases are created beside it")
+    ap.add_argument("--before", type=Path, default=None,
+                    help="another checkout (e.g. a git worktree of an older commit): its "
+                    "stackbot runs interleaved too, as a third column")
+    args = ap.parse_args()
+    if not DATA.exists() or not FT_SCRIPT.exists():
+        raise SystemExit(f"needs {DATA} and {FT_SCRIPT} (../shared beside the checkout)")
+    if not (args.ftdir / "venv" / "bin" / "freqtrade").exists():
+        print(f"setting freqtrade up in {args.ftdir} (once)", flush=True)
+        subprocess.run(["bash", str(FT_SCRIPT), "setup"], env={**os.environ,
+                       "FTDIR": str(args.ftdir)}, check=True)
+    print(f"{'case':<5}{'run':>4}{'freqtrade s':>13}{'stackbot s':>12}{'RSS MiB':>9}"
+          f"{'before s':>10}  stackbot")
+    rows = []
+    for case in args.cases.split(","):
+        ft, sb, rss, old = [], [], [], []
+        for i in range(args.pairs):
+            ft.append(freqtrade(case, args.ftdir))
+            wall, peak, what = stackbot(case, args.db)
+            sb.append(wall)
+            rss.append(peak)
+            if args.before is not None:
+                old_wall, _, old_what = stackbot(case, args.db, args.before)
+                old.append(old_wall)
+                if old_what != what:  # the comparison is only fair on the same work
+                    what += f" (before: {old_what})"
+            before = f"{old[-1]:>10.2f}" if old else f"{'-':>10}"
+            print(f"{case:<5}{i + 1:>4}{ft[-1]:>13.2f}{wall:>12.2f}{peak:>9.0f}{before}  {what}",
+                  flush=True)
+        rows.append((case, statistics.median(ft), statistics.median(sb), max(rss),
+                     statistics.median(old) if old else None))
+    print("\nmedians of interleaved runs; ratio = freqtrade / stackbot (above 1: stackbot "
+          "faster)")
+    print(f"{'case':<5}{'freqtrade s':>13}{'stackbot s':>12}{'ratio':>8}{'peak RSS MiB':>14}"
+          f"{'before s':>10}{'before ratio':>14}")
+    for case, f, s, r, o in rows:
+        tail = f"{o:>10.2f}{f / o:>13.2f}x" if o is not None else ""
+        print(f"{case:<5}{f:>13.2f}{s:>12.2f}{f / s:>7.2f}x{r:>14.0f}{tail}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,75 @@
+"""The backtest ledger (``bot/ledger/pipeline.py``): batches committed by a writer thread, in
+order, one transaction each; after a failed batch nothing later is written, and the engine
+hears of it at its next commit or flush."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from decimal import Decimal as D
+
+import pytest
+
+from bot.domain import AuditEvent, Fill, Side, UnitOfWork
+from bot.errors import LedgerError
+from bot.ledger.audit import verify_chain
+from bot.ledger.pipeline import PipelinedLedger
+from bot.ledger.repository import PostgresLedger, make_engine
+from tests.conftest import fetch
+
+
+def _event(tag: str, i: int) -> UnitOfWork:
+    return UnitOfWork(audit=[AuditEvent("test.pipe", "t", f"{tag}-{i}", f"acct-{tag}", "r", i,
+                                        {"i": i})])
+
+
+async def test_batches_commit_in_order_on_the_writer_thread(pg_url: str) -> None:
+    inner = PostgresLedger.from_url(pg_url)
+    threads: set[str] = set()
+    commit = inner.commit
+
+    async def spy(unit: UnitOfWork) -> None:
+        threads.add(threading.current_thread().name)
+        await asyncio.sleep(0.01)  # slow enough that several batches are handed over at once
+        await commit(unit)
+
+    inner.commit = spy  # type: ignore[method-assign]
+    led = PipelinedLedger(inner, batch=7, depth=3)
+    for i in range(100):
+        await led.commit(_event("order", i))
+    await led.close()
+    assert threads == {"ledger-writer"}  # never on the engine's thread
+    rows = await fetch(pg_url, "SELECT entity_id, seq FROM audit_events "
+                               "WHERE account = 'acct-order' ORDER BY seq")
+    # every unit, in the order the engine committed them (the tail came with close)
+    assert [r["entity_id"] for r in rows] == [f"order-{i}" for i in range(100)]
+    engine = make_engine(pg_url)
+    assert (await verify_chain(engine)).ok
+    await engine.dispose()
+
+
+async def test_nothing_after_a_failed_batch_is_written(pg_url: str) -> None:
+    led = PipelinedLedger(PostgresLedger.from_url(pg_url), batch=5, depth=2)
+    for i in range(5):
+        await led.commit(_event("fail", i))  # batch 1: fine
+    bad = _event("fail", 5)
+    # a fill for an order that does not exist violates the foreign key: batch 2 fails whole
+    bad.fills.append(Fill("nope:1", "nope", "acct-fail", "BTC/USDT", Side.BUY, D(1), D(1),
+                          D(0), "USDT", 0))
+    await led.commit(bad)
+    with pytest.raises(LedgerError) as caught:
+        for i in range(6, 40):  # the engine goes on until it hears of the failure
+            await led.commit(_event("fail", i))
+        await led.flush()
+    assert "nothing of it was kept" in str(caught.value) or "earlier ledger batch failed" in str(
+        caught.value)
+    with pytest.raises(LedgerError):
+        await led.close()
+    rows = await fetch(pg_url, "SELECT entity_id FROM audit_events WHERE account = 'acct-fail' "
+                               "ORDER BY seq")
+    assert [r["entity_id"] for r in rows] == [f"fail-{i}" for i in range(5)]
+
+
+def test_batch_and_depth_are_checked() -> None:
+    with pytest.raises(ValueError, match="at least 1"):
+        PipelinedLedger(PostgresLedger.from_url("postgresql://x@127.0.0.1:1/x"), batch=0)
