@@ -81,11 +81,18 @@ def test_the_service_login_cannot_reset_role_to_gain_the_owners_rights(
         "UPDATE orders SET status = status"])) == ["done", "done"]
 
     # the owner can still migrate: take the schema one step back, then upgrade again
-    asyncio.run(_attempts(fresh_db, ["ALTER TABLE risk_states DROP COLUMN breakers",
-                                     "UPDATE alembic_version SET version_num = '0005'"]))
+    asyncio.run(_attempts(fresh_db, [
+        "DROP TRIGGER audit_events_chain_head ON audit_events",  # what 0007 added
+        "DROP FUNCTION audit_events_chain_head()",
+        "UPDATE alembic_version SET version_num = '0006'"]))
     again = _cli("db", "upgrade", "--data-dir", str(tmp_path), STACKBOT_DATABASE_URL=fresh_db)
     assert again.returncode == 0 and f"revision {HEAD}" in again.stdout, again.stderr
-    assert asyncio.run(_attempts(service, ["SELECT breakers FROM risk_states"])) == ["done"]
+    # the re-created chain trigger runs for the service, and moves the head
+    assert asyncio.run(_attempts(service, [
+        "INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, payload) "
+        "VALUES ('a', 'r', now(), 'test.kind', 'e', '2', '{}')"])) == ["done"]
+    verified = _cli("audit", "verify", STACKBOT_DATABASE_URL=fresh_db)
+    assert verified.returncode == 0 and "audit chain intact" in verified.stdout, verified.stderr
 
 
 async def _who(url: str) -> tuple[str, str]:
