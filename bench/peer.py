@@ -22,6 +22,7 @@ Only ratios taken this way are comparable across machines; absolute seconds are 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -63,8 +64,6 @@ def stackbot(case: str, admin: str, tree: Path | None = None) -> tuple[float, fl
     if rc != 0:
         raise SystemExit(f"stackbot backtest failed (exit {rc})")
     text = out.decode()
-    import json
-
     summary = json.loads(text[text.index("{"):])
     return wall, rss, f"{summary['candles']} candles, {summary['trades']} trades"
 

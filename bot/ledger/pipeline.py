@@ -82,33 +82,30 @@ class PipelinedLedger:
                 raise
 
     def _submit(self, call: Callable[[], Awaitable[T]]) -> asyncio.Future[T]:
+        """Queue ``call`` behind everything handed over before; await it for its result."""
         if self._closed:
             raise LedgerError("the ledger is closed")
         done: Future[T] = asyncio.run_coroutine_threadsafe(self._in_order(call), self._loop)
         return asyncio.wrap_future(done)
-
-    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
-        """Everything handed over before, then this; its result."""
-        return await self._submit(call)
 
     # -- the Ledger protocol -----------------------------------------------------------------
     async def start_run(self, run_id: str, account: str, mode: str, exchange: str,
                         symbols: Sequence[str], timeframe: str, strategy: str,
                         config: Mapping[str, object], starting_cash: Decimal,
                         quote: str = "USDT") -> None:
-        await self._call(lambda: self.inner.start_run(
+        await self._submit(lambda: self.inner.start_run(
             run_id, account, mode, exchange, symbols, timeframe, strategy, config,
             starting_cash, quote=quote))
 
     async def load_account(self, account: str) -> AccountState:
         await self.flush()
-        return await self._call(lambda: self.inner.load_account(account))
+        return await self._submit(lambda: self.inner.load_account(account))
 
     async def pending_controls(self, account: str) -> list[ControlRequest]:
-        return await self._call(lambda: self.inner.pending_controls(account))
+        return await self._submit(lambda: self.inner.pending_controls(account))
 
     async def active_ensemble(self) -> ActiveModel | None:
-        return await self._call(self.inner.active_ensemble)
+        return await self._submit(self.inner.active_ensemble)
 
     async def commit(self, unit: UnitOfWork) -> None:
         self._pending.absorb(unit)
@@ -136,11 +133,11 @@ class PipelinedLedger:
 
     async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
         await self.flush()
-        await self._call(lambda: self.inner.finish_run(run_id, status, summary))
+        await self._submit(lambda: self.inner.finish_run(run_id, status, summary))
 
     async def chain_head(self) -> tuple[int, str] | None:
         await self.flush()
-        return await self._call(self.inner.chain_head)
+        return await self._submit(self.inner.chain_head)
 
     async def close(self) -> None:
         if self._closed:
