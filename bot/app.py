@@ -1,6 +1,7 @@
 """The composition root: which adapters each mode plugs into the one engine.
 
-- backtest: replay feed + simulated clock + paper broker (static markets) + group-commit ledger
+- backtest: replay feed + simulated clock + paper broker (static markets) + pipelined ledger;
+            the ensemble's member outputs computed ahead over the known series
 - paper:    live ccxt feed + wall clock + paper broker (the exchange's markets) + ledger
 - live:     live ccxt feed + wall clock + ccxt broker + ledger
 
@@ -80,6 +81,7 @@ async def drive(
     settings: Settings, run_id: str, account: str, mode: Mode, exchange_name: str,
     symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
     engine_hook: Any = None, venue_stops: bool = True, stack: tuple[Any, Any] | None = None,
+    series: Sequence[CandleSeries] | None = None,
 ) -> Outcome:
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
@@ -101,7 +103,7 @@ async def drive(
     cost = 2 * (fee + float(cfg.paper.slippage_bps) / 10_000)
     risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
                        venue_stops=venue_stops)
-    source, strategy = stack or await signal_stack(settings, ledger, cost)
+    source, strategy = stack or await signal_stack(settings, ledger, cost, series)
     parts = EngineParts(feed, source, strategy, risk, broker, ledger, clock)
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
                            source.model_version, settings.redacted(),
@@ -177,8 +179,11 @@ async def _anchor(ledger: Ledger, settings: Settings) -> Any:
         return None
 
 
-async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[Any, Any]:
-    """The signal source and strategy: the EMA baseline, or the active model ensemble."""
+async def signal_stack(settings: Settings, ledger: Any, cost: float,
+                       series: Sequence[CandleSeries] | None = None) -> tuple[Any, Any]:
+    """The signal source and strategy: the EMA baseline, or the active model ensemble. A
+    backtest hands over its ``series``: the ensemble's member outputs are then computed
+    ahead in large batches (``models/ensemble_batch.py``), with the same decisions."""
     cfg = settings.strategy
     if cfg.name == "baseline":
         return EmaCrossSignal(cfg.fast, cfg.slow), TrendFollowStrategy()
@@ -193,8 +198,15 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float) -> tuple[An
                           "(it promotes the first one) or `stackbot models promote ID`")
     barrier = barrier_from(settings.risk)
     ens = Ensemble.load(Path(active.path), active.sha256, barrier,
-                        pick_device(cfg.device), cfg.compile)
-    return EnsembleSignalSource(ens, settings.timeframe), EnsembleStrategy(
+                        pick_device(cfg.device), cfg.compile, cfg.cuda_graphs)
+    if series is not None:
+        from models.ensemble_batch import BatchedEnsembleSignalSource
+
+        source: EnsembleSignalSource = BatchedEnsembleSignalSource(ens, settings.timeframe,
+                                                                   series)
+    else:
+        source = EnsembleSignalSource(ens, settings.timeframe)
+    return source, EnsembleStrategy(
         barrier.k_stop, barrier.k_target, barrier.horizon, timeframe_ms(settings.timeframe),
         cost=cost, max_dispersion=cfg.max_dispersion)
 
@@ -231,7 +243,8 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
                              settings.database.batch_candles)
     run_id = new_run_id()
     return await drive(settings, run_id, f"backtest:{run_id}", Mode.BACKTEST, "replay",
-                       feed.symbols, feed, broker, ledger, clock, engine_hook, stack=stack)
+                       feed.symbols, feed, broker, ledger, clock, engine_hook, stack=stack,
+                       series=series)
 
 
 async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:

@@ -134,6 +134,8 @@ class StrategySettings(_Section):
     name: Literal["baseline", "ensemble"] = "baseline"
     device: str = Field("auto", description="ensemble inference: auto, cpu or cuda")
     compile: bool = Field(False, description="torch.compile the ensemble on CUDA")
+    cuda_graphs: bool = Field(True, description="on CUDA, replay the ensemble's forward from "
+                              "CUDA graphs, batches padded to power-of-two buckets")
     max_dispersion: float = Field(0.2, gt=0, description="ensemble: skip entries above this")
     fast: int = Field(12, gt=0)
     slow: int = Field(26, gt=1)

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -30,7 +28,15 @@ from torch import Tensor, nn
 
 from bot.domain import Candle, Gap, PromotedModel, Regime, Signal, timeframe_ms
 from models.calibrate import sigmoid
-from models.features import FEATURE_NAMES, WARMUP, normalise, raw_features
+from models.features import (
+    FEATURE_NAMES,
+    NORM_WINDOW,
+    WARMUP,
+    history_rows,
+    normalise,
+    raw_features,
+)
+from models.forward import Forward
 from models.labels import BarrierSpec, barrier_spec_of
 from models.members import Member
 from models.members.vae import VAERegime
@@ -43,20 +49,28 @@ ATR_COL = FEATURE_NAMES.index("atr_pct")
 # decides about 0.7 outcomes a candle, each within the barrier horizon)
 REBUILD_CANDLES = 400
 # candles of history per symbol a live start hands the ensemble before its first live candle:
-# the features' warm-up (about 350) plus the REBUILD_CANDLES it replays
-LIVE_WARMUP = 1000
+# a full window (``history_rows(lookback)``, 632 at lookback 32) plus the REBUILD_CANDLES it
+# replays; ``EnsembleSignalSource`` refuses a lookback it does not cover
+LIVE_WARMUP = 1200
 
 
 class EnsembleModule(nn.Module):
     """All members in one module: [S, L, F] -> [S, M, 3] plus the regime ids [S] (the VAE's
-    regime, ordered 0 = bear .. k-1 = bull; -1 with no VAE or where it is not confident)."""
+    regime, ordered 0 = bear .. k-1 = bull; -1 with no VAE or where it is not confident).
+
+    The batch is the symbols of one timestamp: a cross-sectional member (the GNN) sees them
+    together, and ``valid`` marks the rows that are real symbols rather than padding. With
+    ``cross=False`` the batch may be any windows (a backtest's, of one symbol over time) and
+    the cross-sectional members' columns are left at zero for ``panel`` to fill."""
 
     def __init__(self, members: Sequence[Member]) -> None:
         super().__init__()
         self.members = nn.ModuleList(members)
         self.vae_index = next((i for i, m in enumerate(members) if m.name == "vae"), -1)
+        self.cross: list[int] = [i for i, m in enumerate(members) if m.cross_sectional]
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, valid: Tensor | None = None,
+                cross: bool = True) -> tuple[Tensor, Tensor]:
         regime = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
         outs = []
         for i, m in enumerate(self.members):
@@ -64,9 +78,17 @@ class EnsembleModule(nn.Module):
                 ids, sure = m.confident_regime(x)  # type: ignore[operator]
                 regime = torch.where(sure, ids, regime)
                 outs.append(m.regime_stats[ids])  # type: ignore[index]
+            elif m.cross_sectional:
+                outs.append(m(x, valid) if cross else torch.zeros(x.shape[0], 3, device=x.device))
             else:
                 outs.append(m(x))
         return torch.stack(outs, dim=1), regime
+
+    def panel(self, x: Tensor) -> Tensor:
+        """The cross-sectional members over a panel [T, N, L, F] (each row the N symbols of
+        one timestamp): [T * N, len(cross), 3]."""
+        return torch.stack([self.members[i].forward_panel(x)  # type: ignore[operator]
+                            for i in self.cross], dim=1)
 
 
 @dataclass
@@ -93,6 +115,8 @@ class Ensemble:
         moments: LogitMoments | None = None,
         device: str = "cpu",
         compile: bool = False,
+        cuda_graphs: bool = False,
+        buckets: bool = False,
     ) -> None:
         self.id = ensemble_id
         self.names = [m.name for m in members]
@@ -102,9 +126,8 @@ class Ensemble:
         self.lookback, self.barrier, self.horizon = lookback, barrier, barrier.horizon
         self.device = device
         self.module = EnsembleModule(members).to(device).eval()
-        self._call: Any = self.module
-        if compile and device.startswith("cuda"):
-            self._call = torch.compile(self.module, mode="reduce-overhead")
+        mode = "graphs" if cuda_graphs else "compile" if compile else "eager"
+        self.forward = Forward(self.module, device, mode, buckets)
         self.forecasters = np.array([m.kind == "supervised" for m in members])
 
     @classmethod
@@ -115,6 +138,7 @@ class Ensemble:
         barrier: BarrierSpec,
         device: str = "cpu",
         compile: bool = False,
+        cuda_graphs: bool = False,
     ) -> Ensemble:
         """Load a registered ensemble to trade ``barrier`` (the risk settings' stop, target
         and horizon); one trained for another bet is refused."""
@@ -144,6 +168,7 @@ class Ensemble:
             LogitMoments.from_dict(spec["logit_moments"]) if spec.get("logit_moments") else None,
             device,
             compile,
+            cuda_graphs,
         )
 
     @staticmethod
@@ -151,16 +176,27 @@ class Ensemble:
         """The barriers a saved ensemble was trained for (benchmarks load it as it is)."""
         return barrier_spec_of(json.loads(manifest.read_text()))
 
+    def raw(self, x: np.ndarray, cross: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """The bare batched forward of one timestamp's symbols: member outputs [S, M, 3] and
+        regimes [S] (eager, or replayed from a CUDA graph per bucket: ``models/forward.py``).
+        ``cross=False``: any windows, cross-sectional members left at zero."""
+        return self.forward(x, cross)
+
     @torch.no_grad()
-    def raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The bare batched forward: member outputs [S, M, 3] and regimes [S]."""
+    def raw_panel(self, x: np.ndarray) -> np.ndarray:
+        """The cross-sectional members over a panel [T, N, L, F]: [T, N, len(cross), 3]."""
         xb = torch.as_tensor(x, device=self.device)
         with torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
-            outs, regime = self._call(xb)
-        return outs.float().cpu().numpy(), regime.cpu().numpy()
+            out = self.module.panel(xb)
+        return out.float().cpu().numpy().reshape(x.shape[0], x.shape[1], -1, 3)
 
     def predict(self, x: np.ndarray, online: np.ndarray | None = None) -> list[Prediction]:
         outs, regime = self.raw(x)
+        return self.finish(outs, regime, online)
+
+    def finish(self, outs: np.ndarray, regime: np.ndarray,
+               online: np.ndarray | None = None) -> list[Prediction]:
+        """Calibration and the combiner over member outputs [S, M, 3] (from ``raw``)."""
         logits = outs[:, :, 0] / self.temps  # calibrated
         member_p = sigmoid(logits)
         p = combine(logits, self.meta_w, self.meta_b, online, self.moments)
@@ -175,7 +211,7 @@ class Ensemble:
                 self.regime_of(int(regime[i])),
                 member_p[i],
             )
-            for i in range(len(x))
+            for i in range(len(outs))
         ]
 
     def regime_of(self, rid: int) -> Regime:
@@ -189,8 +225,53 @@ class Ensemble:
         return Regime.BEAR if rid == 0 else Regime.BULL if rid == k - 1 else Regime.NEUTRAL
 
 
+class History:
+    """The last ``keep`` candles of one symbol as arrays, in time order (appending is O(1)
+    amortised: the arrays are twice as long and moved back when full)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.ohlcv = np.empty((2 * keep, 5))
+        self.ts = np.empty(2 * keep, dtype=np.int64)
+        self.end = 0
+
+    def __len__(self) -> int:
+        return min(self.end, self.keep)
+
+    def append(self, c: Candle) -> None:
+        if self.end == len(self.ts):
+            k = self.keep - 1
+            self.ohlcv[:k] = self.ohlcv[self.end - k : self.end]
+            self.ts[:k] = self.ts[self.end - k : self.end]
+            self.end = k
+        self.ohlcv[self.end] = (c.open, c.high, c.low, c.close, c.volume)
+        self.ts[self.end] = c.ts
+        self.end += 1
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = max(0, self.end - self.keep)
+        return self.ohlcv[lo : self.end], self.ts[lo : self.end]
+
+
+@dataclass
+class Ready:
+    """A candle ready to score: its features [L, F] (None: its member outputs are known
+    already, in ``outs`` and ``regime``) and its ATR in price units."""
+
+    candle: Candle
+    atr: float
+    x: np.ndarray | None = None
+    outs: np.ndarray | None = None
+    regime: int = -1
+
+
 class EnsembleSignalSource:
-    """The engine's ``SignalSource`` for the model ensemble."""
+    """The engine's ``SignalSource`` for the model ensemble.
+
+    Each symbol keeps its last ``history_rows(lookback)`` candles: enough that the features of
+    a window equal those of the whole history, which training used, to ~1e-9
+    (``models.features.SETTLE``). The symbols of one timestamp go through the features in one
+    batched pass and through the members in one forward."""
 
     name = "ensemble"
 
@@ -205,8 +286,14 @@ class EnsembleSignalSource:
         self.timeframe = timeframe
         self.step = timeframe_ms(timeframe)
         self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
-        self.keep = WARMUP + ensemble.lookback + 32
-        self._buf: dict[str, deque[Candle]] = {}
+        self.keep = history_rows(ensemble.lookback)
+        self.need = WARMUP + ensemble.lookback  # candles before the first window is scored
+        if self.keep + REBUILD_CANDLES > LIVE_WARMUP:
+            raise RegistryError(
+                f"ensemble {ensemble.id}: lookback {ensemble.lookback} needs "
+                f"{self.keep + REBUILD_CANDLES} candles of warm-up; a start hands over "
+                f"{LIVE_WARMUP} (models/ensemble.py LIVE_WARMUP)")
+        self._hist: dict[str, History] = {}
         self._online = OnlineWeights(len(ensemble.names))
         # per symbol: (open time, upper barrier, lower barrier, member p) awaiting an outcome
         self._pending: dict[str, list[tuple[int, float, float, np.ndarray]]] = {}
@@ -215,18 +302,34 @@ class EnsembleSignalSource:
     def on_gap(self, gap: Gap) -> None:
         return None  # the features mark the gap and do not reach across it
 
-    def _window(self, sym: str) -> tuple[np.ndarray, float, float] | None:
-        buf = self._buf[sym]
-        if len(buf) < WARMUP + self.ens.lookback:
-            return None
-        ohlcv = np.array([[c.open, c.high, c.low, c.close, c.volume] for c in buf])
-        ts = np.array([c.ts for c in buf], dtype=np.int64)
-        raw = raw_features(ohlcv, ts, self.step)
-        feats = normalise(raw).astype(np.float32)[-self.ens.lookback :]
-        if np.isnan(feats).any():
-            return None
-        atr = float(raw[-1, ATR_COL] * ohlcv[-1, 3])
-        return feats, atr, float(ohlcv[-1, 3])
+    def _append(self, c: Candle) -> None:
+        h = self._hist.get(c.symbol)
+        if h is None:
+            h = self._hist[c.symbol] = History(self.keep)
+        h.append(c)
+
+    def _windows(self, candles: Sequence[Candle]) -> dict[str, Ready]:
+        """Features of every listed symbol whose history is long enough, in one pass per
+        history length (after the first ``keep`` candles, one pass)."""
+        lookback = self.ens.lookback
+        rows = lookback + NORM_WINDOW - 1  # raw rows the last ``lookback`` z-scores read
+        by_len: dict[int, list[Candle]] = {}
+        for c in candles:
+            n = len(self._hist[c.symbol])
+            if n >= self.need:
+                by_len.setdefault(n, []).append(c)
+        out: dict[str, Ready] = {}
+        for group in by_len.values():
+            wins = [self._hist[c.symbol].window() for c in group]
+            ohlcv = np.stack([w[0] for w in wins])
+            raw = raw_features(ohlcv, np.stack([w[1] for w in wins]), self.step, tail=rows)
+            feats = normalise(raw, last=lookback).astype(np.float32)
+            nan_rows = np.isnan(feats).reshape(len(group), -1).sum(axis=1)
+            for i, c in enumerate(group):
+                if nan_rows[i] == 0:
+                    out[c.symbol] = Ready(c, float(raw[i, -1, ATR_COL] * ohlcv[i, -1, 3]),
+                                          feats[i])
+        return out
 
     def _learn(self, c: Candle) -> None:
         """Outcomes this candle decides re-weight the members (online, by log-loss): a touch
@@ -272,26 +375,33 @@ class EnsembleSignalSource:
         cut = max(0, len(stamps) - REBUILD_CANDLES)
         for ts in stamps[:cut]:
             for c in groups[ts]:
-                self._buf.setdefault(c.symbol, deque(maxlen=self.keep)).append(c)
+                self._append(c)
         self._replay.extend(groups[ts] for ts in stamps[cut:])
 
-    def _take(self, candles: Sequence[Candle]) -> list[tuple[Candle, np.ndarray, float]]:
-        """Buffer each candle, learn what it decides, and return the windows ready to score."""
-        ready: list[tuple[Candle, np.ndarray, float]] = []
+    def _take(self, candles: Sequence[Candle]) -> list[Ready]:
+        """Buffer each candle, learn what it decides, and return those ready to score."""
         for c in candles:
-            self._buf.setdefault(c.symbol, deque(maxlen=self.keep)).append(c)
+            self._append(c)
             self._learn(c)
-            w = self._window(c.symbol)
-            if w is not None:
-                ready.append((c, w[0], w[1]))
-        return ready
+        ready = self._windows(candles)
+        return [ready[c.symbol] for c in candles if c.symbol in ready]
 
-    def _remember(
-        self, ready: Sequence[tuple[Candle, np.ndarray, float]], preds: Sequence[Prediction]
-    ) -> None:
-        for (c, _, atr), p in zip(ready, preds, strict=False):
-            if atr > 0:
-                upper, lower = self.ens.barrier.levels(c.close, atr)
+    def _score(self, ready: Sequence[Ready], online: np.ndarray) -> list[Prediction]:
+        """The members' outputs (one forward for those not known yet), then the combiner."""
+        todo = [r for r in ready if r.outs is None]
+        if todo:
+            assert all(r.x is not None for r in todo)
+            outs, regime = self.ens.raw(np.stack([r.x for r in todo]))  # type: ignore[misc]
+            for i, r in enumerate(todo):
+                r.outs, r.regime = outs[i], int(regime[i])
+        return self.ens.finish(np.stack([r.outs for r in ready]),  # type: ignore[misc]
+                               np.array([r.regime for r in ready]), online)
+
+    def _remember(self, ready: Sequence[Ready], preds: Sequence[Prediction]) -> None:
+        for r, p in zip(ready, preds, strict=False):
+            if r.atr > 0:
+                c = r.candle
+                upper, lower = self.ens.barrier.levels(c.close, r.atr)
                 self._pending.setdefault(c.symbol, []).append((c.ts, upper, lower, p.member_p))
 
     def _rebuild(self) -> None:
@@ -299,10 +409,7 @@ class EnsembleSignalSource:
         while self._replay:
             ready = self._take(self._replay.pop(0))
             if ready:
-                preds = self.ens.predict(
-                    np.stack([r[1] for r in ready]), self._online.multipliers()
-                )
-                self._remember(ready, preds)
+                self._remember(ready, self._score(ready, self._online.multipliers()))
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         loop = asyncio.get_running_loop()
@@ -311,22 +418,24 @@ class EnsembleSignalSource:
         ready = self._take(candles)
         if not ready:
             return []
-        x = np.stack([r[1] for r in ready])
         online = self._online.multipliers()
-        preds = await loop.run_in_executor(self.executor, self.ens.predict, x, online)
+        if all(r.outs is not None for r in ready):  # known already: no forward to wait for
+            preds = self._score(ready, online)
+        else:
+            preds = await loop.run_in_executor(self.executor, self._score, ready, online)
         self._remember(ready, preds)
         return [
             Signal(
-                symbol=c.symbol,
-                ts=c.ts,
+                symbol=r.candle.symbol,
+                ts=r.candle.ts,
                 p_up=p.p_up,
                 expected_return=p.expected_return,
                 source=self.name,
                 model_version=self.model_version,
                 dispersion=p.dispersion,
                 regime=p.regime,
-                price=c.close,
-                atr=atr,
+                price=r.candle.close,
+                atr=r.atr,
             )
-            for (c, _, atr), p in zip(ready, preds, strict=False)
+            for r, p in zip(ready, preds, strict=False)
         ]

@@ -16,7 +16,6 @@ so its effect is measured on the test windows."""
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -46,19 +45,38 @@ def fit_stacker(logits: np.ndarray, y: np.ndarray, l2: float = 20.0,
 
 
 class OnlineWeights:
-    """Per-member multipliers exp(-eta * rolling log-loss excess), renormalised to mean 1."""
+    """Per-member multipliers exp(-eta * rolling log-loss excess), renormalised to mean 1.
+
+    The last ``window`` losses sit in time order in one array (twice the window long, moved
+    back when full), so the means are one vectorised call, and they depend only on those
+    losses: a source rebuilt after a restart gets the same multipliers bit for bit."""
 
     def __init__(self, members: int, window: int = 200, eta: float = 5.0) -> None:
-        self.eta = eta
-        self.losses: list[deque[float]] = [deque(maxlen=window) for _ in range(members)]
+        self.eta, self.window = eta, window
+        self._losses = np.empty((2 * window, members))
+        self._start = self._end = 0
+
+    @property
+    def count(self) -> int:
+        """Outcomes in the window (at most ``window``)."""
+        return self._end - self._start
 
     def update(self, member_p: np.ndarray, outcome: float) -> None:
-        for q, p in zip(self.losses, member_p, strict=False):
-            p = min(max(float(p), EPS), 1 - EPS)
-            q.append(-(outcome * np.log(p) + (1 - outcome) * np.log(1 - p)))
+        p = np.clip(np.asarray(member_p, dtype=np.float64), EPS, 1 - EPS)
+        loss = -(outcome * np.log(p) + (1 - outcome) * np.log(1 - p))
+        if self._end == len(self._losses):
+            n = self.count
+            self._losses[:n] = self._losses[self._start:self._end]
+            self._start, self._end = 0, n
+        self._losses[self._end] = loss
+        self._end += 1
+        if self.count > self.window:
+            self._start += 1
 
     def multipliers(self) -> np.ndarray:
-        means = np.array([np.mean(q) if q else np.log(2) for q in self.losses])
+        m = self._losses.shape[1]
+        means = (self._losses[self._start:self._end].mean(axis=0) if self.count
+                 else np.full(m, np.log(2)))
         w = np.exp(-self.eta * (means - means.min()))
         return w / w.mean()
 

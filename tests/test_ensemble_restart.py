@@ -5,13 +5,12 @@ warm-up history through the model (models/ensemble.py, ``warm``)."""
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 
 import numpy as np
 import torch
 
 from bot.domain import Candle
-from models.ensemble import REBUILD_CANDLES, Ensemble, EnsembleSignalSource
+from models.ensemble import LIVE_WARMUP, REBUILD_CANDLES, Ensemble, EnsembleSignalSource
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
 from models.members import REGISTRY, MemberConfig
@@ -51,30 +50,30 @@ def test_a_restart_gives_the_same_p_as_a_run_that_never_stopped() -> None:
     steps = _stream(1500)
     ens = _ensemble()
     start, restart = 400, 1200  # the first run starts at 400 and trades through 1499
-    history = [c for g in steps[start - 1000 if start > 1000 else 0 : start] for c in g]
+    history = [c for g in steps[max(0, start - LIVE_WARMUP) : start] for c in g]
 
     async def scenario() -> tuple[dict, dict, dict, EnsembleSignalSource]:
         never = EnsembleSignalSource(ens, "1h")
         never.warm(history)
         whole = await _run(never, steps[start:])
-        # the restarted process: a new source, warmed with the last 1000 candles before the
+        # the restarted process: a new source, warmed with the LIVE_WARMUP candles before the
         # restart (what the feed hands over), then live again
         again = EnsembleSignalSource(ens, "1h")
-        again.warm([c for g in steps[restart - 1000 : restart] for c in g])
+        again.warm([c for g in steps[restart - LIVE_WARMUP : restart] for c in g])
         after = await _run(again, steps[restart:])
         # the old behaviour, for contrast: buffers filled, no model run over the history
         blank = EnsembleSignalSource(ens, "1h")
-        for g in steps[restart - 1000 : restart]:
+        for g in steps[restart - LIVE_WARMUP : restart]:
             for c in g:
-                blank._buf.setdefault(c.symbol, deque(maxlen=blank.keep)).append(c)
+                blank._append(c)
         naive = await _run(blank, steps[restart:])
         return whole, after, naive, never
 
     whole, after, naive, never = asyncio.run(scenario())
-    assert sum(len(q) for q in never._online.losses) == 200 * 3  # every window is full
+    assert never._online.count == 200  # every window is full
     keys = sorted(k for k in after if k[1] >= steps[restart][0].ts)
     assert len(keys) == 2 * (1500 - restart)
     assert [after[k] for k in keys] == [whole[k] for k in keys]  # bit for bit
     # without the rebuild the p differs: the test can fail
     assert max(abs(naive[k] - whole[k]) for k in keys) > 1e-4
-    assert 1000 - never.keep >= REBUILD_CANDLES  # the feed's warm-up covers buffers + replay
+    assert LIVE_WARMUP - never.keep >= REBUILD_CANDLES  # the feed's warm-up covers buffers + replay

@@ -22,7 +22,7 @@ class ReplayFeed:
         series: Sequence[CandleSeries],
         start_ms: int | None = None,
         end_ms: int | None = None,
-        warmup: int = 1000,
+        warmup: int = 1200,  # models.ensemble.LIVE_WARMUP: a full window plus the replay
     ) -> None:
         self._series = list(series)
         self._warmup = warmup

@@ -28,6 +28,9 @@ class MemberConfig:
 class Member(nn.Module):
     name: ClassVar[str]
     kind: ClassVar[str] = "supervised"  # supervised | regime | policy
+    # True: the batch is the symbols of one timestamp, seen together (the GNN); its
+    # ``forward`` takes ``valid``, the rows that are real symbols and not padding
+    cross_sectional: ClassVar[bool] = False
 
     def __init__(self, cfg: MemberConfig) -> None:
         super().__init__()

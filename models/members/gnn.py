@@ -32,6 +32,7 @@ def correlation_edges(x: Tensor) -> Tensor:
 
 class CrossAssetGNN(Member):
     name = "gnn"
+    cross_sectional = True
 
     def __init__(self, cfg: MemberConfig, rounds: int = 2) -> None:
         super().__init__(cfg)
@@ -40,16 +41,20 @@ class CrossAssetGNN(Member):
         self.upd = nn.ModuleList([nn.Linear(2 * cfg.hidden, cfg.hidden) for _ in range(rounds)])
         self.out = head(cfg.hidden)
 
-    def forward_panel(self, x: Tensor) -> Tensor:
+    def forward_panel(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        """``valid`` [T, N]: rows that are real symbols. Padding rows (a CUDA graph's fixed
+        batch) send no messages, so the real rows' outputs are those without them."""
         T, N, L, Fe = x.shape
         _, h = self.enc(x.reshape(T * N, L, Fe))
         h = h[-1].view(T, N, -1)
         a = correlation_edges(x)
+        if valid is not None:
+            a = a * valid.to(a.dtype).unsqueeze(-2)
         a = a / a.sum(dim=-1, keepdim=True)
         for msg, upd in zip(self.msg, self.upd, strict=False):
             m = a @ msg(h)
             h = h + F.relu(upd(torch.cat((h, m), dim=-1)))
         return scaled(self.out(h).view(T * N, 3))
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_panel(x.unsqueeze(0))
+    def forward(self, x: Tensor, valid: Tensor | None = None) -> Tensor:
+        return self.forward_panel(x.unsqueeze(0), None if valid is None else valid.unsqueeze(0))

@@ -26,5 +26,7 @@ class TransformerEncoder(Member):
 
     def forward(self, x: Tensor) -> Tensor:
         L = x.shape[1]
-        y = self.enc(self.inp(x) + self.pos[:, -L:], mask=self.mask[:L, :L])
+        # is_causal: the mask is causal, so torch need not check it (a host sync that a CUDA
+        # graph cannot capture)
+        y = self.enc(self.inp(x) + self.pos[:, -L:], mask=self.mask[:L, :L], is_causal=True)
         return scaled(self.out(y[:, -1]))

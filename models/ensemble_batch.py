@@ -1,0 +1,236 @@
+"""Ensemble signals for backtests, computed ahead in large batches.
+
+A backtest knows every candle before it starts, so the expensive part of a decision need not
+wait for its candle. For each symbol, from the first candle the source is handed, this source
+computes the features of the whole series in one vectorised pass (the same functions as
+live) and runs every member over all of its scoreable windows, ``chunk`` windows per
+forward. What stays candle by candle is what depends on the run: the online re-weighting
+learns each outcome when its candle arrives, the combiner uses the multipliers of that
+moment, and the strategy and risk loop is the engine's own. So a backtest with this source
+takes the decisions the stepwise source would take (tests/test_ensemble_batch.py holds both
+to 1e-6 on the signals and to the same orders).
+
+Why the outputs match: a live window keeps ``history_rows(lookback)`` candles, enough that
+its features equal the whole series' to ~1e-9 (``models.features.SETTLE``); a window shorter
+than that (the first ``keep`` candles) is a prefix of the series, computed the same way.
+
+A candle that is not the next one of its series (a feed that skips, or a symbol the source
+was not given) takes that symbol back to the stepwise path, so the source is never wrong,
+only slower.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from concurrent.futures import Executor
+
+import numpy as np
+from numpy.lib.stride_tricks import sliding_window_view
+
+from bot.domain import Candle, CandleSeries, Signal
+from models.ensemble import ATR_COL, Ensemble, EnsembleSignalSource, Ready
+from models.features import normalise, raw_features
+
+
+class _Ahead:
+    """One symbol's series from the first candle the source saw, with (once computed) every
+    scoreable window's member outputs."""
+
+    def __init__(self, candles: Sequence[Candle], first: int) -> None:
+        self.candles = candles
+        self.first = first
+        self.pos = first - 1  # the last candle handed to the source
+        self.row: np.ndarray | None = None  # per candle from ``first``: its window, or -1
+        self.ts = np.empty(0, dtype=np.int64)
+        self.feats = np.empty((0, 0), dtype=np.float32)
+        self.lookback = 0
+        self.outs = np.empty((0, 0, 3), dtype=np.float32)
+        self.regime = np.empty(0, dtype=np.int64)
+        self.atr = np.empty(0)
+
+    def follows(self, c: Candle) -> bool:
+        nxt = self.pos + 1
+        return nxt < len(self.candles) and (self.candles[nxt] is c or self.candles[nxt] == c)
+
+    def compute(self, ens: Ensemble, step_ms: int, need: int, chunk: int) -> None:
+        cs = self.candles[self.first :]
+        ohlcv = np.array([(c.open, c.high, c.low, c.close, c.volume) for c in cs])
+        ts = np.array([c.ts for c in cs], dtype=np.int64)
+        raw = raw_features(ohlcv, ts, step_ms)
+        feats = normalise(raw).astype(np.float32)
+        n, lookback = len(cs), ens.lookback
+        self.ts, self.feats, self.lookback = ts, feats, lookback
+        # a window ending at row i is scored when i + 1 >= need and none of its rows is NaN
+        nan_rows = np.concatenate(([0], np.cumsum(np.isnan(feats).any(axis=1))))
+        ok = np.zeros(n, dtype=bool)
+        if n >= need:
+            end = np.arange(need - 1, n)
+            ok[need - 1 :] = nan_rows[end + 1] - nan_rows[end + 1 - lookback] == 0
+        idx = np.flatnonzero(ok)
+        self.row = np.full(n, -1)
+        self.row[idx] = np.arange(len(idx))
+        self.atr = raw[:, ATR_COL] * ohlcv[:, 3]
+        self.outs = np.empty((len(idx), len(ens.names), 3), dtype=np.float32)
+        self.regime = np.empty(len(idx), dtype=np.int64)
+        if not len(idx):
+            return
+        windows = sliding_window_view(feats, (lookback, feats.shape[1]))[:, 0]
+        for lo in range(0, len(idx), chunk):
+            take = idx[lo : lo + chunk]
+            outs, regime = ens.raw(np.ascontiguousarray(windows[take - lookback + 1]),
+                                   cross=False)
+            self.outs[lo : lo + len(take)] = outs
+            self.regime[lo : lo + len(take)] = regime
+
+    def window(self, i: int) -> np.ndarray:
+        return self.feats[i - self.lookback + 1 : i + 1]
+
+    def at(self, ts: int) -> int:
+        """The local index of the candle opened at ``ts`` when it has a scored window; -1."""
+        assert self.row is not None
+        i = int(np.searchsorted(self.ts, ts))
+        return i if i < len(self.ts) and self.ts[i] == ts and self.row[i] >= 0 else -1
+
+    def ready(self, c: Candle) -> Ready | None:
+        assert self.row is not None
+        i = self.pos - self.first
+        r = int(self.row[i])
+        if r < 0:
+            return None
+        return Ready(c, float(self.atr[i]), outs=self.outs[r], regime=int(self.regime[r]))
+
+    def todo(self, ready: Ready) -> Ready:
+        """The same candle, to score with a forward (its window from these features)."""
+        return Ready(ready.candle, ready.atr, x=self.window(self.pos - self.first))
+
+
+class BatchedEnsembleSignalSource(EnsembleSignalSource):
+    """The ensemble's signal source for backtests over known ``series``."""
+
+    def __init__(self, ensemble: Ensemble, timeframe: str, series: Sequence[CandleSeries],
+                 chunk: int = 2048, executor: Executor | None = None, threads: int = 1) -> None:
+        super().__init__(ensemble, timeframe, executor, threads)
+        self.chunk = chunk
+        self._series = {s.symbol: s.candles for s in series}
+        self._stamps = {s.symbol: np.array([c.ts for c in s.candles], dtype=np.int64)
+                        for s in series}
+        self._ahead: dict[str, _Ahead | None] = {}
+        # cross-sectional members (the GNN) see the symbols of one timestamp together: their
+        # outputs are computed ahead for the symbols expected at each timestamp
+        self._expected: dict[int, frozenset[str]] = {}
+        self._computed: frozenset[str] = frozenset()  # the symbols the last look ahead knew
+
+    def _open(self, c: Candle) -> _Ahead | None:
+        """Where ``c`` sits in its series (None: not one of the given series' candles)."""
+        candles = self._series.get(c.symbol)
+        if candles is None:
+            return None
+        i = int(np.searchsorted(self._stamps[c.symbol], c.ts))
+        if i >= len(candles) or not (candles[i] is c or candles[i] == c):
+            return None
+        return _Ahead(candles, i)
+
+    def _seen(self, c: Candle) -> _Ahead | None:
+        if c.symbol not in self._ahead:
+            self._ahead[c.symbol] = self._open(c)
+        return self._ahead[c.symbol]
+
+    def _append(self, c: Candle) -> None:
+        super()._append(c)
+        ahead = self._seen(c)
+        if ahead is not None:
+            if ahead.follows(c):
+                ahead.pos += 1
+            else:  # off the script: this symbol is scored stepwise from here on
+                self._ahead[c.symbol] = None
+
+    def _prepare(self, candles: Sequence[Candle]) -> None:
+        """Compute ahead for every symbol of ``candles`` that has no outputs yet (executor)."""
+        for c in candles:
+            ahead = self._seen(c)
+            if ahead is not None and ahead.row is None:
+                ahead.compute(self.ens, self.step, self.need, self.chunk)
+
+    def _windows(self, candles: Sequence[Candle]) -> dict[str, Ready]:
+        out: dict[str, Ready] = {}
+        stepwise = []
+        for c in candles:
+            ahead = self._ahead.get(c.symbol)
+            if ahead is None:
+                stepwise.append(c)
+                continue
+            if ahead.row is None:  # the warm-up replay reaches here first (in the executor)
+                ahead.compute(self.ens, self.step, self.need, self.chunk)
+            ready = ahead.ready(c)
+            if ready is not None:
+                out[c.symbol] = ready
+        if not self.ens.module.cross or not out:
+            if stepwise:
+                out.update(super()._windows(stepwise))
+            return out
+        alone = super()._windows(stepwise) if stepwise else {}
+        stamps = {c.ts for c in candles}
+        ts = candles[0].ts
+        if not alone and len(stamps) == 1:
+            if self._cross_set(ts) == frozenset(out):
+                return out
+            if self._known() != self._computed:  # a symbol joined: look ahead again
+                self._cross_ahead(ts)
+                if self._expected.get(ts) == frozenset(out):
+                    return out
+        # not the cross-section computed ahead: one forward over this one, as stepwise
+        for sym, r in out.items():
+            ahead = self._ahead[sym]
+            assert ahead is not None
+            out[sym] = ahead.todo(r)
+        out.update(alone)
+        return out
+
+    def _known(self) -> frozenset[str]:
+        return frozenset(s for s, a in self._ahead.items() if a is not None and a.row is not None)
+
+    def _cross_set(self, ts: int) -> frozenset[str] | None:
+        if ts not in self._expected:
+            self._cross_ahead(ts)
+        return self._expected.get(ts)
+
+    def _cross_ahead(self, ts0: int) -> None:
+        """The cross-sectional members for the next ``chunk`` timestamps from ``ts0``: at each,
+        the symbols whose series have a scored window there form one cross-section; runs of
+        timestamps with the same symbols go through the members as panels [T, N, L, F]."""
+        aheads = {s: a for s, a in self._ahead.items() if a is not None and a.row is not None}
+        self._computed = frozenset(aheads)
+        stamps = np.unique(np.concatenate([a.ts[a.ts >= ts0] for a in aheads.values()]))
+        stamps = stamps[: max(1, self.chunk)]
+        groups: dict[tuple[str, ...], list[tuple[int, list[int]]]] = {}
+        for t in stamps.tolist():
+            at = {s: a.at(t) for s, a in aheads.items()}
+            syms = tuple(sorted(s for s, i in at.items() if i >= 0))
+            self._expected[t] = frozenset(syms)
+            if syms:
+                groups.setdefault(syms, []).append((t, [at[s] for s in syms]))
+        cross = self.ens.module.cross
+        for syms, rows in groups.items():
+            per = max(1, self.chunk // len(syms))
+            for lo in range(0, len(rows), per):
+                part = rows[lo : lo + per]
+                panel = np.stack([np.stack([aheads[s].window(i) for s, i in zip(syms, idx,
+                                                                                 strict=True)])
+                                  for _, idx in part])
+                outs = self.ens.raw_panel(panel)  # [T, N, C, 3]
+                for k, (_, idx) in enumerate(part):
+                    for j, (s, i) in enumerate(zip(syms, idx, strict=True)):
+                        a = aheads[s]
+                        assert a.row is not None
+                        a.outs[a.row[i], cross] = outs[k, j]
+
+    async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
+        loop = asyncio.get_running_loop()
+        if self._replay:  # the warm-up replay first: it hands over the older candles
+            await loop.run_in_executor(self.executor, self._rebuild)
+        if any(c.symbol not in self._ahead
+               or ((a := self._ahead[c.symbol]) is not None and a.row is None)
+               for c in candles):
+            await loop.run_in_executor(self.executor, self._prepare, candles)
+        return await super().on_candles(candles)
