@@ -1,13 +1,16 @@
 """stackbot against freqtrade, side by side: the same candles, the same machine, the same run.
 
-    python bench/peer.py [--cases a,b] [--pairs 3] [--ftdir ~/.cache/ftbench]
+    python bench/peer.py [--cases a,b,e] [--pairs 3] [--ftdir ~/.cache/ftbench]
 
 For each case it runs ``--pairs`` pairs of whole processes, interleaved (freqtrade, stackbot,
 freqtrade, stackbot, ...), so that whatever else the machine is doing weighs on both alike,
 and prints each one's median wall time, stackbot's peak RSS and the ratio of the medians.
 
 - case a: BTC/USDT 1h, 2017-08 to 2022-10 (45,024 candles);
-- case b: the eight pairs of ``../shared/data/binance-spot-1h`` (about 301k candles).
+- case b: the eight pairs of ``../shared/data/binance-spot-1h`` (about 301k candles);
+- case e: case a's file with ``--strategy ensemble``: a quick-preset ensemble trained on it
+  once (``stackbot train``, into the template database ``--ensemble-db``, made on first use),
+  against freqtrade's run of case a (its own EMA strategy on the same file).
 
 freqtrade runs through ``../shared/peers/freqtrade/bench_ft.sh`` (its README: EMA 12/26 cross,
 long only, 0.1 % fee, a 5 % stop), set up on first use in ``--ftdir``. stackbot runs
@@ -31,11 +34,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from replay import DATA, PAIRS, create_db, drop_db  # noqa: E402
+from replay import DATA, PAIRS, _admin, create_db, drop_db  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared"
 FT_SCRIPT = SHARED / "peers" / "freqtrade" / "bench_ft.sh"
-CASES = {"a": ["BTC"], "b": PAIRS}
+CASES = {"a": ["BTC"], "b": PAIRS, "e": ["BTC"]}
+FT_CASE = {"a": "a", "b": "b", "e": "a"}  # freqtrade's run each case is compared with
+ENSEMBLE_HOME = Path.home() / ".cache" / "stackbot-bench-ens"
 
 
 def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
@@ -45,12 +50,41 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024
 
 
-def stackbot(case: str, admin: str, tree: Path | None = None) -> tuple[float, float, str]:
+def ensemble_template(admin: str, name: str) -> None:
+    """The template database holding a promoted quick-preset ensemble trained on case e's
+    file (training takes minutes on 2 cores, so it is done once and kept)."""
+    import asyncio
+
+    import asyncpg
+
+    async def exists() -> bool:
+        conn = await asyncpg.connect(admin)
+        try:
+            return bool(await conn.fetchval("SELECT 1 FROM pg_database WHERE datname=$1",
+                                            name))
+        finally:
+            await conn.close()
+
+    if asyncio.run(exists()):
+        return
+    print(f"training the quick-preset ensemble into {name} (once)", flush=True)
+    _admin(admin, f'CREATE DATABASE "{name}"')
+    subprocess.run([sys.executable, "-m", "bot", "train", "--data",
+                    str(DATA / "BTC_USDT-1h.json"), "--symbols", "BTC/USDT", "--timeframe",
+                    "1h", "--preset", "quick", "--device", "cpu", "--promote", "always",
+                    "--db", admin.rsplit("/", 1)[0] + "/" + name,
+                    "--data-dir", str(ENSEMBLE_HOME)], check=True)
+
+
+def stackbot(case: str, admin: str, tree: Path | None = None,
+             template: str | None = None) -> tuple[float, float, str]:
     """One whole ``stackbot backtest`` process; ``tree``: run that checkout's code instead."""
-    db = create_db(admin)
+    db = create_db(admin, template if case == "e" else None)
     try:
         cmd = [sys.executable, "-m", "bot", "backtest", "--timeframe", "1h", "--json",
                "--db", db]
+        if case == "e":
+            cmd += ["--strategy", "ensemble"]
         for p in CASES[case]:
             cmd += ["--data", str(DATA / f"{p}_USDT-1h.json")]
         t0 = time.perf_counter()
@@ -71,7 +105,7 @@ def stackbot(case: str, admin: str, tree: Path | None = None) -> tuple[float, fl
 def freqtrade(case: str, ftdir: Path) -> float:
     env = {**os.environ, "FTDIR": str(ftdir)}
     t0 = time.perf_counter()
-    proc = subprocess.run(["bash", str(FT_SCRIPT), case], env=env, capture_output=True,
+    proc = subprocess.run(["bash", str(FT_SCRIPT), FT_CASE[case]], env=env, capture_output=True,
                           text=True, check=False)
     wall = time.perf_counter() - t0
     if proc.returncode != 0:
@@ -89,6 +123,8 @@ def main() -> None:
     ap.add_argument("--before", type=Path, default=None,
                     help="another checkout (e.g. a git worktree of an older commit): its "
                     "stackbot runs interleaved too, as a third column")
+    ap.add_argument("--ensemble-db", default="stackbot_bench_ens_tmpl",
+                    help="case e: template database with the promoted ensemble (made once)")
     args = ap.parse_args()
     if not DATA.exists() or not FT_SCRIPT.exists():
         raise SystemExit(f"needs {DATA} and {FT_SCRIPT} (../shared beside the checkout)")
@@ -100,14 +136,17 @@ def main() -> None:
           f"{'before s':>10}  stackbot")
     rows = []
     for case in args.cases.split(","):
+        if case == "e":
+            ensemble_template(args.db, args.ensemble_db)
         ft, sb, rss, old = [], [], [], []
         for i in range(args.pairs):
             ft.append(freqtrade(case, args.ftdir))
-            wall, peak, what = stackbot(case, args.db)
+            wall, peak, what = stackbot(case, args.db, template=args.ensemble_db)
             sb.append(wall)
             rss.append(peak)
             if args.before is not None:
-                old_wall, _, old_what = stackbot(case, args.db, args.before)
+                old_wall, _, old_what = stackbot(case, args.db, args.before,
+                                                 args.ensemble_db)
                 old.append(old_wall)
                 if old_what != what:  # the comparison is only fair on the same work
                     what += f" (before: {old_what})"

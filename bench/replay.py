@@ -38,9 +38,9 @@ def _admin(admin: str, sql: str) -> None:
     asyncio.run(go())
 
 
-def create_db(admin: str) -> str:
+def create_db(admin: str, template: str | None = None) -> str:
     name = f"stackbot_bench_{uuid.uuid4().hex[:6]}"
-    _admin(admin, f'CREATE DATABASE "{name}"')
+    _admin(admin, f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
     return admin.rsplit("/", 1)[0] + "/" + name
 
 

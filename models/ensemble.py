@@ -91,6 +91,20 @@ class EnsembleModule(nn.Module):
                             for i in self.cross], dim=1)
 
 
+@dataclass(frozen=True)
+class Calibrated:
+    """Per window: calibrated member logits and p [S, M], expected return and dispersion [S]."""
+
+    logits: np.ndarray
+    member_p: np.ndarray
+    exp_ret: np.ndarray
+    disp: np.ndarray
+
+    def rows(self, idx: np.ndarray | slice) -> Calibrated:
+        return Calibrated(self.logits[idx], self.member_p[idx], self.exp_ret[idx],
+                          self.disp[idx])
+
+
 @dataclass
 class Prediction:
     """One symbol's view from the ensemble."""
@@ -197,21 +211,30 @@ class Ensemble:
     def finish(self, outs: np.ndarray, regime: np.ndarray,
                online: np.ndarray | None = None) -> list[Prediction]:
         """Calibration and the combiner over member outputs [S, M, 3] (from ``raw``)."""
-        logits = outs[:, :, 0] / self.temps  # calibrated
+        return self.combined(self.calibrated(outs), regime, online)
+
+    def calibrated(self, outs: np.ndarray) -> Calibrated:
+        """What does not depend on the online weights, for member outputs [S, M, 3]: the
+        calibrated logits and p of each member, the expected return and the dispersion."""
+        logits = outs[:, :, 0] / self.temps
         member_p = sigmoid(logits)
-        p = combine(logits, self.meta_w, self.meta_b, online, self.moments)
         mu = outs[:, :, 1]
         exp_ret = mu[:, self.forecasters].mean(axis=1) if self.forecasters.any() else mu.mean(1)
-        disp = member_p.std(axis=1)
+        return Calibrated(logits, member_p, exp_ret, member_p.std(axis=1))
+
+    def combined(self, cal: Calibrated, regime: np.ndarray,
+                 online: np.ndarray | None = None) -> list[Prediction]:
+        """The meta-learner with the online weights of this moment."""
+        p = combine(cal.logits, self.meta_w, self.meta_b, online, self.moments)
         return [
             Prediction(
                 float(p[i]),
-                float(exp_ret[i]),
-                float(disp[i]),
+                float(cal.exp_ret[i]),
+                float(cal.disp[i]),
                 self.regime_of(int(regime[i])),
-                member_p[i],
+                cal.member_p[i],
             )
-            for i in range(len(outs))
+            for i in range(len(p))
         ]
 
     def regime_of(self, rid: int) -> Regime:
@@ -263,6 +286,7 @@ class Ready:
     x: np.ndarray | None = None
     outs: np.ndarray | None = None
     regime: int = -1
+    cal: Calibrated | None = None  # the outputs calibrated already (one row)
 
 
 class EnsembleSignalSource:
@@ -388,6 +412,12 @@ class EnsembleSignalSource:
 
     def _score(self, ready: Sequence[Ready], online: np.ndarray) -> list[Prediction]:
         """The members' outputs (one forward for those not known yet), then the combiner."""
+        cals = [r.cal for r in ready if r.cal is not None]
+        if len(cals) == len(ready):  # computed and calibrated ahead (backtests)
+            cal = cals[0] if len(cals) == 1 else Calibrated(
+                *(np.concatenate(parts) for parts in zip(
+                    *((c.logits, c.member_p, c.exp_ret, c.disp) for c in cals), strict=True)))
+            return self.ens.combined(cal, np.array([r.regime for r in ready]), online)
         todo = [r for r in ready if r.outs is None]
         if todo:
             assert all(r.x is not None for r in todo)

@@ -22,15 +22,31 @@ only slower.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor
+from contextlib import contextmanager
 
 import numpy as np
+import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
 from bot.domain import Candle, CandleSeries, Signal
-from models.ensemble import ATR_COL, Ensemble, EnsembleSignalSource, Ready
+from models.ensemble import ATR_COL, Calibrated, Ensemble, EnsembleSignalSource, Ready
 from models.features import normalise, raw_features
+
+LOOK_AHEAD = 4096  # timestamps whose cross-sections are computed together
+
+
+@contextmanager
+def _all_cores() -> Iterator[None]:
+    """Every core for a look ahead: the engine waits for it, so nothing else needs them."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(os.cpu_count() or 1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 class _Ahead:
@@ -48,6 +64,7 @@ class _Ahead:
         self.outs = np.empty((0, 0, 3), dtype=np.float32)
         self.regime = np.empty(0, dtype=np.int64)
         self.atr = np.empty(0)
+        self.cal: Calibrated | None = None  # the outputs calibrated, per scored window
 
     def follows(self, c: Candle) -> bool:
         nxt = self.pos + 1
@@ -82,6 +99,14 @@ class _Ahead:
                                    cross=False)
             self.outs[lo : lo + len(take)] = outs
             self.regime[lo : lo + len(take)] = regime
+        self.cal = ens.calibrated(self.outs)  # again for rows a cross-section fills in
+
+    def recalibrate(self, ens: Ensemble, rows: np.ndarray) -> None:
+        assert self.cal is not None
+        fresh = ens.calibrated(self.outs[rows])
+        for mine, new in ((self.cal.logits, fresh.logits), (self.cal.member_p, fresh.member_p),
+                          (self.cal.exp_ret, fresh.exp_ret), (self.cal.disp, fresh.disp)):
+            mine[rows] = new
 
     def window(self, i: int) -> np.ndarray:
         return self.feats[i - self.lookback + 1 : i + 1]
@@ -98,7 +123,9 @@ class _Ahead:
         r = int(self.row[i])
         if r < 0:
             return None
-        return Ready(c, float(self.atr[i]), outs=self.outs[r], regime=int(self.regime[r]))
+        cal = None if self.cal is None else self.cal.rows(slice(r, r + 1))
+        return Ready(c, float(self.atr[i]), outs=self.outs[r], regime=int(self.regime[r]),
+                     cal=cal)
 
     def todo(self, ready: Ready) -> Ready:
         """The same candle, to score with a forward (its window from these features)."""
@@ -109,9 +136,12 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
     """The ensemble's signal source for backtests over known ``series``."""
 
     def __init__(self, ensemble: Ensemble, timeframe: str, series: Sequence[CandleSeries],
-                 chunk: int = 2048, executor: Executor | None = None, threads: int = 1) -> None:
+                 chunk: int | None = None, executor: Executor | None = None,
+                 threads: int = 1) -> None:
         super().__init__(ensemble, timeframe, executor, threads)
-        self.chunk = chunk
+        # windows per forward: on the CPU small enough to stay in cache (256 measured fastest
+        # on 2 cores, bench/RESULTS.md), on a GPU large enough to fill it
+        self.chunk = chunk or (256 if ensemble.device == "cpu" else 4096)
         self._series = {s.symbol: s.candles for s in series}
         self._stamps = {s.symbol: np.array([c.ts for c in s.candles], dtype=np.int64)
                         for s in series}
@@ -147,10 +177,11 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
 
     def _prepare(self, candles: Sequence[Candle]) -> None:
         """Compute ahead for every symbol of ``candles`` that has no outputs yet (executor)."""
-        for c in candles:
-            ahead = self._seen(c)
-            if ahead is not None and ahead.row is None:
-                ahead.compute(self.ens, self.step, self.need, self.chunk)
+        with _all_cores():
+            for c in candles:
+                ahead = self._seen(c)
+                if ahead is not None and ahead.row is None:
+                    ahead.compute(self.ens, self.step, self.need, self.chunk)
 
     def _windows(self, candles: Sequence[Candle]) -> dict[str, Ready]:
         out: dict[str, Ready] = {}
@@ -161,7 +192,8 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 stepwise.append(c)
                 continue
             if ahead.row is None:  # the warm-up replay reaches here first (in the executor)
-                ahead.compute(self.ens, self.step, self.need, self.chunk)
+                with _all_cores():
+                    ahead.compute(self.ens, self.step, self.need, self.chunk)
             ready = ahead.ready(c)
             if ready is not None:
                 out[c.symbol] = ready
@@ -192,17 +224,18 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
 
     def _cross_set(self, ts: int) -> frozenset[str] | None:
         if ts not in self._expected:
-            self._cross_ahead(ts)
+            with _all_cores():
+                self._cross_ahead(ts)
         return self._expected.get(ts)
 
     def _cross_ahead(self, ts0: int) -> None:
-        """The cross-sectional members for the next ``chunk`` timestamps from ``ts0``: at each,
-        the symbols whose series have a scored window there form one cross-section; runs of
+        """The cross-sectional members for the next ``LOOK_AHEAD`` timestamps from ``ts0``: at
+        each, the symbols whose series have a scored window there form one cross-section; runs of
         timestamps with the same symbols go through the members as panels [T, N, L, F]."""
         aheads = {s: a for s, a in self._ahead.items() if a is not None and a.row is not None}
         self._computed = frozenset(aheads)
         stamps = np.unique(np.concatenate([a.ts[a.ts >= ts0] for a in aheads.values()]))
-        stamps = stamps[: max(1, self.chunk)]
+        stamps = stamps[:LOOK_AHEAD]
         groups: dict[tuple[str, ...], list[tuple[int, list[int]]]] = {}
         for t in stamps.tolist():
             at = {s: a.at(t) for s, a in aheads.items()}
@@ -211,6 +244,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
             if syms:
                 groups.setdefault(syms, []).append((t, [at[s] for s in syms]))
         cross = self.ens.module.cross
+        filled: dict[str, list[int]] = {}
         for syms, rows in groups.items():
             per = max(1, self.chunk // len(syms))
             for lo in range(0, len(rows), per):
@@ -224,6 +258,9 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                         a = aheads[s]
                         assert a.row is not None
                         a.outs[a.row[i], cross] = outs[k, j]
+                        filled.setdefault(s, []).append(int(a.row[i]))
+        for s, done in filled.items():
+            aheads[s].recalibrate(self.ens, np.array(done))
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         loop = asyncio.get_running_loop()

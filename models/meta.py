@@ -55,6 +55,7 @@ class OnlineWeights:
         self.eta, self.window = eta, window
         self._losses = np.empty((2 * window, members))
         self._start = self._end = 0
+        self._multipliers: np.ndarray | None = None  # until the next update
 
     @property
     def count(self) -> int:
@@ -70,15 +71,18 @@ class OnlineWeights:
             self._start, self._end = 0, n
         self._losses[self._end] = loss
         self._end += 1
+        self._multipliers = None
         if self.count > self.window:
             self._start += 1
 
     def multipliers(self) -> np.ndarray:
-        m = self._losses.shape[1]
-        means = (self._losses[self._start:self._end].mean(axis=0) if self.count
-                 else np.full(m, np.log(2)))
-        w = np.exp(-self.eta * (means - means.min()))
-        return w / w.mean()
+        if self._multipliers is None:
+            m = self._losses.shape[1]
+            means = (self._losses[self._start:self._end].mean(axis=0) if self.count
+                     else np.full(m, np.log(2)))
+            w = np.exp(-self.eta * (means - means.min()))
+            self._multipliers = w / w.mean()
+        return self._multipliers
 
 
 @dataclass(frozen=True)
