@@ -56,6 +56,27 @@ async def stepwise(ens: Ensemble, series: CandleSeries, scored: int) -> tuple[fl
     return time.perf_counter() - (t0 or time.perf_counter()), n
 
 
+@torch.no_grad()
+def per_member(ens: Ensemble, n: int = 2048) -> None:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    x = torch.randn(n, ens.lookback, 20, device=ens.device)
+    total = 0.0
+    for m in ens.module.members:
+        t0 = time.perf_counter()
+        if m.cross_sectional:
+            m.forward_panel(x.unsqueeze(1))
+        elif m.name == "vae":
+            m.confident_regime(x)
+        else:
+            m(x)
+        ms = (time.perf_counter() - t0) * 1000 / n
+        total += ms
+        print(f"  {m.name:<16}{ms:.3f} ms a window", flush=True)
+    print(f"  {'all':<16}{total:.3f} ms a window (one thread, {n} windows a call)")
+    torch.set_num_threads(threads)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--ensemble", required=True)
@@ -63,6 +84,8 @@ def main() -> None:
     ap.add_argument("--symbol", default="BTC/USDT")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--stepwise", type=int, default=2000)
+    ap.add_argument("--per-member", action="store_true",
+                    help="also time each member's forward (ms a window, one thread)")
     args = ap.parse_args()
     path = Path(args.ensemble)
     trained = Ensemble.trained_barrier(path)
@@ -72,6 +95,8 @@ def main() -> None:
     series = load_candle_file(args.data, "1h", args.symbol)
     print(f"{args.data.name}: {len(series.candles):,} candles, device {args.device}, "
           f"{len(ens.names)} members, torch {torch.__version__}", flush=True)
+    if args.per_member:
+        per_member(ens)
     ahead, loop, n = asyncio.run(batched(ens, series))
     print(f"batched: look-ahead {ahead:.2f} s, candle by candle {loop:.2f} s, "
           f"{n:,} signals, total {ahead + loop:.2f} s", flush=True)

@@ -11,6 +11,7 @@ This is the only place that looks at the mode.
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
 import uuid
 from collections.abc import Sequence
@@ -77,6 +78,24 @@ class Outcome:
     equity: list[tuple[int, float]] | None = None  # (close time, equity) per step
 
 
+_FROZEN = False
+
+
+def settle_heap() -> None:
+    """Before the loop: what start-up built (modules, settings, markets, history) leaves the
+    cyclic collector's sight, once per process (``gc.freeze``), and its youngest generation
+    is collected every 50,000 allocations instead of 700. A candle step allocates hundreds of
+    short-lived objects that reference counting frees at once; frequent collector passes over
+    them cost several per cent of a backtest (bench/RESULTS.md). Cyclic garbage is still
+    collected, less often."""
+    global _FROZEN
+    if not _FROZEN:
+        gc.collect()
+        gc.freeze()
+        _FROZEN = True
+    gc.set_threshold(50_000, 20, 100)
+
+
 async def drive(
     settings: Settings, run_id: str, account: str, mode: Mode, exchange_name: str,
     symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
@@ -117,6 +136,7 @@ async def drive(
     try:
         await engine.restore()
         stats.starting_equity = portfolio.equity()
+        settle_heap()
         await engine.run()
         status = "stopped" if engine.stopped.is_set() else "completed"
     except FatalExchangeError as exc:

@@ -222,6 +222,31 @@ def status(
         out.print(whole_ids_table(title, rows))
 
 
+@app.command()
+def runs(
+    limit: Annotated[int, typer.Option("--limit", min=1, help="newest first")] = 20,
+    mode: Annotated[str | None, typer.Option("--mode", help="backtest, paper or live")] = None,
+    config: ConfigOpt = None,
+    db: DbOpt = None,
+    data_dir: DataDirOpt = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Runs and their results, read from the ledger; ids are shown whole at any width."""
+    from bot.status import read_runs
+
+    if mode is not None and mode not in ("backtest", "paper", "live"):
+        raise _fail(ValueError(f"--mode {mode!r}: expected backtest, paper or live"))
+    try:
+        settings = _settings(config, data_dir=data_dir, database__url=db)
+        rows = asyncio.run(read_runs(settings, limit, mode))
+    except StackbotError as exc:
+        raise _fail(exc) from None
+    if as_json:
+        print(json.dumps(rows, indent=2, default=str))
+        return
+    out.print(whole_ids_table("runs", rows))
+
+
 def _operator(explicit: str | None) -> str:
     import getpass
 

@@ -318,7 +318,8 @@ class Engine:
         if self.desk.reconcile_wanted:  # the venue's answer says our books may be wrong
             self.desk.reconcile_wanted = False
             unit.audit.append(self.desk.event("reconcile.requested", "account", self.account,
-                                              now, {"why": update.order.status_reason}))
+                                              now, {"why": update.order.status_reason,
+                                                    "order": update.order.client_order_id}))
             await self.reconcile(unit)
         return unit
 

@@ -67,6 +67,44 @@ async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dic
     }
 
 
+SUMMARY_KEYS = ("candles", "trades", "final_equity", "return_pct", "max_drawdown_pct")
+
+
+async def read_runs(settings: Settings, limit: int = 20,
+                    mode: str | None = None) -> list[dict[str, Any]]:
+    """``stackbot runs``: the newest runs, with what their summaries say (a run still going,
+    or one that died without finishing, has no summary: its fields are empty)."""
+    from bot.app import database_logins_of
+    from bot.ledger.logins import prepare
+    from bot.ledger.repository import make_engine
+
+    logins = database_logins_of(settings)
+    engine = make_engine(logins.service)
+    query = (select(t.Run.id, t.Run.account, t.Run.mode, t.Run.strategy, t.Run.status,
+                    t.Run.started_at, t.Run.ended_at, t.Run.symbols, t.Run.timeframe,
+                    t.Run.summary).order_by(desc(t.Run.started_at)).limit(limit))
+    if mode is not None:
+        query = query.where(t.Run.mode == mode)
+    try:
+        await prepare(logins)
+        async with engine.connect() as conn:
+            rows = (await conn.execute(query)).mappings().all()
+    except LedgerError:
+        raise
+    except Exception as exc:
+        raise LedgerError(f"cannot read the ledger: {exc}") from exc
+    finally:
+        await engine.dispose()
+    out = []
+    for r in rows:
+        summary = r["summary"] or {}
+        row = {k: v for k, v in r.items() if k != "summary"}
+        row["symbols"] = ",".join(r["symbols"] or [])
+        row.update({k: summary.get(k) for k in SUMMARY_KEYS})
+        out.append(row)
+    return out
+
+
 def breaker_readings(settings: Settings, rows: Any) -> list[dict[str, Any]]:
     """Each breaker's reading against its limit, from the memory the engine last committed
     (the same restore a restarting engine does)."""

@@ -73,3 +73,40 @@ def test_embedded_database_is_the_default(tmp_path: Path) -> None:
         out.width = width
     run = report["recent runs"][0]
     assert run["id"] in shown and run["account"] in shown, shown
+
+
+def test_runs_lists_results_with_whole_ids_and_filters_by_mode(tmp_path: Path,
+                                                               pg_url: str) -> None:
+    """`stackbot runs`: each run with its summary's numbers, newest first, `--mode` filters,
+    `--json` for scripts, and at 80 columns the ids are whole (they go into other commands)."""
+    runner = CliRunner()
+    made = []
+    for seed in (1, 2):
+        data = write_series(tmp_path, f"S{seed}/USDT", 300, seed=seed)
+        bt = runner.invoke(app, ["backtest", "--data", str(data), "--timeframe", "1h",
+                                 "--json", "--db", pg_url])
+        assert bt.exit_code == 0, bt.output
+        made.append(json.loads(bt.stdout[bt.stdout.index("{"):]))
+    listed = runner.invoke(app, ["runs", "--json", "--db", pg_url, "--limit", "50"])
+    assert listed.exit_code == 0, listed.output
+    rows = {r["id"]: r for r in json.loads(listed.stdout[listed.stdout.index("["):])}
+    for summary in made:
+        row = rows[summary["run_id"]]
+        assert row["status"] == "completed" and row["mode"] == "backtest"
+        assert row["trades"] == summary["trades"] and row["candles"] == summary["candles"]
+        assert row["final_equity"] == summary["final_equity"]
+    order = [r["id"] for r in json.loads(listed.stdout[listed.stdout.index("["):])]
+    assert order.index(made[1]["run_id"]) < order.index(made[0]["run_id"])  # newest first
+    live = runner.invoke(app, ["runs", "--json", "--mode", "live", "--db", pg_url])
+    assert all(r["mode"] == "live" for r in json.loads(live.stdout[live.stdout.index("["):]))
+    assert made[0]["run_id"] not in live.stdout
+    bad = runner.invoke(app, ["runs", "--mode", "sideways", "--db", pg_url])
+    assert bad.exit_code == 2 and "expected backtest, paper or live" in bad.output
+    from bot.cli_common import out
+
+    width, out.width = out.width, 80
+    try:
+        shown = runner.invoke(app, ["runs", "--limit", "2", "--db", pg_url]).stdout
+    finally:
+        out.width = width
+    assert made[1]["run_id"] in shown and made[0]["run_id"] in shown, shown

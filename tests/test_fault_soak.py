@@ -126,13 +126,18 @@ async def test_live_session_survives_a_thousand_faults(
     assert_no_secrets(log)
     counts = await check_books(sim, fresh_db, account, witness)
     # every insufficient-balance rejection the bot received asked for a reconciliation (the
-    # venue also counts answers that went to a connection the bot had given up on)
-    booked = await fetch(fresh_db, "SELECT count(*) AS n FROM orders WHERE account = $1 AND "
-                         "status = 'rejected' AND status_reason LIKE 'InsufficientFunds%'",
-                         account)
-    asked = await fetch(fresh_db, "SELECT count(*) AS n FROM audit_events WHERE kind = "
-                        "'reconcile.requested' AND payload->>'why' LIKE 'InsufficientFunds%'")
-    assert asked[0]["n"] == booked[0]["n"] > 0, (asked, booked)
+    # venue also counts answers that went to a connection the bot had given up on). Compared
+    # order by order, not by count: counting failed once (47 requests, 46 rows) on a clean
+    # CI run and passed on the rerun. One way to get there: a decision sent again after a
+    # rejection keeps its deterministic client id and asks again, while its row, terminal
+    # already, is not rewritten.
+    booked = await fetch(fresh_db, "SELECT client_order_id AS id FROM orders WHERE account = "
+                         "$1 AND status = 'rejected' AND status_reason LIKE "
+                         "'InsufficientFunds%'", account)
+    asked = await fetch(fresh_db, "SELECT DISTINCT payload->>'order' AS id FROM audit_events "
+                        "WHERE kind = 'reconcile.requested' AND payload->>'why' LIKE "
+                        "'InsufficientFunds%'")
+    assert {r["id"] for r in asked} == {r["id"] for r in booked} and booked, (asked, booked)
     assert counts["venue_orders"] >= 10 and counts["trades"] >= 5, counts
     mismatches = await fetch(fresh_db, "SELECT payload FROM audit_events WHERE kind = "
                              "'reconcile.cash_adopted'")
