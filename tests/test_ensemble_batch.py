@@ -180,3 +180,17 @@ def test_the_chunk_size_does_not_change_the_outputs(chunk: int) -> None:
                                [[c] for c in a], 0))
     assert len(ref) > 100
     _assert_same(ref, got)
+
+
+def test_a_lookback_the_start_cannot_warm_is_refused() -> None:
+    """A start hands over LIVE_WARMUP candles: an ensemble whose window plus the replay needs
+    more could not rebuild its state after a restart, so it is refused, saying why."""
+    from models.ensemble import LIVE_WARMUP
+    from models.registry import RegistryError
+
+    torch.manual_seed(0)
+    gru = REGISTRY["gru"](MemberConfig(len(FEATURE_NAMES), 300, 8)).eval()
+    long = Ensemble("long", [gru], [1.0], np.array([1.0]), 0.0, 300, BAR)
+    with pytest.raises(RegistryError, match=f"a start hands over {LIVE_WARMUP}"):
+        EnsembleSignalSource(long, "1h")
+    EnsembleSignalSource(_ensemble(), "1h")  # lookback 8 fits
