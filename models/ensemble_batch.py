@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
-from bot.domain import Candle, CandleSeries, Signal
+from bot.domain import Candle, CandleSeries, PromotedModel, Signal
 from models.ensemble import ATR_COL, Calibrated, Ensemble, EnsembleSignalSource, Ready
 from models.features import normalise, raw_features
 
@@ -150,6 +150,16 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         # outputs are computed ahead for the symbols expected at each timestamp
         self._expected: dict[int, frozenset[str]] = {}
         self._computed: frozenset[str] = frozenset()  # the symbols the last look ahead knew
+
+    def swap(self, model: PromotedModel) -> bool:
+        """A new version scores from here on: what was computed ahead was the old one's."""
+        swapped = super().swap(model)
+        for ahead in self._ahead.values():
+            if ahead is not None:
+                ahead.row, ahead.cal = None, None
+        self._expected.clear()
+        self._computed = frozenset()
+        return swapped
 
     def _open(self, c: Candle) -> _Ahead | None:
         """Where ``c`` sits in its series (None: not one of the given series' candles)."""

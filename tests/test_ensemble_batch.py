@@ -194,3 +194,33 @@ def test_a_lookback_the_start_cannot_warm_is_refused() -> None:
     with pytest.raises(RegistryError, match=f"a start hands over {LIVE_WARMUP}"):
         EnsembleSignalSource(long, "1h")
     EnsembleSignalSource(_ensemble(), "1h")  # lookback 8 fits
+
+
+def test_a_new_version_mid_backtest_is_not_served_from_the_old_ones_outputs() -> None:
+    """A promotion swaps the model between two candles: from then on the batched source
+    scores with the new version, as the stepwise one does."""
+    a = candles("AAA/USDT", 1000, "1h", seed=38)
+    b = candles("BBB/USDT", 1000, "1h", seed=39)
+    series = [_series("AAA/USDT", a), _series("BBB/USDT", b)]
+    steps = [[x, y] for x, y in zip(a, b, strict=True)]
+    old = _ensemble()
+    torch.manual_seed(1)
+    names = ("gru", "lstm", "tcn", "vae", "gnn")
+    members = [REGISTRY[n](MemberConfig(len(FEATURE_NAMES), 8, 8)).eval() for n in names]
+    new = Ensemble("t2", members, [1.0] * 5, np.array([0.5, 0.4, 0.3, 0.2, 0.6]), -0.3, 8,
+                   BAR, LogitMoments(np.zeros(5), np.eye(5) * 0.01))
+
+    async def run(src: EnsembleSignalSource) -> dict[tuple[str, int], Signal]:
+        out: dict[tuple[str, int], Signal] = {}
+        for i, g in enumerate(steps):
+            if i == 700:
+                assert src.swap(new)
+            for s in await src.on_candles(g):
+                out[(s.symbol, s.ts)] = s
+        return out
+
+    stepwise = asyncio.run(run(EnsembleSignalSource(old, "1h")))
+    batched = asyncio.run(run(BatchedEnsembleSignalSource(old, "1h", series)))
+    after = [k for k in stepwise if k[1] >= a[700].ts]
+    assert len(after) > 400 and {stepwise[k].model_version for k in after} == {"t2"}
+    _assert_same(stepwise, batched)
