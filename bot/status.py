@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import desc, select
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.config import Settings
 from bot.domain import OrderStatus, RiskState
@@ -12,47 +15,54 @@ from bot.errors import LedgerError
 from bot.ledger import tables as t
 
 
-async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+@asynccontextmanager
+async def _reading(settings: Settings) -> AsyncIterator[AsyncConnection]:
+    """A connection to the ledger as the service login; any failure is a ``LedgerError``."""
     from bot.app import database_logins_of
     from bot.ledger.logins import prepare
     from bot.ledger.repository import make_engine
 
     logins = database_logins_of(settings)
     engine = make_engine(logins.service)
-    working = [s.value for s in OrderStatus if not s.is_terminal]
     try:
         await prepare(logins)
         async with engine.connect() as conn:
-            runs = (await conn.execute(
-                select(t.Run.id, t.Run.account, t.Run.mode, t.Run.status, t.Run.started_at,
-                       t.Run.ended_at, t.Run.symbols).order_by(desc(t.Run.started_at))
-                .limit(limit))).mappings().all()
-            accounts = (await conn.execute(
-                select(t.Account.account, t.Account.mode, t.Account.cash, t.Account.updated_at)
-                .where(t.Account.mode != "backtest"))).mappings().all()
-            positions = (await conn.execute(
-                select(t.PositionRow.account, t.PositionRow.symbol, t.PositionRow.quantity,
-                       t.PositionRow.avg_price, t.PositionRow.realized_pnl)
-                .where(t.PositionRow.quantity != 0, ~t.PositionRow.account.like("backtest:%"))
-            )).mappings().all()
-            states = (await conn.execute(
-                select(t.RiskStateRow.account, t.RiskStateRow.state, t.RiskStateRow.reason,
-                       t.RiskStateRow.updated_at).order_by(t.RiskStateRow.account)
-            )).mappings().all()
-            memories = (await conn.execute(
-                select(t.RiskStateRow.account, t.RiskStateRow.detail, t.RiskStateRow.breakers)
-                .where(~t.RiskStateRow.account.like("backtest:%"))
-                .order_by(t.RiskStateRow.account))).mappings().all()
-            orders = (await conn.execute(
-                select(t.OrderRow.client_order_id, t.OrderRow.account, t.OrderRow.symbol,
-                       t.OrderRow.side, t.OrderRow.quantity, t.OrderRow.status)
-                .where(t.OrderRow.status.in_(working)))).mappings().all()
+            yield conn
     except LedgerError:
         raise
     except Exception as exc:
         raise LedgerError(f"cannot read the ledger: {exc}") from exc
     finally:
         await engine.dispose()
+
+
+async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    working = [s.value for s in OrderStatus if not s.is_terminal]
+    async with _reading(settings) as conn:
+        runs = (await conn.execute(
+            select(t.Run.id, t.Run.account, t.Run.mode, t.Run.status, t.Run.started_at,
+                   t.Run.ended_at, t.Run.symbols).order_by(desc(t.Run.started_at))
+            .limit(limit))).mappings().all()
+        accounts = (await conn.execute(
+            select(t.Account.account, t.Account.mode, t.Account.cash, t.Account.updated_at)
+            .where(t.Account.mode != "backtest"))).mappings().all()
+        positions = (await conn.execute(
+            select(t.PositionRow.account, t.PositionRow.symbol, t.PositionRow.quantity,
+                   t.PositionRow.avg_price, t.PositionRow.realized_pnl)
+            .where(t.PositionRow.quantity != 0, ~t.PositionRow.account.like("backtest:%"))
+        )).mappings().all()
+        states = (await conn.execute(
+            select(t.RiskStateRow.account, t.RiskStateRow.state, t.RiskStateRow.reason,
+                   t.RiskStateRow.updated_at).order_by(t.RiskStateRow.account)
+        )).mappings().all()
+        memories = (await conn.execute(
+            select(t.RiskStateRow.account, t.RiskStateRow.detail, t.RiskStateRow.breakers)
+            .where(~t.RiskStateRow.account.like("backtest:%"))
+            .order_by(t.RiskStateRow.account))).mappings().all()
+        orders = (await conn.execute(
+            select(t.OrderRow.client_order_id, t.OrderRow.account, t.OrderRow.symbol,
+                   t.OrderRow.side, t.OrderRow.quantity, t.OrderRow.status)
+            .where(t.OrderRow.status.in_(working)))).mappings().all()
     known = {r["account"] for r in states}
     trading = [dict(r) for r in states] + [
         {"account": a["account"], "state": "ACTIVE", "reason": "never changed",
@@ -74,27 +84,13 @@ async def read_runs(settings: Settings, limit: int = 20,
                     mode: str | None = None) -> list[dict[str, Any]]:
     """``stackbot runs``: the newest runs, with what their summaries say (a run still going,
     or one that died without finishing, has no summary: its fields are empty)."""
-    from bot.app import database_logins_of
-    from bot.ledger.logins import prepare
-    from bot.ledger.repository import make_engine
-
-    logins = database_logins_of(settings)
-    engine = make_engine(logins.service)
     query = (select(t.Run.id, t.Run.account, t.Run.mode, t.Run.strategy, t.Run.status,
                     t.Run.started_at, t.Run.ended_at, t.Run.symbols, t.Run.timeframe,
                     t.Run.summary).order_by(desc(t.Run.started_at)).limit(limit))
     if mode is not None:
         query = query.where(t.Run.mode == mode)
-    try:
-        await prepare(logins)
-        async with engine.connect() as conn:
-            rows = (await conn.execute(query)).mappings().all()
-    except LedgerError:
-        raise
-    except Exception as exc:
-        raise LedgerError(f"cannot read the ledger: {exc}") from exc
-    finally:
-        await engine.dispose()
+    async with _reading(settings) as conn:
+        rows = (await conn.execute(query)).mappings().all()
     out = []
     for r in rows:
         summary = r["summary"] or {}
