@@ -340,6 +340,7 @@ class Services:
         self.listener: Any = None
         self.bus: Any = None
         self.scheduler: Any = None
+        self.metrics: Any = None
 
     def hook(self, outer: Any) -> Any:
         def attach(engine: Engine) -> None:
@@ -359,6 +360,8 @@ class Services:
         self.listener = ControlListener(
             self.db_url, lambda _: asyncio.ensure_future(engine.operator.poll()))
         self.listener.start(self.account)
+        if cfg.metrics.enabled:
+            self.metrics = self.start_metrics(engine)
         beat = None
         if cfg.mqtt.enabled:
             from bot.bus.mqtt import MqttBus
@@ -383,6 +386,24 @@ class Services:
                                          anchor=self.anchor_job(engine))
         self.scheduler.start()
 
+    def start_metrics(self, engine: Engine) -> Any:
+        """``/metrics`` for Prometheus on its own port; the engine reports to it."""
+        from bot.bus.prometheus import PrometheusObserver
+
+        cfg, source = self.settings, engine.parts.source
+        device = "cpu"
+        if source.name == "ensemble":
+            from models.device import pick_device
+
+            device = pick_device(cfg.strategy.device)
+        observer = PrometheusObserver(self.account, device, source.model_version)
+        observer.set_feed_mode("rest" if cfg.exchange.feed == "rest" else "ws")
+        observer.on_risk(engine.risk.machine.state.value, engine.risk.readings)
+        observer.serve(cfg.metrics.host, cfg.metrics.port)
+        engine.observer = observer
+        log.info("metrics_serving", host=cfg.metrics.host, port=cfg.metrics.port)
+        return observer
+
     def anchor_job(self, engine: Engine) -> Any:
         """Every ``jobs.anchor_minutes``: the audit chain head to the anchors file, the log and
         the retained MQTT topic ``audit/anchor``."""
@@ -402,3 +423,5 @@ class Services:
             await self.bus.close()
         if self.listener is not None:
             await self.listener.close()
+        if self.metrics is not None:
+            self.metrics.close()

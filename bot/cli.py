@@ -18,6 +18,7 @@ from bot.cli_common import load as _settings
 from bot.cli_common import with_db as _with_db
 from bot.cli_models import evaluate, models_app, train
 from bot.cli_sim import sim_exchange
+from bot.cli_web import healthcheck, serve, web_app
 from bot.errors import ConfigError, StackbotError
 from bot.feeds.files import parse_timestamp
 from bot.logs import get_logger
@@ -33,6 +34,9 @@ app.add_typer(models_app, name="models")
 app.command()(train)
 app.command()(evaluate)
 app.add_typer(audit_app, name="audit")
+app.add_typer(web_app, name="web")
+app.command()(serve)
+app.command()(healthcheck)
 log = get_logger("cli")
 
 

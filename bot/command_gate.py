@@ -15,7 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from bot.bus.signing import Command, Rejection, verify
-from bot.domain import ControlRequest
+from bot.domain import Channel, ControlRequest, Reject, command_from
 from bot.engine import Engine
 from bot.logs import get_logger
 
@@ -68,8 +68,9 @@ class CommandGate:
             return {**self.acks[verdict.id], "verdict": "duplicate", "ts": now,
                     "reason": "command id already carried out; not repeated"}
         result = await self.engine.submit_control(ControlRequest(
-            action=verdict.action, reason=verdict.reason, operator=verdict.operator,
-            channel="mqtt", level=verdict.level, command_id=verdict.id, nonce=verdict.nonce))
+            command_from(verdict.action, verdict.reason, verdict.level),
+            operator=verdict.operator, channel=Channel.MQTT, command_id=verdict.id,
+            nonce=verdict.nonce))
         ack = {"id": verdict.id, "ok": True, "verdict": "accepted", "action": verdict.action,
                "result": result.as_dict(), "ts": now}
         self.acks[verdict.id] = ack
@@ -84,8 +85,8 @@ class CommandGate:
         if self._audited < REJECTIONS_AUDITED_PER_MINUTE:
             self._audited += 1
             await self.engine.submit_control(ControlRequest(
-                action="reject", reason=verdict.reason, operator="unverified", channel="mqtt",
-                command_id=verdict.id, nonce=verdict.nonce, level=action))
+                Reject(verdict.reason, claimed=action), operator="unverified",
+                channel=Channel.MQTT, command_id=verdict.id, nonce=verdict.nonce))
             return
         if not self._counted:
             self._first = {"id": verdict.id, "operator": _claimed_operator(raw),
@@ -116,10 +117,11 @@ class CommandGate:
         by_reason = "; ".join(f"{n} x {r}" for r, n in sorted(counted.items(),
                                                              key=lambda kv: -kv[1]))
         await self.engine.submit_control(ControlRequest(
-            action="reject", reason=f"{total} more rejected commands in the minute from "
-            f"{minute * MINUTE_MS} ms: {by_reason}; first claimed sender: operator "
-            f"{first.get('operator')!r}, id {first.get('id')!r}", operator="unverified",
-            channel="mqtt", command_id=f"rejections-{minute}", level=first.get("action")))
+            Reject(f"{total} more rejected commands in the minute from "
+                   f"{minute * MINUTE_MS} ms: {by_reason}; first claimed sender: operator "
+                   f"{first.get('operator')!r}, id {first.get('id')!r}",
+                   claimed=first.get("action")),
+            operator="unverified", channel=Channel.MQTT, command_id=f"rejections-{minute}"))
 
 
 def _claimed_operator(raw: bytes) -> str | None:
@@ -137,6 +139,6 @@ def on_signal(engine: Engine, level: str, signame: str) -> None:
     if level == "none":
         engine.request_stop()
         return
-    fut = engine.submit_control(ControlRequest(action="kill", reason=f"{signame} received",
-                                               operator="signal", channel="signal", level=level))
+    fut = engine.submit_control(ControlRequest(command_from("kill", f"{signame} received", level),
+                                               operator="signal", channel=Channel.SIGNAL))
     fut.add_done_callback(lambda _: engine.request_stop())

@@ -130,6 +130,34 @@ class JobSettings(_Section):
     )
 
 
+class WebSettings(_Section):
+    """``stackbot serve``: the operator console (REST API and dashboard)."""
+
+    host: str = Field("127.0.0.1", description="bind address; loopback unless set")
+    port: int = Field(8080, gt=0, lt=65536)
+    username: str = Field("operator", min_length=1, description="the operator who logs in; "
+                          "recorded with every command")
+    password_hash: SecretStr | None = Field(
+        None, description="argon2 hash of the password (`stackbot web hash-password`)")
+    api_token: SecretStr | None = Field(None, description="bearer token for API clients")
+    session_secret: SecretStr | None = Field(
+        None, description="signs session cookies; random per start when unset")
+    session_hours: float = Field(12.0, gt=0)
+    secure_cookies: bool = Field(False, description="mark cookies Secure (behind TLS)")
+    login_attempts: int = Field(5, ge=1, description="failed logins per client per window")
+    login_window_s: float = Field(300.0, gt=0)
+    reports_dir: Path | None = Field(
+        None, description="evaluate reports shown by the console (default data_dir/reports)")
+
+
+class MetricsSettings(_Section):
+    """Prometheus metrics of a running bot, on a port of their own."""
+
+    enabled: bool = False
+    host: str = "127.0.0.1"
+    port: int = Field(9108, gt=0, lt=65536)
+
+
 class StrategySettings(_Section):
     name: Literal["baseline", "ensemble"] = "baseline"
     device: str = Field("auto", description="ensemble inference: auto, cpu or cuda")
@@ -163,6 +191,8 @@ class Settings(BaseSettings):
     strategy: StrategySettings = StrategySettings()
     mqtt: MqttSettings = MqttSettings()
     jobs: JobSettings = JobSettings()
+    web: WebSettings = WebSettings()
+    metrics: MetricsSettings = MetricsSettings()
 
     @field_validator("symbols", mode="before")
     @classmethod

@@ -42,7 +42,8 @@ class OrderDesk:
         self.run_id, self.account = run_id, account
         self.broker, self.portfolio, self.clock, self.stats = broker, portfolio, clock, stats
         self.on_fill: Any = None  # callback(fill, before, after, order) set by the engine
-        self.on_venue_call: Any = None  # callback(ok: bool) for the exchange-error breaker
+        # callback(ok, ccxt class or None) for the exchange-error breaker and the metrics
+        self.on_venue_call: Any = None
         self.reconcile_wanted = False  # a venue answer says ledger and venue may disagree
 
     def event(self, kind: str, entity: str, entity_id: str, ts: int,
@@ -70,10 +71,10 @@ class OrderDesk:
             log.warning("venue_error", error=scrub(str(exc)), kind=type(exc).__name__,
                         ccxt_class=exc.ccxt_class)
             if self.on_venue_call:
-                self.on_venue_call(False)
+                self.on_venue_call(False, exc.ccxt_class or type(exc).__name__)
             return default
         if self.on_venue_call:
-            self.on_venue_call(True)
+            self.on_venue_call(True, None)
         return result
 
     async def send(self, order: Order) -> OrderUpdate:
@@ -81,7 +82,7 @@ class OrderDesk:
             update = await self.broker.submit(order)
         except ExchangeError as exc:
             if self.on_venue_call:
-                self.on_venue_call(False)
+                self.on_venue_call(False, exc.ccxt_class or type(exc).__name__)
             if exc.order is OrderAction.REJECTED_RECONCILE:
                 self.reconcile_wanted = True
             # the live broker resolves ambiguous outcomes itself; what reaches here is final
@@ -89,7 +90,7 @@ class OrderDesk:
             return OrderUpdate(order.transition(OrderStatus.REJECTED, self.clock.now_ms(),
                                                 scrub(f"{type(exc).__name__}: {exc}")))
         if self.on_venue_call:
-            self.on_venue_call(True)
+            self.on_venue_call(True, None)
         return update
 
     async def cancel(self, order: Order, unit: UnitOfWork, why: str) -> bool:

@@ -12,6 +12,7 @@ resume) from every channel arrive on one queue and are handled between candles.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -44,7 +45,7 @@ from bot.logs import get_logger
 from bot.metrics import RunStats
 from bot.operator import OperatorControl
 from bot.portfolio import Portfolio
-from bot.ports import Broker, Feed, Ledger, SignalSource, Strategy
+from bot.ports import Broker, Feed, Ledger, NullObserver, Observer, SignalSource, Strategy
 from bot.reconcile_driver import Reconciler
 from bot.records import fatal_payload
 from risk.manager import RiskManager
@@ -95,10 +96,12 @@ class Engine:
         self.ledger_ok = True
         self.wake = asyncio.Event()
         self.telemetry: Any = None  # callback(unit) after each successful commit
+        self.observer: Observer = NullObserver()  # monitoring (Prometheus), after the fact
         self._nonces: set[str] = set()
         self._acks: dict[str, Any] = {}
         self.reconcile_every = 0  # candle steps between reconciliations with the venue
         self._steps = 0
+        self._inference_s = 0.0
         self.reconciler = Reconciler(account, parts.broker, self.desk, portfolio, parts.risk,
                                      markets, parts.clock)
 
@@ -240,6 +243,15 @@ class Engine:
         await self.commit(unit)
 
     async def on_candles(self, candles: Sequence[Candle]) -> None:
+        started = time.perf_counter()
+        self._inference_s = 0.0
+        await self._step(candles)
+        lag = self.parts.clock.now_ms() - candles[0].close_ts
+        self.observer.on_step(time.perf_counter() - started, self._inference_s, lag / 1000,
+                              len(candles))
+        self.observer.on_risk(self.risk.machine.state.value, self.risk.readings)
+
+    async def _step(self, candles: Sequence[Candle]) -> None:
         self.parts.clock.observe(candles[0].close_ts)
         if self.stats.candles == 0:
             log.info("first_candle", ts=candles[0].ts, symbols=len(candles))
@@ -254,7 +266,9 @@ class Engine:
                                       self._steps % self.reconcile_every == 0):
             await self.reconcile(unit)
         self.stats.candles += len(candles)
+        t0 = time.perf_counter()
         signals = await self.parts.source.on_candles(candles)
+        self._inference_s = time.perf_counter() - t0
         self.stats.signals += len(signals)
         atr = {s.symbol: s.atr for s in signals}
         for c in candles:
@@ -335,8 +349,10 @@ class Engine:
             self._entry_version[fill.symbol] = order.model_version
         self._pending_protect += self.risk.on_fill(fill, before, after)
 
-    def _on_venue_call(self, ok: bool) -> None:
+    def _on_venue_call(self, ok: bool, ccxt_class: str | None = None) -> None:
         self.transitions += self.risk.on_exchange_call(ok)
+        if ccxt_class is not None:
+            self.observer.on_venue_error(ccxt_class)
 
     async def _protect(self, unit: UnitOfWork, ts: int) -> UnitOfWork:
         """Place, move or drop protective stops; exit at market where risk says so."""
@@ -403,6 +419,7 @@ class Engine:
             unit = self._backlog
         if not unit:
             return True
+        t0 = time.perf_counter()
         try:
             await self.parts.ledger.commit(unit)
         except LedgerError as exc:
@@ -413,6 +430,7 @@ class Engine:
             return False
         if unit is self._backlog:
             self._backlog = UnitOfWork()
+        self.observer.on_commit(unit, time.perf_counter() - t0)
         if self.telemetry is not None:
             self.telemetry(unit)
         if not self.ledger_ok:

@@ -18,18 +18,24 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from bot.config import JobSettings
-from bot.domain import ControlRequest, RetrainOutcome
+from bot.domain import (
+    Channel,
+    ControlRequest,
+    Housekeeping,
+    Job,
+    RetrainDone,
+    RetrainOutcome,
+)
 from bot.engine import Engine
 from bot.logs import password_of, register_secrets, scrub
 
 
-def _queue(engine: Engine, action: str) -> Any:
-    async def job() -> None:
-        engine.submit_control(ControlRequest(action=action, reason="scheduled",
-                                             operator="scheduler", channel="jobs"))
+def _queue(engine: Engine, job: Job) -> Any:
+    async def queued() -> None:
+        engine.submit_control(ControlRequest(Housekeeping(job), "scheduler", Channel.JOBS))
 
-    job.__name__ = f"queue_{action}"
-    return job
+    queued.__name__ = f"queue_{job.value}"
+    return queued
 
 
 def build_scheduler(engine: Engine, cfg: JobSettings, heartbeat: Any = None,
@@ -37,16 +43,16 @@ def build_scheduler(engine: Engine, cfg: JobSettings, heartbeat: Any = None,
                     anchor: Any = None) -> AsyncIOScheduler:
     sched = AsyncIOScheduler(timezone="UTC", job_defaults={
         "coalesce": True, "max_instances": 1, "misfire_grace_time": cfg.misfire_grace_s})
-    sched.add_job(_queue(engine, "snapshot"), IntervalTrigger(seconds=cfg.equity_snapshot_s),
+    sched.add_job(_queue(engine, Job.SNAPSHOT), IntervalTrigger(seconds=cfg.equity_snapshot_s),
                   id="equity_snapshot")
-    sched.add_job(_queue(engine, "tick"), IntervalTrigger(seconds=cfg.housekeeping_s),
+    sched.add_job(_queue(engine, Job.TICK), IntervalTrigger(seconds=cfg.housekeeping_s),
                   id="risk_housekeeping")
-    sched.add_job(_queue(engine, "tick"), CronTrigger(hour=0, minute=0, timezone="UTC"),
+    sched.add_job(_queue(engine, Job.TICK), CronTrigger(hour=0, minute=0, timezone="UTC"),
                   id="daily_risk_reset")
-    sched.add_job(_queue(engine, "model_check"),
+    sched.add_job(_queue(engine, Job.MODEL_CHECK),
                   CronTrigger.from_crontab(cfg.model_check_cron, timezone="UTC"),
                   id="model_degradation_check")
-    sched.add_job(retrain or _queue(engine, "retrain"),
+    sched.add_job(retrain or _queue(engine, Job.RETRAIN),
                   CronTrigger.from_crontab(cfg.retrain_cron, timezone="UTC"), id="retrain")
     if heartbeat is not None:
         sched.add_job(heartbeat, IntervalTrigger(seconds=heartbeat_s), id="heartbeat")
@@ -69,7 +75,8 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
 
     async def job() -> None:
         if engine.parts.source.name != "ensemble":
-            engine.submit_control(ControlRequest("retrain", "scheduled", "scheduler", "jobs"))
+            engine.submit_control(ControlRequest(Housekeeping(Job.RETRAIN), "scheduler",
+                                                 Channel.JOBS))
             return
         now = datetime.now(UTC)
         folder = settings.home / "retrain" / now.strftime("%Y%m%d%H%M%S")
@@ -84,8 +91,8 @@ def retrain_job(engine: Engine, settings: Any, db_url: str, history_days: int = 
                 else "training failed"
             done = RetrainOutcome(log, await _load_active(db_url, settings) if promoted
                                   else None)
-        engine.submit_control(ControlRequest("retrain_done", outcome, "scheduler", "jobs",
-                                             payload=done))
+        engine.submit_control(ControlRequest(RetrainDone(outcome, done), "scheduler",
+                                             Channel.JOBS))
 
     return job
 

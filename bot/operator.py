@@ -14,7 +14,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from bot.desk import exit_intent
-from bot.domain import ControlRequest, ControlResult, EquitySnapshot, KillLevel, UnitOfWork
+from bot.domain import (
+    ControlRequest,
+    ControlResult,
+    EquitySnapshot,
+    Housekeeping,
+    Kill,
+    KillLevel,
+    Reject,
+    Resume,
+    RetrainDone,
+    UnitOfWork,
+)
 from bot.errors import LedgerError
 from bot.logs import get_logger
 from bot.records import command_row
@@ -23,7 +34,6 @@ if TYPE_CHECKING:
     from bot.engine import Engine
 
 log = get_logger("operator")
-HOUSEKEEPING = ("tick", "snapshot", "model_check", "retrain", "retrain_done")
 
 
 class OperatorControl:
@@ -43,50 +53,33 @@ class OperatorControl:
         now = self.engine.parts.clock.now_ms()
         if request.request_id is not None and request.request_id in self.done:
             return unit, ControlResult(request.action, note="already carried out")
-        if request.action in HOUSEKEEPING:
-            return (self.housekeeping(request.action, now, unit, request),
-                    ControlResult(request.action))
-        if request.action == "reject":
-            unit.audit.append(self.engine.desk.event("command.rejected", "command",
-                                              request.command_id or "-", now, {
-                "channel": request.channel, "reason": request.reason, "level": request.level,
-                "claimed_nonce": request.nonce, "operator": request.operator}))
-            row = command_row(
-                self.engine.account, request, "rejected", {"reason": request.reason}, now
-            )
-            unit.commands[row.id] = row
-            return unit, ControlResult("reject", reason=request.reason)
+        command = request.command
         cancelled: int | None = None
         flattened: int | None = None
         still: dict[str, str] | None = None
-        if request.action == "kill":
-            level = KillLevel(request.level or "pause")
-            self.engine.transitions.append(
-                self.engine.risk.kill(level, request.reason, request.operator, now)
-            )
-            self.engine.audit_transitions(unit, channel=request.channel)
-            # entries are blocked from here; make it durable (and visible) before the slower
-            # cancels and closes
-            await self.engine.commit(unit)
-            unit = UnitOfWork()
-            if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
-                cancelled = await self.engine.desk.cancel_where(unit, f"kill {level.value}")
-            if level is KillLevel.FLATTEN:
-                flattened = 0
-                for pos in self.engine.portfolio.positions():
-                    if pos.quantity > 0:
-                        unit = await self.engine.act(
-                            exit_intent(pos, now, f"kill flatten: {request.reason}", "operator"),
-                            unit,
-                        )
-                        flattened += 1
-        elif request.action == "resume":
-            self.engine.transitions.append(
-                self.engine.risk.resume(request.reason, request.operator, now)
-            )
-            self.engine.audit_transitions(unit, channel=request.channel)
-            # what an operator's resume cannot lift, and what will
-            still = self.engine.risk.blocks_explained() or None
+        match command:
+            case Housekeeping() | RetrainDone():
+                return self.housekeeping(command, now, unit), ControlResult(command.action)
+            case Reject():
+                unit.audit.append(self.engine.desk.event(
+                    "command.rejected", "command", request.command_id or "-", now, {
+                        "channel": request.channel, "reason": command.reason,
+                        "level": command.claimed, "claimed_nonce": request.nonce,
+                        "operator": request.operator}))
+                row = command_row(
+                    self.engine.account, request, "rejected", {"reason": command.reason}, now
+                )
+                unit.commands[row.id] = row
+                return unit, ControlResult("reject", reason=command.reason)
+            case Kill():
+                unit, cancelled, flattened = await self.kill(command, request, now, unit)
+            case Resume():
+                self.engine.transitions.append(
+                    self.engine.risk.resume(command.reason, request.operator, now)
+                )
+                self.engine.audit_transitions(unit, channel=request.channel)
+                # what an operator's resume cannot lift, and what will
+                still = self.engine.risk.blocks_explained() or None
         machine = self.engine.risk.machine
         outcome = ControlResult(request.action, machine.state.value, machine.current.reason,
                                 cancelled, flattened, still)
@@ -115,10 +108,38 @@ class OperatorControl:
         )
         return unit, outcome
 
-    def housekeeping(
-        self, action: str, now: int, unit: UnitOfWork, request: ControlRequest | None = None
-    ) -> UnitOfWork:
+    async def kill(self, command: Kill, request: ControlRequest, now: int,
+                   unit: UnitOfWork) -> tuple[UnitOfWork, int | None, int | None]:
+        """HALT, then cancel (cancel, flatten) and close (flatten). Returns the unit to keep
+        filling, the orders cancelled and the positions closed."""
+        level = command.level
+        cancelled: int | None = None
+        flattened: int | None = None
+        self.engine.transitions.append(
+            self.engine.risk.kill(level, command.reason, request.operator, now)
+        )
+        self.engine.audit_transitions(unit, channel=request.channel)
+        # entries are blocked from here; make it durable (and visible) before the slower
+        # cancels and closes
+        await self.engine.commit(unit)
+        unit = UnitOfWork()
+        if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
+            cancelled = await self.engine.desk.cancel_where(unit, f"kill {level.value}")
+        if level is KillLevel.FLATTEN:
+            flattened = 0
+            for pos in self.engine.portfolio.positions():
+                if pos.quantity > 0:
+                    unit = await self.engine.act(
+                        exit_intent(pos, now, f"kill flatten: {command.reason}", "operator"),
+                        unit,
+                    )
+                    flattened += 1
+        return unit, cancelled, flattened
+
+    def housekeeping(self, command: Housekeeping | RetrainDone, now: int,
+                     unit: UnitOfWork) -> UnitOfWork:
         """Scheduled jobs, run in the loop like everything that writes."""
+        action = command.action
         if action == "tick":
             self.engine.transitions += self.engine.risk.on_clock(now)
             self.engine.audit_transitions(unit)
@@ -157,8 +178,8 @@ class OperatorControl:
                     },
                 )
             )
-        elif action == "retrain_done" and request is not None:
-            done = request.payload
+        elif isinstance(command, RetrainDone):
+            done = command.result
             info: dict[str, str] = {"log": done.log} if done is not None else {}
             new = done.promoted if done is not None else None
             # the next candle is scored by the promoted version (where the source has models)
@@ -170,7 +191,7 @@ class OperatorControl:
                     "account",
                     self.engine.account,
                     now,
-                    {"outcome": request.reason, **info},
+                    {"outcome": command.outcome, **info},
                 )
             )
         return unit

@@ -4,13 +4,14 @@ plugged in here (see ``bot/app.py``)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Protocol
 
 from bot.domain import (
     AccountState,
     ActiveModel,
+    BreakerReading,
     Candle,
     ControlRequest,
     FeedStatus,
@@ -159,3 +160,34 @@ class Ledger(Protocol):
         ...
 
     async def close(self) -> None: ...
+
+
+class Observer(Protocol):
+    """What a running engine reports for monitoring (``bot/bus/prometheus.py``); the engine
+    calls it after the fact and never waits on it. ``NullObserver`` where nobody watches."""
+
+    def on_step(self, decision_s: float, inference_s: float, lag_s: float,
+                candles: int) -> None: ...
+
+    def on_commit(self, unit: UnitOfWork, seconds: float) -> None: ...
+
+    def on_venue_error(self, ccxt_class: str) -> None: ...
+
+    def on_risk(self, state: str,
+                readings: Callable[[], Sequence[BreakerReading]]) -> None: ...
+
+
+class NullObserver:
+    def on_step(self, decision_s: float, inference_s: float, lag_s: float,
+                candles: int) -> None:
+        return None
+
+    def on_commit(self, unit: UnitOfWork, seconds: float) -> None:
+        return None
+
+    def on_venue_error(self, ccxt_class: str) -> None:
+        return None
+
+    def on_risk(self, state: str,
+                readings: Callable[[], Sequence[BreakerReading]]) -> None:
+        return None

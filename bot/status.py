@@ -37,32 +37,39 @@ async def _reading(settings: Settings) -> AsyncIterator[AsyncConnection]:
 
 
 async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
-    working = [s.value for s in OrderStatus if not s.is_terminal]
     async with _reading(settings) as conn:
-        runs = (await conn.execute(
-            select(t.Run.id, t.Run.account, t.Run.mode, t.Run.status, t.Run.started_at,
-                   t.Run.ended_at, t.Run.symbols).order_by(desc(t.Run.started_at))
-            .limit(limit))).mappings().all()
-        accounts = (await conn.execute(
-            select(t.Account.account, t.Account.mode, t.Account.cash, t.Account.updated_at)
-            .where(t.Account.mode != "backtest"))).mappings().all()
-        positions = (await conn.execute(
-            select(t.PositionRow.account, t.PositionRow.symbol, t.PositionRow.quantity,
-                   t.PositionRow.avg_price, t.PositionRow.realized_pnl)
-            .where(t.PositionRow.quantity != 0, ~t.PositionRow.account.like("backtest:%"))
-        )).mappings().all()
-        states = (await conn.execute(
-            select(t.RiskStateRow.account, t.RiskStateRow.state, t.RiskStateRow.reason,
-                   t.RiskStateRow.updated_at).order_by(t.RiskStateRow.account)
-        )).mappings().all()
-        memories = (await conn.execute(
-            select(t.RiskStateRow.account, t.RiskStateRow.detail, t.RiskStateRow.breakers)
-            .where(~t.RiskStateRow.account.like("backtest:%"))
-            .order_by(t.RiskStateRow.account))).mappings().all()
-        orders = (await conn.execute(
-            select(t.OrderRow.client_order_id, t.OrderRow.account, t.OrderRow.symbol,
-                   t.OrderRow.side, t.OrderRow.quantity, t.OrderRow.status)
-            .where(t.OrderRow.status.in_(working)))).mappings().all()
+        return await status_of(conn, settings, limit)
+
+
+async def status_of(conn: AsyncConnection, settings: Settings,
+                    limit: int = 10) -> dict[str, list[dict[str, Any]]]:
+    """Every non-backtest account's trading state, positions, working orders and breakers,
+    and the newest runs (``stackbot status``, the console's ``/api/v1/status``)."""
+    working = [s.value for s in OrderStatus if not s.is_terminal]
+    runs = (await conn.execute(
+        select(t.Run.id, t.Run.account, t.Run.mode, t.Run.status, t.Run.started_at,
+               t.Run.ended_at, t.Run.symbols).order_by(desc(t.Run.started_at))
+        .limit(limit))).mappings().all()
+    accounts = (await conn.execute(
+        select(t.Account.account, t.Account.mode, t.Account.cash, t.Account.updated_at)
+        .where(t.Account.mode != "backtest"))).mappings().all()
+    positions = (await conn.execute(
+        select(t.PositionRow.account, t.PositionRow.symbol, t.PositionRow.quantity,
+               t.PositionRow.avg_price, t.PositionRow.realized_pnl)
+        .where(t.PositionRow.quantity != 0, ~t.PositionRow.account.like("backtest:%"))
+    )).mappings().all()
+    states = (await conn.execute(
+        select(t.RiskStateRow.account, t.RiskStateRow.state, t.RiskStateRow.reason,
+               t.RiskStateRow.updated_at).order_by(t.RiskStateRow.account)
+    )).mappings().all()
+    memories = (await conn.execute(
+        select(t.RiskStateRow.account, t.RiskStateRow.detail, t.RiskStateRow.breakers)
+        .where(~t.RiskStateRow.account.like("backtest:%"))
+        .order_by(t.RiskStateRow.account))).mappings().all()
+    orders = (await conn.execute(
+        select(t.OrderRow.client_order_id, t.OrderRow.account, t.OrderRow.symbol,
+               t.OrderRow.side, t.OrderRow.quantity, t.OrderRow.status)
+        .where(t.OrderRow.status.in_(working)))).mappings().all()
     known = {r["account"] for r in states}
     trading = [dict(r) for r in states] + [
         {"account": a["account"], "state": "ACTIVE", "reason": "never changed",
@@ -90,7 +97,11 @@ async def read_runs(settings: Settings, limit: int = 20,
     if mode is not None:
         query = query.where(t.Run.mode == mode)
     async with _reading(settings) as conn:
-        rows = (await conn.execute(query)).mappings().all()
+        return await runs_of(conn, query)
+
+
+async def runs_of(conn: AsyncConnection, query: Any) -> list[dict[str, Any]]:
+    rows = (await conn.execute(query)).mappings().all()
     out = []
     for r in rows:
         summary = r["summary"] or {}

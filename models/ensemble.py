@@ -454,6 +454,7 @@ class EnsembleSignalSource:
         else:
             preds = await loop.run_in_executor(self.executor, self._score, ready, online)
         self._remember(ready, preds)
+        names = self.ens.names
         return [
             Signal(
                 symbol=r.candle.symbol,
@@ -466,6 +467,8 @@ class EnsembleSignalSource:
                 regime=p.regime,
                 price=r.candle.close,
                 atr=r.atr,
+                members=tuple(zip(names, (round(float(m), 6) for m in p.member_p),
+                                  strict=True)),
             )
             for r, p in zip(ready, preds, strict=False)
         ]

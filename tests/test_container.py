@@ -60,3 +60,40 @@ def test_the_image_installs_the_hashed_lock_and_keeps_no_compiler_or_pip() -> No
     assert "\nUSER stackbot" in final
     # LightGBM needs the OpenMP runtime: copied as a file from the build stage, not installed
     assert "COPY --from=build /usr/lib/x86_64-linux-gnu/libgomp.so.1" in final
+
+
+def test_every_long_running_service_has_a_healthcheck_and_the_bots_is_its_heartbeat() -> None:
+    services = _compose()["services"]
+    assert set(services) >= {"db", "mqtt", "migrate", "bot", "web", "prometheus", "grafana"}
+    for name, svc in services.items():
+        check = svc.get("healthcheck", {})
+        if name == "migrate":  # a one-shot job: compose waits for it to complete
+            assert check.get("disable") is True
+            continue
+        assert check.get("test"), name
+    assert services["bot"]["healthcheck"]["test"][:2] == ["CMD", "stackbot"]
+    assert "healthcheck" in services["bot"]["healthcheck"]["test"]
+    assert services["bot"]["environment"]["STACKBOT_METRICS_ENABLED"] == "true"
+    assert services["web"]["command"][0] == "serve"
+    assert services["web"]["ports"] == ["127.0.0.1:8080:8080"]
+
+
+def test_the_image_is_chosen_cpu_by_default_and_cuda_by_the_gpu_file() -> None:
+    docker = (ROOT / "Dockerfile").read_text()
+    assert "ARG TORCH=cpu" in docker and "download.pytorch.org/whl/cpu" in docker
+    assert "-r /tmp/requirements-cuda.lock" in docker
+    lock = (ROOT / "requirements.lock").read_text()
+    cuda = (ROOT / "requirements-cuda.lock").read_text()
+    # the default image's lock holds no torch and no CUDA runtime; the cuda lock holds both
+    assert "\ntorch==" not in lock and "\nnvidia-" not in lock and "\nfastapi==" in lock
+    assert "\ntorch==" in cuda and "\nnvidia-cublas" in cuda
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text())["services"]["bot"]
+    [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["capabilities"] == ["gpu"] and gpu["build"]["args"]["TORCH"] == "cuda"
+    env = (ROOT / ".env.example").read_text()
+    for key in ("STACKBOT_WEB_PASSWORD_HASH=", "STACKBOT_WEB_SESSION_SECRET=", "TORCH=cpu",
+                "GRAFANA_ADMIN_PASSWORD="):
+        assert key in env, key
+    compose = _compose()["services"]
+    for name in ("bot", "web", "migrate"):
+        assert "${" not in str(compose[name].get("env_file", ""))

@@ -61,7 +61,10 @@ def test_an_audit_that_checked_nothing_says_so_and_fails_when_strict() -> None:
 def test_the_lock_pins_every_runtime_dependency_with_hashes() -> None:
     import tomllib
 
-    lock = (ROOT / "requirements.lock").read_text()
+    # torch and its CUDA runtime live in the CUDA image's lock (the CPU image takes torch's
+    # CPU build by version): between them, the two locks pin every dependency
+    lock = (ROOT / "requirements.lock").read_text() + \
+        (ROOT / "requirements-cuda.lock").read_text()
     pinned = {line.split("==")[0].lower() for line in lock.splitlines()
               if "==" in line and not line.startswith((" ", "#"))}
     deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]

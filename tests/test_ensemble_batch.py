@@ -73,6 +73,10 @@ def _assert_same(a: dict[tuple[str, int], Signal], b: dict[tuple[str, int], Sign
         assert abs(x.dispersion - y.dispersion) < 1e-6, k
         assert abs(x.atr - y.atr) <= 1e-9 * x.price, k
         assert (x.regime, x.price) == (y.regime, y.price), k
+        # each member's p rides along (the console shows them): same names, same values
+        assert len(x.members) >= 2 and [n for n, _ in x.members] == [n for n, _ in y.members]
+        pairs = zip(x.members, y.members, strict=True)
+        assert max(abs(p - q) for (_, p), (_, q) in pairs) < 2e-6, k
 
 
 def test_batched_and_stepwise_sources_give_the_same_signals() -> None:

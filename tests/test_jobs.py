@@ -9,7 +9,15 @@ from pathlib import Path
 
 from bot.app import drive
 from bot.config import JobSettings
-from bot.domain import ControlRequest, Mode, RetrainOutcome
+from bot.domain import (
+    Channel,
+    ControlRequest,
+    Housekeeping,
+    Job,
+    Mode,
+    RetrainDone,
+    RetrainOutcome,
+)
 from bot.engine import Engine
 from bot.jobs import build_scheduler
 from bot.ledger.repository import PostgresLedger
@@ -41,13 +49,13 @@ async def test_job_actions_are_carried_out_and_audited(tmp_path: Path, pg_url: s
     settings, clock, feed, broker = backtest_parts(tmp_path, pg_url, 120, 9)
 
     def hook(engine: Engine) -> None:
-        for action in ("snapshot", "tick", "model_check", "retrain"):
-            engine.controls.put_nowait((ControlRequest(action, "scheduled", "scheduler", "jobs"),
-                                        None))
+        for job in (Job.SNAPSHOT, Job.TICK, Job.MODEL_CHECK, Job.RETRAIN):
+            engine.controls.put_nowait((ControlRequest(Housekeeping(job), "scheduler",
+                                                       Channel.JOBS), None))
         # a retrain that promoted a version the running source (the EMA baseline) cannot take
         engine.controls.put_nowait((ControlRequest(
-            "retrain_done", "promoted", "scheduler", "jobs",
-            payload=RetrainOutcome("trained 12 members", Promoted())), None))
+            RetrainDone("promoted", RetrainOutcome("trained 12 members", Promoted())),
+            "scheduler", Channel.JOBS), None))
 
     account = "jobs-test"
     await drive(settings, "jobsrun1", account, Mode.BACKTEST, "replay", ["BTC/USDT"], feed,

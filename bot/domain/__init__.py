@@ -21,11 +21,20 @@ exceptions). Times are integer milliseconds since the Unix epoch, UTC.
 from __future__ import annotations
 
 from bot.domain.control import (
+    Channel,
     CommandRecord,
     ControlRequest,
     ControlResult,
+    Housekeeping,
+    Job,
+    Kill,
+    OperatorCommand,
     PromotedModel,
+    Reject,
+    Resume,
+    RetrainDone,
     RetrainOutcome,
+    command_from,
 )
 from bot.domain.ledger import (
     AccountState,
@@ -97,6 +106,15 @@ __all__ = [
     "ClockObs",
     "CommandRecord",
     "ControlRequest",
+    "Channel",
+    "Housekeeping",
+    "Job",
+    "Kill",
+    "OperatorCommand",
+    "Reject",
+    "RetrainDone",
+    "Resume",
+    "command_from",
     "ControlResult",
     "PromotedModel",
     "RetrainOutcome",

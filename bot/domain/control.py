@@ -5,7 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any, Protocol
+
+from bot.domain.risk import KillLevel
 
 
 class PromotedModel(Protocol):
@@ -24,19 +27,136 @@ class RetrainOutcome:
     promoted: PromotedModel | None = None
 
 
+class Channel(StrEnum):
+    """Where an operator command came from; every channel maps to the same commands."""
+
+    CLI = "cli"
+    HTTP = "http"
+    MQTT = "mqtt"
+    SIGNAL = "signal"
+    JOBS = "jobs"
+
+
+@dataclass(frozen=True, slots=True)
+class Kill:
+    """HALT trading: pause; also cancel working orders (cancel); also close positions
+    (flatten). Latches until a ``Resume``."""
+
+    level: KillLevel
+    reason: str
+
+    @property
+    def action(self) -> str:
+        return "kill"
+
+
+@dataclass(frozen=True, slots=True)
+class Resume:
+    """Back to ACTIVE from HALTED (or an open-ended REDUCING), with who and why recorded."""
+
+    reason: str
+
+    @property
+    def action(self) -> str:
+        return "resume"
+
+
+@dataclass(frozen=True, slots=True)
+class Reject:
+    """A command refused before it reached the engine (bad signature, replay, stale): only
+    audited. ``claimed`` is what it claimed to be, unverified."""
+
+    reason: str
+    claimed: str | None = None
+
+    @property
+    def action(self) -> str:
+        return "reject"
+
+
+class Job(StrEnum):
+    """The scheduler's housekeeping, run in the engine's loop like everything that writes."""
+
+    TICK = "tick"  # stale-data and state-expiry checks
+    SNAPSHOT = "snapshot"  # an equity snapshot
+    MODEL_CHECK = "model_check"  # the model-degradation check
+    RETRAIN = "retrain"  # a retrain with no trainable model: audited as skipped
+
+
+@dataclass(frozen=True, slots=True)
+class Housekeeping:
+    job: Job
+
+    @property
+    def action(self) -> str:
+        return self.job.value
+
+
+@dataclass(frozen=True, slots=True)
+class RetrainDone:
+    """The retrain job's outcome: ``outcome`` in words, and what it produced."""
+
+    outcome: str
+    result: RetrainOutcome | None = None
+
+    @property
+    def action(self) -> str:
+        return "retrain_done"
+
+
+OperatorCommand = Kill | Resume | Reject | Housekeeping | RetrainDone
+"""The closed set of commands; ``bot/operator.py`` matches on it."""
+
+
 @dataclass(frozen=True, slots=True)
 class ControlRequest:
-    """An operator's command, from any channel: kill (pause|cancel|flatten) or resume."""
+    """An operator's command with where it came from and who sent it. ``request_id`` is its
+    ``control_requests`` row (CLI and HTTP); ``command_id`` and ``nonce`` a signed MQTT
+    command's."""
 
-    action: str  # "kill" | "resume" | "status"
-    reason: str
+    command: OperatorCommand
     operator: str
-    channel: str  # "cli" | "mqtt" | "signal"
-    level: str | None = None
-    request_id: int | None = None  # control_requests row (CLI channel)
-    command_id: str | None = None  # MQTT command id
-    nonce: str | None = None  # MQTT command nonce
-    payload: RetrainOutcome | None = None  # "retrain_done" only
+    channel: Channel
+    request_id: int | None = None
+    command_id: str | None = None
+    nonce: str | None = None
+
+    @property
+    def action(self) -> str:
+        return self.command.action
+
+    @property
+    def level(self) -> str | None:
+        """A kill's level; a rejected command's claimed action."""
+        match self.command:
+            case Kill(level=level):
+                return level.value
+            case Reject(claimed=claimed):
+                return claimed
+        return None
+
+    @property
+    def reason(self) -> str:
+        match self.command:
+            case Kill(reason=r) | Resume(reason=r) | Reject(reason=r):
+                return r
+            case RetrainDone(outcome=o):
+                return o
+        return "scheduled"
+
+
+def command_from(action: str, reason: str, level: str | None = None) -> Kill | Resume:
+    """A kill or resume as stored (``control_requests``) or sent (MQTT): a clear error
+    naming what is wrong."""
+    if action == "kill":
+        try:
+            return Kill(KillLevel(level or "pause"), reason)
+        except ValueError:
+            raise ValueError(f"kill level {level!r}: expected pause, cancel or "
+                             "flatten") from None
+    if action == "resume":
+        return Resume(reason)
+    raise ValueError(f"unknown operator command {action!r}: expected kill or resume")
 
 
 @dataclass(frozen=True, slots=True)

@@ -91,6 +91,8 @@ class Signal:
     regime: Regime = Regime.UNKNOWN
     price: float = 0.0  # the close the signal was computed on
     atr: float = 0.0  # average true range at ts, in price units (0 when unknown)
+    # each ensemble member's calibrated p, as (name, p) pairs; empty for a single model
+    members: tuple[tuple[str, float], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

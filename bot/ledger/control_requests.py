@@ -34,9 +34,11 @@ the transition to audit (``risk.state.operator_command``, bound to the request).
 
 
 async def request_control(engine: AsyncEngine, account: str, action: str, reason: str,
-                          operator: str, level: str | None, decide: Decide) -> dict[str, Any]:
+                          operator: str, level: str | None, decide: Decide,
+                          channel: str = "cli") -> dict[str, Any]:
     """Record the request, latch the state ``decide`` gives, audit, notify: one transaction,
-    the stored state locked while it is decided. Returns the new state."""
+    the stored state locked while it is decided. ``channel`` is where it came from (``cli``,
+    or ``http`` for the console). Returns the new state."""
     now = datetime.now(UTC)
     async with engine.begin() as conn:
         detail = (await conn.execute(select(t.RiskStateRow.detail).where(
@@ -45,16 +47,16 @@ async def request_control(engine: AsyncEngine, account: str, action: str, reason
         snap, tr = decide(detail, ts)
         req_id = (await conn.execute(pg_insert(t.ControlRequestRow).values(
             account=account, action=action, level=level, reason=reason, operator=operator,
-            channel="cli").returning(t.ControlRequestRow.id))).scalar_one()
+            channel=channel).returning(t.ControlRequestRow.id))).scalar_one()
         stmt = pg_insert(t.RiskStateRow).values(account=account, state=snap["state"],
                                                  reason=snap["reason"], detail=snap, updated_at=now)
         await conn.execute(stmt.on_conflict_do_update(index_elements=["account"], set_={
             "state": stmt.excluded.state, "reason": stmt.excluded.reason,
             "detail": stmt.excluded.detail, "updated_at": stmt.excluded.updated_at}))
-        event = AuditEvent("risk.state_changed", "account", account, account, "cli", ts, {
+        event = AuditEvent("risk.state_changed", "account", account, account, channel, ts, {
             "from": tr.before.value, "to": tr.after.value, "reason": tr.reason,
             "by": "operator" if action == "resume" else "kill", "operator": operator,
-            "channel": "cli", "level": level, "request_id": req_id})
+            "channel": channel, "level": level, "request_id": req_id})
         await conn.execute(insert(t.AuditEventRow).values(
             account=event.account, run_id=event.run_id, ts=to_dt(event.ts), kind=event.kind,
             entity=event.entity, entity_id=event.entity_id,

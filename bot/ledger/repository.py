@@ -23,6 +23,7 @@ from bot.domain import (
     AccountState,
     ActiveModel,
     AuditEvent,
+    Channel,
     ControlRequest,
     Order,
     OrderStatus,
@@ -32,6 +33,7 @@ from bot.domain import (
     RiskState,
     Side,
     UnitOfWork,
+    command_from,
 )
 from bot.errors import LedgerError
 from bot.ledger import tables as t
@@ -52,6 +54,11 @@ def to_dt(ms: int) -> datetime:
 
 # signals.regime is an integer column: bear 0, neutral 1, bull 2, unknown NULL
 REGIME_CODES = {Regime.BEAR: 0, Regime.NEUTRAL: 1, Regime.BULL: 2}
+
+
+def members_json(members: tuple[tuple[str, float], ...]) -> str | None:
+    """``signals.members``: the members' p by name, as JSON text (COPY takes jsonb as text)."""
+    return orjson.dumps(dict(members)).decode() if members else None
 
 
 def to_ms(dt: datetime) -> int:
@@ -98,8 +105,8 @@ def brief(exc: BaseException) -> str:
 
 
 def control_from_row(r: Any) -> ControlRequest:
-    return ControlRequest(action=r.action, reason=r.reason, operator=r.operator,
-                          channel=r.channel, level=r.level, request_id=r.id)
+    return ControlRequest(command_from(r.action, r.reason, r.level), operator=r.operator,
+                          channel=Channel(r.channel), request_id=r.id)
 
 
 def json_text(payload: Mapping[str, Any]) -> str:
@@ -286,9 +293,10 @@ class PostgresLedger:
         if unit.signals:
             await raw.copy_records_to_table("signals", columns=[
                 "run_id", "account", "symbol", "ts", "p_up", "expected_return", "dispersion",
-                "regime", "price", "source", "model_version"], records=[
+                "regime", "price", "source", "model_version", "members"], records=[
                 (run_id, account, s.symbol, to_dt(s.ts), s.p_up, s.expected_return,
-                 s.dispersion, REGIME_CODES.get(s.regime), s.price, s.source, s.model_version)
+                 s.dispersion, REGIME_CODES.get(s.regime), s.price, s.source, s.model_version,
+                 members_json(s.members))
                 for run_id, account, s in unit.signals])
         if unit.equity:
             await raw.copy_records_to_table("equity_snapshots", columns=[

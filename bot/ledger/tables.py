@@ -76,6 +76,8 @@ class SignalRow(Base):
     price: Mapped[float] = mapped_column(Float)
     source: Mapped[str] = mapped_column(Text)
     model_version: Mapped[str] = mapped_column(Text)
+    # each member's calibrated p, by name (migration 0008); NULL for sources without members
+    members: Mapped[dict[str, float] | None] = mapped_column(JSONB)
     __table_args__ = (Index("ix_signals_account_symbol_ts", "account", "symbol", "ts"),)
 
 
