@@ -44,7 +44,8 @@ def _login(client: httpx.Client) -> str:
 
 
 def test_every_read_needs_credentials_and_returns_the_ledger(stack: Stack) -> None:
-    with httpx.Client(base_url=stack.url, timeout=10) as c:
+    # audit/verify recomputes the whole chain, of every test's rows in this session's ledger
+    with httpx.Client(base_url=stack.url, timeout=180) as c:
         health = c.get("/health")
         assert health.status_code == 200 and health.json() == {"status": "ok", "ledger": True}
         for path in READS:

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.console_helpers import PASSWORD, Stack, paper_stack, query
 
@@ -81,9 +82,8 @@ def test_operator_logs_in_kills_and_resumes(stack: Stack, browser: object) -> No
     page.screenshot(path=str(ARTIFACTS / "confirm.png"))
     pressed = time.monotonic()
     page.click("#confirm-kill")
-    page.wait_for_function("document.querySelector('#state') && "
-                           "document.querySelector('#state').textContent === 'HALTED'",
-                           timeout=2000)
+    # (locators, not wait_for_function: the page's CSP forbids the eval that would need)
+    expect(page.locator("#state")).to_have_text("HALTED", timeout=2000)
     assert time.monotonic() - pressed < 2.0
     assert "browser kill test" in page.inner_text("#state-reason")
     page.screenshot(path=str(ARTIFACTS / "halted.png"), full_page=True)
@@ -104,8 +104,7 @@ def test_operator_logs_in_kills_and_resumes(stack: Stack, browser: object) -> No
     # resume
     page.fill("#resume-reason", "browser resume test")
     page.click("#resume")
-    page.wait_for_function("document.querySelector('#state').textContent === 'ACTIVE'",
-                           timeout=2000)
+    expect(page.locator("#state")).to_have_text("ACTIVE", timeout=2000)
     resumed = [p for p in _http_kills(stack.db, stack.account) if p["to"] == "ACTIVE"]
     assert resumed and all("browser resume test" in str(p["reason"]) for p in resumed)
 
@@ -116,7 +115,8 @@ def test_operator_logs_in_kills_and_resumes(stack: Stack, browser: object) -> No
         assert marker in page.inner_text("h1")
     page.goto(f"{stack.url}/audit")
     page.click("#verify")
-    page.wait_for_function("document.querySelector('#chain').textContent.includes('intact')")
+    # the whole chain, of every test's rows in this session's ledger
+    expect(page.locator("#chain")).to_contain_text("intact", timeout=180_000)
     page.close()
 
 
@@ -124,8 +124,12 @@ def test_phone_width_has_no_sideways_scroll(stack: Stack, browser: object) -> No
     page = browser.new_page(viewport={"width": 390, "height": 844})  # type: ignore[attr-defined]
     _log_in(page, stack.url)
     page.wait_for_selector("#state-banner")
+    page.wait_for_load_state("load")  # the stylesheet applied: measure the laid-out page
     width = page.evaluate("document.documentElement.scrollWidth")
-    assert width <= 390, f"the page is {width}px wide at phone width"
+    wide = page.evaluate("""() => [...document.querySelectorAll('body *')]
+        .filter(e => e.getBoundingClientRect().right > 391)
+        .slice(0, 5).map(e => e.tagName + '#' + e.id + '.' + e.className)""")
+    assert width <= 390, f"the page is {width}px wide at phone width: {wide}"
     assert page.locator("#kill").is_visible()
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "phone.png"), full_page=True)
