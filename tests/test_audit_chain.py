@@ -232,3 +232,44 @@ def test_a_forged_carried_head_is_refused(fresh_db: str) -> None:
     assert asyncio.run(go()) == ["InsufficientPrivilegeError", "UniqueViolationError"]
     ok = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
     assert ok.exit_code == 0 and "audit chain intact: 3 rows" in ok.output, ok.output
+
+
+def test_verifying_while_the_bot_writes_is_not_a_false_alarm(fresh_db: str) -> None:
+    """The console verifies the chain while a bot keeps appending. Rows and head must come
+    from one snapshot: reading the head after the rows once reported 'rows removed from the
+    end' for rows merely added meanwhile (seen in CI through the console)."""
+    from bot.ledger.audit import verify_chain
+    from bot.ledger.repository import make_engine
+
+    assert CliRunner().invoke(app, ["db", "upgrade", "--db", fresh_db]).exit_code == 0
+    insert = ("INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, "
+              "payload) SELECT 'acct', 'run1', now(), 'test.w', 'e', g::text, '{}' "
+              "FROM generate_series(1, $1) g")
+
+    async def go() -> tuple[list[bool], int]:
+        conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
+        await conn.execute(insert, 20_000)  # enough rows that a walk takes a while
+        stop = asyncio.Event()
+        written = 0
+
+        async def writer() -> None:
+            nonlocal written
+            while not stop.is_set():
+                await conn.execute(insert, 50)
+                written += 50
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(writer())
+        engine = make_engine(fresh_db)
+        try:
+            results = [(await verify_chain(engine)).ok for _ in range(3)]
+        finally:
+            stop.set()
+            await task
+            await engine.dispose()
+            await conn.close()
+        return results, written
+
+    results, written = asyncio.run(go())
+    assert written > 0  # the writer really wrote during the walks
+    assert results == [True, True, True]

@@ -109,7 +109,11 @@ async def verify_chain(engine: AsyncEngine, anchors: Sequence[Anchor] = ()) -> C
     pinned: dict[int, list[Anchor]] = {}
     for a in anchors:
         pinned.setdefault(a.seq, []).append(a)
-    async with engine.connect() as conn:
+    # one snapshot for the rows and the head: a bot writing meanwhile must not look like rows
+    # removed from the end (the head read later than the rows)
+    async with engine.connect() as plain_conn:
+        conn = await plain_conn.execution_options(isolation_level="REPEATABLE READ")
+        await conn.begin()
         result = await conn.stream(_ROWS)
         async for r in result:
             n += 1
