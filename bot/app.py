@@ -391,12 +391,7 @@ class Services:
         from bot.bus.prometheus import PrometheusObserver
 
         cfg, source = self.settings, engine.parts.source
-        device = "cpu"
-        if source.name == "ensemble":
-            from models.device import pick_device
-
-            device = pick_device(cfg.strategy.device)
-        observer = PrometheusObserver(self.account, device, source.model_version)
+        observer = PrometheusObserver(self.account, source.device, source.model_version)
         observer.set_feed_mode("rest" if cfg.exchange.feed == "rest" else "ws")
         observer.on_risk(engine.risk.machine.state.value, engine.risk.readings)
         observer.serve(cfg.metrics.host, cfg.metrics.port)

@@ -12,7 +12,17 @@ from typing import Annotated, Any
 import typer
 from rich.table import Table
 
-from bot.cli_common import ConfigOpt, DataDirOpt, DbOpt, out, whole_ids_table
+from bot.cli_common import (
+    AccountOpt,
+    ConfigOpt,
+    DataDirOpt,
+    DbOpt,
+    ExchangeOpt,
+    InstanceOpt,
+    ModeOpt,
+    out,
+    whole_ids_table,
+)
 from bot.cli_common import fail as _fail
 from bot.cli_common import load as _settings
 from bot.cli_common import with_db as _with_db
@@ -301,12 +311,10 @@ def kill(
     reason: Annotated[str, typer.Option(help="why: goes to the audit trail")],
     level: Annotated[str, typer.Option(help="pause | cancel | flatten")] = "pause",
     operator: Annotated[str | None, typer.Option(help="who (default: OS user)")] = None,
-    account: Annotated[
-        str | None, typer.Option(help="account (default instance:mode:exchange)")
-    ] = None,
-    mode: Annotated[str | None, typer.Option(help="paper or live")] = None,
-    instance: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
+    account: AccountOpt = None,
+    mode: ModeOpt = None,
+    instance: InstanceOpt = None,
+    exchange: ExchangeOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     data_dir: DataDirOpt = None,
@@ -327,10 +335,10 @@ def kill(
 def resume(
     reason: Annotated[str, typer.Option(help="why: goes to the audit trail")],
     operator: Annotated[str | None, typer.Option(help="who (default: OS user)")] = None,
-    account: Annotated[str | None, typer.Option()] = None,
-    mode: Annotated[str | None, typer.Option(help="paper or live")] = None,
-    instance: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
+    account: AccountOpt = None,
+    mode: ModeOpt = None,
+    instance: InstanceOpt = None,
+    exchange: ExchangeOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     data_dir: DataDirOpt = None,

@@ -19,6 +19,11 @@ out = Console()
 ConfigOpt = Annotated[Path | None, typer.Option("--config", "-c", help="TOML config file")]
 DbOpt = Annotated[str | None, typer.Option("--db", help="postgresql://user@host:port/db")]
 DataDirOpt = Annotated[Path | None, typer.Option("--data-dir", help="state directory")]
+# which account an operator command or the console is for
+AccountOpt = Annotated[str | None, typer.Option(help="account (default instance:mode:exchange)")]
+ModeOpt = Annotated[str | None, typer.Option(help="paper or live")]
+InstanceOpt = Annotated[str | None, typer.Option()]
+ExchangeOpt = Annotated[str | None, typer.Option()]
 
 
 def load(config: Path | None, **flags: Any) -> Settings:

@@ -170,7 +170,7 @@ def models_list(
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Registered model versions, newest first."""
-    from bot.ledger.model_versions import list_versions
+    from bot.ledger.model_versions import list_versions, test_accuracy
 
     try:
         settings = _settings(config, data_dir=data_dir, database__url=db)
@@ -182,8 +182,7 @@ def models_list(
         return
     listed = []
     for r in rows:
-        m = r.metrics
-        acc = (m.get("test_calibrated") or m.get("test") or {}).get("accuracy")
+        acc = test_accuracy(r.metrics)
         listed.append({"id": r.id, "architecture": r.architecture, "status": r.status,
                        "symbols": ",".join(r.symbols), "train end": str(r.train_end)[:16],
                        "test acc": f"{acc:.3f}" if acc is not None else ""})

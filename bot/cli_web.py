@@ -8,7 +8,16 @@ from typing import Annotated
 
 import typer
 
-from bot.cli_common import ConfigOpt, DataDirOpt, DbOpt, out
+from bot.cli_common import (
+    AccountOpt,
+    ConfigOpt,
+    DataDirOpt,
+    DbOpt,
+    ExchangeOpt,
+    InstanceOpt,
+    ModeOpt,
+    out,
+)
 from bot.cli_common import fail as _fail
 from bot.cli_common import load as _settings
 from bot.errors import StackbotError
@@ -19,11 +28,10 @@ web_app = typer.Typer(no_args_is_help=True, help="The operator console.")
 def serve(
     host: Annotated[str | None, typer.Option(help="bind address (default 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="port (default 8080)")] = None,
-    account: Annotated[str | None, typer.Option(
-        help="account (default instance:mode:exchange)")] = None,
-    mode: Annotated[str | None, typer.Option(help="paper or live")] = None,
-    instance: Annotated[str | None, typer.Option()] = None,
-    exchange: Annotated[str | None, typer.Option()] = None,
+    account: AccountOpt = None,
+    mode: ModeOpt = None,
+    instance: InstanceOpt = None,
+    exchange: ExchangeOpt = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     data_dir: DataDirOpt = None,

@@ -19,6 +19,7 @@ from bot.domain import (
     ControlResult,
     EquitySnapshot,
     Housekeeping,
+    Job,
     Kill,
     KillLevel,
     Reject,
@@ -139,11 +140,11 @@ class OperatorControl:
     def housekeeping(self, command: Housekeeping | RetrainDone, now: int,
                      unit: UnitOfWork) -> UnitOfWork:
         """Scheduled jobs, run in the loop like everything that writes."""
-        action = command.action
-        if action == "tick":
+        job = command.job if isinstance(command, Housekeeping) else None
+        if job is Job.TICK:
             self.engine.transitions += self.engine.risk.on_clock(now)
             self.engine.audit_transitions(unit)
-        elif action == "snapshot":
+        elif job is Job.SNAPSHOT:
             pv = self.engine.portfolio.positions_value()
             unit.equity.append(
                 EquitySnapshot(
@@ -154,7 +155,7 @@ class OperatorControl:
                 now, self.engine.portfolio.cash + pv
             )
             self.engine.audit_transitions(unit)
-        elif action == "model_check":
+        elif job is Job.MODEL_CHECK:
             unit.audit.append(
                 self.engine.desk.event(
                     "model.check",
@@ -164,7 +165,7 @@ class OperatorControl:
                     self.engine.risk.model_health(),
                 )
             )
-        elif action == "retrain":
+        elif job is Job.RETRAIN:
             unit.audit.append(
                 self.engine.desk.event(
                     "retrain.skipped",

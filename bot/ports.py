@@ -64,6 +64,11 @@ class SignalSource(Protocol):
     name: str
     model_version: str
 
+    @property
+    def device(self) -> str:
+        """Where it computes ("cpu", "cuda:0"): the label of its inference latency."""
+        ...
+
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]: ...
 
     def on_gap(self, gap: Gap) -> None: ...

@@ -38,13 +38,11 @@ async def _reading(settings: Settings) -> AsyncIterator[AsyncConnection]:
 
 async def read_status(settings: Settings, limit: int = 10) -> dict[str, list[dict[str, Any]]]:
     async with _reading(settings) as conn:
-        return await status_of(conn, settings, limit)
+        return await _status_of(conn, settings, limit)
 
 
-async def status_of(conn: AsyncConnection, settings: Settings,
-                    limit: int = 10) -> dict[str, list[dict[str, Any]]]:
-    """Every non-backtest account's trading state, positions, working orders and breakers,
-    and the newest runs (``stackbot status``, the console's ``/api/v1/status``)."""
+async def _status_of(conn: AsyncConnection, settings: Settings,
+                     limit: int) -> dict[str, list[dict[str, Any]]]:
     working = [s.value for s in OrderStatus if not s.is_terminal]
     runs = (await conn.execute(
         select(t.Run.id, t.Run.account, t.Run.mode, t.Run.status, t.Run.started_at,
@@ -91,17 +89,21 @@ async def read_runs(settings: Settings, limit: int = 20,
                     mode: str | None = None) -> list[dict[str, Any]]:
     """``stackbot runs``: the newest runs, with what their summaries say (a run still going,
     or one that died without finishing, has no summary: its fields are empty)."""
+    async with _reading(settings) as conn:
+        return await runs_of(conn, limit, mode)
+
+
+def runs_query(limit: int, mode: str | None) -> Any:
+    """The newest runs with their summaries (``stackbot runs``, the console's runs)."""
     query = (select(t.Run.id, t.Run.account, t.Run.mode, t.Run.strategy, t.Run.status,
                     t.Run.started_at, t.Run.ended_at, t.Run.symbols, t.Run.timeframe,
                     t.Run.summary).order_by(desc(t.Run.started_at)).limit(limit))
-    if mode is not None:
-        query = query.where(t.Run.mode == mode)
-    async with _reading(settings) as conn:
-        return await runs_of(conn, query)
+    return query if mode is None else query.where(t.Run.mode == mode)
 
 
-async def runs_of(conn: AsyncConnection, query: Any) -> list[dict[str, Any]]:
-    rows = (await conn.execute(query)).mappings().all()
+async def runs_of(conn: AsyncConnection, limit: int, mode: str | None) -> list[dict[str, Any]]:
+    """``runs_query``'s rows with the summary's headline fields as columns of their own."""
+    rows = (await conn.execute(runs_query(limit, mode))).mappings().all()
     out = []
     for r in rows:
         summary = r["summary"] or {}

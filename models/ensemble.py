@@ -386,6 +386,10 @@ class EnsembleSignalSource:
         self._replay.clear()
         return True
 
+    @property
+    def device(self) -> str:
+        return self.ens.device
+
     def warm(self, candles: Sequence[Candle]) -> None:
         """History before trading starts. The older part only fills the feature buffers; the
         last ``REBUILD_CANDLES`` timestamps are kept to run through the model before the first

@@ -76,6 +76,8 @@ class OOS:
 class PrecomputedSource:
     """Replays one predictor's out-of-sample P(up) through the engine."""
 
+    device = "cpu"  # computed already: replaying is a lookup
+
     def __init__(self, name: str, table: dict[tuple[str, int], tuple[float, float]]) -> None:
         self.name = name
         self.model_version = f"eval:{name}"

@@ -34,6 +34,7 @@ class EmaCrossSignal:
     """Causal EMA crossover signal; state per symbol; emits after ``slow`` candles of warm-up."""
 
     name = SOURCE
+    device = "cpu"
 
     def __init__(self, fast: int = 12, slow: int = 26, atr_period: int = 14) -> None:
         if fast >= slow:

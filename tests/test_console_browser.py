@@ -24,8 +24,8 @@ ARTIFACTS = Path(__file__).parent / "artifacts" / "console"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
-pytestmark = pytest.mark.skipif(
-    CHROMIUM is None, reason="no chromium on PATH (.ci/system-packages installs Debian's)")
+NO_BROWSER = "no chromium on PATH (.ci/system-packages installs Debian's)"
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=NO_BROWSER)
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 from bot.domain.risk import KillLevel
 
@@ -44,10 +44,7 @@ class Kill:
 
     level: KillLevel
     reason: str
-
-    @property
-    def action(self) -> str:
-        return "kill"
+    action: ClassVar[str] = "kill"
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,10 +52,7 @@ class Resume:
     """Back to ACTIVE from HALTED (or an open-ended REDUCING), with who and why recorded."""
 
     reason: str
-
-    @property
-    def action(self) -> str:
-        return "resume"
+    action: ClassVar[str] = "resume"
 
 
 @dataclass(frozen=True, slots=True)
@@ -68,10 +62,7 @@ class Reject:
 
     reason: str
     claimed: str | None = None
-
-    @property
-    def action(self) -> str:
-        return "reject"
+    action: ClassVar[str] = "reject"
 
 
 class Job(StrEnum):
@@ -98,10 +89,7 @@ class RetrainDone:
 
     outcome: str
     result: RetrainOutcome | None = None
-
-    @property
-    def action(self) -> str:
-        return "retrain_done"
+    action: ClassVar[str] = "retrain_done"
 
 
 OperatorCommand = Kill | Resume | Reject | Housekeeping | RetrainDone

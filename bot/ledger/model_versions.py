@@ -62,6 +62,12 @@ async def promote(engine: AsyncEngine, ensemble_id: str, reason: str = "operator
         await _audit(conn, "model.promoted", ensemble_id, {"reason": reason})
 
 
+def test_accuracy(metrics: Mapping[str, Any]) -> float | None:
+    """Out-of-sample accuracy from a version's metrics: calibrated where it was measured."""
+    acc = (metrics.get("test_calibrated") or metrics.get("test") or {}).get("accuracy")
+    return float(acc) if isinstance(acc, (int, float)) else None
+
+
 async def list_versions(engine: AsyncEngine) -> list[ModelVersion]:
     async with engine.connect() as conn:
         rows = (await conn.execute(select(

@@ -3,13 +3,14 @@ ledger; ``kill`` and ``resume`` go through the database request path every chann
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any, Literal, TypeVar
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, ConfigDict, Field
 
-from bot.domain import Channel, KillLevel, command_from
+from bot.domain import Channel, command_from
 from bot.ledger.audit import verify_chain
 from bot.ledger.control_requests import request_control
 from bot.web import views
@@ -18,6 +19,7 @@ from bot.web.events import stream
 from risk.state import operator_command
 
 router = APIRouter(tags=["console"])
+T = TypeVar("T")
 Auth = Annotated[Operator, Depends(require)]
 Limit = Annotated[int, Query(ge=1, le=1000)]
 
@@ -25,6 +27,12 @@ Limit = Annotated[int, Query(ge=1, le=1000)]
 def _console(request: Request) -> Console:
     console: Console = request.app.state.console
     return console
+
+
+async def _read(request: Request, view: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """One ledger read on a pooled connection."""
+    async with _console(request).db.connect() as conn:
+        return await view(conn, *args)
 
 
 class KillBody(BaseModel):
@@ -66,8 +74,7 @@ async def send_command(console: Console, who: Operator, action: str, reason: str
 async def kill(body: KillBody, request: Request, who: Auth) -> CommandAccepted:
     """The kill switch: HALTED at once in the ledger; latches until resumed."""
     await require_csrf(request, who)
-    return await send_command(_console(request), who, "kill", body.reason,
-                              KillLevel(body.level).value)
+    return await send_command(_console(request), who, "kill", body.reason, body.level)
 
 
 @router.post("/resume", response_model=CommandAccepted, status_code=202)
@@ -82,55 +89,42 @@ async def status(request: Request, who: Auth) -> dict[str, Any]:
     """Trading state and reason, every breaker's reading and limit, cash, equity, the run and
     the active ensemble."""
     console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.status(conn, console.settings, console.account)
+    return await _read(request, views.status, console.settings, console.account)
 
 
 @router.get("/equity")
 async def equity(request: Request, who: Auth, limit: Limit = 1000) -> list[dict[str, Any]]:
     """The equity curve with its drawdown, oldest first, thinned to ``limit`` points."""
-    console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.equity(conn, console.account, limit)
+    return await _read(request, views.equity, _console(request).account, limit)
 
 
 @router.get("/positions")
 async def positions(request: Request, who: Auth) -> list[dict[str, Any]]:
-    console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.positions(conn, console.account)
+    return await _read(request, views.positions, _console(request).account)
 
 
 @router.get("/orders")
 async def orders(request: Request, who: Auth, working: bool = True,
                  limit: Limit = 100) -> list[dict[str, Any]]:
     """Working orders (or, with ``working=false``, the newest orders of any status)."""
-    console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.orders(conn, console.account, working, limit)
+    return await _read(request, views.orders, _console(request).account, working, limit)
 
 
 @router.get("/fills")
 async def fills(request: Request, who: Auth, limit: Limit = 50) -> list[dict[str, Any]]:
-    console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.fills(conn, console.account, limit)
+    return await _read(request, views.fills, _console(request).account, limit)
 
 
 @router.get("/signals")
 async def signals(request: Request, who: Auth, limit: Limit = 50) -> list[dict[str, Any]]:
     """The newest signals with each ensemble member's calibrated p."""
-    console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.signals(conn, console.account, limit)
+    return await _read(request, views.signals, _console(request).account, limit)
 
 
 @router.get("/runs")
 async def runs(request: Request, who: Auth, limit: Limit = 50,
                mode: Literal["backtest", "paper", "live"] | None = None) -> list[dict[str, Any]]:
-    console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.runs(conn, limit, mode)
+    return await _read(request, views.runs, limit, mode)
 
 
 @router.get("/audit")
@@ -138,10 +132,8 @@ async def audit(request: Request, who: Auth, limit: Limit = 100,
                 before: Annotated[int | None, Query(ge=1)] = None,
                 all_accounts: bool = False) -> list[dict[str, Any]]:
     """The audit trail, newest first; page with ``before`` (a sequence number)."""
-    console = _console(request)
-    async with console.db.connect() as conn:
-        return await views.audit(conn, None if all_accounts else console.account, limit,
-                                 before)
+    account = None if all_accounts else _console(request).account
+    return await _read(request, views.audit, account, limit, before)
 
 
 @router.get("/audit/verify")
@@ -155,8 +147,7 @@ async def audit_verify(request: Request, who: Auth) -> dict[str, Any]:
 @router.get("/models")
 async def models(request: Request, who: Auth) -> list[dict[str, Any]]:
     """Registered model versions, newest first, with their out-of-sample metrics."""
-    async with _console(request).db.connect() as conn:
-        return await views.models(conn)
+    return await _read(request, views.models)
 
 
 @router.get("/events", response_class=StreamingResponse,
@@ -168,12 +159,10 @@ async def events(request: Request, who: Auth) -> StreamingResponse:
     assert changes is not None
 
     async def head() -> int:
-        async with console.db.connect() as conn:
-            return await views.head_seq(conn)
+        return await _read(request, views.head_seq)
 
     async def current() -> dict[str, Any]:
-        async with console.db.connect() as conn:
-            return await views.status(conn, console.settings, console.account)
+        return await _read(request, views.status, console.settings, console.account)
 
     return StreamingResponse(stream(changes, head, current, request.is_disconnected),
                              media_type="text/event-stream",

@@ -12,6 +12,8 @@ from fastapi.templating import Jinja2Templates
 from markdown_it import MarkdownIt
 from markupsafe import Markup
 
+from bot.ledger.model_versions import test_accuracy
+from bot.status import runs_of
 from bot.web import views
 from bot.web.api import send_command
 from bot.web.auth import LOGIN_COOKIE, SESSION_COOKIE, verify_password
@@ -157,12 +159,7 @@ async def audit(request: Request, who: Auth, before: int | None = None) -> HTMLR
 @router.get("/runs", response_class=HTMLResponse)
 async def runs(request: Request, who: Auth) -> HTMLResponse:
     async with _console(request).db.connect() as conn:
-        rows = await views.runs(conn, 100, None)
-    for r in rows:
-        summary = r.pop("summary") or {}
-        r["symbols"] = ",".join(r["symbols"] or [])
-        r["return %"] = summary.get("return_pct")
-        r["trades"] = summary.get("trades")
+        rows = [views.plain(r) for r in await runs_of(conn, 100, None)]
     return _page(request, "table.html", who, title="Runs", rows=rows)
 
 
@@ -171,9 +168,8 @@ async def models(request: Request, who: Auth) -> HTMLResponse:
     async with _console(request).db.connect() as conn:
         rows = await views.models(conn)
     for r in rows:
-        m = r.pop("metrics") or {}
-        acc = (m.get("test_calibrated") or m.get("test") or {}).get("accuracy")
-        r["test accuracy"] = f"{acc:.3f}" if isinstance(acc, (int, float)) else ""
+        acc = test_accuracy(r.pop("metrics") or {})
+        r["test accuracy"] = f"{acc:.3f}" if acc is not None else ""
         r["symbols"] = ",".join(r["symbols"] or [])
     return _page(request, "table.html", who, title="Model versions", rows=rows)
 

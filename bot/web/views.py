@@ -10,13 +10,13 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import desc, func, select
+from sqlalchemy import desc, select, text
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from bot.config import Settings
 from bot.domain import OrderStatus
 from bot.ledger import tables as t
-from bot.status import breaker_readings
+from bot.status import breaker_readings, runs_query
 
 MAX_POINTS = 2_000  # an equity curve is thinned to this many points
 
@@ -58,9 +58,9 @@ async def status(conn: AsyncConnection, settings: Settings, account: str) -> dic
         select(t.Run.id, t.Run.status, t.Run.started_at, t.Run.ended_at, t.Run.strategy)
         .where(t.Run.account == account).order_by(desc(t.Run.started_at)).limit(1)
     )).mappings().first()
-    heartbeat = (await conn.execute(
-        select(func.max(t.AuditEventRow.recorded_at))
-        .where(t.AuditEventRow.account == account))).scalar()
+    heartbeat = (await conn.execute(  # the newest event by id: the (account, id) index
+        select(t.AuditEventRow.recorded_at).where(t.AuditEventRow.account == account)
+        .order_by(desc(t.AuditEventRow.id)).limit(1))).scalar()
     breakers = breaker_readings(settings, [{"account": account,
                                            "detail": state["detail"] if state else None,
                                            "breakers": state["breakers"] if state else None}])
@@ -92,23 +92,17 @@ async def active_ensemble(conn: AsyncConnection) -> str | None:
 async def equity(conn: AsyncConnection, account: str,
                  limit: int = MAX_POINTS) -> list[dict[str, Any]]:
     """The equity curve (oldest first) with its drawdown from the running peak, thinned to at
-    most ``limit`` points (every n-th, and always the newest)."""
-    n = (await conn.execute(select(func.count()).select_from(t.EquitySnapshotRow)
-                            .where(t.EquitySnapshotRow.account == account))).scalar_one()
-    step = max(1, -(-n // max(1, limit)))
-    rows = (await conn.execute(
-        select(t.EquitySnapshotRow.ts, t.EquitySnapshotRow.equity)
-        .where(t.EquitySnapshotRow.account == account)
-        .order_by(t.EquitySnapshotRow.ts))).all()
-    out: list[dict[str, Any]] = []
-    peak = None
-    for i, (ts, eq) in enumerate(rows):
-        peak = eq if peak is None or eq > peak else peak
-        if i % step == 0 or i == len(rows) - 1:
-            dd = float((peak - eq) / peak) if peak and peak > 0 else 0.0
-            out.append({"ts": ts.isoformat(), "equity": format(eq, "f"),
-                        "drawdown": round(dd, 6)})
-    return out
+    most ``limit`` points (every n-th, and always the newest). The peak and the thinning are
+    computed in the database, so only the points shown cross the wire."""
+    rows = (await conn.execute(text(
+        "SELECT ts, equity, peak FROM (SELECT ts, equity, "
+        "max(equity) OVER (ORDER BY ts) AS peak, row_number() OVER (ORDER BY ts) AS i, "
+        "count(*) OVER () AS n FROM equity_snapshots WHERE account = :account) s "
+        "WHERE (i - 1) % ceil(n / CAST(:limit AS numeric)) = 0 OR i = n ORDER BY ts"),
+        {"account": account, "limit": max(1, limit)})).all()
+    return [{"ts": ts.isoformat(), "equity": format(eq, "f"),
+             "drawdown": round(float((peak - eq) / peak), 6) if peak > 0 else 0.0}
+            for ts, eq, peak in rows]
 
 
 async def positions(conn: AsyncConnection, account: str) -> list[dict[str, Any]]:
@@ -151,12 +145,7 @@ async def signals(conn: AsyncConnection, account: str, limit: int) -> list[dict[
 
 
 async def runs(conn: AsyncConnection, limit: int, mode: str | None) -> list[dict[str, Any]]:
-    query = (select(t.Run.id, t.Run.account, t.Run.mode, t.Run.strategy, t.Run.status,
-                    t.Run.started_at, t.Run.ended_at, t.Run.symbols, t.Run.timeframe,
-                    t.Run.summary).order_by(desc(t.Run.started_at)).limit(limit))
-    if mode is not None:
-        query = query.where(t.Run.mode == mode)
-    return _rows(await conn.execute(query))
+    return _rows(await conn.execute(runs_query(limit, mode)))
 
 
 async def audit(conn: AsyncConnection, account: str | None, limit: int,
