@@ -58,3 +58,52 @@ async def stop(proc: asyncio.subprocess.Process, log: Path, within: float = 30.0
         raise AssertionError(f"no exit {within:.0f} s after SIGTERM:\n"
                              f"{log.read_text()[-12000:]}") from None
     assert proc.returncode == 0, log.read_text()[-3000:]
+
+
+class TcpGate:
+    """A loopback TCP forwarder in front of a real service that a test can cut and reopen.
+
+    Cutting it closes every forwarded connection and stops listening, which is what a client
+    sees when the service's process dies: its connection ends and reconnecting is refused until
+    the port listens again. The service itself keeps running, so the drill never depends on the
+    service's own shutdown (amqtt's can hang: Yakifo/amqtt#381)."""
+
+    def __init__(self, target_port: int, target_host: str = "127.0.0.1") -> None:
+        self.target = (target_host, target_port)
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._writers: set[asyncio.StreamWriter] = set()
+
+    async def open(self) -> int:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", self.port)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self.port
+
+    async def cut(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            self._server = None
+        for w in list(self._writers):
+            w.close()
+        self._writers.clear()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_r, up_w = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        self._writers.update((writer, up_w))
+
+        async def pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            try:
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            except (OSError, asyncio.IncompleteReadError):
+                pass
+            finally:
+                dst.close()
+
+        await asyncio.gather(pump(reader, up_w), pump(up_r, writer))
+        self._writers.difference_update((writer, up_w))

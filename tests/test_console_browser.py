@@ -57,6 +57,24 @@ def _http_kills(db: str, account: str) -> list[dict[str, object]]:
     return [p for p in (json.loads(r["payload"]) for r in rows) if p.get("channel") == "http"]
 
 
+def _showing_a_position(page: object, within: float = 60.0) -> None:
+    """The bot goes on trading while the page is read, so between two candles it can be flat:
+    reload until the page shows a position with its working stop (the bot re-enters within a
+    few simulated candles). A page that never lists one fails here."""
+    deadline = time.monotonic() + within
+    while True:
+        held = page.inner_text("#positions")  # type: ignore[attr-defined]
+        order = page.locator("#orders tbody tr td").first.inner_text()  # type: ignore[attr-defined]
+        if "USDT" in held and order != "none":
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no position with a working order shown in {within:.0f} s: "
+                                 f"positions {held!r}, first order cell {order!r}")
+        time.sleep(0.5)
+        page.reload()  # type: ignore[attr-defined]
+        page.wait_for_selector("#state-banner")  # type: ignore[attr-defined]
+
+
 def test_operator_logs_in_kills_and_resumes(stack: Stack, browser: object) -> None:
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page = browser.new_page(viewport={"width": 1280, "height": 900})  # type: ignore[attr-defined]
@@ -68,6 +86,7 @@ def test_operator_logs_in_kills_and_resumes(stack: Stack, browser: object) -> No
     # the equity chart is drawn, and the position is listed
     assert page.locator("svg.chart path.equity").count() == 1
     assert page.locator("svg.chart path.drawdown").count() == 1
+    _showing_a_position(page)
     assert page.locator("#positions tbody tr").count() >= 1
     assert "USDT" in page.inner_text("#positions")
     assert page.locator("#orders tbody tr td").first.inner_text() != "none"

@@ -2,40 +2,37 @@
 goes on, the CLI kill switch (which goes through the database) still works meanwhile, and
 telemetry resumes once the broker is back.
 
-The broker is an amqtt broker on a fixed loopback port that the test stops and starts again;
-the bot is a subprocess talking to it over TCP."""
+The broker is the real one (Mosquitto when reachable, else in-process amqtt) behind a TCP gate
+that the test cuts and reopens on the same port: the bot sees what a dead broker gives, its
+connection closed and reconnects refused. The bot is a subprocess talking to it over TCP. Only
+live publications count as telemetry: the retained status the broker replays on subscribe
+proves nothing about the bot."""
 
 from __future__ import annotations
 
 import asyncio
-import socket
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import aiomqtt
-from amqtt.broker import Broker
 
 from bot.sim.binance import build, start_server
 from tests.conftest import fetch
-from tests.live_helpers import run_cmd, spawn_logged, stop, until
+from tests.live_helpers import TcpGate, run_cmd, spawn_logged, stop, until
 
 
-def _broker(port: int) -> Broker:
-    return Broker({"listeners": {"default": {"type": "tcp", "bind": f"127.0.0.1:{port}"}},
-                   "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin":
-                               {"allow_anonymous": True}}})
-
-
-async def _listen(port: int, seen: list[tuple[float, str]], stop: asyncio.Event) -> None:
-    """Subscribe to everything the bot publishes; reconnect while the broker is away."""
+async def _listen(port: int, topic: str, seen: list[tuple[float, str]],
+                  stop: asyncio.Event) -> None:
+    """Subscribe to what the bot publishes live; reconnect while the broker is away."""
     while not stop.is_set():
         try:
             async with aiomqtt.Client("127.0.0.1", port, identifier="outage-test") as client:
-                await client.subscribe("stackbot/v1/#")
+                await client.subscribe(topic)
                 async for message in client.messages:
-                    seen.append((time.monotonic(), str(message.topic)))
+                    if not message.retain:
+                        seen.append((time.monotonic(), str(message.topic)))
                     if stop.is_set():
                         return
         except aiomqtt.MqttError:
@@ -43,18 +40,16 @@ async def _listen(port: int, seen: list[tuple[float, str]], stop: asyncio.Event)
 
 
 async def test_trading_and_kill_switch_survive_a_broker_outage(
-        fresh_db: str, tmp_path: Path, reaper: list[Any]) -> None:
+        fresh_db: str, tmp_path: Path, reaper: list[Any],
+        mqtt_broker: tuple[str, int]) -> None:
     from bot.ledger.migrate import upgrade
     from bot.ledger.repository import make_engine
 
     engine = make_engine(fresh_db)
     await upgrade(engine)
     await engine.dispose()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        mqtt_port = s.getsockname()[1]
-    broker = _broker(mqtt_port)
-    await broker.start()
+    gate = TcpGate(mqtt_broker[1], mqtt_broker[0])
+    mqtt_port = await gate.open()
     sim = build(["BTC/USDT", "ETH/USDT"], "1m", speed=120.0, history=300, seed=3)
     runner, port = await start_server(sim)
     config = tmp_path / "mqtt.toml"
@@ -62,14 +57,15 @@ async def test_trading_and_kill_switch_survive_a_broker_outage(
                       "command_secret = 'mqtt-outage-secret-0123456789'\n"
                       "[strategy]\nfast = 3\nslow = 8\n")
     log = tmp_path / "bot.log"
-    instance = "mqttout"
+    instance = f"mqttout{mqtt_port}"
     account = f"{instance}:paper:binance"
     proc = await spawn_logged(run_cmd(port, fresh_db, tmp_path, instance) + ["--config",
                                                                              str(config)], log)
     reaper.append(proc)
     seen: list[tuple[float, str]] = []
     done = asyncio.Event()
-    listener = asyncio.create_task(_listen(mqtt_port, seen, done))
+    listener = asyncio.create_task(_listen(mqtt_port, f"stackbot/v1/{instance}/#", seen,
+                                            done))
 
     async def signals() -> int:
         rows = await fetch(fresh_db, "SELECT count(*) AS n FROM signals WHERE account=$1", account)
@@ -78,7 +74,7 @@ async def test_trading_and_kill_switch_survive_a_broker_outage(
     try:
         await until(lambda: _some(seen, 3), timeout=60)
         # ---- the broker goes away -------------------------------------------------------
-        await broker.shutdown()
+        await gate.cut()
         down_at = time.monotonic()
         n0 = await signals()
         await asyncio.sleep(4)
@@ -101,8 +97,7 @@ async def test_trading_and_kill_switch_survive_a_broker_outage(
 
         await until(is_halted, timeout=20)
         # ---- the broker comes back: telemetry resumes -----------------------------------
-        broker = _broker(mqtt_port)
-        await broker.start()
+        await gate.open()
         back_at = time.monotonic()
         await until(lambda: _some([m for m in seen if m[0] > back_at], 2), timeout=60)
         resumed_in = min(t for t, _ in seen if t > back_at) - back_at
@@ -113,7 +108,7 @@ async def test_trading_and_kill_switch_survive_a_broker_outage(
         await asyncio.gather(listener, return_exceptions=True)
         if proc.returncode is None:
             proc.kill()
-        await broker.shutdown()
+        await gate.cut()
         await runner.cleanup()
     during = [t for t, _ in seen if down_at < t < back_at]
     assert during == []  # nothing could be delivered while it was down (sanity of the drill)
