@@ -28,6 +28,7 @@ from bot.domain import CandleSeries, Mode, timeframe_ms
 from bot.engine import Engine, EngineParts
 from bot.errors import ConfigError, FatalExchangeError, StackbotError
 from bot.feeds.files import load_candle_file
+from bot.feeds.perpetuals import companions, with_perpetual_data
 from bot.feeds.replay import ReplayFeed
 from bot.ledger.embedded import embedded_url
 from bot.ledger.logins import Logins, database_logins, prepare
@@ -116,13 +117,15 @@ async def drive(
         await ledger.close()
         raise
     stats = RunStats(cfg.timeframe, cfg.paper.starting_balance)
-    portfolio = Portfolio(account, cfg.paper.starting_balance, cfg.quote_currency)
+    portfolio = Portfolio(account, cfg.paper.starting_balance, cfg.quote_currency,
+                          margined=[s for s, m in markets.items() if m.margined])
     fee = float(cfg.paper.fee_rate) if cfg.paper.fee_rate is not None else max(
         (float(m.taker_fee) for m in markets.values()), default=0.001)
     cost = 2 * (fee + float(cfg.paper.slippage_bps) / 10_000)
     risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
-                       venue_stops=venue_stops)
-    source, strategy = stack or await signal_stack(settings, ledger, cost, series)
+                       venue_stops=venue_stops, margin=cfg.futures.terms())
+    shorts = any(m.margined for m in markets.values())
+    source, strategy = stack or await signal_stack(settings, ledger, cost, series, shorts)
     parts = EngineParts(feed, source, strategy, risk, broker, ledger, clock)
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
                            source.model_version, settings.redacted(),
@@ -152,6 +155,7 @@ async def drive(
                        breakers_fired=dict(risk.report.trips),
                        state_changes=list(risk.report.transitions),
                        risk_decisions=dict(risk.report.decisions),
+                       liquidation_guard_rejections=risk.report.guard_rejections,
                        retrain_requests=risk.report.retrain_requests)
         if fatal is not None:
             summary.update(error=fatal_payload(fatal))
@@ -200,13 +204,16 @@ async def _anchor(ledger: Ledger, settings: Settings) -> Any:
 
 
 async def signal_stack(settings: Settings, ledger: Any, cost: float,
-                       series: Sequence[CandleSeries] | None = None) -> tuple[Any, Any]:
+                       series: Sequence[CandleSeries] | None = None,
+                       margined: bool = False) -> tuple[Any, Any]:
     """The signal source and strategy: the EMA baseline, or the active model ensemble. A
     backtest hands over its ``series``: the ensemble's member outputs are then computed
-    ahead in large batches (``models/ensemble_batch.py``), with the same decisions."""
+    ahead in large batches (``models/ensemble_batch.py``), with the same decisions.
+    ``margined``: the markets are perpetuals, where the baseline may also go short."""
     cfg = settings.strategy
     if cfg.name == "baseline":
-        return EmaCrossSignal(cfg.fast, cfg.slow), TrendFollowStrategy()
+        return (EmaCrossSignal(cfg.fast, cfg.slow),
+                TrendFollowStrategy(shorts=margined and cfg.shorts))
     from models.device import pick_device
     from models.ensemble import Ensemble, EnsembleSignalSource
     from models.labels import barrier_from
@@ -232,12 +239,33 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
 
 
 def load_series(files: Sequence[Path], timeframe: str,
-                symbols: Sequence[str] | None) -> list[CandleSeries]:
-    """Read and validate every file before the run starts: a bad file writes nothing."""
+                symbols: Sequence[str] | None, marks: Sequence[Path] | None = None,
+                funding: Sequence[Path] | None = None) -> list[CandleSeries]:
+    """Read and validate every file before the run starts: a bad file writes nothing. A
+    perpetual (``BTC/USDT:USDT``) takes its mark-price and funding files from ``marks`` and
+    ``funding`` (one per file, in order), else from beside its candles."""
     if symbols and len(symbols) != len(files):
         raise ConfigError(f"--symbols names {len(symbols)} symbols for {len(files)} files")
+    for flag, given in (("--mark", marks), ("--funding", funding)):
+        if given and len(given) != len(files):
+            raise ConfigError(f"{flag} names {len(given)} files for {len(files)} candle files")
     series = [load_candle_file(f, timeframe, symbols[i] if symbols else None)
               for i, f in enumerate(files)]
+    for i, s in enumerate(series):
+        if ":" not in s.symbol:
+            if (marks or funding):
+                raise ConfigError(f"{s.path}: {s.symbol} is spot; mark and funding files are "
+                                  "for perpetuals (BASE/QUOTE:SETTLE)")
+            continue
+        mark_file, funding_file = companions(Path(files[i]))
+        if marks:
+            mark_file = Path(marks[i])
+        if funding:
+            funding_file = Path(funding[i])
+        if funding_file is None:
+            log.warning("no_funding_file", symbol=s.symbol, path=str(files[i]),
+                        note="the backtest books no funding")
+        series[i] = with_perpetual_data(s, mark_file, funding_file)
     seen: dict[str, Path] = {}
     for s in series:
         if s.symbol in seen:
@@ -248,17 +276,20 @@ def load_series(files: Sequence[Path], timeframe: str,
 
 async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSeries],
                    symbols: Sequence[str] | None, start_ms: int | None, end_ms: int | None,
-                   engine_hook: Any = None, stack: tuple[Any, Any] | None = None) -> Outcome:
+                   engine_hook: Any = None, stack: tuple[Any, Any] | None = None,
+                   marks: Sequence[Path] | None = None,
+                   funding: Sequence[Path] | None = None) -> Outcome:
     """``files`` may also be already loaded series (evaluation reuses them)."""
     series = ([f for f in files if isinstance(f, CandleSeries)]
               if files and isinstance(files[0], CandleSeries)
               else load_series([Path(f) for f in files if not isinstance(f, CandleSeries)],
-                               settings.timeframe, symbols))
+                               settings.timeframe, symbols, marks, funding))
     clock = SimulatedClock()
     feed = ReplayFeed(series, start_ms, end_ms)
     cfg = settings.paper
     broker = PaperBroker(static_markets(), clock, cfg.quote, cfg.starting_balance,
-                         cfg.slippage_bps, cfg.participation, cfg.fee_rate)
+                         cfg.slippage_bps, cfg.participation, cfg.fee_rate,
+                         settings.futures.terms())
     ledger = PipelinedLedger(await open_postgres(settings, synchronous_commit=False),
                              settings.database.batch_candles)
     run_id = new_run_id()
@@ -301,7 +332,8 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
     else:
         cfg = settings.paper
         broker = PaperBroker(ccxt_markets(exchange), clock, cfg.quote, cfg.starting_balance,
-                             cfg.slippage_bps, cfg.participation, cfg.fee_rate)
+                             cfg.slippage_bps, cfg.participation, cfg.fee_rate,
+                             settings.futures.terms())
     ledger = await open_postgres(settings)
     account = account_name(settings)
     services = Services(settings, database_url(settings), account)

@@ -103,11 +103,19 @@ def backtest(
     strategy: Annotated[
         str | None, typer.Option(help="baseline or ensemble (the active models)")
     ] = None,
+    mark: Annotated[list[Path] | None, typer.Option(
+        "--mark", help="perpetuals: mark-price candles, one per --data in order (default: the "
+        "*-mark file beside the candles)")] = None,
+    funding: Annotated[list[Path] | None, typer.Option(
+        "--funding", help="perpetuals: funding rates, one per --data in order (default: the "
+        "*-funding_rate file beside the candles)")] = None,
     config: ConfigOpt = None,
     db: DbOpt = None,
     data_dir: DataDirOpt = None,
 ) -> None:
-    """Replay candle files through the engine with the paper broker; every row to the ledger."""
+    """Replay candle files through the engine with the paper broker; every row to the ledger.
+    Perpetuals (``BTC/USDT:USDT``) trade both sides on margin, with funding and
+    liquidation."""
     from bot import app as application
 
     try:
@@ -121,7 +129,8 @@ def backtest(
         )
         syms = [s.strip().upper() for s in symbols.split(",")] if symbols else None
         outcome = _run_async(
-            lambda hook: application.backtest(settings, data, syms, _ts(start), _ts(end), hook)
+            lambda hook: application.backtest(settings, data, syms, _ts(start), _ts(end), hook,
+                                              marks=mark, funding=funding)
         )
     except StackbotError as exc:
         raise _fail(exc) from None

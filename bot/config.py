@@ -21,9 +21,10 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bot.domain import TIMEFRAME_MS, Mode
+from bot.domain import TIMEFRAME_MS, MarginMode, Mode
 from bot.errors import ConfigError
 from bot.logs import register_settings_secrets
+from risk.margin import MarginTerms
 from risk.settings import RiskSettings
 
 ENV_PREFIX = "STACKBOT_"
@@ -158,8 +159,26 @@ class MetricsSettings(_Section):
     port: int = Field(9108, gt=0, lt=65536)
 
 
+class FuturesSettings(_Section):
+    """Perpetuals (symbols like ``BTC/USDT:USDT``): the leverage set on the venue at start
+    and the margin mode. Spot symbols ignore this section."""
+
+    leverage: int = Field(20, ge=1, le=125, description="leverage per symbol (Binance's "
+                          "default is 20x); capped by the market's bracket")
+    leverage_per_symbol: dict[str, int] = Field(
+        default_factory=dict, description="overrides per symbol, e.g. {\"ETH/USDT:USDT\": 10}")
+    margin_mode: Literal["isolated", "cross"] = "isolated"
+
+    def terms(self) -> MarginTerms:
+        return MarginTerms(Decimal(self.leverage), MarginMode(self.margin_mode),
+                           tuple((s.upper(), Decimal(v))
+                                 for s, v in sorted(self.leverage_per_symbol.items())))
+
+
 class StrategySettings(_Section):
     name: Literal["baseline", "ensemble"] = "baseline"
+    shorts: bool = Field(True, description="on perpetuals, the baseline also goes short "
+                         "(spot never does)")
     device: str = Field("auto", description="ensemble inference: auto, cpu or cuda")
     compile: bool = Field(False, description="torch.compile the ensemble on CUDA")
     cuda_graphs: bool = Field(True, description="on CUDA, replay the ensemble's forward from "
@@ -189,6 +208,7 @@ class Settings(BaseSettings):
     paper: PaperSettings = PaperSettings()
     risk: RiskSettings = RiskSettings()
     strategy: StrategySettings = StrategySettings()
+    futures: FuturesSettings = FuturesSettings()
     mqtt: MqttSettings = MqttSettings()
     jobs: JobSettings = JobSettings()
     web: WebSettings = WebSettings()
@@ -200,9 +220,14 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [s for s in (p.strip() for p in value.split(",")) if s]
         if isinstance(value, (list, tuple)):
-            bad = [s for s in value if not isinstance(s, str) or s.count("/") != 1]
+            bad = [s for s in value if not isinstance(s, str) or s.count("/") != 1
+                   or s.count(":") > 1]
             if bad:
-                raise ValueError(f"symbols must look like BASE/QUOTE, got {bad}")
+                raise ValueError(f"symbols must look like BASE/QUOTE (spot) or "
+                                 f"BASE/QUOTE:SETTLE (a perpetual), got {bad}")
+            kinds = {":" in s for s in value}
+            if len(kinds) > 1:
+                raise ValueError(f"one account trades spot or perpetuals, not both: {value}")
             return tuple(s.upper() for s in value)
         return value
 

@@ -3,14 +3,16 @@ its audit event into the unit of work. It decides nothing; the engine and risk d
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from decimal import Decimal
 from typing import Any
 
 from bot.clock import Clock
 from bot.domain import (
     AuditEvent,
+    CashFlow,
     Order,
     OrderIntent,
     OrderStatus,
@@ -45,6 +47,8 @@ class OrderDesk:
         # callback(ok, ccxt class or None) for the exchange-error breaker and the metrics
         self.on_venue_call: Any = None
         self.reconcile_wanted = False  # a venue answer says ledger and venue may disagree
+        # a perpetual position's liquidation price (risk/margin.py), set by the engine
+        self.liquidation_of: Callable[[Position], Decimal | None] = lambda pos: None
 
     def event(self, kind: str, entity: str, entity_id: str, ts: int,
               payload: dict[str, object]) -> AuditEvent:
@@ -112,9 +116,17 @@ class OrderDesk:
         return n
 
     def apply(self, update: OrderUpdate, unit: UnitOfWork, note: str = "") -> None:
+        if not update.order.run_id:  # an order the venue made (a liquidation) joins this run
+            update = dataclasses.replace(update, order=dataclasses.replace(
+                update.order, run_id=self.run_id, account=self.account))
+            if update.fills:
+                self.stats.liquidations += 1
+                self.stats.orders += 1
         for fill in update.fills:
             before = self.portfolio.position(fill.symbol)
             pos = self.portfolio.apply_fill(fill)
+            if fill.symbol in self.portfolio.margined:
+                pos = self.portfolio.set_liquidation(fill.symbol, self.liquidation_of(pos))
             self.stats.on_fill(fill)
             unit.fills.append(fill)
             unit.positions[(self.account, fill.symbol)] = pos
@@ -122,13 +134,31 @@ class OrderDesk:
             unit.audit.append(self.event("fill.booked", "order", fill.client_order_id, fill.ts, {
                 "fill_id": fill.fill_id, "side": fill.side.value, "quantity": str(fill.quantity),
                 "price": str(fill.price), "fee": str(fill.fee), "fee_currency": fill.fee_currency}))
-            unit.audit.append(self.event("position.changed", "position", fill.symbol, fill.ts, {
+            changed: dict[str, object] = {
                 "quantity": str(pos.quantity), "avg_price": str(pos.avg_price),
-                "realized_pnl": str(pos.realized_pnl), "cash": str(self.portfolio.cash)}))
+                "realized_pnl": str(pos.realized_pnl), "cash": str(self.portfolio.cash)}
+            if pos.liquidation_price is not None:
+                changed["liquidation_price"] = str(pos.liquidation_price)
+            unit.audit.append(self.event("position.changed", "position", fill.symbol, fill.ts,
+                                         changed))
             if self.on_fill:
                 self.on_fill(fill, before, pos, update.order)
         self.record(update.order, unit, f"order.{update.order.status.value}",
                     update.note or note)
+
+    def book_flows(self, flows: list[CashFlow], unit: UnitOfWork) -> None:
+        """Funding: cash moves, the flow row and its audit event go in the same unit."""
+        for flow in flows:
+            flow = dataclasses.replace(flow, account=self.account)
+            self.portfolio.book_flow(flow)
+            self.stats.on_flow(flow)
+            unit.cash_flows.append(flow)
+            unit.cash[self.account] = (self.portfolio.cash, flow.ts)
+            unit.audit.append(self.event(f"{flow.kind}.booked", "position", flow.symbol,
+                                         flow.ts, {
+                "flow_id": flow.flow_id, "amount": str(flow.amount), "rate": str(flow.rate),
+                "mark": str(flow.mark), "notional": str(flow.notional),
+                "cash": str(self.portfolio.cash)}))
 
     def record(self, order: Order, unit: UnitOfWork, kind: str, note: str = "") -> None:
         if order.status is OrderStatus.REJECTED:
@@ -150,10 +180,10 @@ class OrderDesk:
 def exit_intent(position: Position, signal_ts: int, reason: str, model_version: str,
                 order_type: OrderType = OrderType.MARKET,
                 stop: Decimal | None = None) -> OrderIntent:
-    """A reduce-only order that closes ``position`` (long spot holdings)."""
+    """A reduce-only order that closes ``position``: a sell for a long, a buy for a short."""
     return OrderIntent(
         symbol=position.symbol,
-        side=Side.SELL,
+        side=Side.SELL if position.quantity > 0 else Side.BUY,
         reason=reason,
         signal_ts=signal_ts,
         model_version=model_version,

@@ -28,6 +28,7 @@ from bot.domain import (
     FeedState,
     FeedStatus,
     Fill,
+    FundingRate,
     Gap,
     MarketSpec,
     Order,
@@ -49,6 +50,7 @@ from bot.ports import Broker, Feed, Ledger, NullObserver, Observer, SignalSource
 from bot.reconcile_driver import Reconciler
 from bot.records import fatal_payload
 from risk.manager import RiskManager
+from risk.margin import position_liquidation
 
 log = get_logger("engine")
 _END = object()  # the feed is exhausted
@@ -85,6 +87,7 @@ class Engine:
         self.desk = OrderDesk(run_id, account, parts.broker, portfolio, parts.clock, stats)
         self.desk.on_fill = self._on_fill
         self.desk.on_venue_call = self._on_venue_call
+        self.desk.liquidation_of = self._liquidation_of
         self.controls: asyncio.Queue[
             tuple[ControlRequest, asyncio.Future[ControlResult] | None]] = asyncio.Queue()
         self.stopped = asyncio.Event()
@@ -184,6 +187,8 @@ class Engine:
                     self.on_gap(event)
                 elif isinstance(event, FeedStatus):
                     await self.on_feed_status(event)
+                elif isinstance(event, FundingRate):
+                    await self.on_funding(event)
                 elif isinstance(event, Warmup):
                     self.parts.source.warm(event.candles)
                     for c in event.candles:
@@ -236,6 +241,13 @@ class Engine:
         self.audit_transitions(unit)
         await self.commit(unit)
 
+    async def on_funding(self, funding: FundingRate) -> None:
+        """A perpetual's funding time: what the venue books moves the cash, audited."""
+        unit = UnitOfWork()
+        self.desk.book_flows(await self.desk.venue(self.parts.broker.on_funding(funding), []),
+                             unit)
+        await self.commit(unit)
+
     async def record_fatal(self, exc: FatalExchangeError) -> None:
         """A configuration or permission error ends the run: say why, and what to fix."""
         unit = UnitOfWork(audit=[self.desk.event("run.fatal", "account", self.account,
@@ -284,13 +296,17 @@ class Engine:
                 if not self.controls.empty():
                     await self.drain_controls()
                 unit = await self.act(intent, unit)
-        unit = await self._protect(unit, candles[0].ts)
         close_ts = candles[0].close_ts
+        if self.portfolio.margined:  # perpetuals only: spot has no margin to watch
+            margin_moves, exits = self.risk.on_margin(close_ts, self.portfolio, self.markets)
+            self.transitions += margin_moves
+            self._pending_protect += exits
+        unit = await self._protect(unit, candles[0].ts)
         pv = self.portfolio.positions_value()
         equity = self.portfolio.cash + pv
         unit.equity.append(EquitySnapshot(self.account, self.run_id, close_ts,
                                           self.portfolio.cash, pv))
-        self.stats.on_step(close_ts, equity, pv != 0)
+        self.stats.on_step(close_ts, equity, pv != 0 or bool(self.portfolio.positions()))
         self.transitions += self.risk.on_equity(close_ts, equity)
         self.audit_transitions(unit)
         await self.commit(unit)
@@ -347,7 +363,15 @@ class Engine:
     def _on_fill(self, fill: Fill, before: Position, after: Position, order: Order) -> None:
         if before.quantity == 0 and after.quantity != 0:
             self._entry_version[fill.symbol] = order.model_version
+        self.stats.on_entry(before.quantity, after.quantity)
         self._pending_protect += self.risk.on_fill(fill, before, after)
+
+    def _liquidation_of(self, pos: Position) -> Decimal | None:
+        spec = self.markets.get(pos.symbol)
+        if spec is None or not spec.margined or pos.quantity == 0:
+            return None
+        return position_liquidation(spec, self.risk.margin, pos.quantity, pos.avg_price,
+                                    self.portfolio.cash)
 
     def _on_venue_call(self, ok: bool, ccxt_class: str | None = None) -> None:
         self.transitions += self.risk.on_exchange_call(ok)
@@ -367,7 +391,7 @@ class Engine:
             await self.desk.cancel_where(
                 unit, "stop moved or position closed", p.symbol, protective_only=True
             )
-            if pos.quantity <= 0:
+            if pos.quantity == 0:
                 continue
             if p.exit_reason is not None:
                 intent = exit_intent(pos, ts, p.exit_reason, version)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass, field
 from decimal import Decimal
 
-from bot.domain import ZERO, Fill, Side, timeframe_ms
+from bot.domain import ZERO, CashFlow, Fill, Side, timeframe_ms
 
 YEAR_MS = 365 * 24 * 3600 * 1000
 
@@ -28,6 +28,12 @@ class RunStats:
     buys: int = 0
     sells: int = 0
     exposed_steps: int = 0
+    long_entries: int = 0  # a flat (or short) position became long
+    short_entries: int = 0  # a flat (or long) position became short
+    funding_paid: Decimal = ZERO  # perpetuals: funding the account paid (a positive sum)
+    funding_received: Decimal = ZERO
+    funding_events: int = 0
+    liquidations: int = 0  # positions the venue closed
     first_ts: int | None = None
     last_ts: int | None = None
     _equity: list[float] = field(default_factory=list)
@@ -50,6 +56,19 @@ class RunStats:
             self.buys += 1
         else:
             self.sells += 1
+
+    def on_entry(self, before: Decimal, after: Decimal) -> None:
+        if after > 0 >= before:
+            self.long_entries += 1
+        elif after < 0 <= before:
+            self.short_entries += 1
+
+    def on_flow(self, flow: CashFlow) -> None:
+        self.funding_events += 1
+        if flow.amount < 0:
+            self.funding_paid -= flow.amount
+        else:
+            self.funding_received += flow.amount
 
     def equity_curve(self) -> list[tuple[int, float]]:
         return list(zip(self._ts, self._equity, strict=False))
@@ -88,6 +107,12 @@ class RunStats:
             "trades": self.fills,
             "buys": self.buys,
             "sells": self.sells,
+            "long_entries": self.long_entries,
+            "short_entries": self.short_entries,
+            "funding_paid": str(self.funding_paid),
+            "funding_received": str(self.funding_received),
+            "funding_events": self.funding_events,
+            "liquidations": self.liquidations,
             "fees": str(self.fees),
             "traded_notional": str(self.traded),
             "turnover": round(float(self.traded / self.starting_equity), 4)

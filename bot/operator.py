@@ -129,7 +129,7 @@ class OperatorControl:
         if level is KillLevel.FLATTEN:
             flattened = 0
             for pos in self.engine.portfolio.positions():
-                if pos.quantity > 0:
+                if pos.quantity != 0:  # longs and shorts
                     unit = await self.engine.act(
                         exit_intent(pos, now, f"kill flatten: {command.reason}", "operator"),
                         unit,

@@ -1,15 +1,20 @@
 """The account as the engine sees it: cash, positions, working orders and last prices.
 
+Spot holdings are bought with cash and valued at the last price. A perpetual (a ``margined``
+symbol) is not: its fills move cash only by realized P&L and fees, and its value is its
+unrealized P&L at the mark price. Either way equity is cash plus ``positions_value``.
+
 Pure in-memory bookkeeping; the ledger persists it. Strategies and risk read it through
 ``PortfolioView``; only the engine mutates it, from broker updates.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-from bot.domain import ZERO, Candle, Fill, Order, Position, Side
+from bot.domain import ZERO, Candle, CashFlow, Fill, Order, Position, Side
 
 
 def to_decimal(value: float) -> Decimal:
@@ -18,9 +23,12 @@ def to_decimal(value: float) -> Decimal:
 
 
 class Portfolio:
-    def __init__(self, account: str, cash: Decimal, quote: str) -> None:
+    def __init__(self, account: str, cash: Decimal, quote: str,
+                 margined: Iterable[str] = ()) -> None:
         self.account = account
         self.quote = quote
+        self.margined = frozenset(margined)
+        self._marks: dict[str, Decimal] = {}
         self._cash = cash
         self._positions: dict[str, Position] = {}
         self._orders: dict[str, Order] = {}
@@ -45,12 +53,18 @@ class Portfolio:
     def price(self, symbol: str) -> Decimal | None:
         return self._prices.get(symbol)
 
+    def mark_price(self, symbol: str) -> Decimal | None:
+        return self._marks.get(symbol) or self._prices.get(symbol)
+
     def positions_value(self) -> Decimal:
         total = ZERO
         for sym, pos in self._positions.items():
             if pos.quantity:
-                price = self._prices.get(sym, pos.avg_price)
-                total += pos.quantity * price
+                if sym in self.margined:
+                    mark = self._marks.get(sym) or self._prices.get(sym, pos.avg_price)
+                    total += pos.quantity * (mark - pos.avg_price)
+                else:
+                    total += pos.quantity * self._prices.get(sym, pos.avg_price)
         return total
 
     def equity(self) -> Decimal:
@@ -65,6 +79,19 @@ class Portfolio:
         if self._price_floats.get(candle.symbol) != candle.close:
             self._price_floats[candle.symbol] = candle.close
             self._prices[candle.symbol] = to_decimal(candle.close)
+        if candle.mark is not None:
+            self._marks[candle.symbol] = to_decimal(candle.mark.close)
+
+    def book_flow(self, flow: CashFlow) -> None:
+        """Cash that moves without a trade (funding)."""
+        self._cash += flow.amount
+
+    def set_liquidation(self, symbol: str, price: Decimal | None) -> Position:
+        pos = self.position(symbol)
+        if pos.liquidation_price != price:
+            pos = dataclasses.replace(pos, liquidation_price=price)
+            self._positions[symbol] = pos
+        return pos
 
     def restore(self, positions: Iterable[Position], orders: Iterable[Order],
                 cash: Decimal | None = None) -> None:
@@ -93,6 +120,12 @@ class Portfolio:
         when charged in the quote currency, off the holdings when charged in the base asset."""
         notional = fill.quantity * fill.price
         quote_fee = fill.fee if fill.fee_currency == self.quote else ZERO
+        if fill.symbol in self.margined:
+            before = self.position(fill.symbol)
+            pos = before.apply_fill(fill)
+            self._cash += pos.realized_pnl - before.realized_pnl - quote_fee
+            self._positions[fill.symbol] = pos
+            return pos
         if fill.side is Side.BUY:
             self._cash -= notional + quote_fee
         else:

@@ -13,8 +13,10 @@ from bot.domain import (
     ActiveModel,
     BreakerReading,
     Candle,
+    CashFlow,
     ControlRequest,
     FeedStatus,
+    FundingRate,
     Gap,
     MarketSpec,
     Order,
@@ -28,7 +30,7 @@ from bot.domain import (
     Warmup,
 )
 
-FeedEvent = tuple[Candle, ...] | Gap | Warmup | FeedStatus
+FeedEvent = tuple[Candle, ...] | Gap | Warmup | FeedStatus | FundingRate
 
 
 class Feed(Protocol):
@@ -54,6 +56,10 @@ class PortfolioView(Protocol):
     def working_orders(self, symbol: str | None = None) -> Sequence[Order]: ...
 
     def price(self, symbol: str) -> Decimal | None: ...
+
+    def mark_price(self, symbol: str) -> Decimal | None:
+        """The mark price of a perpetual where known, else the last traded price."""
+        ...
 
     def positions(self) -> Sequence[Position]: ...
 
@@ -104,6 +110,11 @@ class Broker(Protocol):
 
     async def on_candle(self, candle: Candle) -> list[OrderUpdate]:
         """Give the venue a closed candle: paper fills resting orders, live polls fills."""
+        ...
+
+    async def on_funding(self, funding: FundingRate) -> list[CashFlow]:
+        """A perpetual's funding time passed: the cash flows the simulated venue books (paper,
+        backtest). A real venue books its own, read from its funding history: none here."""
         ...
 
     has_venue: bool

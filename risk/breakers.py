@@ -17,6 +17,7 @@ from bot.domain import (
     EquityObs,
     ExchangeCallObs,
     FeedObs,
+    MarginObs,
     PredictionObs,
     TradeClosedObs,
     TradingState,
@@ -27,7 +28,7 @@ DAY_MS = 86_400_000
 
 
 Observation = (EquityObs | CandleObs | TradeClosedObs | ExchangeCallObs | PredictionObs
-               | ClockObs | FeedObs)
+               | ClockObs | FeedObs | MarginObs)
 
 
 Memory = dict[str, Any]  # a breaker's window as plain JSON
@@ -303,6 +304,43 @@ class VolatilityBreaker:
                 med = ordered[len(ordered) // 2]
                 ratios.append(h[-1] / med if med > 0 else 0.0)
         return max(ratios, default=0.0)
+
+
+class MarginRatioBreaker:
+    """A perpetual's margin ratio (maintenance margin over the margin behind it) at or above
+    ``reduce`` -> REDUCING for ``hold_ms``; at or above ``flatten`` the risk manager also
+    closes the position (``RiskManager.on_margin``)."""
+
+    name = "margin_ratio"
+    watches = (MarginObs,)
+
+    def __init__(self, reduce: float = 0.5, flatten: float = 0.8, hold_ms: int = DAY_MS) -> None:
+        if not 0 < reduce < flatten <= 1:
+            raise ValueError(f"margin ratio levels need 0 < reduce ({reduce}) < flatten "
+                             f"({flatten}) <= 1")
+        self.reduce, self.flatten, self.hold = reduce, flatten, hold_ms
+        self._ratio: dict[str, float] = {}
+
+    def observe(self, obs: Observation) -> list[Trip]:
+        if not isinstance(obs, MarginObs):
+            return []
+        if obs.ratio <= 0:
+            self._ratio.pop(obs.symbol, None)
+            return []
+        self._ratio[obs.symbol] = obs.ratio
+        if obs.ratio >= self.reduce:
+            return [Trip(self.name, f"{obs.symbol} margin ratio {obs.ratio:.3f} >= "
+                         f"{self.reduce}", TradingState.REDUCING, until=obs.ts + self.hold)]
+        return []
+
+    def state(self) -> Memory:
+        return {"ratio": dict(self._ratio)}
+
+    def load(self, memory: Memory) -> None:
+        self._ratio = {str(k): float(v) for k, v in (memory.get("ratio") or {}).items()}
+
+    def reading(self) -> float:
+        return max(self._ratio.values(), default=0.0)
 
 
 class ModelDegradationBreaker:

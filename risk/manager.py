@@ -25,6 +25,7 @@ from bot.domain import (
     FeedObs,
     Fill,
     KillLevel,
+    MarginObs,
     MarketSpec,
     OrderIntent,
     Position,
@@ -45,6 +46,7 @@ from risk.breakers import (
     DailyLossBreaker,
     DrawdownBreaker,
     ExchangeErrorBreaker,
+    MarginRatioBreaker,
     ModelDegradationBreaker,
     Observation,
     StaleDataBreaker,
@@ -61,6 +63,7 @@ from risk.controls import (
     Proposal,
     VenueMinimums,
 )
+from risk.margin import MarginTerms, initial_margin, margin_ratio, position_liquidation
 from risk.settings import RiskSettings
 from risk.sizing import SizingInputs, SizingParams, size_entry
 from risk.state import StateMachine
@@ -69,8 +72,10 @@ from risk.stops import StopLevels
 
 class RiskManager:
     def __init__(self, cfg: RiskSettings, timeframe_ms: int, state: RiskState | None = None,
-                 round_trip_cost: float = 0.003, venue_stops: bool = True) -> None:
+                 round_trip_cost: float = 0.003, venue_stops: bool = True,
+                 margin: MarginTerms | None = None) -> None:
         self.cfg = cfg
+        self.margin = margin or MarginTerms()
         self.tf = timeframe_ms
         self.machine = StateMachine(state)
         self.venue_stops = venue_stops
@@ -90,6 +95,8 @@ class RiskManager:
             VolatilityBreaker(cfg.volatility_k, cfg.volatility_window,
                               cfg.volatility_hold_candles * timeframe_ms),
             self._model_breaker,
+            MarginRatioBreaker(cfg.margin_ratio_reduce, cfg.margin_ratio_flatten,
+                               cfg.volatility_hold_candles * timeframe_ms),
         ]
         self._watchers: dict[type, list[Breaker]] = {}
         self.throttle = OrderRateThrottle(cfg.max_orders, cfg.max_orders_window_s * 1000)
@@ -136,7 +143,7 @@ class RiskManager:
             want = min(intent.quantity or abs(held), abs(held))
             reason = "reduces exposure"
         else:
-            if intent.side is Side.SELL:
+            if intent.side is Side.SELL and not market.margined:
                 return RiskDecision(intent, False, ZERO, "spot account cannot open a short")
             s = size_entry(SizingInputs(float(pf.equity()), float(price),
                                         self._atr.get(intent.symbol, 0.0), intent.confidence,
@@ -158,7 +165,44 @@ class RiskManager:
                 return RiskDecision(intent, False, ZERO, f"{control.name}: {v.reason}")
             if v.quantity < qty:
                 qty, reason = v.quantity, f"{reason}; {v.reason}"
+        if market.margined and not reduces:
+            return self._margin_gate(intent, qty, price, market, pf, reason)
         return RiskDecision(intent, True, qty, reason)
+
+    def _margin_gate(self, intent: OrderIntent, qty: Decimal, price: Decimal,
+                     market: MarketSpec, pf: PortfolioView, reason: str) -> RiskDecision:
+        """A perpetual entry: shrink it to the free margin, then the liquidation guard: its
+        stop must sit ``liquidation_buffer_atr`` ATRs inside its liquidation price."""
+        terms = self.margin
+        lev = terms.leverage_of(market, qty * price * market.contract_size)
+        used = sum((initial_margin(abs(p.quantity) * p.avg_price * market.contract_size, lev)
+                    for p in pf.positions()), ZERO)
+        free = pf.equity() - used
+        afford = market.floor_qty(max(free, ZERO) * lev / (price * market.contract_size))
+        if afford < qty:
+            if afford <= 0:
+                return RiskDecision(intent, False, ZERO, f"margin: no free margin ({free:.2f} "
+                                    f"{market.settle or 'quote'} at {lev}x)")
+            qty, reason = afford, f"{reason}; shrunk to the free margin at {lev}x"
+        if not self.cfg.liquidation_guard:
+            return RiskDecision(intent, True, qty, f"{reason}; liquidation guard OFF")
+        atr = self._atr.get(intent.symbol, 0.0)
+        direction = intent.side.sign
+        liq = position_liquidation(market, terms, direction * qty, price, pf.cash)
+        if liq is None:
+            return RiskDecision(intent, True, qty, f"{reason}; no liquidation price at {lev}x")
+        if not atr > 0:
+            self.report.guard_rejections += 1
+            return RiskDecision(intent, False, ZERO, "liquidation guard: no ATR, so no stop "
+                                f"to compare with the liquidation price {liq:.8g}")
+        stop = float(price) - direction * self.cfg.k_stop * atr
+        gap = direction * (stop - float(liq)) / atr
+        where = (f"stop {stop:.8g}, liquidation {liq:.8g} at {lev}x {terms.mode.value}: "
+                 f"{gap:.2f} ATR apart, {self.cfg.liquidation_buffer_atr} needed")
+        if gap < self.cfg.liquidation_buffer_atr:
+            self.report.guard_rejections += 1
+            return RiskDecision(intent, False, ZERO, f"liquidation guard: {where}")
+        return RiskDecision(intent, True, qty, f"{reason}; {where}")
 
     # ---- observations ---------------------------------------------------------------------
     def _apply(self, trips: Iterable[Trip], ts: int) -> list[Transition]:
@@ -207,6 +251,26 @@ class RiskManager:
             )
         out += self.observe(CandleObs(candle.close_ts, candle.symbol, atr), self.now)
         return out
+
+    def on_margin(self, ts: int, pf: PortfolioView,
+                  markets: Mapping[str, MarketSpec]) -> tuple[list[Transition], list[Protect]]:
+        """Each perpetual position's margin ratio, at the mark: the margin-ratio breaker moves
+        to REDUCING at ``margin_ratio_reduce``; at ``margin_ratio_flatten`` the position is
+        closed at market."""
+        out: list[Transition] = []
+        exits: list[Protect] = []
+        for pos in pf.positions():
+            spec = markets.get(pos.symbol)
+            if spec is None or not spec.margined:
+                continue
+            mark = pf.mark_price(pos.symbol) or pos.avg_price
+            ratio = margin_ratio(spec, self.margin, pos.quantity, pos.avg_price, mark,
+                                 pf.equity())
+            out += self.observe(MarginObs(ts, pos.symbol, ratio), ts)
+            if ratio >= self.cfg.margin_ratio_flatten:
+                exits.append(Protect(pos.symbol, exit_reason=(
+                    f"margin ratio {ratio:.3f} >= {self.cfg.margin_ratio_flatten}: flatten")))
+        return out, exits
 
     def on_signal(self, symbol: str, p_up: float, close: float) -> None:
         self._last_call[symbol] = (p_up, close)
@@ -287,6 +351,7 @@ class RiskManager:
                 (cfg.model_baseline_accuracy or 0.0) - cfg.model_accuracy_drop,
                 "share",
             ),
+            "margin_ratio": (cfg.margin_ratio_reduce, "ratio"),
         }
         return [BreakerReading(b.name, b.reading(), *limits[b.name]) for b in self.breakers]
 
@@ -330,12 +395,13 @@ class RiskManager:
             self._placed_stop.pop(sym, None)
             self.observe(TradeClosedObs(fill.ts, sym, pnl), fill.ts)
             return [Protect(sym)]  # nothing left to protect: cancel its stop
-        if before.quantity == 0 and after.quantity > 0:
+        if before.quantity * after.quantity <= 0:  # opened, or flipped through zero
             atr = self._atr.get(sym, 0.0)
             if atr <= 0:
                 return []
             self._levels[sym] = StopLevels.on_entry(
-                float(fill.price), atr, self.cfg.k_stop, self.cfg.k_target
+                float(fill.price), atr, self.cfg.k_stop, self.cfg.k_target,
+                1.0 if after.quantity > 0 else -1.0,
             )
             self._placed_stop[sym] = self._levels[sym].stop
         levels = self._levels.get(sym)
@@ -345,7 +411,7 @@ class RiskManager:
 
     def on_candle_protect(self, candle: Candle, position: Position) -> list[Protect]:
         levels = self._levels.get(candle.symbol)
-        if levels is None or position.quantity <= 0:
+        if levels is None or position.quantity == 0:
             return []
         hit = levels.hit(candle.low, candle.high)
         if hit == "target":
@@ -353,11 +419,13 @@ class RiskManager:
         if hit == "stop" and not self.venue_stops:
             return [Protect(candle.symbol, exit_reason=f"stop (watched) at {levels.stop:.8g}")]
         trailed = levels.trail(
-            candle.high, self._atr.get(candle.symbol, levels.atr), self.cfg.k_chandelier
+            candle.high, self._atr.get(candle.symbol, levels.atr), self.cfg.k_chandelier,
+            candle.low,
         )
         self._levels[candle.symbol] = trailed
         # move the venue's stop only in steps worth an order (a quarter ATR), not every tick
-        moved = trailed.stop - self._placed_stop.get(candle.symbol, levels.stop)
+        moved = (trailed.stop - self._placed_stop.get(candle.symbol, levels.stop)) * \
+            trailed.direction
         if moved > 0.25 * trailed.atr and self.venue_stops:
             self._placed_stop[candle.symbol] = trailed.stop
             return [Protect(candle.symbol, stop_price=Decimal(repr(trailed.stop)))]

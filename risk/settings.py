@@ -48,6 +48,17 @@ class RiskSettings(BaseModel):
     volatility_hold_candles: int = Field(24, gt=0)
     model_baseline_accuracy: float | None = Field(None, gt=0, lt=1)
     model_accuracy_drop: float = Field(0.05, gt=0, lt=1)
+    # perpetuals
+    liquidation_buffer_atr: float = Field(
+        1.0, ge=0, description="perpetuals: an entry's stop must sit at least this many ATRs "
+        "inside its liquidation price, or the entry is refused")
+    liquidation_guard: bool = Field(
+        True, description="perpetuals: the liquidation guard above. Off only to test what "
+        "a liquidation does")
+    margin_ratio_reduce: float = Field(0.5, gt=0, lt=1, description="perpetuals: margin "
+                                       "ratio that moves trading to REDUCING")
+    margin_ratio_flatten: float = Field(0.8, gt=0, le=1, description="perpetuals: margin "
+                                        "ratio at which the position is closed at market")
     # kill switch
     kill_on_signal: Literal["none", "pause", "cancel", "flatten"] = Field(
         "none", description="kill level applied on SIGINT/SIGTERM before stopping")

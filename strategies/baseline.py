@@ -5,8 +5,10 @@ MACD pair). ``P(up)`` is a squashed function of the spread between them, measure
 it is above 0.5 exactly when the fast EMA is above the slow one. It is a rule, not a calibrated
 probability; the model ensemble replaces it.
 
-Strategy: long-only spot. Enter when ``P(up) > 0.5`` and flat with nothing working; exit the
-whole position when ``P(up) < 0.5``. Sizing is the risk gate's business.
+Strategy: long when ``P(up) > 0.5`` and flat with nothing working; exit the whole position
+when ``P(up) < 0.5``. With ``shorts`` (perpetuals) the mirror image too: short when
+``P(up) < 0.5`` and flat, cover when ``P(up) > 0.5``. A reversal is an exit, then an entry on a
+later candle. Sizing is the risk gate's business.
 """
 
 from __future__ import annotations
@@ -92,7 +94,10 @@ class EmaCrossSignal:
 
 
 class TrendFollowStrategy:
-    """Long when the signal leans up, flat when it leans down."""
+    """Long when the signal leans up, flat (or short, with ``shorts``) when it leans down."""
+
+    def __init__(self, shorts: bool = False) -> None:
+        self.shorts = shorts
 
     def decide(self, signal: Signal, portfolio: PortfolioView) -> OrderIntent | None:
         if any(not o.is_protective for o in portfolio.working_orders(signal.symbol)):
@@ -110,5 +115,19 @@ class TrendFollowStrategy:
                 symbol=signal.symbol, side=Side.SELL, reason=f"{SOURCE}: fast EMA below slow",
                 signal_ts=signal.ts, model_version=signal.model_version, reduce_only=True,
                 quantity=held,
+            )
+        if not self.shorts:
+            return None
+        if signal.p_up < 0.5 and held == 0:
+            return OrderIntent(
+                symbol=signal.symbol, side=Side.SELL, reason=f"{SOURCE}: fast EMA below slow",
+                signal_ts=signal.ts, model_version=signal.model_version, confidence=None,
+                dispersion=signal.dispersion,
+            )
+        if signal.p_up > 0.5 and held < 0:
+            return OrderIntent(
+                symbol=signal.symbol, side=Side.BUY, reason=f"{SOURCE}: fast EMA above slow",
+                signal_ts=signal.ts, model_version=signal.model_version, reduce_only=True,
+                quantity=-held,
             )
         return None

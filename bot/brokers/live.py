@@ -35,7 +35,9 @@ from bot.clock import Clock
 from bot.domain import (
     ZERO,
     Candle,
+    CashFlow,
     Fill,
+    FundingRate,
     MarketSpec,
     Order,
     OrderStatus,
@@ -307,6 +309,9 @@ class LiveBroker:
         return updates
 
     # ---- reconciliation -------------------------------------------------------------------
+    async def on_funding(self, funding: FundingRate) -> list[CashFlow]:
+        return []  # the venue books funding itself
+
     has_venue = True  # a real venue whose books can disagree with ours
 
     async def venue_state(

@@ -10,7 +10,15 @@ from typing import Any
 
 from bot.domain.control import CommandRecord, ControlRequest, ControlResult
 from bot.domain.risk import RiskState
-from bot.domain.trading import AuditEvent, EquitySnapshot, Fill, Order, Position, Signal
+from bot.domain.trading import (
+    AuditEvent,
+    CashFlow,
+    EquitySnapshot,
+    Fill,
+    Order,
+    Position,
+    Signal,
+)
 
 
 @dataclass(slots=True)
@@ -20,6 +28,7 @@ class UnitOfWork:
     signals: list[tuple[str, str, Signal]] = field(default_factory=list)  # run, account, signal
     orders: dict[str, Order] = field(default_factory=dict)  # latest state per client id
     fills: list[Fill] = field(default_factory=list)
+    cash_flows: list[CashFlow] = field(default_factory=list)  # funding
     positions: dict[tuple[str, str], Position] = field(default_factory=dict)
     cash: dict[str, tuple[Decimal, int]] = field(default_factory=dict)  # account -> (cash, ts)
     equity: list[EquitySnapshot] = field(default_factory=list)
@@ -34,7 +43,8 @@ class UnitOfWork:
 
     def __bool__(self) -> bool:
         return bool(
-            self.signals or self.orders or self.fills or self.positions or self.cash
+            self.signals or self.orders or self.fills or self.cash_flows or self.positions
+            or self.cash
             or self.equity or self.cursors or self.risk_state or self.risk_memory
             or self.controls_done
             or self.commands or self.audit
@@ -45,6 +55,7 @@ class UnitOfWork:
         self.signals.extend(other.signals)
         self.orders.update(other.orders)
         self.fills.extend(other.fills)
+        self.cash_flows.extend(other.cash_flows)
         self.positions.update(other.positions)
         self.cash.update(other.cash)
         self.equity.extend(other.equity)

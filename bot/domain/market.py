@@ -44,8 +44,30 @@ class Mode(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class MarkBar:
+    """The mark price over one candle (perpetuals): what the venue computes unrealized P&L
+    and liquidation on, apart from the traded price."""
+
+    open: float
+    high: float
+    low: float
+    close: float
+
+
+@dataclass(frozen=True, slots=True)
+class FundingRate:
+    """A perpetual's funding at ``ts`` (epoch ms): ``rate`` of the position's notional at the
+    mark price changes hands; positive means longs pay shorts."""
+
+    symbol: str
+    ts: int
+    rate: float
+
+
+@dataclass(frozen=True, slots=True)
 class Candle:
-    """One closed OHLCV candle. ``ts`` is the candle's open time."""
+    """One closed OHLCV candle. ``ts`` is the candle's open time. ``mark``: the mark-price bar
+    over the same interval, where the instrument has one and it is known."""
 
     symbol: str
     timeframe: str
@@ -55,6 +77,7 @@ class Candle:
     low: float
     close: float
     volume: float
+    mark: MarkBar | None = None
 
     @property
     def close_ts(self) -> int:
@@ -110,9 +133,33 @@ class FeedStatus:
     failures: int = 0  # consecutive failed reads when it was sent
 
 
+class InstrumentKind(StrEnum):
+    SPOT = "spot"
+    SWAP = "swap"  # a linear (USDT-margined) perpetual: ccxt's ``BTC/USDT:USDT``
+
+
+class MarginMode(StrEnum):
+    ISOLATED = "isolated"
+    CROSS = "cross"
+
+
+@dataclass(frozen=True, slots=True)
+class MarginBracket:
+    """One row of a venue's leverage brackets (Binance ``leverageBracket``, ccxt
+    ``fetch_leverage_tiers``): positions of notional up to ``notional_cap`` may use at most
+    ``max_leverage`` and keep ``maint_rate * notional - maint_amount`` as maintenance
+    margin."""
+
+    notional_cap: Decimal
+    max_leverage: Decimal
+    maint_rate: Decimal
+    maint_amount: Decimal = ZERO
+
+
 @dataclass(frozen=True, slots=True)
 class MarketSpec:
-    """What the venue allows for one symbol: precision, minimums and fees."""
+    """What the venue allows for one symbol: precision, minimums and fees; for a perpetual,
+    its contract size and margin brackets."""
 
     symbol: str
     base: str
@@ -123,6 +170,15 @@ class MarketSpec:
     min_notional: Decimal = ZERO
     maker_fee: Decimal = Decimal("0.001")
     taker_fee: Decimal = Decimal("0.001")
+    kind: InstrumentKind = InstrumentKind.SPOT
+    contract_size: Decimal = Decimal(1)
+    brackets: tuple[MarginBracket, ...] = ()
+    settle: str = ""  # the margin currency of a perpetual (USDT); empty for spot
+
+    @property
+    def margined(self) -> bool:
+        """Traded on margin: both sides may be opened and P&L settles in cash."""
+        return self.kind is InstrumentKind.SWAP
 
     def floor_qty(self, qty: Decimal) -> Decimal:
         """Round a quantity down to the venue's step (never up: never buy more than paid for)."""
@@ -154,3 +210,4 @@ class CandleSeries:
     candles: list[Candle]
     gaps: list[Gap]
     dropped_partial: bool
+    funding: tuple[FundingRate, ...] = ()  # a perpetual's funding rates, ascending

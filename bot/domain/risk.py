@@ -118,6 +118,13 @@ class FeedObs:
 
 
 @dataclass(frozen=True, slots=True)
+class MarginObs:
+    ts: int
+    symbol: str
+    ratio: float  # maintenance margin over the margin behind the position (1.0: liquidation)
+
+
+@dataclass(frozen=True, slots=True)
 class Protect:
     """What a position needs at the venue: a stop at ``stop_price`` (None: no stop), or an
     exit at market (``exit_reason``)."""
@@ -146,3 +153,4 @@ class RiskReport:
     transitions: list[dict[str, object]] = field(default_factory=list)
     decisions: dict[str, int] = field(default_factory=dict)
     retrain_requests: int = 0
+    guard_rejections: int = 0  # entries the liquidation guard refused

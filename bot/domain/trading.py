@@ -211,6 +211,8 @@ class Position:
     avg_price: Decimal = ZERO
     realized_pnl: Decimal = ZERO
     updated_ts: int = 0
+    # perpetuals: where the venue would liquidate it, on the mark price (None for spot)
+    liquidation_price: Decimal | None = None
 
     def apply_fill(self, fill: Fill) -> Position:
         """Average-cost accounting. Realized P&L excludes fees (fees are booked to cash)."""
@@ -232,6 +234,23 @@ class Position:
 
     def market_value(self, price: Decimal) -> Decimal:
         return self.quantity * price
+
+
+@dataclass(frozen=True, slots=True)
+class CashFlow:
+    """Cash that moves without a trade: a perpetual's funding (``kind`` "funding"). ``amount``
+    is signed, as the account sees it (negative: paid); ``rate``, ``mark`` and ``notional``
+    say how it was computed."""
+
+    flow_id: str
+    account: str
+    symbol: str
+    kind: str
+    amount: Decimal
+    ts: int
+    rate: Decimal = ZERO
+    mark: Decimal = ZERO
+    notional: Decimal = ZERO
 
 
 @dataclass(frozen=True, slots=True)

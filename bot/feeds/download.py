@@ -5,7 +5,9 @@ Only closed candles are written. A re-run appends after the last timestamp alrea
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from rich.progress import Progress
 
@@ -58,7 +60,7 @@ async def download_all(settings: Settings, since_ms: int, until_ms: int | None,
                         ts = int(r[0])
                         if ts < cursor or ts + step > end:
                             continue  # before the page or still forming
-                        c = Candle(symbol, tf, ts, *(float(x) for x in r[1:6]))
+                        c = Candle(symbol, tf, ts, *_ohlcv(r))
                         problem = candle_problem(c)
                         if problem:
                             raise DataError(f"{exchange.id} {symbol} candle {ts}: {problem}")
@@ -77,3 +79,9 @@ async def download_all(settings: Settings, since_ms: int, until_ms: int | None,
     finally:
         await exchange.close()
     return results
+
+
+def _ohlcv(row: Sequence[Any]) -> tuple[float, float, float, float, float]:
+    """open, high, low, close, volume of a ccxt OHLCV row, as floats."""
+    o, h, low, c, v = (float(x) for x in row[1:6])
+    return o, h, low, c, v

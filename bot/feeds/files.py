@@ -22,16 +22,22 @@ from bot.feeds.validate import CandleProblem, Row, validate_series
 
 CSV_HEADER = ["timestamp", "open", "high", "low", "close", "volume"]
 _NAME = re.compile(
-    r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_[A-Za-z0-9]+)?-(?P<tf>\w+?)(?:-\w+)?$"
+    r"^(?P<base>[A-Za-z0-9]+)_(?P<quote>[A-Za-z0-9]+)(?:_(?P<settle>[A-Za-z0-9]+))?"
+    r"-(?P<tf>\w+?)(?:-\w+)?$"
 )
 
 
 def symbol_from_filename(path: Path) -> tuple[str, str] | None:
-    """``BTC_USDT-1h.json`` -> ("BTC/USDT", "1h"); None when the name says nothing."""
+    """``BTC_USDT-1h.json`` -> ("BTC/USDT", "1h"); a perpetual as freqtrade names it,
+    ``BTC_USDT_USDT-1h-futures.feather``, -> ("BTC/USDT:USDT", "1h"); None when the name
+    says nothing."""
     m = _NAME.match(path.name.split(".")[0])
     if not m:
         return None
-    return f"{m['base'].upper()}/{m['quote'].upper()}", m["tf"]
+    symbol = f"{m['base'].upper()}/{m['quote'].upper()}"
+    if m["settle"]:
+        symbol += f":{m['settle'].upper()}"
+    return symbol, m["tf"]
 
 
 def parse_timestamp(text: str) -> int:
@@ -142,6 +148,17 @@ def _read_feather(path: Path) -> list[Row]:
 READERS = {".csv": _read_csv, ".json": _read_json, ".feather": _read_feather}
 
 
+def reader_for(path: Path) -> Any:
+    """The row reader for ``path``'s format; a clear error for an unknown format or a
+    missing file."""
+    reader = READERS.get(path.suffix.lower())
+    if reader is None:
+        raise DataError(f"{path}: unknown format {path.suffix!r}; use .csv, .json or .feather")
+    if not path.exists():
+        raise DataError(f"{path}: file does not exist")
+    return reader
+
+
 def load_candle_file(
     path: Path | str, timeframe: str, symbol: str | None = None, drop_partial: bool | None = None
 ) -> CandleSeries:
@@ -151,11 +168,7 @@ def load_candle_file(
     feather) that row is dropped unless ``drop_partial`` says otherwise.
     """
     path = Path(path)
-    reader = READERS.get(path.suffix.lower())
-    if reader is None:
-        raise DataError(f"{path}: unknown format {path.suffix!r}; use .csv, .json or .feather")
-    if not path.exists():
-        raise DataError(f"{path}: file does not exist")
+    reader = reader_for(path)
     guessed = symbol_from_filename(path)
     if symbol is None:
         if guessed is None:

@@ -64,7 +64,7 @@ class CloseTracker:
             if ts == newest and not ended:
                 continue  # still forming
             try:
-                candle = Candle(self.symbol, self.timeframe, ts, *(float(x) for x in r[1:6]))
+                candle = Candle(self.symbol, self.timeframe, ts, *_ohlcv(r))
             except (TypeError, ValueError):
                 log.error("bad_candle", symbol=self.symbol, ts=ts, reason="non-numeric field")
                 continue
@@ -372,3 +372,9 @@ class LiveFeed:
 
     async def close(self) -> None:
         return None
+
+
+def _ohlcv(row: Sequence[Any]) -> tuple[float, float, float, float, float]:
+    """open, high, low, close, volume of a ccxt OHLCV row, as floats."""
+    o, h, low, c, v = (float(x) for x in row[1:6])
+    return o, h, low, c, v

@@ -1,20 +1,22 @@
-"""Replay feed: validated candle files merged in time order."""
+"""Replay feed: validated candle files merged in time order, with perpetuals' funding."""
 
 from __future__ import annotations
 
 import heapq
 from collections.abc import AsyncIterator, Iterator, Sequence
 
-from bot.domain import Candle, CandleSeries, Gap, Warmup
+from bot.domain import Candle, CandleSeries, FundingRate, Gap, Warmup
 
-FeedEvent = tuple[Candle, ...] | Gap | Warmup
+FeedEvent = tuple[Candle, ...] | Gap | Warmup | FundingRate
 
 
 class ReplayFeed:
     """Emits every candle of every series once, ordered by (open time, symbol).
 
     A gap is emitted right before the first candle after the hole, so the engine can record it
-    and react; the hole is never filled with invented candles.
+    and react; the hole is never filled with invented candles. A funding rate at time T is
+    emitted before the first batch that opens at or after T: after the candle that closes at
+    T, on the position held then.
     """
 
     def __init__(
@@ -61,10 +63,21 @@ class ReplayFeed:
             if before:
                 yield Warmup(tuple(before))
 
+    def _funding(self) -> list[FundingRate]:
+        """Every series' funding from its start (or resume point) on, in time order."""
+        out = []
+        for s in self._series:
+            lo = max(self._start or -1, self._resume.get(s.symbol, -1) + 1)
+            out += [f for f in s.funding if f.ts >= lo
+                    and (self._end is None or f.ts < self._end)]
+        return sorted(out, key=lambda f: (f.ts, f.symbol))
+
     def events(self) -> Iterator[FeedEvent]:
-        """Warm-up, then gaps and batches of candles that share one open time."""
+        """Warm-up, then gaps, funding and batches of candles that share one open time."""
         yield from self._warm()
         merged = heapq.merge(*(self._one(s) for s in self._series), key=lambda e: e[:3])
+        funding = self._funding()
+        due = 0
         batch: list[Candle] = []
         for _, _, _, event in merged:
             if isinstance(event, Gap):
@@ -73,6 +86,10 @@ class ReplayFeed:
             if batch and batch[0].ts != event.ts:
                 yield tuple(batch)
                 batch = []
+            if not batch:
+                while due < len(funding) and funding[due].ts <= event.ts:
+                    yield funding[due]
+                    due += 1
             batch.append(event)
         if batch:
             yield tuple(batch)

@@ -181,7 +181,7 @@ class PostgresLedger:
             raise LedgerError(f"cannot load account {account}: {brief(exc)}") from exc
         positions = tuple(
             Position(account, r.symbol, r.quantity, r.avg_price, r.realized_pnl,
-                     to_ms(r.updated_at))
+                     to_ms(r.updated_at), r.liquidation_price)
             for r in pos_rows
         )
         return AccountState(
@@ -248,12 +248,19 @@ class PostgresLedger:
             stmt = stmt.on_conflict_do_update(
                 index_elements=["account", "symbol"],
                 set_={c: stmt.excluded[c] for c in ("quantity", "avg_price", "realized_pnl",
-                                                    "updated_at")},
+                                                    "updated_at", "liquidation_price")},
             )
             await conn.execute(stmt, [
                 {"account": p.account, "symbol": p.symbol, "quantity": p.quantity,
                  "avg_price": p.avg_price, "realized_pnl": p.realized_pnl,
-                 "updated_at": to_dt(p.updated_ts)} for p in unit.positions.values()])
+                 "updated_at": to_dt(p.updated_ts), "liquidation_price": p.liquidation_price}
+                for p in unit.positions.values()])
+        if unit.cash_flows:
+            await raw.copy_records_to_table("cash_flows", columns=[
+                "flow_id", "account", "symbol", "kind", "amount", "rate", "mark", "notional",
+                "ts"], records=[
+                (f.flow_id, f.account, f.symbol, f.kind, f.amount, f.rate, f.mark, f.notional,
+                 to_dt(f.ts)) for f in unit.cash_flows])
         for account, (cash, ts) in unit.cash.items():
             await conn.execute(update(t.Account).where(t.Account.account == account)
                                .values(cash=cash, updated_at=to_dt(ts)))

@@ -130,6 +130,23 @@ class PositionRow(Base):
     avg_price: Mapped[Decimal] = mapped_column(Numeric)
     realized_pnl: Mapped[Decimal] = mapped_column(Numeric)
     updated_at: Mapped[datetime] = mapped_column(TS)
+    liquidation_price: Mapped[Decimal | None] = mapped_column(Numeric)
+
+
+class CashFlowRow(Base):
+    """Funding: cash that moves without a trade (migration 0009)."""
+
+    __tablename__ = "cash_flows"
+    flow_id: Mapped[str] = mapped_column(Text, primary_key=True)
+    account: Mapped[str] = mapped_column(Text, primary_key=True)
+    symbol: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(Text)
+    amount: Mapped[Decimal] = mapped_column(Numeric)
+    rate: Mapped[Decimal] = mapped_column(Numeric)
+    mark: Mapped[Decimal] = mapped_column(Numeric)
+    notional: Mapped[Decimal] = mapped_column(Numeric)
+    ts: Mapped[datetime] = mapped_column(TS)
+    __table_args__ = (Index("ix_cash_flows_account_ts", "account", "ts"),)
 
 
 class EquitySnapshotRow(Base):
