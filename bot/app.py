@@ -309,7 +309,8 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
         raise ConfigError("use `stackbot backtest` for backtests")
     if mode is Mode.LIVE:
         require_live_ready(settings)
-    exchange = make_exchange(settings.exchange, with_ws=settings.exchange.feed != "rest")
+    exchange = make_exchange(settings.exchange, with_ws=settings.exchange.feed != "rest",
+                             swaps=settings.perpetuals)
     clock = WallClock()
     from bot.exchange.retry import resync_clock
 
@@ -328,7 +329,7 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
         from bot.brokers.live import LiveBroker
 
         broker = LiveBroker(exchange, clock, settings.quote_currency,
-                            settings.exchange.recv_window_ms)
+                            settings.exchange.recv_window_ms, margin=settings.futures.terms())
     else:
         cfg = settings.paper
         broker = PaperBroker(ccxt_markets(exchange), clock, cfg.quote, cfg.starting_balance,

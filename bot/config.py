@@ -231,6 +231,11 @@ class Settings(BaseSettings):
             return tuple(s.upper() for s in value)
         return value
 
+    @property
+    def perpetuals(self) -> bool:
+        """The account trades linear perpetuals (``BTC/USDT:USDT``), not spot."""
+        return any(":" in s for s in self.symbols)
+
     @field_validator("timeframe")
     @classmethod
     def _known_timeframe(cls, value: str) -> str:

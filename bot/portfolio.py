@@ -123,6 +123,10 @@ class Portfolio:
         if fill.symbol in self.margined:
             before = self.position(fill.symbol)
             pos = before.apply_fill(fill)
+            if fill.realized_pnl is not None:  # the venue's own figure, as its wallet moved
+                pos = Position(pos.account, pos.symbol, pos.quantity, pos.avg_price,
+                               before.realized_pnl + fill.realized_pnl, pos.updated_ts,
+                               pos.liquidation_price)
             self._cash += pos.realized_pnl - before.realized_pnl - quote_fee
             self._positions[fill.symbol] = pos
             return pos

@@ -99,9 +99,12 @@ class Broker(Protocol):
     async def markets(self, symbols: Sequence[str]) -> Mapping[str, MarketSpec]: ...
 
     def restore(
-        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal
+        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal,
+        funding_since: int = 0,
     ) -> None:
-        """Take over working orders and balances known to the ledger (restart)."""
+        """Take over working orders and balances known to the ledger (restart);
+        ``funding_since``: the newest funding payment the ledger holds (or, none yet, when the
+        account began), after which a venue's funding history is new."""
         ...
 
     async def submit(self, order: Order) -> OrderUpdate: ...

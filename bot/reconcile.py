@@ -3,6 +3,7 @@
 Compared, for the traded symbols of one account:
 
 - each base asset's position in the ledger with the venue's total balance (free + locked);
+  for perpetuals, each position (signed contracts) with the venue's position;
 - the ledger's cash with the venue's quote balance. More at the venue than in the ledger is a
   deposit: adopted and audited. Less is a disagreement;
 - the venue's open orders with the ledger's working orders. An open order the ledger does not
@@ -49,9 +50,14 @@ def reconcile(symbols: Sequence[str], quote: str, positions: Mapping[str, Decima
     if in_doubt:
         return Reconciliation(True, deferred=f"{in_doubt} order(s) in doubt at the venue")
     bases = {s: s.split("/")[0] for s in symbols}
+    if venue.positions is not None:  # perpetuals: positions are the venue's, not balances
+        held = {s: venue.positions.get(s, ZERO) for s in symbols}
+        marks = {s: venue.entries.get(s, venue.prices.get(s, ZERO)) for s in symbols}
+    else:
+        held = {s: venue.balances.get(b, ZERO) for s, b in bases.items()}
+        marks = {s: venue.prices.get(s, ZERO) for s in symbols}
     if first_run:
-        adopted = {s: (venue.balances.get(b, ZERO), venue.prices.get(s, ZERO))
-                   for s, b in bases.items() if venue.balances.get(b, ZERO) > tolerance}
+        adopted = {s: (q, marks[s]) for s, q in held.items() if abs(q) > tolerance}
         unknown = tuple(o for o in venue.open_orders if o[0] not in working)
         strays = tuple(f"open order {cid or xid} on {sym} at the venue is not in the ledger"
                        for cid, sym, xid in unknown)
@@ -59,9 +65,10 @@ def reconcile(symbols: Sequence[str], quote: str, positions: Mapping[str, Decima
                               venue.balances.get(quote, ZERO) - cash, adopted)
     problems: list[str] = []
     for sym, base in bases.items():
-        ours, theirs = positions.get(sym, ZERO), venue.balances.get(base, ZERO)
+        ours, theirs = positions.get(sym, ZERO), held[sym]
         if abs(ours - theirs) > tolerance:
-            problems.append(f"{base}: ledger holds {ours}, venue {theirs}")
+            what = sym if venue.positions is not None else base
+            problems.append(f"{what}: ledger holds {ours}, venue {theirs}")
     venue_cash = venue.balances.get(quote, ZERO)
     adopted_cash = ZERO
     if venue_cash < cash - tolerance:

@@ -56,6 +56,8 @@ class Reconciler:
         venue, updates = answer
         for update in updates:
             self.desk.apply(update, unit)
+        if venue.cash_flows:  # funding the venue booked: ours too, audited, before comparing
+            self.desk.book_flows(list(venue.cash_flows), unit)
         pf = self.portfolio
         first_run = self.first_run
         r = reconcile(list(self.markets), pf.quote, {p.symbol: p.quantity for p in pf.positions()},

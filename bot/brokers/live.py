@@ -20,6 +20,17 @@
   cumulative quantity the ledger already holds.
 - Reads retry by error class (``bot.exchange.retry``); ccxt errors are translated at the
   boundary (``bot.exchange.errors``).
+
+Perpetuals (linear swaps, e.g. ``binanceusdm``):
+
+- at start the account's margin mode and each symbol's leverage are set on the venue and the
+  venue's answer checked (``MarginModeAlreadySet`` is the venue saying it already is);
+- exits carry ``reduceOnly``; a stop is a conditional order, which Binance keeps in its algo
+  service (ccxt routes it there): looked up and cancelled with ``trigger``, and once
+  triggered its fills are those of the market order it placed (``actualOrderId``);
+- reconciliation compares positions with ``fetch_positions`` and the wallet (not the margin
+  balance) with the ledger's cash, and brings the venue's funding history
+  (``fetch_funding_history``) since the newest payment the ledger holds.
 """
 
 from __future__ import annotations
@@ -38,6 +49,7 @@ from bot.domain import (
     CashFlow,
     Fill,
     FundingRate,
+    MarginMode,
     MarketSpec,
     Order,
     OrderStatus,
@@ -48,6 +60,7 @@ from bot.domain import (
 )
 from bot.errors import (
     ClockSkew,
+    ConfigError,
     ExchangeError,
     OrderAction,
     OrderNotFound,
@@ -57,6 +70,7 @@ from bot.exchange.errors import call
 from bot.exchange.markets import ccxt_markets
 from bot.exchange.retry import RetryPolicy, read, resync_clock
 from bot.logs import get_logger
+from risk.margin import MarginTerms
 
 log = get_logger("broker.live")
 _STATUS = {"open": OrderStatus.OPEN, "closed": OrderStatus.FILLED,
@@ -70,8 +84,8 @@ def _dec(value: Any) -> Decimal:
 
 class LiveBroker:
     def __init__(self, exchange: Any, clock: Clock, quote: str, recv_window_ms: int = 5000,
-                 policy: RetryPolicy | None = None, lookup_policy: RetryPolicy | None = None
-                 ) -> None:
+                 policy: RetryPolicy | None = None, lookup_policy: RetryPolicy | None = None,
+                 margin: MarginTerms | None = None, funding_since: int = 0) -> None:
         self.exchange = exchange
         self.clock = clock
         self.quote = quote
@@ -82,14 +96,54 @@ class LiveBroker:
         # client id -> wall ms from which it may have reached the venue: outcome unknown
         self._unresolved: dict[str, int] = {}
         self._unbooked: set[str] = set()  # filled at the venue beyond the trades booked
+        self.margin = margin or MarginTerms()
+        self.funding_since = funding_since  # ms of the newest funding payment in the ledger
+        self._specs: dict[str, MarketSpec] = {}
 
     async def markets(self, symbols: Sequence[str]) -> Mapping[str, MarketSpec]:
-        return await read(self.exchange, lambda: ccxt_markets(self.exchange)(symbols), "markets",
-                          self.policy)
+        specs = await read(self.exchange, lambda: ccxt_markets(self.exchange)(symbols),
+                           "markets", self.policy)
+        self._specs = dict(specs)
+        for spec in specs.values():
+            if spec.margined:
+                await self._set_terms(spec)
+        return specs
+
+    async def _set_terms(self, spec: MarketSpec) -> None:
+        """Margin mode and leverage on the venue, as configured; the venue's answer must say
+        what was asked (a venue that capped the leverage would change every liquidation
+        price the risk manager computed)."""
+        mode = "isolated" if self.margin.mode is MarginMode.ISOLATED else "cross"
+        try:
+            await call(self.exchange.set_margin_mode(mode, spec.symbol))
+        except VenueError as exc:
+            if exc.ccxt_class != "MarginModeAlreadySet":
+                raise
+        wanted = int(self.margin.leverage_of(spec))
+        answer = await call(self.exchange.set_leverage(wanted, spec.symbol))
+        got = int(_dec((answer or {}).get("leverage")))
+        if got != wanted:
+            raise ConfigError(f"{spec.symbol}: the venue set leverage {got}, not the {wanted} "
+                              "configured ([futures] leverage)")
+        log.info("venue_terms", symbol=spec.symbol, leverage=wanted, margin_mode=mode)
+
+    def _swap(self, symbol: str) -> bool:
+        spec = self._specs.get(symbol)
+        return spec is not None and spec.margined
+
+    def _ref(self, order: Order) -> dict[str, Any]:
+        """How ccxt finds the order at the venue: its client id, and for a perpetual's stop
+        the algo service's own books."""
+        ref: dict[str, Any] = {"origClientOrderId": order.client_order_id}
+        if order.order_type is OrderType.STOP and self._swap(order.symbol):
+            ref["trigger"] = True
+        return ref
 
     def restore(
-        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal
+        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal,
+        funding_since: int = 0,
     ) -> None:
+        self.funding_since = max(self.funding_since, funding_since)
         for o in orders:
             self._working[o.client_order_id] = o
             if o.status is OrderStatus.PENDING_SUBMIT:
@@ -102,6 +156,8 @@ class LiveBroker:
             return await self._resolve(order)
         self._working[cid] = order
         params: dict[str, Any] = {"clientOrderId": cid}
+        if order.reduce_only and self._swap(order.symbol):
+            params["reduceOnly"] = True  # an exit can never open or grow a position
         price = order.limit_price if order.order_type is OrderType.LIMIT else None
         if order.order_type is OrderType.STOP:
             # ccxt's unified stop: a market order with a trigger price (Binance: STOP_LOSS)
@@ -157,7 +213,7 @@ class LiveBroker:
         try:
             raw = await read(
                 self.exchange,
-                lambda: self.exchange.fetch_order(None, order.symbol, {"origClientOrderId": cid}),
+                lambda: self.exchange.fetch_order(None, order.symbol, self._ref(order)),
                 "lookup",
                 self.lookup_policy,
             )
@@ -186,9 +242,10 @@ class LiveBroker:
 
     async def _trades(self, order: Order, exchange_id: str) -> list[Fill]:
         """The order's trades the ledger has not booked yet, oldest first."""
-        trades = await read(
+        trades = await read(  # fetch_my_trades by order id: ccxt's fetch_order_trades is spot-only
             self.exchange,
-            lambda: self.exchange.fetch_order_trades(exchange_id, order.symbol),
+            lambda: self.exchange.fetch_my_trades(order.symbol, None, None,
+                                                  {"orderId": exchange_id}),
             "order_trades",
             self.policy,
         )
@@ -215,9 +272,27 @@ class LiveBroker:
                         info.get("commissionAsset") or fee.get("currency") or self.quote
                     ),
                     ts=int(t.get("timestamp") or self.clock.now_ms()),
+                    realized_pnl=(_dec(info["realizedPnl"]) if "realizedPnl" in info
+                                  and self._swap(order.symbol) else None),
                 )
             )
         return fills
+
+    async def _placed(self, order: Order, raw: Mapping[str, Any]
+                      ) -> tuple[Mapping[str, Any], str | None]:
+        """For a conditional order of the algo service: the venue's view of the order it
+        placed when triggered, and that order's id (its trades are booked against it); an
+        untriggered one stands as it is. Any other order is its own."""
+        info = raw.get("info") or {}
+        if "algoId" not in info:
+            return raw, None
+        actual = str(info.get("actualOrderId") or "")
+        if not actual:
+            return dict(raw, filled=0), None
+        placed = await read(self.exchange,
+                            partial(self.exchange.fetch_order, actual, order.symbol),
+                            "order", self.policy)
+        return placed, actual
 
     async def _sync(self, order: Order, raw: Mapping[str, Any]) -> OrderUpdate:
         """Bring ``order`` up to the venue's ``raw`` view: its id, new trades, final state."""
@@ -225,13 +300,14 @@ class LiveBroker:
         updated = order
         if order.exchange_order_id is None and raw.get("id"):
             updated = dataclasses.replace(updated, exchange_order_id=str(raw["id"]))
+        raw, trades_of = await self._placed(order, raw)
         if updated.status is OrderStatus.PENDING_SUBMIT:
             updated = updated.transition(OrderStatus.OPEN, now)
         venue_filled = _dec(raw.get("filled"))
         fills: list[Fill] = []
         if venue_filled > updated.filled_qty and updated.exchange_order_id:
             try:
-                fills = await self._trades(updated, updated.exchange_order_id)
+                fills = await self._trades(updated, trades_of or updated.exchange_order_id)
             except ExchangeError as exc:  # booked on a later poll; the order stays working
                 log.warning(
                     "trades_unavailable",
@@ -262,10 +338,11 @@ class LiveBroker:
         current = self._working.get(cid, order)
         try:
             raw = await call(
-                self.exchange.cancel_order(
-                    order.exchange_order_id, order.symbol, {"origClientOrderId": cid}
-                )
+                self.exchange.cancel_order(order.exchange_order_id, order.symbol,
+                                           self._ref(order))
             )
+            if raw.get("status") is None:  # the algo service answers {"code": 200}: ask
+                raise ExchangeError("the cancel's answer has no order state")
         except ExchangeError as exc:
             # lost answer, refused, or already gone (filled, cancelled: -2011): ask what
             # happened
@@ -273,7 +350,7 @@ class LiveBroker:
             raw = await read(
                 self.exchange,
                 lambda: self.exchange.fetch_order(
-                    order.exchange_order_id, order.symbol, {"origClientOrderId": cid}
+                    order.exchange_order_id, order.symbol, self._ref(order)
                 ),
                 "lookup",
                 self.lookup_policy,
@@ -296,7 +373,7 @@ class LiveBroker:
                     raw = await read(
                         self.exchange,
                         partial(self.exchange.fetch_order, order.exchange_order_id,
-                                order.symbol, {"origClientOrderId": cid}),
+                                order.symbol, self._ref(order)),
                         "order",
                         self.policy,
                     )
@@ -318,28 +395,34 @@ class LiveBroker:
         self, symbols: Sequence[str]
     ) -> tuple[VenueState, list[OrderUpdate]] | None:
         """Balances, open orders and prices as the venue sees them, plus the order updates
-        found on the way. Working orders are polled before and after the snapshot; if a fill
-        landed in between, the snapshot is taken again, so both sides describe one moment."""
+        found on the way. Working orders (and a perpetuals account's funding history) are read
+        before and after the snapshot; if a fill or a funding payment landed in between, the
+        snapshot is taken again, so both sides describe one moment."""
+        swaps = [s for s in symbols if self._swap(s)]
         updates = await self._poll(None)
+        flows = await self._funding(swaps)
         for _ in range(3):
             balance = await read(
                 self.exchange, lambda: self.exchange.fetch_balance(), "balance", self.policy
             )
             opened = []
             for sym in symbols:
-                rows = await read(
-                    self.exchange,
-                    partial(self.exchange.fetch_open_orders, sym),
-                    "open_orders",
-                    self.policy,
-                )
-                opened += [
-                    (str(r.get("clientOrderId") or ""), sym, str(r.get("id") or "")) for r in rows
-                ]
+                for ref in ({}, {"trigger": True}) if sym in swaps else ({},):
+                    rows = await read(
+                        self.exchange,
+                        partial(self.exchange.fetch_open_orders, sym, None, None, ref),
+                        "open_orders",
+                        self.policy,
+                    )
+                    opened += [(str(r.get("clientOrderId") or ""), sym, str(r.get("id") or ""))
+                               for r in rows]
+            held = await self._positions(swaps) if swaps else None
             after = await self._poll(None)
             updates += after
-            if not any(u.fills for u in after):
+            later = await self._funding(swaps)
+            if not any(u.fills for u in after) and len(later) == len(flows):
                 break
+            flows = later
         tickers = await read(
             self.exchange,
             lambda: self.exchange.fetch_tickers(list(symbols)),
@@ -348,7 +431,47 @@ class LiveBroker:
         )
         prices = {s: _dec(t.get("last")) for s, t in tickers.items() if t.get("last")}
         totals = {str(k): _dec(v) for k, v in (balance.get("total") or {}).items()}
-        return VenueState(totals, tuple(opened), prices), updates
+        if swaps:  # the wallet: margin balance less unrealized P&L (ccxt's total is the former)
+            for asset in (balance.get("info") or {}).get("assets") or []:
+                totals[str(asset.get("asset"))] = _dec(asset.get("walletBalance"))
+        positions = entries = None
+        if held is not None:
+            positions = {s: q for s, (q, _) in held.items()}
+            entries = {s: e for s, (_, e) in held.items()}
+        if flows:  # handed to the ledger now; a restart starts from what it committed
+            self.funding_since = max(f.ts for f in flows)
+        return VenueState(totals, tuple(opened), prices, positions, entries or {},
+                          tuple(flows)), updates
+
+    async def _positions(self, swaps: Sequence[str]) -> dict[str, tuple[Decimal, Decimal]]:
+        """Signed contracts and entry price of each held perpetual (one-way mode)."""
+        rows = await read(self.exchange,
+                          lambda: self.exchange.fetch_positions(list(swaps)), "positions",
+                          self.policy)
+        held: dict[str, tuple[Decimal, Decimal]] = {}
+        for r in rows:
+            qty = _dec(r.get("contracts")) * _dec(r.get("contractSize") or 1)
+            if qty and r.get("symbol") in swaps:
+                sign = -1 if r.get("side") == "short" else 1
+                held[str(r["symbol"])] = (sign * qty, _dec(r.get("entryPrice")))
+        return held
+
+    async def _funding(self, swaps: Sequence[str]) -> list[CashFlow]:
+        """Funding the venue booked after the newest payment the ledger holds, oldest first.
+        Its transaction id is the flow's id, so a payment is never booked twice."""
+        flows: list[CashFlow] = []
+        for sym in swaps:
+            rows = await read(
+                self.exchange,
+                partial(self.exchange.fetch_funding_history, sym, self.funding_since + 1),
+                "funding", self.policy)
+            for r in rows:
+                ts = int(r.get("timestamp") or 0)
+                if ts > self.funding_since and r.get("amount") is not None:
+                    flows.append(CashFlow(f"funding:{r.get('id')}", "", sym, "funding",
+                                          _dec((r.get("info") or {}).get("income")
+                                               or r.get("amount")), ts))
+        return sorted(flows, key=lambda f: (f.ts, f.flow_id))
 
     @property
     def in_doubt(self) -> int:

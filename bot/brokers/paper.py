@@ -94,7 +94,8 @@ class PaperBroker:
         return specs
 
     def restore(
-        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal
+        self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal,
+        funding_since: int = 0,
     ) -> None:
         self.cash = cash
         self.holdings = {p.symbol: p.quantity for p in positions}

@@ -80,6 +80,8 @@ class AccountState:
     pending_controls: tuple[ControlRequest, ...] = ()
     recent_nonces: frozenset[str] = frozenset()
     command_acks: Mapping[str, Any] = field(default_factory=dict)  # accepted MQTT id -> ack
+    # the newest funding payment booked, else the account's first audit event (ms); 0: new
+    funding_since: int = 0
 
 
 @dataclass(frozen=True, slots=True)

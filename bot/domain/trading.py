@@ -136,6 +136,9 @@ class Fill:
     fee_currency: str
     ts: int
     liquidity: str = "taker"
+    # a perpetual's P&L as the venue booked it for this trade (Binance ``realizedPnl``, to its
+    # precision): what moved the venue's wallet, so it moves the ledger's cash. None: computed
+    realized_pnl: Decimal | None = None
 
     @property
     def notional(self) -> Decimal:

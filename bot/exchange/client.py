@@ -1,5 +1,6 @@
 """Building a ccxt client from settings: base-URL override (REST and websocket), sandbox,
-keys, timeouts, and spot-only market loading."""
+keys, timeouts, and market loading limited to what the account trades: spot, or linear
+(USDT-margined) swaps for a perpetuals account."""
 
 from __future__ import annotations
 
@@ -35,8 +36,9 @@ def ws_from_rest(url: str) -> str:
     return urlunsplit((scheme, parts.netloc, parts.path, "", ""))
 
 
-def make_exchange(cfg: ExchangeSettings, with_ws: bool = True) -> Any:
-    """A ccxt async client (ccxt.pro when websockets are wanted and available)."""
+def make_exchange(cfg: ExchangeSettings, with_ws: bool = True, swaps: bool = False) -> Any:
+    """A ccxt async client (ccxt.pro when websockets are wanted and available). ``swaps``: the
+    account trades linear perpetuals (``BTC/USDT:USDT``), so only those markets load."""
     import ccxt.async_support as ccxt_async
 
     module: Any = ccxt_async
@@ -54,7 +56,8 @@ def make_exchange(cfg: ExchangeSettings, with_ws: bool = True) -> Any:
     params: dict[str, Any] = {
         "enableRateLimit": True,
         "timeout": cfg.timeout_ms,
-        "options": {"defaultType": "spot", "fetchMarkets": {"types": ["spot"]},
+        "options": {"defaultType": "swap" if swaps else "spot",
+                    "fetchMarkets": {"types": ["linear"] if swaps else ["spot"]},
                     "fetchCurrencies": False, "fetchMargins": False,
                     "adjustForTimeDifference": False, "recvWindow": cfg.recv_window_ms},
     }
@@ -68,18 +71,20 @@ def make_exchange(cfg: ExchangeSettings, with_ws: bool = True) -> Any:
     if cfg.url or cfg.ws_url:
         ws = cfg.ws_url or (ws_from_rest(cfg.url) if cfg.url else None)
         exchange.urls["api"] = rebase_urls(exchange.urls["api"], cfg.url, ws)
-        keep_spot_error_map(exchange)
+        keep_host_error_map(exchange, "linear" if swaps else "spot")
     return exchange
 
 
-def keep_spot_error_map(exchange: Any) -> None:
+def keep_host_error_map(exchange: Any, market: str = "spot") -> None:
     """ccxt's binance chooses its per-market error map (``exceptions['spot']``: -1008 server
-    busy, -3022 account banned ...) by the request's host name, so a rebased URL (proxy,
-    simulator) silently falls back to the general map. Merge the spot map into the general
-    one, spot first, as the real host would have it. A copy: ccxt's maps stay untouched."""
+    busy, -3022 account banned ...; ``exceptions['linear']``: -2019 margin insufficient, -4046
+    margin type already set ...) by the request's host name, so a rebased URL (proxy,
+    simulator) silently falls back to the general map. Merge the account's map into the
+    general one, it first, as the real host would have it. A copy: ccxt's maps stay
+    untouched."""
     maps = exchange.exceptions
-    spot = maps.get("spot") if isinstance(maps, dict) else None
-    if not isinstance(spot, dict):
+    own = maps.get(market) if isinstance(maps, dict) else None
+    if not isinstance(own, dict):
         return  # this exchange keeps one map for all hosts
-    exchange.exceptions = {**maps, **{kind: {**(maps.get(kind) or {}), **(spot.get(kind) or {})}
+    exchange.exceptions = {**maps, **{kind: {**(maps.get(kind) or {}), **(own.get(kind) or {})}
                                       for kind in ("exact", "broad")}}

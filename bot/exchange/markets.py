@@ -6,7 +6,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
-from bot.domain import MarketSpec
+from bot.domain import InstrumentKind, MarginBracket, MarketSpec
 from bot.errors import UnknownSymbol
 from bot.exchange.errors import call
 
@@ -26,8 +26,18 @@ def _step(value: Any, mode: int) -> Decimal:
     return Decimal(1).scaleb(-int(value))
 
 
-def spec_from_ccxt(market: Mapping[str, Any], precision_mode: int) -> MarketSpec:
+def brackets_from_tiers(tiers: Sequence[Mapping[str, Any]]) -> tuple[MarginBracket, ...]:
+    """ccxt's leverage tiers (Binance ``leverageBracket``) as margin brackets; the maintenance
+    amount (Binance's ``cum``) is only in the venue's own row."""
+    return tuple(MarginBracket(_dec(t.get("maxNotional"), "0"), _dec(t.get("maxLeverage"), "1"),
+                               _dec(t.get("maintenanceMarginRate"), "0"),
+                               _dec((t.get("info") or {}).get("cum"), "0")) for t in tiers)
+
+
+def spec_from_ccxt(market: Mapping[str, Any], precision_mode: int,
+                   brackets: tuple[MarginBracket, ...] = ()) -> MarketSpec:
     limits = market.get("limits") or {}
+    swap = bool(market.get("swap")) and bool(market.get("linear"))
     return MarketSpec(
         symbol=market["symbol"], base=market["base"], quote=market["quote"],
         amount_step=_step((market.get("precision") or {}).get("amount"), precision_mode),
@@ -36,6 +46,10 @@ def spec_from_ccxt(market: Mapping[str, Any], precision_mode: int) -> MarketSpec
         min_notional=_dec((limits.get("cost") or {}).get("min"), "0"),
         maker_fee=_dec(market.get("maker"), "0.001"),
         taker_fee=_dec(market.get("taker"), "0.001"),
+        kind=InstrumentKind.SWAP if swap else InstrumentKind.SPOT,
+        contract_size=_dec(market.get("contractSize"), "1") if swap else Decimal(1),
+        brackets=brackets if swap else (),
+        settle=str(market.get("settle") or "") if swap else "",
     )
 
 
@@ -47,6 +61,11 @@ def ccxt_markets(exchange: Any) -> Callable[[Sequence[str]], Awaitable[Mapping[s
         missing = [s for s in symbols if s not in markets]
         if missing:
             raise UnknownSymbol(f"{exchange.id} does not list {', '.join(missing)}")
-        return {s: spec_from_ccxt(markets[s], exchange.precisionMode) for s in symbols}
+        swaps = [s for s in symbols if markets[s].get("swap")]
+        tiers: Mapping[str, Any] = {}
+        if swaps:  # the maintenance brackets behind liquidation prices, from the venue
+            tiers = await call(exchange.fetch_leverage_tiers(swaps))
+        return {s: spec_from_ccxt(markets[s], exchange.precisionMode,
+                                  brackets_from_tiers(tiers.get(s) or ())) for s in symbols}
 
     return source

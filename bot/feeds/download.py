@@ -39,7 +39,7 @@ async def download_all(settings: Settings, since_ms: int, until_ms: int | None,
     out_dir.mkdir(parents=True, exist_ok=True)
     tf = settings.timeframe
     step = timeframe_ms(tf)
-    exchange = make_exchange(settings.exchange, with_ws=False)
+    exchange = make_exchange(settings.exchange, with_ws=False, swaps=settings.perpetuals)
     results: dict[str, tuple[Path, int]] = {}
     try:
         await call(exchange.load_markets())

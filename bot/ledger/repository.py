@@ -14,7 +14,7 @@ from functools import lru_cache
 from typing import Any
 
 import orjson
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
@@ -174,6 +174,12 @@ class PostgresLedger:
                     select(t.ControlRequestRow).where(t.ControlRequestRow.account == account,
                                                       t.ControlRequestRow.processed_at.is_(None))
                     .order_by(t.ControlRequestRow.id))).all()
+                funded = (await conn.execute(
+                    select(func.coalesce(
+                        select(func.max(t.CashFlowRow.ts))
+                        .where(t.CashFlowRow.account == account).scalar_subquery(),
+                        select(func.min(t.AuditEventRow.ts))
+                        .where(t.AuditEventRow.account == account).scalar_subquery())))).scalar()
                 commands = (await conn.execute(
                     select(t.CommandRow.id, t.CommandRow.nonce, t.CommandRow.verdict,
                            t.CommandRow.ack).where(t.CommandRow.account == account))).all()
@@ -194,6 +200,7 @@ class PostgresLedger:
             pending_controls=tuple(control_from_row(r) for r in pending),
             recent_nonces=frozenset(c.nonce for c in commands),
             command_acks={c.id: c.ack for c in commands if c.verdict == "accepted"},
+            funding_since=to_ms(funded) if funded is not None else 0,
         )
 
     async def pending_controls(self, account: str) -> list[ControlRequest]:

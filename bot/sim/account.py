@@ -97,7 +97,7 @@ class SimAccount:
     def _err(self, status: int, code: int, msg: str) -> web.Response:
         return web.json_response({"code": code, "msg": msg}, status=status)
 
-    async def _params(self, request: web.Request) -> dict[str, str] | web.Response:
+    async def verify(self, request: web.Request) -> dict[str, str] | web.Response:
         """Verify the API key and the HMAC-SHA256 signature over query + body."""
         if request.headers.get("X-MBX-APIKEY") != self.api_key:
             return self._err(401, -2015, "Invalid API-key, IP, or permissions for action.")
@@ -200,7 +200,7 @@ class SimAccount:
 
     # ---- handlers -----------------------------------------------------------------------
     async def create(self, request: web.Request) -> web.Response:
-        params = await self._params(request)
+        params = await self.verify(request)
         if isinstance(params, web.Response):
             return params
         self.match()
@@ -258,7 +258,7 @@ class SimAccount:
         return web.json_response(body)
 
     async def query(self, request: web.Request) -> web.Response:
-        params = await self._params(request)
+        params = await self.verify(request)
         if isinstance(params, web.Response):
             return params
         self.match()
@@ -268,7 +268,7 @@ class SimAccount:
         return web.json_response(o.view())
 
     async def cancel(self, request: web.Request) -> web.Response:
-        params = await self._params(request)
+        params = await self.verify(request)
         if isinstance(params, web.Response):
             return params
         self.match()
@@ -286,7 +286,7 @@ class SimAccount:
         return web.json_response(o.view())
 
     async def open_orders(self, request: web.Request) -> web.Response:
-        params = await self._params(request)
+        params = await self.verify(request)
         if isinstance(params, web.Response):
             return params
         self.match()
@@ -295,7 +295,7 @@ class SimAccount:
                                   if o.status in OPEN and (sym is None or o.symbol == sym)])
 
     async def my_trades(self, request: web.Request) -> web.Response:
-        params = await self._params(request)
+        params = await self.verify(request)
         if isinstance(params, web.Response):
             return params
         sym, oid = params.get("symbol"), params.get("orderId")
@@ -303,7 +303,7 @@ class SimAccount:
                                   and (oid is None or str(t["orderId"]) == oid)])
 
     async def account(self, request: web.Request) -> web.Response:
-        params = await self._params(request)
+        params = await self.verify(request)
         if isinstance(params, web.Response):
             return params
         self.match()

@@ -25,6 +25,7 @@ from aiohttp import WSMsgType, web
 from bot.domain import Candle, timeframe_ms
 from bot.sim.account import HELD, SimAccount
 from bot.sim.faults import FaultPlan
+from bot.sim.usdm import SimFutures
 
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
 
@@ -78,7 +79,8 @@ class SimClock:
 
 
 def _binance_id(symbol: str) -> str:
-    return symbol.replace("/", "")
+    """``BTC/USDT`` and the perpetual ``BTC/USDT:USDT`` are both ``BTCUSDT`` at Binance."""
+    return symbol.split(":")[0].replace("/", "")
 
 
 class SimBinance:
@@ -95,6 +97,7 @@ class SimBinance:
         self.ws_enabled = True  # False: a venue (or proxy) with REST only, ws answers 404
         self._sockets: set[web.WebSocketResponse] = set()
         self.account: SimAccount | None = None
+        self.futures: SimFutures | None = None
         self.faults = FaultPlan()
         self.on_request: Any = None  # callback(method, path) before anything else happens
 
@@ -106,6 +109,17 @@ class SimBinance:
                                   self.price, self.clock.now_ms, self.faults,
                                   self.clock.server_ms)
         return self.account
+
+    def open_futures(self, api_key: str, secret: str, wallet: Decimal | str,
+                     funding_rate: Decimal | str = "0.0001",
+                     funding_interval_ms: int = 8 * 3_600_000) -> SimFutures:
+        """Enable the USDⓈ-M futures API (``/fapi``, ``bot/sim/usdm.py``) for one key pair
+        with ``wallet`` USDT."""
+        auth = SimAccount(api_key, secret, {}, self.price, self.clock.now_ms, self.faults,
+                          self.clock.server_ms)
+        self.futures = SimFutures(self, auth, Decimal(str(wallet)), Decimal(str(funding_rate)),
+                                  funding_interval_ms)
+        return self.futures
 
     def price(self, sid: str) -> Decimal | None:
         """The last traded price: the forming candle's current close."""
@@ -151,7 +165,7 @@ class SimBinance:
 
     @staticmethod
     def _symbol_info(sid: str, symbol: str) -> dict[str, Any]:
-        base, quote = symbol.split("/")
+        base, quote = symbol.split(":")[0].split("/")
         return {
             "symbol": sid, "status": "TRADING", "baseAsset": base, "baseAssetPrecision": 8,
             "quoteAsset": quote, "quotePrecision": 8, "quoteAssetPrecision": 8,
@@ -420,8 +434,14 @@ class SimBinance:
         r.add_get("/ws", self.websocket)
         r.add_get("/ws/{stream}", self.websocket)
         r.add_get("/stream/ws/{stream}", self.websocket)
+        # USDⓈ-M futures streams, by Binance's routing of 2026: /public (book), /market
+        # (klines, mark price) and /private (user data), as ccxt's binanceusdm connects
+        r.add_get("/market/ws/{stream}", self.websocket)
+        r.add_get("/public/ws/{stream}", self.websocket)
         if self.account is not None:
             self.account.routes(app)
+        if self.futures is not None:
+            self.futures.routes(app)
         return app
 
 

@@ -1,0 +1,160 @@
+"""Issue 14, live: ``stackbot run --mode live`` on ``binanceusdm`` (ccxt's real class) against
+the simulator's USDⓈ-M API. The bot sets its leverage and margin mode, opens a short, receives
+funding, is killed with ``flatten`` and ends flat; the ledger then equals the venue: no
+position on either side, the ledger's cash equals the venue's wallet to the last digit, every
+funding payment the venue booked is a ledger cash flow with the same amount, and every trade
+a fill with the same price, quantity and commission.
+
+The venue's answers are Binance's USDⓈ-M ones (https://developers.binance.com/docs/
+derivatives/usds-margined-futures/): -4046 "No need to change margin type." when the mode is
+already set (ccxt ``MarginModeAlreadySet``), conditional orders in the algo service
+(``/fapi/v1/algoOrder``) since Binance moved them there, income rows of type FUNDING_FEE.
+The simulator's funding interval is ten minutes of its clock (Binance's are 1, 4 or 8 hours)
+so that a funding time passes within seconds."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import ccxt
+
+from bot.sim.binance import build, start_server
+from tests.conftest import fetch
+from tests.fault_helpers import KEY, LIVE_ENV, SECRET
+from tests.live_helpers import spawn_logged, stop, until
+
+SYMBOL = "BTC/USDT:USDT"
+CONFIG = """
+[exchange]
+reconcile_every = 2
+
+[strategy]
+fast = 3
+slow = 8
+shorts = true
+
+[futures]
+leverage = 5
+margin_mode = "isolated"
+
+[risk]
+stale_after_timeframes = 1000
+cooldown_candles = 0
+consecutive_losses = 1000
+daily_loss_limit = 0.9
+drawdown_limit = 0.9
+max_orders = 1000
+max_risk_per_trade = 0.02
+"""
+
+
+def test_the_simulator_answers_as_binance_does_for_a_margin_type_already_set() -> None:
+    """What ccxt makes of the venue's -4046 (the class the broker treats as "already so")."""
+    ex = ccxt.binanceusdm()
+    body = json.dumps({"code": -4046, "msg": "No need to change margin type."})
+    try:
+        ex.handle_errors(400, "Bad Request", "https://fapi.binance.com/fapi/v1/marginType", "POST",
+                         {}, body, json.loads(body), {}, "")
+    except ccxt.MarginModeAlreadySet:
+        return
+    raise AssertionError("ccxt did not raise MarginModeAlreadySet for -4046")
+
+
+async def test_live_short_funding_and_flatten_end_with_ledger_equal_to_venue(
+        fresh_db: str, tmp_path: Path, reaper: list[Any]) -> None:
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+
+    engine = make_engine(fresh_db)
+    await upgrade(engine)
+    await engine.dispose()
+    sim = build([SYMBOL], "1m", speed=120.0, history=300, seed=5, future=20_000)
+    venue = sim.open_futures(KEY, SECRET, "10000", funding_rate="0.0001",
+                             funding_interval_ms=10 * 60_000)
+    runner, port = await start_server(sim)
+    config = tmp_path / "perp.toml"
+    config.write_text(CONFIG)
+    instance = "perp"
+    account = f"{instance}:live:binanceusdm"
+    common = ["--db", fresh_db, "--data-dir", str(tmp_path), "--instance", instance]
+    cmd = [sys.executable, "-m", "bot", "run", "--mode", "live", "--confirm-live",
+           "--exchange", "binanceusdm", "--symbols", SYMBOL, "--timeframe", "1m",
+           "--exchange-url", f"http://127.0.0.1:{port}", "--feed", "rest",
+           "--poll-interval", "0.1", "--config", str(config), *common]
+    log = tmp_path / "bot.log"
+    proc = await spawn_logged(cmd, log, **LIVE_ENV)
+    reaper.append(proc)
+    try:
+        async def short_with_funding() -> bool:
+            assert proc.returncode is None, log.read_text()[-4000:]
+            rows = await fetch(fresh_db, "SELECT amount FROM cash_flows WHERE account=$1 AND "
+                               "amount > 0", account)
+            held = venue.positions.get("BTCUSDT")
+            return bool(rows) and held is not None and held.amt < 0
+
+        await until(short_with_funding, timeout=150)
+        # the venue holds what was asked at start
+        assert venue.positions["BTCUSDT"].leverage == 5
+        assert venue.positions["BTCUSDT"].isolated
+        kill = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "bot", "kill", "--level", "flatten", "--reason",
+            "perpetuals drill", "--mode", "live", "--exchange", "binanceusdm", *common,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        out, _ = await asyncio.wait_for(kill.communicate(), 60)
+        assert kill.returncode == 0, out.decode()
+
+        seen: dict[str, Any] = {}
+
+        async def flat_and_equal() -> bool:
+            assert proc.returncode is None, log.read_text()[-4000:]
+            pos = await fetch(fresh_db, "SELECT quantity FROM positions WHERE account=$1",
+                              account)
+            cash = await fetch(fresh_db, "SELECT cash FROM accounts WHERE account=$1", account)
+            seen.update(ledger_positions=[r["quantity"] for r in pos],
+                        venue_positions={k: p.amt for k, p in venue.positions.items()},
+                        ledger_cash=cash[0]["cash"], venue_wallet=venue.wallet,
+                        venue_algos=[a.status for a in venue.algos.values()])
+            return (all(p.amt == 0 for p in venue.positions.values())
+                    and all(r["quantity"] == 0 for r in pos)
+                    and "NEW" not in seen["venue_algos"]
+                    and Decimal(cash[0]["cash"]) == venue.wallet)
+
+        try:
+            await until(flat_and_equal, timeout=90)
+        except AssertionError:
+            raise AssertionError(f"not flat and equal: {seen}\n"
+                                 f"{log.read_text()[-6000:]}") from None
+        await stop(proc, log)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await runner.cleanup()
+    text = log.read_text()
+    assert "Traceback" not in text and KEY not in text and SECRET not in text
+    state = await fetch(fresh_db, "SELECT payload FROM audit_events WHERE account=$1 AND "
+                        "kind='risk.state_changed' ORDER BY seq", account)
+    assert any("HALTED" in str(r["payload"]) for r in state)
+    # every funding payment the venue booked is in the ledger, same id and amount
+    flows = await fetch(fresh_db, "SELECT flow_id, amount FROM cash_flows WHERE account=$1",
+                        account)
+    ledger_flows = {r["flow_id"]: Decimal(r["amount"]) for r in flows}
+    venue_flows = {f"funding:{r['tranId']}": Decimal(r["income"]) for r in venue.income}
+    assert ledger_flows == venue_flows and any(v > 0 for v in venue_flows.values())
+    events = await fetch(fresh_db, "SELECT count(*) AS n FROM audit_events WHERE account=$1 "
+                         "AND kind='funding.booked'", account)
+    assert events[0]["n"] == len(venue_flows)
+    # every venue trade is a ledger fill with the same price, quantity and commission
+    fills = await fetch(fresh_db, "SELECT price, quantity, fee FROM fills WHERE account=$1",
+                        account)
+    ours = sorted((Decimal(r["price"]), Decimal(r["quantity"]), Decimal(r["fee"]))
+                  for r in fills)
+    theirs = sorted((Decimal(t["price"]), Decimal(t["qty"]), Decimal(t["commission"]))
+                    for t in venue.trades)
+    assert ours == theirs and len(ours) >= 2
+    sells = [t for t in venue.trades if t["side"] == "SELL"]
+    assert sells, "no short was opened"
