@@ -158,3 +158,71 @@ async def test_live_short_funding_and_flatten_end_with_ledger_equal_to_venue(
     assert ours == theirs and len(ours) >= 2
     sells = [t for t in venue.trades if t["side"] == "SELL"]
     assert sells, "no short was opened"
+
+
+def test_perpetual_positions_are_reconciled_against_the_venues_not_balances() -> None:
+    from bot.domain import VenueState
+    from bot.reconcile import reconcile
+
+    # a short at the venue: no BTC balance exists, the position is -0.01 contracts
+    state = VenueState({"USDT": Decimal("1000")}, (), {SYMBOL: Decimal("30000")},
+                       {SYMBOL: Decimal("-0.010")}, {SYMBOL: Decimal("29000")})
+    agree = reconcile([SYMBOL], "USDT", {SYMBOL: Decimal("-0.01")}, Decimal("1000"), set(),
+                      state)
+    assert agree.agree, agree.problems
+    wrong = reconcile([SYMBOL], "USDT", {SYMBOL: Decimal("0.01")}, Decimal("1000"), set(),
+                      state)
+    assert wrong.problems == (f"{SYMBOL}: ledger holds 0.01, venue -0.010",)
+    # an account's first start adopts the venue's short at its entry price, not the last price
+    first = reconcile([SYMBOL], "USDT", {}, Decimal("0"), set(), state, first_run=True)
+    assert first.adopted_positions == {SYMBOL: (Decimal("-0.010"), Decimal("29000"))}
+
+
+async def test_funding_history_is_read_once_from_the_newest_payment_the_ledger_holds() -> None:
+    """The broker's funding cursor: each venue payment comes back once; a broker restored
+    with the ledger's newest payment reads none of the old ones again, and one restored from
+    before them reads them all (the ledger's flow ids then refuse a second booking)."""
+    from bot.brokers.live import LiveBroker
+    from bot.clock import WallClock
+    from bot.config import ExchangeSettings
+    from bot.exchange.client import make_exchange
+    from bot.sim.usdm_book import SimPosition
+
+    sim = build([SYMBOL], "1m", speed=120.0, history=300, seed=5)
+    venue = sim.open_futures(KEY, SECRET, "10000", funding_interval_ms=60_000)
+    runner, port = await start_server(sim)
+    cfg = ExchangeSettings(name="binanceusdm", url=f"http://127.0.0.1:{port}",
+                           api_key=KEY, secret=SECRET)  # type: ignore[arg-type]
+    exchanges = []
+
+    async def broker(since: int) -> LiveBroker:
+        ex = make_exchange(cfg, with_ws=False, swaps=True)
+        exchanges.append(ex)
+        b = LiveBroker(ex, WallClock(), "USDT")
+        await b.markets([SYMBOL])
+        b.restore([], [], Decimal(0), since)
+        return b
+
+    try:
+        start = sim.clock.now_ms()
+        first = await broker(start)
+        venue.settle()
+        venue.positions["BTCUSDT"] = SimPosition(Decimal("-0.010"), Decimal("30000"), 5)
+        await asyncio.sleep(1.2)  # two funding times of the simulator's clock
+        state, _ = await first.venue_state([SYMBOL])  # type: ignore[misc]
+        flows = state.cash_flows
+        assert len(flows) >= 2 and all(f.amount > 0 for f in flows)  # a short receives
+        assert {f.flow_id for f in flows} == {f"funding:{r['tranId']}" for r in venue.income}
+        assert [f.amount for f in flows] == [Decimal(r["income"]) for r in venue.income]
+        venue.positions["BTCUSDT"].amt = Decimal(0)  # flat: no more payments
+        again, _ = await first.venue_state([SYMBOL])  # type: ignore[misc]
+        assert again.cash_flows == ()
+        newest = max(f.ts for f in flows)
+        restored, _ = await (await broker(newest)).venue_state([SYMBOL])  # type: ignore[misc]
+        assert restored.cash_flows == ()
+        older, _ = await (await broker(start)).venue_state([SYMBOL])  # type: ignore[misc]
+        assert [f.flow_id for f in older.cash_flows] == [f.flow_id for f in flows]
+    finally:
+        for ex in exchanges:
+            await ex.close()
+        await runner.cleanup()
