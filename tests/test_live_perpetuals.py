@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import ccxt
+import pytest
 
 from bot.sim.binance import build, start_server
 from tests.conftest import fetch
@@ -53,16 +54,30 @@ max_risk_per_trade = 0.02
 """
 
 
-def test_the_simulator_answers_as_binance_does_for_a_margin_type_already_set() -> None:
-    """What ccxt makes of the venue's -4046 (the class the broker treats as "already so")."""
-    ex = ccxt.binanceusdm()
-    body = json.dumps({"code": -4046, "msg": "No need to change margin type."})
-    try:
-        ex.handle_errors(400, "Bad Request", "https://fapi.binance.com/fapi/v1/marginType", "POST",
-                         {}, body, json.loads(body), {}, "")
-    except ccxt.MarginModeAlreadySet:
-        return
-    raise AssertionError("ccxt did not raise MarginModeAlreadySet for -4046")
+# Binance USDⓈ-M "Error Codes" (https://developers.binance.com/docs/derivatives/
+# usds-margined-futures/error-code), all HTTP 400 with a {"code","msg"} body, and the class
+# ccxt makes of each on a rebased URL (our simulator, a proxy): the linear map must apply
+VENUE_ERRORS = [
+    ("POST", "order", -2019, "Margin is insufficient.", "InsufficientFunds"),
+    ("POST", "order", -2022, "ReduceOnly Order is rejected.", "InvalidOrder"),
+    ("POST", "algoOrder", -2021, "Order would immediately trigger.", "OrderImmediatelyFillable"),
+    ("POST", "marginType", -4046, "No need to change margin type.", "MarginModeAlreadySet"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "code", "msg", "ccxt_class"), VENUE_ERRORS)
+def test_usdm_error_bodies_map_to_their_ccxt_classes_on_a_rebased_url(
+        method: str, path: str, code: int, msg: str, ccxt_class: str) -> None:
+    from bot.config import ExchangeSettings
+    from bot.exchange.client import make_exchange
+
+    ex = make_exchange(ExchangeSettings(name="binanceusdm", url="http://127.0.0.1:9"),
+                       with_ws=False, swaps=True)
+    body = json.dumps({"code": code, "msg": msg})
+    with pytest.raises(ccxt.BaseError) as raised:
+        ex.handle_errors(400, "Bad Request", f"http://127.0.0.1:9/fapi/v1/{path}", method, {},
+                         body, json.loads(body), {}, "")
+    assert type(raised.value).__name__ == ccxt_class
 
 
 async def test_live_short_funding_and_flatten_end_with_ledger_equal_to_venue(
