@@ -241,3 +241,68 @@ async def test_funding_history_is_read_once_from_the_newest_payment_the_ledger_h
         for ex in exchanges:
             await ex.close()
         await runner.cleanup()
+
+
+async def test_paper_perpetuals_book_the_venues_funding_once_across_a_restart(
+        fresh_db: str, tmp_path: Path, reaper: list[Any]) -> None:
+    """Paper trading on the venue's live data: each funding time the venue publishes
+    (``/fapi/v1/fundingRate``) reaches the paper venue before the first candle after it and is
+    booked as size x mark x rate; a restart books none twice (the ledger's newest payment
+    bounds what the paper venue takes)."""
+    from bot.ledger.migrate import upgrade
+    from bot.ledger.repository import make_engine
+
+    engine = make_engine(fresh_db)
+    await upgrade(engine)
+    await engine.dispose()
+    sim = build([SYMBOL], "1m", speed=120.0, history=300, seed=5, future=20_000)
+    sim.open_futures(KEY, SECRET, "0", funding_rate="0.0001", funding_interval_ms=5 * 60_000)
+    runner, port = await start_server(sim)
+    config = tmp_path / "paper.toml"
+    config.write_text(CONFIG)
+    account = "pperp:paper:binanceusdm"
+    cmd = [sys.executable, "-m", "bot", "run", "--mode", "paper", "--exchange", "binanceusdm",
+           "--symbols", SYMBOL, "--timeframe", "1m", "--exchange-url",
+           f"http://127.0.0.1:{port}", "--feed", "rest", "--poll-interval", "0.1",
+           "--config", str(config), "--db", fresh_db, "--data-dir", str(tmp_path),
+           "--instance", "pperp"]
+
+    async def flows() -> list[dict[str, Any]]:
+        return await fetch(fresh_db, "SELECT flow_id, amount, rate, mark, notional, ts FROM "
+                           "cash_flows WHERE account=$1 ORDER BY ts", account)
+
+    try:
+        for run in range(2):
+            log = tmp_path / f"bot{run}.log"
+            proc = await spawn_logged(cmd, log)
+            reaper.append(proc)
+            before = len(await flows())
+
+            async def more() -> bool:
+                assert proc.returncode is None, log.read_text()[-4000:]  # noqa: B023
+                return len(await flows()) >= before + 2  # noqa: B023
+
+            await until(more, timeout=120)
+            await stop(proc, log)
+            assert "Traceback" not in log.read_text()
+    finally:
+        await runner.cleanup()
+    rows = await flows()
+    assert len({r["flow_id"] for r in rows}) == len(rows)  # none booked twice
+    for r in rows:
+        assert r["rate"] == Decimal("0.0001")
+        assert r["ts"].timestamp() * 1000 % (5 * 60_000) == 0  # at the venue's funding times
+        assert abs(r["amount"]) == (Decimal(r["notional"]) * r["rate"]).quantize(
+            Decimal("0.00000001"))
+        assert r["notional"] > 0 and r["mark"] > 0
+    # the side: the position held at each funding time, from the fills before it (a fill is
+    # stamped with its candle's open; funding comes before the candle opening at its time)
+    fills = await fetch(fresh_db, "SELECT side, quantity, ts FROM fills WHERE account=$1",
+                        account)
+    for r in rows:
+        held = sum((f["quantity"] if f["side"] == "buy" else -f["quantity"])
+                   for f in fills if f["ts"] < r["ts"])
+        assert held != 0 and abs(held) * r["mark"] == r["notional"], (
+            r, [(f["ts"], f["side"], f["quantity"]) for f in fills
+                if abs((f["ts"] - r["ts"]).total_seconds()) < 400])
+        assert (r["amount"] < 0) == (held > 0)  # a positive rate: longs pay, shorts receive

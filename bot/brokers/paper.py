@@ -78,6 +78,7 @@ class PaperBroker:
         self._clock = clock
         self.quote = quote
         self.cash = starting_cash
+        self.funding_since = 0  # funding at or before it is booked (restore sets it)
         self.holdings: dict[str, Decimal] = {}
         self._slip = slippage_bps * BPS
         self._participation = participation
@@ -97,6 +98,7 @@ class PaperBroker:
         self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal,
         funding_since: int = 0,
     ) -> None:
+        self.funding_since = funding_since  # funding at or before it is in the ledger already
         self.cash = cash
         self.holdings = {p.symbol: p.quantity for p in positions}
         self.positions = {p.symbol: p for p in positions}
@@ -333,6 +335,8 @@ class PaperBroker:
         funding time; a positive rate means longs pay shorts. Booked to 8 decimals."""
         pos = self.positions.get(funding.symbol)
         spec = self._specs.get(funding.symbol)
+        if funding.ts <= self.funding_since:
+            return []  # booked before a restart
         if pos is None or pos.quantity == 0 or spec is None or not spec.margined:
             return []
         mark = self._marks.get(funding.symbol) or self._last_close.get(funding.symbol)

@@ -9,6 +9,9 @@ from typing import Any
 from bot.domain import InstrumentKind, MarginBracket, MarketSpec
 from bot.errors import UnknownSymbol
 from bot.exchange.errors import call
+from bot.logs import get_logger
+
+log = get_logger("markets")
 
 
 def _dec(value: Any, default: str) -> Decimal:
@@ -63,8 +66,12 @@ def ccxt_markets(exchange: Any) -> Callable[[Sequence[str]], Awaitable[Mapping[s
             raise UnknownSymbol(f"{exchange.id} does not list {', '.join(missing)}")
         swaps = [s for s in symbols if markets[s].get("swap")]
         tiers: Mapping[str, Any] = {}
-        if swaps:  # the maintenance brackets behind liquidation prices, from the venue
-            tiers = await call(exchange.fetch_leverage_tiers(swaps))
+        if swaps and exchange.apiKey:  # the maintenance brackets behind liquidation prices:
+            tiers = await call(exchange.fetch_leverage_tiers(swaps))  # a signed call
+        elif swaps:
+            log.warning("brackets_assumed", symbols=swaps,
+                        why="the venue gives its leverage brackets to signed requests only, "
+                        "and there are no keys: Binance's BTCUSDT brackets are assumed")
         return {s: spec_from_ccxt(markets[s], exchange.precisionMode,
                                   brackets_from_tiers(tiers.get(s) or ())) for s in symbols}
 

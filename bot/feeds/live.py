@@ -6,7 +6,11 @@ Guarantees, whichever source is read:
 - each exactly once, in order, per symbol, also across a switch between websocket and REST;
 - holes are backfilled through ``fetch_ohlcv``; what the exchange itself lacks is a ``Gap``;
 - candles too old to act on (history at start, a long backfill) come as ``Warmup``;
-- a malformed candle is logged with its reason and dropped, never traded.
+- a malformed candle is logged with its reason and dropped, never traded;
+- for perpetuals, each funding time that passed comes as a ``FundingRate`` (the venue's rate
+  from its funding history) before the first candle batch opening at or after it, as the
+  replay feed does: the paper venue books it. A failed funding read is tried again with the
+  next batch, never skipped.
 
 Failures:
 - ``feed auto`` means websocket first. If it cannot connect, or is silent for
@@ -29,7 +33,7 @@ from typing import Any
 
 from bot.clock import Clock
 from bot.config import ExchangeSettings
-from bot.domain import Candle, FeedState, FeedStatus, Gap, Warmup, timeframe_ms
+from bot.domain import Candle, FeedState, FeedStatus, FundingRate, Gap, Warmup, timeframe_ms
 from bot.errors import ConfigError, ExchangeError, ExchangeUnavailable, VenueError
 from bot.exchange.errors import call
 from bot.exchange.retry import RetryPolicy, read
@@ -109,9 +113,45 @@ class LiveFeed:
         self.reconnects = 0
         self.fallbacks = 0
         self.read_policy = RetryPolicy()  # per read; the feed's own loop retries beyond it
+        self._swaps = [s for s in self.symbols if ":" in s]  # perpetuals: they have funding
+        self._funded: dict[str, int] = {}  # per perpetual: the last funding time emitted
+        self._next_funding: dict[str, int] = {}  # ... and the venue's next one
+        self._waiting: dict[str, list[FundingRate]] = {}  # read, its candles not here yet
 
     def resume_after(self, last_ts: dict[str, int]) -> None:
         self._resume = {s: ts for s, ts in last_ts.items() if s in self._trackers}
+
+    async def _funding_before(self, opens: int) -> list[FundingRate]:
+        """The perpetuals' funding times before the candle batch opening at ``opens`` (after
+        the last one emitted, or the last candle a resumed account saw, or the start), with
+        the venue's rates, oldest first. The venue's history can run ahead of the candles (it
+        is read on its own clock): what lies beyond ``opens`` waits for its batch. A symbol
+        whose read fails keeps its place and is asked again with the next batch."""
+        out: list[FundingRate] = []
+        for sym in self._swaps:
+            if sym not in self._funded:
+                self._funded[sym] = self._resume.get(sym, self.venue.now_ms())
+            waiting = self._waiting.setdefault(sym, [])
+            if opens >= self._next_funding.get(sym, 0) and not waiting:
+                try:
+                    rows = await read(self.exchange, partial(
+                        self.exchange.fetch_funding_rate_history, sym, self._funded[sym] + 1),
+                        "funding", self.read_policy)
+                    nxt = await read(self.exchange,
+                                     partial(self.exchange.fetch_funding_rate, sym), "funding",
+                                     self.read_policy)
+                except ExchangeError as exc:
+                    log.warning("funding_unavailable", symbol=sym, error=str(exc)[:300])
+                    continue
+                for r in sorted(rows, key=lambda r: int(r.get("timestamp") or 0)):
+                    ts = int(r.get("timestamp") or 0)
+                    if ts > self._funded[sym] and r.get("fundingRate") is not None:
+                        waiting.append(FundingRate(sym, ts, float(r["fundingRate"])))
+                        self._funded[sym] = ts
+                self._next_funding[sym] = int(nxt.get("fundingTimestamp") or 0)
+            while waiting and waiting[0].ts <= opens:
+                out.append(waiting.pop(0))
+        return sorted(out, key=lambda f: (f.ts, f.symbol))
 
     def exchange_now(self) -> int:
         """The venue's time: its clock as measured, and never before the open of the newest
@@ -210,6 +250,9 @@ class LiveFeed:
                 async for event in source:
                     if (status := self._flowing()) is not None:
                         yield status
+                    if isinstance(event, tuple) and self._swaps:
+                        for funding in await self._funding_before(event[0].ts):
+                            yield funding
                     yield event
                 if not on_ws:  # a probe found the websocket answering again: switch back
                     self.source = "ws"
