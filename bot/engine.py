@@ -116,9 +116,8 @@ class Engine:
         # every breaker's window, levels and throttle, before the first decision
         self.risk.restore(state.risk_state, state.risk_memory)
         self.portfolio.restore(state.positions, state.working_orders, state.cash)
-        # funding before the account's first start is in the balances the venue hands over
         self.parts.broker.restore(state.working_orders, state.positions, self.portfolio.cash,
-                                  state.funding_since or self.parts.clock.now_ms())
+                                  state.funding_since)
         self.parts.feed.resume_after(dict(state.cursors))
         unit = UnitOfWork()
         for order in state.working_orders:

@@ -104,7 +104,7 @@ class Broker(Protocol):
     ) -> None:
         """Take over working orders and balances known to the ledger (restart);
         ``funding_since``: the newest funding payment the ledger holds (or, none yet, when the
-        account began), after which a venue's funding history is new."""
+        account began; 0 for a new account), after which a venue's funding history is new."""
         ...
 
     async def submit(self, order: Order) -> OrderUpdate: ...

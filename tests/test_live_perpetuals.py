@@ -256,7 +256,8 @@ async def test_paper_perpetuals_book_the_venues_funding_once_across_a_restart(
     await upgrade(engine)
     await engine.dispose()
     sim = build([SYMBOL], "1m", speed=120.0, history=300, seed=5, future=20_000)
-    sim.open_futures(KEY, SECRET, "0", funding_rate="0.0001", funding_interval_ms=5 * 60_000)
+    venue = sim.open_futures(KEY, SECRET, "0", funding_rate="0.0001",
+                             funding_interval_ms=5 * 60_000)
     runner, port = await start_server(sim)
     config = tmp_path / "paper.toml"
     config.write_text(CONFIG)
@@ -306,3 +307,12 @@ async def test_paper_perpetuals_book_the_venues_funding_once_across_a_restart(
             r, [(f["ts"], f["side"], f["quantity"]) for f in fills
                 if abs((f["ts"] - r["ts"]).total_seconds()) < 400])
         assert (r["amount"] < 0) == (held > 0)  # a positive rate: longs pay, shorts receive
+        # at the venue's mark for that time (its fundingRate row says), not a later price
+        assert r["mark"] == venue._price("BTCUSDT", int(r["ts"].timestamp() * 1000))
+    # none missed: every funding time from the first to the last booked, the restart's
+    # downtime included, on which a position was held, has its payment
+    booked = {int(r["ts"].timestamp() * 1000) for r in rows}
+    for t in range(min(booked), max(booked) + 1, 5 * 60_000):
+        held = sum((f["quantity"] if f["side"] == "buy" else -f["quantity"])
+                   for f in fills if f["ts"].timestamp() * 1000 < t)
+        assert (t in booked) == (held != 0), (t, held, sorted(booked))

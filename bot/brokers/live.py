@@ -143,7 +143,9 @@ class LiveBroker:
         self, orders: Sequence[Order], positions: Sequence[Position], cash: Decimal,
         funding_since: int = 0,
     ) -> None:
-        self.funding_since = max(self.funding_since, funding_since)
+        # a new account (0): funding before its first start is in the balances the venue
+        # hands over at the first reconciliation, so the venue's history starts now
+        self.funding_since = max(self.funding_since, funding_since or self.clock.now_ms())
         for o in orders:
             self._working[o.client_order_id] = o
             if o.status is OrderStatus.PENDING_SUBMIT:

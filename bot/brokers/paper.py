@@ -339,7 +339,8 @@ class PaperBroker:
             return []  # booked before a restart
         if pos is None or pos.quantity == 0 or spec is None or not spec.margined:
             return []
-        mark = self._marks.get(funding.symbol) or self._last_close.get(funding.symbol)
+        mark = (to_decimal(funding.mark) if funding.mark else None) or \
+            self._marks.get(funding.symbol) or self._last_close.get(funding.symbol)
         if mark is None:
             return []
         rate = to_decimal(funding.rate)

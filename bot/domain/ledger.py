@@ -80,7 +80,8 @@ class AccountState:
     pending_controls: tuple[ControlRequest, ...] = ()
     recent_nonces: frozenset[str] = frozenset()
     command_acks: Mapping[str, Any] = field(default_factory=dict)  # accepted MQTT id -> ack
-    # the newest funding payment booked, else the account's first audit event (ms); 0: new
+    # the newest funding payment booked, else the account's first reconciliation with a venue
+    # (ms; what it held then came with the balances it handed over); 0: neither
     funding_since: int = 0
 
 

@@ -62,6 +62,7 @@ class FundingRate:
     symbol: str
     ts: int
     rate: float
+    mark: float | None = None  # the venue's mark price at ``ts`` where it says (Binance does)
 
 
 @dataclass(frozen=True, slots=True)

@@ -121,6 +121,17 @@ class LiveFeed:
     def resume_after(self, last_ts: dict[str, int]) -> None:
         self._resume = {s: ts for s, ts in last_ts.items() if s in self._trackers}
 
+    async def _funding_for(self, event: FeedEvent) -> list[FundingRate]:
+        """Funding that goes before ``event``: before a candle batch, what passed before it
+        opened; before warm-up (a resumed account's downtime), what passed during it."""
+        if not self._swaps:
+            return []
+        if isinstance(event, tuple) and event:
+            return await self._funding_before(event[0].ts)
+        if isinstance(event, Warmup) and event.candles:
+            return await self._funding_before(max(c.ts for c in event.candles))
+        return []
+
     async def _funding_before(self, opens: int) -> list[FundingRate]:
         """The perpetuals' funding times before the candle batch opening at ``opens`` (after
         the last one emitted, or the last candle a resumed account saw, or the start), with
@@ -129,8 +140,8 @@ class LiveFeed:
         whose read fails keeps its place and is asked again with the next batch."""
         out: list[FundingRate] = []
         for sym in self._swaps:
-            if sym not in self._funded:
-                self._funded[sym] = self._resume.get(sym, self.venue.now_ms())
+            if sym not in self._funded:  # a new account holds nothing before its first batch
+                self._funded[sym] = self._resume.get(sym, opens)
             waiting = self._waiting.setdefault(sym, [])
             if opens >= self._next_funding.get(sym, 0) and not waiting:
                 try:
@@ -146,7 +157,9 @@ class LiveFeed:
                 for r in sorted(rows, key=lambda r: int(r.get("timestamp") or 0)):
                     ts = int(r.get("timestamp") or 0)
                     if ts > self._funded[sym] and r.get("fundingRate") is not None:
-                        waiting.append(FundingRate(sym, ts, float(r["fundingRate"])))
+                        mark = (r.get("info") or {}).get("markPrice")
+                        waiting.append(FundingRate(sym, ts, float(r["fundingRate"]),
+                                                   float(mark) if mark else None))
                         self._funded[sym] = ts
                 self._next_funding[sym] = int(nxt.get("fundingTimestamp") or 0)
             while waiting and waiting[0].ts <= opens:
@@ -241,6 +254,8 @@ class LiveFeed:
                     log.info("feed_start", source=self.source, symbols=self.symbols,
                              timeframe=self.timeframe, ws_silence_s=self.silence_s)
                     for event in await self._history():
+                        for funding in await self._funding_for(event):
+                            yield funding
                         yield event
                     started = True
                     if (status := self._flowing()) is not None:
@@ -250,9 +265,8 @@ class LiveFeed:
                 async for event in source:
                     if (status := self._flowing()) is not None:
                         yield status
-                    if isinstance(event, tuple) and self._swaps:
-                        for funding in await self._funding_before(event[0].ts):
-                            yield funding
+                    for funding in await self._funding_for(event):
+                        yield funding
                     yield event
                 if not on_ws:  # a probe found the websocket answering again: switch back
                     self.source = "ws"

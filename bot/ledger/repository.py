@@ -179,7 +179,9 @@ class PostgresLedger:
                         select(func.max(t.CashFlowRow.ts))
                         .where(t.CashFlowRow.account == account).scalar_subquery(),
                         select(func.min(t.AuditEventRow.ts))
-                        .where(t.AuditEventRow.account == account).scalar_subquery())))).scalar()
+                        .where(t.AuditEventRow.account == account,
+                               t.AuditEventRow.kind.like("reconcile.%"))
+                        .scalar_subquery())))).scalar()
                 commands = (await conn.execute(
                     select(t.CommandRow.id, t.CommandRow.nonce, t.CommandRow.verdict,
                            t.CommandRow.ack).where(t.CommandRow.account == account))).all()
