@@ -315,7 +315,8 @@ class Engine:
     async def act(self, intent: OrderIntent, unit: UnitOfWork, tag: str = "") -> UnitOfWork:
         """Where a signal becomes an order. Returns the unit to keep filling."""
         now = self.parts.clock.now_ms()
-        decision = self.risk.review(intent, self.portfolio, self.markets[intent.symbol])
+        decision = self.risk.review(intent, self.portfolio, self.markets[intent.symbol],
+                                    self.markets)
         kind = "risk.approved" if decision.approved else "risk.rejected"
         unit.audit.append(self.desk.event(kind, "intent", f"{intent.symbol}@{intent.signal_ts}",
                                           now, {

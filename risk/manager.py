@@ -63,7 +63,13 @@ from risk.controls import (
     Proposal,
     VenueMinimums,
 )
-from risk.margin import MarginTerms, initial_margin, margin_ratio, position_liquidation
+from risk.margin import (
+    MarginTerms,
+    cross_others,
+    initial_margin,
+    margin_ratio,
+    position_liquidation,
+)
 from risk.settings import RiskSettings
 from risk.sizing import SizingInputs, SizingParams, size_entry
 from risk.state import StateMachine
@@ -115,9 +121,12 @@ class RiskManager:
         self._placed_stop: dict[str, float] = {}  # the stop price resting at the venue
 
     # ---- the gate -----------------------------------------------------------------------
-    def review(self, intent: OrderIntent, portfolio: PortfolioView,
-               market: MarketSpec) -> RiskDecision:
-        d = self._review(intent, portfolio, market)
+    def review(self, intent: OrderIntent, portfolio: PortfolioView, market: MarketSpec,
+               markets: Mapping[str, MarketSpec] | None = None) -> RiskDecision:
+        """Approve, shrink or refuse ``intent`` on ``market``; ``markets`` (every traded
+        symbol's) lets a perpetual entry count the account's other positions by their own
+        contract size, leverage and brackets."""
+        d = self._review(intent, portfolio, market, markets or {})
         kind = "approved" if d.approved else "rejected"
         if d.approved and intent.quantity is not None and d.quantity < intent.quantity:
             kind = "shrunk"
@@ -126,7 +135,8 @@ class RiskManager:
             self.throttle.record(self.now)
         return d
 
-    def _review(self, intent: OrderIntent, pf: PortfolioView, market: MarketSpec) -> RiskDecision:
+    def _review(self, intent: OrderIntent, pf: PortfolioView, market: MarketSpec,
+                markets: Mapping[str, MarketSpec]) -> RiskDecision:
         price = pf.price(intent.symbol)
         if price is None or price <= 0:
             return RiskDecision(intent, False, ZERO, "no price for the symbol yet")
@@ -166,17 +176,22 @@ class RiskManager:
             if v.quantity < qty:
                 qty, reason = v.quantity, f"{reason}; {v.reason}"
         if market.margined and not reduces:
-            return self._margin_gate(intent, qty, price, market, pf, reason)
+            return self._margin_gate(intent, qty, price, market, pf, reason, markets)
         return RiskDecision(intent, True, qty, reason)
 
     def _margin_gate(self, intent: OrderIntent, qty: Decimal, price: Decimal,
-                     market: MarketSpec, pf: PortfolioView, reason: str) -> RiskDecision:
+                     market: MarketSpec, pf: PortfolioView, reason: str,
+                     markets: Mapping[str, MarketSpec]) -> RiskDecision:
         """A perpetual entry: shrink it to the free margin, then the liquidation guard: its
-        stop must sit ``liquidation_buffer_atr`` ATRs inside its liquidation price."""
+        stop must sit ``liquidation_buffer_atr`` ATRs inside its liquidation price (under
+        cross margin, with the account's other positions in the formula)."""
         terms = self.margin
         lev = terms.leverage_of(market, qty * price * market.contract_size)
-        used = sum((initial_margin(abs(p.quantity) * p.avg_price * market.contract_size, lev)
-                    for p in pf.positions()), ZERO)
+        held = [(markets.get(p.symbol, market), p) for p in pf.positions()]
+        used = ZERO
+        for spec, p in held:
+            notional = abs(p.quantity) * p.avg_price * spec.contract_size
+            used += initial_margin(notional, terms.leverage_of(spec, notional))
         free = pf.equity() - used
         afford = market.floor_qty(max(free, ZERO) * lev / (price * market.contract_size))
         if afford < qty:
@@ -188,7 +203,10 @@ class RiskManager:
             return RiskDecision(intent, True, qty, f"{reason}; liquidation guard OFF")
         atr = self._atr.get(intent.symbol, 0.0)
         direction = intent.side.sign
-        liq = position_liquidation(market, terms, direction * qty, price, pf.cash)
+        others = cross_others(
+            (spec, p.quantity, p.avg_price, pf.mark_price(p.symbol) or p.avg_price)
+            for spec, p in held if p.symbol != intent.symbol)
+        liq = position_liquidation(market, terms, direction * qty, price, pf.cash, others)
         if liq is None:
             return RiskDecision(intent, True, qty, f"{reason}; no liquidation price at {lev}x")
         if not atr > 0:

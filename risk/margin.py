@@ -20,6 +20,7 @@ isolated position that is liquidated loses its whole margin.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 from decimal import Decimal
 
@@ -104,16 +105,28 @@ def isolated_wallet(spec: MarketSpec, quantity: Decimal, entry: Decimal,
 
 
 def position_liquidation(spec: MarketSpec, terms: MarginTerms, quantity: Decimal,
-                         entry: Decimal, account_wallet: Decimal) -> Decimal | None:
+                         entry: Decimal, account_wallet: Decimal,
+                         others: tuple[Decimal, Decimal] = (ZERO, ZERO)) -> Decimal | None:
     """The liquidation price of one position as the account trades it: isolated on its own
-    margin, cross on the account's wallet (other positions left out: a conservative single-
-    position figure for a guard that looks at one entry at a time)."""
+    margin; cross on the account's wallet, less the maintenance margin of the account's
+    ``others`` positions and plus their unrealized P&L (``cross_others``): a losing position
+    elsewhere pulls this one's liquidation price nearer."""
     if terms.mode is MarginMode.ISOLATED:
         lev = terms.leverage_of(spec, abs(quantity) * entry * spec.contract_size)
-        wallet = isolated_wallet(spec, quantity, entry, lev)
-    else:
-        wallet = account_wallet
-    return liquidation_price(spec, quantity, entry, wallet)
+        return liquidation_price(spec, quantity, entry, isolated_wallet(spec, quantity, entry,
+                                                                          lev))
+    return liquidation_price(spec, quantity, entry, account_wallet, *others)
+
+
+def cross_others(positions: Iterable[tuple[MarketSpec, Decimal, Decimal, Decimal]]
+                 ) -> tuple[Decimal, Decimal]:
+    """(maintenance margin, unrealized P&L) of positions given as (spec, signed quantity,
+    entry, mark): what Binance's cross formula calls TMM and UPNL of the other positions."""
+    mm = upnl = ZERO
+    for spec, qty, entry, mark in positions:
+        mm += maintenance_margin(spec, qty, mark)
+        upnl += unrealized(qty, entry, mark, spec.contract_size)
+    return mm, upnl
 
 
 def unrealized(quantity: Decimal, entry: Decimal, mark: Decimal,

@@ -254,3 +254,35 @@ async def test_an_exit_at_market_fills_at_the_open_before_a_crash_can_liquidate(
     [done] = [u for u in updates if u.fills]
     assert done.order.client_order_id == "exit" and done.fills[0].price == D("100.2")
     assert b.positions[SYM].quantity == 0
+
+
+def test_cross_liquidation_counts_the_accounts_other_positions() -> None:
+    """Under cross margin a losing position elsewhere eats the wallet behind a new one:
+    Binance's cross formula subtracts the others' maintenance margin and adds their unrealized
+    P&L. Alone, this BTC long at 20x has no liquidation price; beside an ETH long 800 USDT
+    under water it has one, computed here by hand from Binance's formula."""
+    from bot.domain import InstrumentKind, MarginMode, MarketSpec
+    from risk.margin import cross_others, position_liquidation
+
+    def swap(sym: str) -> MarketSpec:
+        return MarketSpec(sym, sym[:3], "USDT", D("0.001"), D("0.1"), kind=InstrumentKind.SWAP,
+                          settle="USDT")
+
+    btc, eth = swap("BTC/USDT:USDT"), swap("ETH/USDT:USDT")
+    cross = MarginTerms(D(20), MarginMode.CROSS)
+    assert position_liquidation(btc, cross, D("0.03"), D(30000), D(1000)) is None
+    others = cross_others([(eth, D(1), D(2800), D(2000))])
+    assert others == (D(8), D(-800))  # 1 x 2000 x 0.4 % maintenance; (2000 - 2800) x 1
+    lp = position_liquidation(btc, cross, D("0.03"), D(30000), D(1000), others)
+    # WB 1000, TMM 8, UPNL -800, cum 0, side 1, Q 0.03, EP 30000, MMR 0.4 %
+    by_hand = (D(1000) - 8 - 800 + 0 - D("0.03") * 30000) / (D("0.03") * D("0.004") - D("0.03"))
+    assert lp == by_hand and D(23000) < lp < D(24000)
+    # a short's liquidation price comes down towards its entry the same way
+    short_alone = position_liquidation(btc, cross, D("-0.03"), D(30000), D(1000))
+    short_beside = position_liquidation(btc, cross, D("-0.03"), D(30000), D(1000), others)
+    assert short_alone is not None and short_beside is not None
+    assert D(30000) < short_beside < short_alone
+    # isolated margin ignores the others: each position stands on its own margin
+    isolated = MarginTerms(D(20), MarginMode.ISOLATED)
+    assert position_liquidation(btc, isolated, D("0.03"), D(30000), D(1000), others) == \
+        position_liquidation(btc, isolated, D("0.03"), D(30000), D(1000))
