@@ -46,8 +46,9 @@ def sim_exchange(
         ),
     ] = True,
 ) -> None:
-    """Serve a simulated Binance spot API on 127.0.0.1 (synthetic candles), with an account
-    and injected faults when asked."""
+    """Serve a simulated Binance spot and USDⓈ-M futures API on 127.0.0.1 (synthetic
+    candles), with an account and injected faults when asked. Perpetuals: ``--exchange
+    binanceusdm --symbols BTC/USDT:USDT`` against it."""
     from decimal import Decimal, InvalidOperation
 
     from bot.sim.binance import serve_forever

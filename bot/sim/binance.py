@@ -492,9 +492,11 @@ async def serve_forever(port: int, symbols: Sequence[str], timeframe: str, speed
     sim.ws_enabled = websocket
     if account is not None:
         sim.open_account(*account)
+        # the same key trades USDⓈ-M perpetuals (/fapi) on a futures wallet of its USDT
+        sim.open_futures(account[0], account[1], account[2].get("USDT", Decimal(0)))
     runner, bound = await start_server(sim, port=port)
     print(f"simulated binance on http://127.0.0.1:{bound} ({', '.join(symbols)} {timeframe}, "
-          f"x{speed}; account {'on' if account else 'off'}; websocket "
+          f"x{speed}; account {'on (spot and USDⓈ-M futures)' if account else 'off'}; websocket "
           f"{'on' if websocket else 'off'}; {len(sim.faults.rules)} fault rule(s))", flush=True)
     try:
         await asyncio.Event().wait()
