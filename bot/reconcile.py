@@ -6,6 +6,9 @@ Compared, for the traded symbols of one account:
   for perpetuals, each position (signed contracts) with the venue's position;
 - the ledger's cash with the venue's quote balance. More at the venue than in the ledger is a
   deposit: adopted and audited. Less is a disagreement;
+- for perpetuals, each position's liquidation price with the venue's: a venue price nearer
+  the entry than ours (by more than ``LIQUIDATION_TOLERANCE`` of it) means the liquidation
+  guard approved stops on a wrong figure, so it is a disagreement;
 - the venue's open orders with the ledger's working orders. An open order the ledger does not
   know is flagged by client id, audited, and blocks trading: nobody can say what it will do.
 
@@ -25,6 +28,7 @@ from decimal import Decimal
 from bot.domain import ZERO, VenueState
 
 TOLERANCE = Decimal("0.00000001")
+LIQUIDATION_TOLERANCE = Decimal("0.005")  # venues round margins and fees their own way
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,8 +49,10 @@ class Reconciliation:
 def reconcile(symbols: Sequence[str], quote: str, positions: Mapping[str, Decimal],
               cash: Decimal, working: Collection[str], venue: VenueState,
               first_run: bool = False, in_doubt: int = 0,
-              tolerance: Decimal = TOLERANCE) -> Reconciliation:
-    """Compare ledger (``positions`` by symbol, ``cash``, ``working`` client ids) with ``venue``."""
+              tolerance: Decimal = TOLERANCE,
+              liquidations: Mapping[str, Decimal] | None = None) -> Reconciliation:
+    """Compare ledger (``positions`` by symbol, ``cash``, ``working`` client ids, perpetuals'
+    ``liquidations``) with ``venue``."""
     if in_doubt:
         return Reconciliation(True, deferred=f"{in_doubt} order(s) in doubt at the venue")
     bases = {s: s.split("/")[0] for s in symbols}
@@ -69,6 +75,15 @@ def reconcile(symbols: Sequence[str], quote: str, positions: Mapping[str, Decima
         if abs(ours - theirs) > tolerance:
             what = sym if venue.positions is not None else base
             problems.append(f"{what}: ledger holds {ours}, venue {theirs}")
+    for sym, ours_lp in (liquidations or {}).items():
+        theirs_lp = venue.liquidations.get(sym, ZERO)
+        qty = positions.get(sym, ZERO)
+        if theirs_lp <= 0 or ours_lp <= 0 or qty == 0:
+            continue  # the venue shows none (cross with margin to spare) or we hold none
+        nearer = theirs_lp - ours_lp if qty > 0 else ours_lp - theirs_lp  # towards the entry
+        if nearer > ours_lp * LIQUIDATION_TOLERANCE:
+            problems.append(f"{sym}: liquidation price {theirs_lp} at the venue, nearer than "
+                            f"the ledger's {ours_lp} the guard placed the stop by")
     venue_cash = venue.balances.get(quote, ZERO)
     adopted_cash = ZERO
     if venue_cash < cash - tolerance:

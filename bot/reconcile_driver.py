@@ -62,7 +62,9 @@ class Reconciler:
         first_run = self.first_run
         r = reconcile(list(self.markets), pf.quote, {p.symbol: p.quantity for p in pf.positions()},
                       pf.cash, {o.client_order_id for o in pf.working_orders()}, venue,
-                      first_run, self.broker.in_doubt)
+                      first_run, self.broker.in_doubt,
+                      liquidations={p.symbol: p.liquidation_price for p in pf.positions()
+                                    if p.liquidation_price is not None})
         if r.deferred:
             log.info("reconcile_deferred", why=r.deferred)
             if at_start:

@@ -193,6 +193,28 @@ def test_perpetual_positions_are_reconciled_against_the_venues_not_balances() ->
     assert first.adopted_positions == {SYMBOL: (Decimal("-0.010"), Decimal("29000"))}
 
 
+def test_a_venue_liquidation_price_nearer_than_the_ledgers_is_a_disagreement() -> None:
+    """The guard placed the stop by the ledger's liquidation price; a venue that would
+    liquidate nearer the entry (brackets, fees or leverage it applies its own way) makes that
+    stop unsafe: the books disagree, so entries stay blocked until someone looks."""
+    from bot.domain import VenueState
+    from bot.reconcile import reconcile
+
+    def verdict(qty: str, ours: str, theirs: str) -> tuple[str, ...]:
+        state = VenueState({"USDT": Decimal(1000)}, (), {}, {SYMBOL: Decimal(qty)}, {},
+                           (), {SYMBOL: Decimal(theirs)})
+        return reconcile([SYMBOL], "USDT", {SYMBOL: Decimal(qty)}, Decimal(1000), set(),
+                         state, liquidations={SYMBOL: Decimal(ours)}).problems
+
+    assert verdict("0.01", "28000", "28100") == ()  # within 0.5 %: rounding
+    assert verdict("0.01", "28000", "26000") == ()  # farther from the entry: the stop is safe
+    assert verdict("0.01", "28000", "0") == ()  # the venue shows none
+    [problem] = verdict("0.01", "28000", "28500")  # a long liquidated higher up
+    assert "28500" in problem and "28000" in problem and SYMBOL in problem
+    assert verdict("-0.01", "32000", "32100") == ()
+    assert len(verdict("-0.01", "32000", "31500")) == 1  # a short liquidated lower down
+
+
 async def test_funding_history_is_read_once_from_the_newest_payment_the_ledger_holds() -> None:
     """The broker's funding cursor: each venue payment comes back once; a broker restored
     with the ledger's newest payment reads none of the old ones again, and one restored from
@@ -229,9 +251,16 @@ async def test_funding_history_is_read_once_from_the_newest_payment_the_ledger_h
         assert len(flows) >= 2 and all(f.amount > 0 for f in flows)  # a short receives
         assert {f.flow_id for f in flows} == {f"funding:{r['tranId']}" for r in venue.income}
         assert [f.amount for f in flows] == [Decimal(r["income"]) for r in venue.income]
+        assert state.positions == {SYMBOL: Decimal("-0.010")}
+        assert state.liquidations == {SYMBOL: Decimal(0)}  # Binance's "0": none shown
+        venue.positions["BTCUSDT"].liquidation_price = Decimal("45000.5")
+        shown, _ = await first.venue_state([SYMBOL])  # type: ignore[misc]
+        assert shown.liquidations == {SYMBOL: Decimal("45000.5")}
+        flows += shown.cash_flows  # funding times may pass meanwhile: booked the same way
         venue.positions["BTCUSDT"].amt = Decimal(0)  # flat: no more payments
         again, _ = await first.venue_state([SYMBOL])  # type: ignore[misc]
         assert again.cash_flows == ()
+        assert again.positions == {}
         newest = max(f.ts for f in flows)
         restored, _ = await (await broker(newest)).venue_state([SYMBOL])  # type: ignore[misc]
         assert restored.cash_flows == ()

@@ -436,26 +436,30 @@ class LiveBroker:
         if swaps:  # the wallet: margin balance less unrealized P&L (ccxt's total is the former)
             for asset in (balance.get("info") or {}).get("assets") or []:
                 totals[str(asset.get("asset"))] = _dec(asset.get("walletBalance"))
-        positions = entries = None
+        positions = entries = liquidations = None
         if held is not None:
-            positions = {s: q for s, (q, _) in held.items()}
-            entries = {s: e for s, (_, e) in held.items()}
+            positions = {s: q for s, (q, _, _) in held.items()}
+            entries = {s: e for s, (_, e, _) in held.items()}
+            liquidations = {s: lp for s, (_, _, lp) in held.items()}
         if flows:  # handed to the ledger now; a restart starts from what it committed
             self.funding_since = max(f.ts for f in flows)
         return VenueState(totals, tuple(opened), prices, positions, entries or {},
-                          tuple(flows)), updates
+                          tuple(flows), liquidations or {}), updates
 
-    async def _positions(self, swaps: Sequence[str]) -> dict[str, tuple[Decimal, Decimal]]:
-        """Signed contracts and entry price of each held perpetual (one-way mode)."""
+    async def _positions(self, swaps: Sequence[str]
+                         ) -> dict[str, tuple[Decimal, Decimal, Decimal]]:
+        """Signed contracts, entry price and the venue's liquidation price (0: none) of each
+        held perpetual (one-way mode)."""
         rows = await read(self.exchange,
                           lambda: self.exchange.fetch_positions(list(swaps)), "positions",
                           self.policy)
-        held: dict[str, tuple[Decimal, Decimal]] = {}
+        held: dict[str, tuple[Decimal, Decimal, Decimal]] = {}
         for r in rows:
             qty = _dec(r.get("contracts")) * _dec(r.get("contractSize") or 1)
             if qty and r.get("symbol") in swaps:
                 sign = -1 if r.get("side") == "short" else 1
-                held[str(r["symbol"])] = (sign * qty, _dec(r.get("entryPrice")))
+                held[str(r["symbol"])] = (sign * qty, _dec(r.get("entryPrice")),
+                                          _dec(r.get("liquidationPrice")))
         return held
 
     async def _funding(self, swaps: Sequence[str]) -> list[CashFlow]:

@@ -34,3 +34,4 @@ class VenueState:
     positions: Mapping[str, Decimal] | None = None
     entries: Mapping[str, Decimal] = field(default_factory=dict)
     cash_flows: tuple[CashFlow, ...] = ()
+    liquidations: Mapping[str, Decimal] = field(default_factory=dict)  # the venue's, if any

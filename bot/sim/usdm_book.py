@@ -29,6 +29,9 @@ class SimPosition:
     leverage: int = 20
     isolated: bool = False  # Binance's default is cross
     updated: int = 0
+    # the simulator computes no liquidation price: it reports this one (a test sets it), and
+    # Binance's "0" (none) otherwise
+    liquidation_price: Decimal = Decimal(0)
 
 
 @dataclass
