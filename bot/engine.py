@@ -127,9 +127,9 @@ class Engine:
         # an account that never saw a candle starts from the venue's balances
         first = not state.cursors and not state.positions and not state.working_orders
         await self.reconcile(unit, first_run=first, at_start=True)
-        for request in state.pending_controls:
-            unit.absorb((await self.operator.carry_out(request))[0])
-        await self.commit(unit)
+        for request in state.pending_controls:  # carried out as in a step, after the above
+            self.controls.put_nowait((request, None))
+        await self.commit(await self.drain_controls(unit))
         self._nonces = set(state.recent_nonces)
         self._acks = dict(state.command_acks)
         log.info("restored", cash=str(self.portfolio.cash), positions=len(state.positions),
@@ -208,14 +208,21 @@ class Engine:
             await self.commit(UnitOfWork())
             await self.parts.ledger.flush()
 
-    async def drain_controls(self) -> None:
+    async def drain_controls(self, unit: UnitOfWork | None = None) -> UnitOfWork:
         """Operator commands first: also between the decisions of one candle step, so a kill
-        takes effect within one order's time even while the engine is busy."""
+        takes effect within one order's time even while the engine is busy. ``unit``, what
+        the step changed so far, commits first: each command commits its own changes, and
+        the books must reach the ledger in the order they changed (a step's unit committed
+        after a kill's flatten would write back the position and cash from before it).
+        Returns the unit the step goes on filling."""
+        if unit:
+            await self.commit(unit)  # (the ledger down: held in the backlog, in order)
         while not self.controls.empty():
             request, fut = self.controls.get_nowait()
             result = await self.operator.carry_out_now(request)
             if fut is not None and not fut.done():
                 fut.set_result(result)
+        return UnitOfWork()
 
     # ---- one step -----------------------------------------------------------------------
     def on_gap(self, gap: Gap) -> None:
@@ -295,7 +302,7 @@ class Engine:
             self.risk.on_signal(signal.symbol, signal.p_up, signal.price)
             if intent is not None:
                 if not self.controls.empty():
-                    await self.drain_controls()
+                    unit = await self.drain_controls(unit)
                 unit = await self.act(intent, unit)
         close_ts = candles[0].close_ts
         if self.portfolio.margined:  # perpetuals only: spot has no margin to watch
@@ -387,7 +394,7 @@ class Engine:
         todo, self._pending_protect = self._pending_protect, []
         for p in todo:
             if not self.controls.empty():
-                await self.drain_controls()
+                unit = await self.drain_controls(unit)
             pos = self.portfolio.position(p.symbol)
             version = self._entry_version.get(p.symbol, "risk")
             await self.desk.cancel_where(

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from bot.brokers.paper import static_markets
 from bot.config import Settings
 from bot.domain import CandleSeries, MarketSpec, timeframe_ms
 from bot.training import members_from
@@ -63,25 +64,28 @@ UNCAPPED = {"max_risk_per_trade": 0.2, "max_exposure_symbol": Decimal(1),
 UNCAPPED_TAG = "(caps lifted)"
 
 
-def round_trip_cost(settings: Settings) -> float:
-    """Fees and slippage both ways, as the engine computes them for a backtest."""
-    p = settings.paper
-    fee = (
-        float(p.fee_rate) if p.fee_rate is not None else float(MarketSpec("*", "*", "*").taker_fee)
-    )
-    return 2 * (fee + float(p.slippage_bps) / 10_000)
+def round_trip_cost(settings: Settings, markets: Sequence[MarketSpec] = ()) -> float:
+    """Fees and slippage both ways, as the engine prices them (``PaperSettings``)."""
+    return settings.paper.round_trip_cost(markets)
+
+
+PERPETUAL_COLUMNS = ("long_entries", "short_entries", "funding_paid", "funding_received",
+                     "liquidations", "liquidation_guard_rejections")
 
 
 def buy_and_hold(
-    series: Sequence[CandleSeries], windows: Sequence[tuple[int, int]], settings: Settings
+    series: Sequence[CandleSeries], windows: Sequence[tuple[int, int]], settings: Settings,
+    cost: float | None = None,
 ) -> dict[str, Any]:
     """Buy & hold over each test window [start, end): equal weights bought at the window's
     first open and sold at its last close (one round trip per symbol and window, fees and
     slippage both ways, no stops), marked to market every candle; the proceeds of one window
-    buy the next."""
-    cost = round_trip_cost(settings) / 2
+    buy the next. A perpetual is held long at 1x and pays (or receives) funding at each
+    funding time in the window: size x mark (the candle's close where no mark) x rate."""
+    cost = (round_trip_cost(settings) if cost is None else cost) / 2
     equity0 = float(settings.paper.starting_balance)
     cash, bought, sold, trades = equity0, 0.0, 0.0, 0
+    funding_paid = funding_received = 0.0
     equity: list[tuple[int, float]] = []
     for start, end in windows:
         curves = []
@@ -90,7 +94,15 @@ def buy_and_hold(
             c = [x for x in s.candles if start <= x.ts < end]
             qty = cash / len(held) * (1 - cost) / c[0].open
             bought += cash / len(held)
-            curves.append({x.ts: qty * x.close for x in c})
+            flows = _funding_flows(s, c, qty)
+            funding_paid += sum(-f for f in flows.values() if f < 0)
+            funding_received += sum(f for f in flows.values() if f > 0)
+            booked = 0.0
+            curve = {}
+            for x in c:
+                booked += flows.get(x.ts, 0.0)
+                curve[x.ts] = qty * x.close + booked
+            curves.append(curve)
         if not curves:
             continue
         stamps = sorted(set().union(*curves))
@@ -118,7 +130,29 @@ def buy_and_hold(
         "fees_pct": round(100 * fees / equity0, 4),
         "equity": equity,
         "final_equity": final,
+        "funding_paid": round(funding_paid, 8),
+        "funding_received": round(funding_received, 8),
     }
+
+
+def _funding_flows(s: CandleSeries, candles: Sequence[Any], qty: float) -> dict[int, float]:
+    """A long of ``qty`` held over ``candles``: the funding it books at each funding time,
+    keyed by the candle that opens at or after it and priced at the mark that closed before
+    it, as the paper venue books it (a positive rate: longs pay)."""
+    if not s.funding or not candles:
+        return {}
+    stamps = [x.ts for x in candles]
+    out: dict[int, float] = {}
+    i = 0
+    for f in s.funding:
+        if not stamps[0] < f.ts <= stamps[-1]:
+            continue  # held from the first candle's open to the last candle's close
+        while stamps[i] < f.ts:
+            i += 1
+        before = candles[i - 1]
+        price = before.mark.close if before.mark is not None else before.close
+        out[candles[i].ts] = out.get(candles[i].ts, 0.0) - qty * price * f.rate
+    return out
 
 
 class Timer:
@@ -177,6 +211,8 @@ async def run_evaluation(
     )
     names = members_from(models)
     series = load_series(files, settings.timeframe, symbols)
+    markets = await static_markets()([s.symbol for s in series])
+    perpetual = any(m.margined for m in markets.values())
     data = load(series, barrier)
     timer.lap("features and labels")
     say(
@@ -199,7 +235,7 @@ async def run_evaluation(
     tables = signal_tables(oos, data)
     start = min(oos.ts)
     end = max(oos.ts) + timeframe_ms(settings.timeframe)
-    cost = round_trip_cost(settings)
+    cost = round_trip_cost(settings, list(markets.values()))
     step = timeframe_ms(settings.timeframe)
 
     def strategy() -> EnsembleStrategy:
@@ -210,6 +246,7 @@ async def run_evaluation(
             step,
             cost=cost,
             max_dispersion=settings.strategy.max_dispersion,
+            shorts=perpetual and settings.strategy.shorts,
         )
 
     async def trade(name: str, source: str, risk: dict[str, Any], fixed: bool) -> dict[str, Any]:
@@ -230,6 +267,7 @@ async def run_evaluation(
             ),
             "equity": outcome.equity,
             "run_id": outcome.run_id,
+            **({k: s[k] for k in PERPETUAL_COLUMNS} if perpetual else {}),
         }
 
     trading: dict[str, dict[str, Any]] = {}
@@ -258,7 +296,7 @@ async def run_evaluation(
             )
             for k in sorted(set(oos.fold))
         ]
-        sizing["buy_and_hold"] = buy_and_hold(series, windows, settings)
+        sizing["buy_and_hold"] = buy_and_hold(series, windows, settings, cost)
         sizing["always_flat"] = {
             "return_pct": 0.0,
             "sharpe": 0.0,
@@ -310,6 +348,8 @@ async def run_evaluation(
         "lookback": cfg.lookback,
         "barrier": barrier.describe(),
         "break_even": 1 / (1 + barrier.k_target / barrier.k_stop),
+        "perpetual": perpetual,
+        "shorts": perpetual and settings.strategy.shorts,
         "cost": cost,
         "kelly_fraction": settings.risk.kelly_fraction,
         "max_risk_per_trade": settings.risk.max_risk_per_trade,

@@ -143,7 +143,7 @@ async def _load_active(db_url: str, settings: Any) -> Any:
 
     from bot.ledger.model_versions import active_ensemble
     from bot.ledger.repository import make_engine
-    from models.device import pick_device
+    from models.device import in_torch_thread, pick_device
     from models.ensemble import Ensemble
     from models.labels import barrier_from
 
@@ -153,8 +153,10 @@ async def _load_active(db_url: str, settings: Any) -> Any:
     finally:
         await eng.dispose()
     assert active is not None
-    return Ensemble.load(Path(active.path), active.sha256, barrier_from(settings.risk),
-                         pick_device(settings.strategy.device), settings.strategy.compile)
+    # on the torch thread, the one that scores with it: off the event loop
+    return await in_torch_thread(Ensemble.load, Path(active.path), active.sha256,
+                                 barrier_from(settings.risk),
+                                 pick_device(settings.strategy.device), settings.strategy.compile)
 
 
 def heartbeat_job(engine: Engine, bus: Any) -> Any:

@@ -1,8 +1,26 @@
-"""Which torch device a run uses."""
+"""Where torch runs: which device, and on which thread.
+
+One OS thread runs every torch operation of a bot process: loading the ensemble, a backtest's
+look-ahead and every live decision. torch's CPU kernels run OpenMP teams; once two threads
+have each run parallel work, on a 2-core machine their teams contend, and a backtest's
+look-ahead ran 2.8x slower after the ensemble had been loaded on the main thread (15.7 s
+against 5.7 s for BTC/USDT 1h, bench/RESULTS.md). The thread is also off the event loop.
+Training runs in a process of its own and is not affected.
+"""
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import Executor, ThreadPoolExecutor
+from functools import partial
+from typing import Any, TypeVar
+
 import torch
+
+T = TypeVar("T")
+
+_TORCH = ThreadPoolExecutor(max_workers=1, thread_name_prefix="torch")
 
 
 def pick_device(requested: str) -> str:
@@ -10,3 +28,14 @@ def pick_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+def torch_thread() -> Executor:
+    """The one thread this process runs torch on."""
+    return _TORCH
+
+
+async def in_torch_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """``fn(*args, **kwargs)`` on the torch thread, awaited from the event loop."""
+    return await asyncio.get_running_loop().run_in_executor(_TORCH, partial(fn, *args,
+                                                                            **kwargs))

@@ -1,8 +1,9 @@
 """The ensemble at inference: every member over every symbol in one batched call, off the event
 loop, on ``cuda`` when present (or as configured) and ``cpu`` otherwise.
 
-``EnsembleModule`` is one ``nn.Module`` that runs all members on a ``[symbols, L, F]`` batch
-and stacks their outputs. That is the unit handed to ``torch.compile`` on CUDA.
+``EnsembleModule`` (``models/ensemble_module.py``) is one ``nn.Module`` that runs all members
+on a ``[symbols, L, F]`` batch and stacks their outputs. That is the unit handed to
+``torch.compile`` on CUDA.
 ``EnsembleSignalSource`` is the engine's signal source. It keeps a rolling candle buffer per
 symbol, computes the same causal features as training, and combines the members: the
 meta-learner's stacked P(target first) with online re-weighting by recent log-loss,
@@ -18,16 +19,17 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Sequence
-from concurrent.futures import Executor, ThreadPoolExecutor
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import Tensor, nn
 
 from bot.domain import Candle, Gap, PromotedModel, Regime, Signal, timeframe_ms
 from models.calibrate import sigmoid
+from models.device import torch_thread
+from models.ensemble_module import EnsembleModule
 from models.features import (
     FEATURE_NAMES,
     NORM_WINDOW,
@@ -52,43 +54,6 @@ REBUILD_CANDLES = 400
 # a full window (``history_rows(lookback)``, 632 at lookback 32) plus the REBUILD_CANDLES it
 # replays; ``EnsembleSignalSource`` refuses a lookback it does not cover
 LIVE_WARMUP = 1200
-
-
-class EnsembleModule(nn.Module):
-    """All members in one module: [S, L, F] -> [S, M, 3] plus the regime ids [S] (the VAE's
-    regime, ordered 0 = bear .. k-1 = bull; -1 with no VAE or where it is not confident).
-
-    The batch is the symbols of one timestamp: a cross-sectional member (the GNN) sees them
-    together, and ``valid`` marks the rows that are real symbols rather than padding. With
-    ``cross=False`` the batch may be any windows (a backtest's, of one symbol over time) and
-    the cross-sectional members' columns are left at zero for ``panel`` to fill."""
-
-    def __init__(self, members: Sequence[Member]) -> None:
-        super().__init__()
-        self.members = nn.ModuleList(members)
-        self.vae_index = next((i for i, m in enumerate(members) if m.name == "vae"), -1)
-        self.cross: list[int] = [i for i, m in enumerate(members) if m.cross_sectional]
-
-    def forward(self, x: Tensor, valid: Tensor | None = None,
-                cross: bool = True) -> tuple[Tensor, Tensor]:
-        regime = torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
-        outs = []
-        for i, m in enumerate(self.members):
-            if i == self.vae_index:
-                ids, sure = m.confident_regime(x)  # type: ignore[operator]
-                regime = torch.where(sure, ids, regime)
-                outs.append(m.regime_stats[ids])  # type: ignore[index]
-            elif m.cross_sectional:
-                outs.append(m(x, valid) if cross else torch.zeros(x.shape[0], 3, device=x.device))
-            else:
-                outs.append(m(x))
-        return torch.stack(outs, dim=1), regime
-
-    def panel(self, x: Tensor) -> Tensor:
-        """The cross-sectional members over a panel [T, N, L, F] (each row the N symbols of
-        one timestamp): [T * N, len(cross), 3]."""
-        return torch.stack([self.members[i].forward_panel(x)  # type: ignore[operator]
-                            for i in self.cross], dim=1)
 
 
 @dataclass(frozen=True)
@@ -195,6 +160,17 @@ class Ensemble:
         regimes [S] (eager, or replayed from a CUDA graph per bucket: ``models/forward.py``).
         ``cross=False``: any windows, cross-sectional members left at zero."""
         return self.forward(x, cross)
+
+    @torch.no_grad()
+    def raw_rows(self, rows: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``raw(windows, cross=False)`` for the windows ending at rows ``ends`` of one
+        symbol's consecutive feature rows [T, F]: each member's per-step part runs once per
+        row (``EnsembleModule.forward_rows``). Backtests' look-ahead."""
+        xb = torch.as_tensor(rows, device=self.device)
+        eb = torch.as_tensor(ends, dtype=torch.long, device=self.device)
+        with torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
+            outs, regime = self.module.forward_rows(xb, eb, self.lookback)
+        return outs.float().cpu().numpy(), regime.cpu().numpy()
 
     @torch.no_grad()
     def raw_panel(self, x: np.ndarray) -> np.ndarray:
@@ -309,7 +285,7 @@ class EnsembleSignalSource:
         self.model_version = ensemble.id
         self.timeframe = timeframe
         self.step = timeframe_ms(timeframe)
-        self.executor = executor or ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self.executor = executor or torch_thread()  # the process's one torch thread
         self.keep = history_rows(ensemble.lookback)
         self.need = WARMUP + ensemble.lookback  # candles before the first window is scored
         if self.keep + REBUILD_CANDLES > LIVE_WARMUP:
@@ -471,7 +447,9 @@ class EnsembleSignalSource:
                 regime=p.regime,
                 price=r.candle.close,
                 atr=r.atr,
-                members=tuple(zip(names, (round(float(m), 6) for m in p.member_p),
+                # to 6 decimals in one call (as round() gives, but for exact decimal halves);
+                # shown by the console, read by no decision
+                members=tuple(zip(names, np.round(p.member_p.astype(np.float64), 6).tolist(),
                                   strict=True)),
             )
             for r, p in zip(ready, preds, strict=False)

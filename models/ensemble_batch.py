@@ -22,31 +22,16 @@ only slower.
 from __future__ import annotations
 
 import asyncio
-import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Executor
-from contextlib import contextmanager
 
 import numpy as np
-import torch
-from numpy.lib.stride_tricks import sliding_window_view
 
 from bot.domain import Candle, CandleSeries, PromotedModel, Signal
 from models.ensemble import ATR_COL, Calibrated, Ensemble, EnsembleSignalSource, Ready
 from models.features import normalise, raw_features
 
 LOOK_AHEAD = 4096  # timestamps whose cross-sections are computed together
-
-
-@contextmanager
-def _all_cores() -> Iterator[None]:
-    """Every core for a look ahead: the engine waits for it, so nothing else needs them."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(os.cpu_count() or 1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 class _Ahead:
@@ -92,11 +77,10 @@ class _Ahead:
         self.regime = np.empty(len(idx), dtype=np.int64)
         if not len(idx):
             return
-        windows = sliding_window_view(feats, (lookback, feats.shape[1]))[:, 0]
         for lo in range(0, len(idx), chunk):
             take = idx[lo : lo + chunk]
-            outs, regime = ens.raw(np.ascontiguousarray(windows[take - lookback + 1]),
-                                   cross=False)
+            first = int(take[0]) - lookback + 1  # the rows this chunk's windows span
+            outs, regime = ens.raw_rows(feats[first : int(take[-1]) + 1], take - first)
             self.outs[lo : lo + len(take)] = outs
             self.regime[lo : lo + len(take)] = regime
         self.cal = ens.calibrated(self.outs)  # again for rows a cross-section fills in
@@ -139,9 +123,11 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                  chunk: int | None = None, executor: Executor | None = None,
                  threads: int = 1) -> None:
         super().__init__(ensemble, timeframe, executor, threads)
-        # windows per forward: on the CPU small enough to stay in cache (256 measured fastest
-        # on 2 cores, bench/RESULTS.md), on a GPU large enough to fill it
-        self.chunk = chunk or (256 if ensemble.device == "cpu" else 4096)
+        # windows per forward: on the CPU small enough to stay in cache (512 measured fastest
+        # on 2 cores with the per-row forward, bench/RESULTS.md), on a GPU large enough to
+        # fill it. The look-ahead runs at the source's thread count, set once: on 2 cores a
+        # second thread bought nothing, and switching the count back slowed what followed
+        self.chunk = chunk or (512 if ensemble.device == "cpu" else 4096)
         self._series = {s.symbol: s.candles for s in series}
         self._stamps = {s.symbol: np.array([c.ts for c in s.candles], dtype=np.int64)
                         for s in series}
@@ -187,11 +173,10 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
 
     def _prepare(self, candles: Sequence[Candle]) -> None:
         """Compute ahead for every symbol of ``candles`` that has no outputs yet (executor)."""
-        with _all_cores():
-            for c in candles:
-                ahead = self._seen(c)
-                if ahead is not None and ahead.row is None:
-                    ahead.compute(self.ens, self.step, self.need, self.chunk)
+        for c in candles:
+            ahead = self._seen(c)
+            if ahead is not None and ahead.row is None:
+                ahead.compute(self.ens, self.step, self.need, self.chunk)
 
     def _windows(self, candles: Sequence[Candle]) -> dict[str, Ready]:
         out: dict[str, Ready] = {}
@@ -202,8 +187,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 stepwise.append(c)
                 continue
             if ahead.row is None:  # the warm-up replay reaches here first (in the executor)
-                with _all_cores():
-                    ahead.compute(self.ens, self.step, self.need, self.chunk)
+                ahead.compute(self.ens, self.step, self.need, self.chunk)
             ready = ahead.ready(c)
             if ready is not None:
                 out[c.symbol] = ready
@@ -214,14 +198,12 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         alone = super()._windows(stepwise) if stepwise else {}
         stamps = {c.ts for c in candles}
         ts = candles[0].ts
-        if not alone and len(stamps) == 1:
-            if self._cross_set(ts) == frozenset(out):
-                return out
-            if self._known() != self._computed:  # a symbol joined: look ahead again
-                self._cross_ahead(ts)
-                if self._expected.get(ts) == frozenset(out):
-                    return out
-        # not the cross-section computed ahead: one forward over this one, as stepwise
+        # the cross-section computed ahead (``on_candles`` looks ahead in the executor first;
+        # the warm-up replay, itself in the executor, computes it here when missing)
+        if not alone and len(stamps) == 1 and self._cross_set(ts) == frozenset(out):
+            return out
+        # not the cross-section computed ahead (a symbol left the script on this candle; the
+        # next one looks ahead again): one forward over this one, as stepwise
         for sym, r in out.items():
             ahead = self._ahead[sym]
             assert ahead is not None
@@ -234,9 +216,23 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
 
     def _cross_set(self, ts: int) -> frozenset[str] | None:
         if ts not in self._expected:
-            with _all_cores():
-                self._cross_ahead(ts)
+            self._cross_ahead(ts)
         return self._expected.get(ts)
+
+    def _look_ahead(self, candles: Sequence[Candle]) -> None:
+        """(executor) What the candles need computed ahead: their symbols' series, then the
+        cross-sectional members from their timestamp, where not computed yet or computed for
+        another set of symbols (one joined or left). All torch work stays on the executor's
+        thread, off the event loop (models/device.py)."""
+        self._prepare(candles)
+        if self._cross_stale(candles[0].ts):
+            self._cross_ahead(candles[0].ts)
+
+    def _cross_stale(self, ts: int) -> bool:
+        """The cross-sectional members have no outputs computed ahead for ``ts``, or have them
+        for another set of symbols than the series known now."""
+        return bool(self.ens.module.cross) and (ts not in self._expected
+                                                or self._known() != self._computed)
 
     def _cross_ahead(self, ts0: int) -> None:
         """The cross-sectional members for the next ``LOOK_AHEAD`` timestamps from ``ts0``: at
@@ -278,6 +274,6 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
             await loop.run_in_executor(self.executor, self._rebuild)
         if any(c.symbol not in self._ahead
                or ((a := self._ahead[c.symbol]) is not None and a.row is None)
-               for c in candles):
-            await loop.run_in_executor(self.executor, self._prepare, candles)
+               for c in candles) or self._cross_stale(candles[0].ts):
+            await loop.run_in_executor(self.executor, self._look_ahead, candles)
         return await super().on_candles(candles)

@@ -46,13 +46,10 @@ async def live_predictions(ens: Ensemble, series: Sequence[CandleSeries], timefr
     src = EnsembleSignalSource(ens, timeframe)
     src.warm([c for ts in before for c in stamps[ts]])
     out: dict[tuple[str, int], float] = {}
-    try:
-        for ts in (t for t in order if t0 <= t <= t1):
-            for sig in await src.on_candles(stamps[ts]):
-                out[(sig.symbol, sig.ts)] = sig.p_up
-    finally:
-        src.executor.shutdown(wait=True)
-    return out
+    for ts in (t for t in order if t0 <= t <= t1):
+        for sig in await src.on_candles(stamps[ts]):
+            out[(sig.symbol, sig.ts)] = sig.p_up
+    return out  # (the source scores on the process's torch thread, which stays)
 
 
 async def compare_live(new: Ensemble, old: Ensemble, series: Sequence[CandleSeries],

@@ -220,6 +220,38 @@ def _oof_lines(meta: dict[str, Any], metrics: dict[str, dict[str, float]]) -> li
     ]
 
 
+def _perpetual_lines(meta: dict[str, Any], trading: dict[str, dict[str, Any]],
+                     sizing: dict[str, dict[str, Any]]) -> list[str]:
+    """On perpetuals: each traded predictor's and sizing rule's entries by side, its funding
+    and its liquidations."""
+    if not meta.get("perpetual"):
+        return []
+    sides = ("long and short: a short bets on P(lower barrier first) = 1 - p, its stop at "
+             "the upper barrier" if meta.get("shorts") else "long only (strategy.shorts off)")
+    rows = []
+    for name, t in [*trading.items(), *sizing.items()]:
+        if "long_entries" in t:
+            rows.append(f"| {name} | {t['long_entries']} | {t['short_entries']} | "
+                        f"{float(t['funding_paid']):.2f} | {float(t['funding_received']):.2f} | "
+                        f"{t['liquidations']} | {t['liquidation_guard_rejections']} |")
+        elif "funding_paid" in t:
+            rows.append(f"| {name} (1x long) | n/a | n/a | {float(t['funding_paid']):.2f} | "
+                        f"{float(t['funding_received']):.2f} | 0 | n/a |")
+    return [
+        "## Perpetuals: sides, funding and the liquidation guard",
+        "",
+        f"The data are perpetual futures, traded {sides}; funding is booked at each funding "
+        "time (size x mark x rate, a positive rate: longs pay) and is in every return above. "
+        "Entries whose stop sits too near the liquidation price are refused by the guard.",
+        "",
+        "| predictor or rule | long entries | short entries | funding paid | funding received "
+        "| liquidations | guard refusals |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+        *rows,
+        "",
+    ]
+
+
 def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, float]],
                  trading: dict[str, dict[str, Any]], acc: dict[str, list[tuple[int, float]]],
                  rel: dict[str, list[tuple[float, float, int]]],
@@ -307,6 +339,7 @@ def write_report(out: Path, meta: dict[str, Any], metrics: dict[str, dict[str, f
             if "caps lifted" in name
         ),
         "",
+        *_perpetual_lines(meta, trading, sizing),
         "## Calibration of the p that reaches Kelly",
         "",
         f"ECE of the final p on the test windows: **{calibration['ece_final']:.4f}** "

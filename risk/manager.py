@@ -137,14 +137,19 @@ class RiskManager:
 
     def _review(self, intent: OrderIntent, pf: PortfolioView, market: MarketSpec,
                 markets: Mapping[str, MarketSpec]) -> RiskDecision:
+        pos = pf.position(intent.symbol)
+        held = pos.quantity
+        reduces = (intent.side is Side.SELL and held > 0) or (intent.side is Side.BUY and held < 0)
         price = pf.price(intent.symbol)
+        if (price is None or price <= 0) and reduces:
+            # an exit before the first candle (a kill flatten carried out at start): the
+            # entry price stands in for the controls; closing needs no fresh price
+            price = pos.avg_price
         if price is None or price <= 0:
             return RiskDecision(intent, False, ZERO, "no price for the symbol yet")
         if "reconcile" in self.machine.current.blocks:
             return RiskDecision(intent, False, ZERO, "ledger and venue disagree: no new orders "
                                 "until they are reconciled")
-        held = pf.position(intent.symbol).quantity
-        reduces = (intent.side is Side.SELL and held > 0) or (intent.side is Side.BUY and held < 0)
         if intent.reduce_only and not reduces:
             return RiskDecision(intent, False, ZERO, "reduce-only order would not reduce")
         if not self.machine.permits(reduces, self.now):
@@ -157,7 +162,7 @@ class RiskManager:
                 return RiskDecision(intent, False, ZERO, "spot account cannot open a short")
             s = size_entry(SizingInputs(float(pf.equity()), float(price),
                                         self._atr.get(intent.symbol, 0.0), intent.confidence,
-                                        intent.dispersion), self.sizing)
+                                        intent.dispersion, intent.side.sign), self.sizing)
             if s.quantity <= 0:
                 return RiskDecision(intent, False, ZERO, s.reason)
             want = Decimal(repr(s.quantity))
@@ -213,7 +218,7 @@ class RiskManager:
             self.report.guard_rejections += 1
             return RiskDecision(intent, False, ZERO, "liquidation guard: no ATR, so no stop "
                                 f"to compare with the liquidation price {liq:.8g}")
-        stop = float(price) - direction * self.cfg.k_stop * atr
+        stop = float(price) - direction * self.sizing.bet(direction)[0] * atr
         gap = direction * (stop - float(liq)) / atr
         where = (f"stop {stop:.8g}, liquidation {liq:.8g} at {lev}x {terms.mode.value}: "
                  f"{gap:.2f} ATR apart, {self.cfg.liquidation_buffer_atr} needed")
@@ -417,10 +422,9 @@ class RiskManager:
             atr = self._atr.get(sym, 0.0)
             if atr <= 0:
                 return []
+            direction = 1.0 if after.quantity > 0 else -1.0
             self._levels[sym] = StopLevels.on_entry(
-                float(fill.price), atr, self.cfg.k_stop, self.cfg.k_target,
-                1.0 if after.quantity > 0 else -1.0,
-            )
+                float(fill.price), atr, *self.sizing.bet(direction), direction)
             self._placed_stop[sym] = self._levels[sym].stop
         levels = self._levels.get(sym)
         if levels is None or not self.venue_stops:

@@ -13,8 +13,10 @@ class RiskSettings(BaseModel):
 
     # sizing
     kelly_fraction: float = Field(0.25, gt=0, le=1, description="multiplier on Kelly f*")
-    k_stop: float = Field(2.0, gt=0, description="stop distance in ATRs")
-    k_target: float = Field(3.0, gt=0, description="take-profit distance in ATRs")
+    k_stop: float = Field(2.0, gt=0, description="the triple barrier's lower side in ATRs: a "
+                          "long's stop, a short's take-profit")
+    k_target: float = Field(3.0, gt=0, description="the triple barrier's upper side in ATRs: a "
+                            "long's take-profit, a short's stop")
     barrier_horizon: int = Field(
         24, ge=1, description="candles a trade has to touch its target or stop: the triple "
         "barrier's time limit. The ensemble is trained for k_stop, k_target and this horizon "

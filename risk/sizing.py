@@ -10,6 +10,12 @@ no trade unless ``p * b - (1 - p) - c > 0``, i.e. above the break-even
 ``p = (1 + c) / (1 + b)``. Then the caps apply: at most ``max_risk_per_trade`` of equity lost
 at the stop here; exposure and notional caps in ``risk/controls.py``.
 
+A short bets on the same triple barrier from the other side (``bet_distances``): the lower
+barrier (``k_stop`` ATRs below) is its target and the upper one (``k_target`` ATRs above) its
+stop, so ``d = k_target * ATR / price``, ``b = k_stop / k_target``, and its ``p`` is P(lower
+barrier first) = 1 - P(upper first). That is the event the model's labels price, so one model
+prices both sides; with asymmetric barriers a short risks more than it aims for.
+
 A signal with no calibrated probability (the EMA baseline) is sized fixed-fractional: it
 risks ``fixed_risk`` of equity at the stop.
 """
@@ -29,6 +35,13 @@ def kelly(p: float, b: float) -> float:
     return p - (1.0 - p) / b
 
 
+def bet_distances(k_stop: float, k_target: float, direction: float) -> tuple[float, float]:
+    """(stop, target) distances in ATRs of a long (``direction`` 1) or a short (-1) on the
+    triple barrier with its lower barrier ``k_stop`` and its upper ``k_target`` ATRs away: a
+    long stops at the lower barrier and aims at the upper, a short the other way round."""
+    return (k_stop, k_target) if direction > 0 else (k_target, k_stop)
+
+
 def break_even(b: float, cost_r: float = 0.0) -> float:
     """The win probability at which a bet paying ``b`` per unit risked, with costs of
     ``cost_r`` units, has zero expectation: (1 + c) / (1 + b)."""
@@ -42,13 +55,14 @@ class SizingInputs:
     atr: float
     p_win: float | None  # calibrated P(target before stop); None: no probability to bet on
     dispersion: float = 0.0
+    direction: float = 1.0  # 1 a long, -1 a short (``bet_distances``)
 
 
 @dataclass(frozen=True, slots=True)
 class SizingParams:
     kelly_fraction: float = 0.25
-    k_stop: float = 2.0  # stop distance in ATRs
-    k_target: float = 3.0  # take-profit distance in ATRs
+    k_stop: float = 2.0  # the lower barrier in ATRs: a long's stop, a short's target
+    k_target: float = 3.0  # the upper barrier in ATRs: a long's target, a short's stop
     max_risk_per_trade: float = 0.01  # equity share lost if the stop is hit, at most
     round_trip_cost: float = 0.003  # fees + slippage, both ways, as a return
     disagreement_limit: float = 0.25  # dispersion at which the size shrinks to zero
@@ -57,6 +71,10 @@ class SizingParams:
     @property
     def payoff(self) -> float:
         return self.k_target / self.k_stop
+
+    def bet(self, direction: float) -> tuple[float, float]:
+        """(stop, target) in ATRs for a long (1) or a short (-1)."""
+        return bet_distances(self.k_stop, self.k_target, direction)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,13 +87,15 @@ class Sizing:
 
 
 def size_entry(x: SizingInputs, k: SizingParams) -> Sizing:
-    """How much to buy; ``quantity == 0`` with a reason when there is no trade."""
+    """How much to buy (or sell short); ``quantity == 0`` with a reason when there is no
+    trade."""
     if x.equity <= 0 or x.price <= 0:
         return Sizing(0.0, 0.0, 0.0, 0.0, "no equity or no price")
     if not (x.atr > 0) or math.isinf(x.atr):
         return Sizing(0.0, 0.0, 0.0, 0.0, "no ATR: cannot place a stop")
-    d = k.k_stop * x.atr / x.price  # the price fraction lost at the stop
-    b = k.payoff
+    k_stop, k_target = k.bet(x.direction)
+    d = k_stop * x.atr / x.price  # the price fraction lost at the stop
+    b = k_target / k_stop
     cost_r = k.round_trip_cost / d
     if x.p_win is None:
         f_star, edge = 0.0, math.nan

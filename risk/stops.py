@@ -19,6 +19,8 @@ class StopLevels:
     @classmethod
     def on_entry(cls, entry: float, atr: float, k_stop: float, k_target: float,
                  direction: float = 1.0) -> StopLevels:
+        """``k_stop`` and ``k_target``: this side's distances in ATRs (a short's come from
+        ``risk.sizing.bet_distances``)."""
         return cls(entry, entry - direction * k_stop * atr, entry + direction * k_target * atr,
                    entry, atr, direction)
 

@@ -64,12 +64,24 @@ def _trading(db: str, account: str) -> bool:
     return bool(rows[0]["f"] >= 2 and rows[0]["o"] >= 1)
 
 
-def _healthy(url: str) -> bool:
+def answers(url: str, needle: bytes = b"") -> bool:
+    """``url`` answers 200 (with ``needle`` in its body)."""
     try:
-        with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
-            return bool(r.status == 200 and b'"ledger":true' in r.read())
+        with urllib.request.urlopen(url, timeout=2) as r:
+            return bool(r.status == 200 and needle in r.read())
     except OSError:
         return False
+
+
+def wait_for_simulator(port: int, logs: list[Path], timeout: float = 60.0) -> None:
+    """Until the simulator answers: a bot started before it listens exits on its first
+    request (ExchangeNotAvailable), and a fixed sleep is too short on a slow machine."""
+    _wait(lambda: answers(f"http://127.0.0.1:{port}/api/v3/ping"), timeout,
+          f"the simulator on port {port}", logs)
+
+
+def _healthy(url: str) -> bool:
+    return answers(f"{url}/health", b'"ledger":true')
 
 
 @contextmanager
@@ -93,7 +105,7 @@ def paper_stack(db: str, root: Path, instance: str) -> Iterator[Stack]:
     try:
         start(["sim-exchange", "--port", str(sim_port), "--symbols", "BTC/USDT,ETH/USDT",
                "--speed", "60", "--history", "300", "--seed", "21"], logs[0])
-        time.sleep(1.5)
+        wait_for_simulator(sim_port, logs)
         start(["run", "--mode", "paper", "--exchange", "binance", "--symbols",
                "BTC/USDT,ETH/USDT", "--timeframe", "1m", "--exchange-url",
                f"http://127.0.0.1:{sim_port}", "--feed", "rest", "--poll-interval", "0.1",

@@ -96,7 +96,14 @@ def test_batched_and_stepwise_sources_give_the_same_signals() -> None:
         calls.append(len(x))
         return raw(x, cross)
 
+    raw_rows = ens.raw_rows
+
+    def counted_rows(rows: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        calls.append(len(ends))  # the look-ahead: windows ending at these rows
+        return raw_rows(rows, ends)
+
     ens.raw = counted  # type: ignore[method-assign]
+    ens.raw_rows = counted_rows  # type: ignore[method-assign]
     stepwise = asyncio.run(_signals(EnsembleSignalSource(ens, "1h"), steps, 500))
     n_stepwise = len(calls)
     calls.clear()
@@ -141,7 +148,11 @@ async def _run(url: str, series: list[CandleSeries], source: EnsembleSignalSourc
     orders = await fetch(url, "SELECT symbol, side, order_type, quantity, limit_price, "
                               "stop_price, status, filled_qty, avg_fill_price, fees, "
                               "reduce_only, signal_ts, reason FROM orders WHERE run_id=$1 "
-                              "ORDER BY created_at, symbol, side, order_type", out.run_id)
+                              # orders of one candle share created_at (the simulated clock):
+                              # an entry's stop and its first trail can; break ties on content
+                              # so the comparison does not hang on PostgreSQL's sort of equals
+                              "ORDER BY created_at, symbol, side, order_type, stop_price, "
+                              "limit_price, quantity, status", out.run_id)
     return signals, orders
 
 
@@ -228,3 +239,35 @@ def test_a_new_version_mid_backtest_is_not_served_from_the_old_ones_outputs() ->
     after = [k for k in stepwise if k[1] >= a[700].ts]
     assert len(after) > 400 and {stepwise[k].model_version for k in after} == {"t2"}
     _assert_same(stepwise, batched)
+
+
+def test_every_forward_of_a_batched_run_is_on_the_torch_thread_off_the_loop() -> None:
+    """The members' look-ahead, the cross-sectional GNN's panels (which ran on the event
+    loop's thread before) and the stepwise fallbacks all run on the process's torch thread
+    (models/device.py): a symbol joins the cross-section, and another leaves the script."""
+    import threading
+
+    from models.device import torch_thread
+
+    a = candles("AAA/USDT", 1300, "1h", seed=41)
+    late = candles("CCC/USDT", 1300, "1h", seed=42)[300:]
+    fed_a = a[:900] + [replace(a[900], close=a[900].close * 1.01,
+                               high=max(a[900].high, a[900].close * 1.01))] + a[901:]
+    series = [_series("AAA/USDT", a), _series("CCC/USDT", late)]
+    steps = _timestamps([_series("AAA/USDT", fed_a), _series("CCC/USDT", late)])
+    ens = _ensemble()
+    seen: dict[str, set[str]] = {}
+    for name in ("raw", "raw_rows", "raw_panel"):
+        inner = getattr(ens, name)
+
+        def recording(*args: object, _inner: object = inner, _name: str = name) -> object:
+            seen.setdefault(_name, set()).add(threading.current_thread().name)
+            return _inner(*args)  # type: ignore[operator]
+
+        setattr(ens, name, recording)
+    src = BatchedEnsembleSignalSource(ens, "1h", series, chunk=256)
+    out = asyncio.run(_signals(src, steps, 200))
+    assert len(out) > 1500
+    torch_name = torch_thread().submit(lambda: threading.current_thread().name).result()
+    assert set(seen) == {"raw", "raw_rows", "raw_panel"}, seen  # every path was taken
+    assert all(names == {torch_name} for names in seen.values()), seen

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.console_helpers import free_port, query
+from tests.console_helpers import free_port, query, wait_for_simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 DASHBOARD = ROOT / "docker" / "grafana" / "dashboards" / "stackbot.json"
@@ -61,7 +61,7 @@ def bot(pg_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple
             [sys.executable, "-m", "bot", "sim-exchange", "--port", str(sim_port), "--symbols",
              "BTC/USDT,ETH/USDT", "--speed", "60", "--history", "300", "--seed", "21"],
             stdout=sink, stderr=sink, env=env))
-        time.sleep(1.5)
+        wait_for_simulator(sim_port, [logs])
         procs.append(subprocess.Popen(
             [sys.executable, "-m", "bot", "run", "--mode", "paper", "--exchange", "binance",
              "--symbols", "BTC/USDT,ETH/USDT", "--timeframe", "1m", "--exchange-url",

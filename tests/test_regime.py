@@ -93,4 +93,5 @@ def test_the_vae_regime_is_bear_neutral_bull_or_unknown_when_unsure() -> None:
         vae.centroids.copy_(torch.stack([mu[0] + step, mu[0] - step, mu[0] + far]))
     assert [p.regime for p in ens.predict(x[:1])] == [Regime.UNKNOWN]
     strategy = EnsembleStrategy(BAR.k_stop, BAR.k_target, BAR.horizon, 3_600_000)
-    assert strategy.blocked == frozenset({Regime.BEAR})
+    assert strategy.long.blocked == frozenset({Regime.BEAR})  # longs wait out a bear regime
+    assert strategy.short.blocked == frozenset({Regime.BULL})  # shorts a bull one

@@ -23,8 +23,9 @@ from typing import Any
 from aiohttp import WSMsgType, web
 
 from bot.domain import Candle, timeframe_ms
-from bot.sim.account import HELD, SimAccount
+from bot.sim.account import SimAccount
 from bot.sim.faults import FaultPlan
+from bot.sim.http_faults import fault_answer
 from bot.sim.usdm import SimFutures
 
 INTERVALS = ("1m", "3m", "5m", "15m", "30m", "1h", "2h", "4h", "6h", "8h", "12h", "1d")
@@ -363,64 +364,7 @@ class SimBinance:
         kind = self.faults.http(request.method, request.path)
         if kind is None:
             return await handler(request)
-        return await self._http_fault(kind, request, handler)
-
-    # Binance's documented bodies (https://developers.binance.com/docs/binance-spot-api-docs/
-    # errors); HTTP statuses per .../rest-api/http-return-codes: 5XX for its internal errors
-    _BODIES = {
-        "unknown_error": (500, -1000, "An unknown error occurred while processing the request."),
-        "disconnected": (503, -1001, "Internal error; unable to process your request. Please "
-                                     "try again."),
-        "send_unknown": (503, -1007, "Timeout waiting for response from backend server. Send "
-                                     "status unknown; execution status unknown."),
-    }
-    # kinds after which an order may or may not have been carried out (5XX: status unknown)
-    _MAYBE_EXECUTED = ("unknown_error", "send_unknown", "server_error")
-
-    async def _http_fault(self, kind: str, request: web.Request,
-                          handler: Any) -> web.StreamResponse:
-        import asyncio
-
-        f = self.faults
-        if kind == "clock_skew":  # the venue's clock jumps; a -1021 follows for signed calls
-            self.clock.skew_ms = 0 if self.clock.skew_ms else f.skew_step_ms
-            return await handler(request)
-        f.record(kind)
-        if kind in ("rate_limit", "ban"):
-            msg = ("Too much request weight used; current limit is 6000 request weight per 1 "
-                   "MINUTE. Please use WebSocket Streams for live updates to avoid polling the "
-                   "API." if kind == "rate_limit" else
-                   f"Way too much request weight used; IP banned until "
-                   f"{self.clock.server_ms() + 1000 * f.retry_after_s}. Please use WebSocket "
-                   "Streams for live updates to avoid bans.")
-            return web.json_response({"code": -1003, "msg": msg},
-                                     status=429 if kind == "rate_limit" else 418,
-                                     headers={"Retry-After": str(f.retry_after_s)})
-        if kind in self._BODIES or kind == "server_error":
-            if request.method != "GET" and kind in self._MAYBE_EXECUTED and f.coin():
-                await handler(request)  # carried out; the client is told nothing useful
-            if kind == "server_error":  # a proxy's bare answer: no Binance body at all
-                return web.Response(status=f._rng.choice((502, 503, 504)),
-                                    text="Service Unavailable", content_type="text/html")
-            status, code, msg = self._BODIES[kind]
-            return web.json_response({"code": code, "msg": msg}, status=status)
-        if kind in ("slow", "timeout"):
-            if request.can_read_body:
-                await request.read()  # arrived whole; the answer is what is late
-
-            async def late() -> web.StreamResponse:
-                await asyncio.sleep(f.slow_s if kind == "slow" else f.hold_s)
-                request[HELD] = True
-                return await handler(request)
-
-            # shielded: the venue carries it out even after the client hung up
-            return await asyncio.shield(asyncio.ensure_future(late()))
-        if kind == "lost":
-            await asyncio.shield(asyncio.ensure_future(handler(request)))  # no answer arrives
-        transport = request.transport
-        if transport is not None:
-            transport.abort()  # the client sees the connection reset
-        return web.Response(status=499)  # never delivered
+        return await fault_answer(kind, request, handler, self.faults, self.clock)
 
     def app(self) -> web.Application:
         app = web.Application(middlewares=[self._count])

@@ -1,12 +1,12 @@
 """The simulator's USDⓈ-M futures API (``/fapi``), for ccxt's real ``binanceusdm`` class.
 
-Public: ``ping``, ``time``, ``exchangeInfo`` (perpetuals), ``klines`` (the spot simulator's
-candles under the same ids), ``premiumIndex`` (mark price and the next funding), ``fundingRate``
-(history), ``ticker/24hr`` and ``ticker/price``. Private, HMAC-signed like spot: ``order``
-(create, query, cancel), ``openOrders``, ``userTrades``, ``v3/account``, ``v3/positionRisk``,
-``leverageBracket``, ``leverage``, ``marginType``, ``income`` (funding fees), and the algo
-service that conditional orders go through since Binance moved them there (``algoOrder``,
-``openAlgoOrders``).
+Public: ``ping``, ``time``, ``klines`` (the spot simulator's candles under the same ids),
+``ticker/24hr`` and ``ticker/price``, and from ``bot/sim/usdm_public.py`` ``exchangeInfo``
+(perpetuals), ``premiumIndex`` (mark price and the next funding) and ``fundingRate`` (history).
+Private, HMAC-signed like spot: ``order`` (create, query, cancel), ``openOrders``,
+``userTrades``, ``v3/account``, ``v3/positionRisk``, ``leverageBracket``, ``leverage``,
+``marginType``, ``income`` (funding fees), and the algo service that conditional orders go
+through since Binance moved them there (``algoOrder``, ``openAlgoOrders``).
 
 One-way position mode (``positionSide`` BOTH). The wallet moves by realized P&L, commissions
 (0.02 % maker, 0.05 % taker: Binance's USDⓈ-M regular tier) and funding. Funding is paid at
@@ -37,8 +37,8 @@ from bot.sim.usdm_book import (
     FutOrder,
     SimPosition,
     q8,
-    symbol_info,
 )
+from bot.sim.usdm_public import UsdmMarketData
 
 if TYPE_CHECKING:
     from bot.sim.binance import SimBinance
@@ -455,67 +455,19 @@ class SimFutures:
         return web.json_response([dict(r, income=r["income"], time=r["time"])
                                   for r in rows[:limit]])
 
-    # ---- public ---------------------------------------------------------------------------
-    async def exchange_info(self, request: web.Request) -> web.Response:
-        syms = [symbol_info(sid, sym) for sid, sym in self.venue.symbols.items()]
-        return web.json_response({
-            "timezone": "UTC", "serverTime": self.venue.clock.server_ms(),
-            "futuresType": "U_MARGINED",
-            "rateLimits": [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE",
-                            "intervalNum": 1, "limit": 2400}],
-            "exchangeFilters": [], "assets": [{"asset": "USDT", "marginAvailable": True,
-                                               "autoAssetExchange": "-10000"}],
-            "symbols": syms})
-
-    def _next_funding(self) -> int:
-        step = self.funding_interval_ms
-        return (self._now() // step + 1) * step
-
-    async def premium_index(self, request: web.Request) -> web.Response:
-        self.settle()
-        sym = request.query.get("symbol")
-        if sym is not None and sym not in self.venue.series:
-            return self.auth._err(400, -1121, "Invalid symbol.")
-        out = []
-        for sid in ([sym] if sym else list(self.venue.series)):
-            px = self._price(sid)
-            if px is None:
-                continue
-            out.append({"symbol": sid, "markPrice": f"{px:.8f}", "indexPrice": f"{px:.8f}",
-                        "estimatedSettlePrice": f"{px:.8f}",
-                        "lastFundingRate": f"{self.funding_rate:.8f}",
-                        "interestRate": "0.00010000", "nextFundingTime": self._next_funding(),
-                        "time": self._now()})
-        return web.json_response(out[0] if sym else out)
-
-    async def funding_history(self, request: web.Request) -> web.Response:
-        q = request.query
-        sym = q.get("symbol")
-        start = int(q.get("startTime", "0"))
-        limit = min(int(q.get("limit", "100")), 1000)
-        origin = self.venue.clock.origin_ms - 30 * self.funding_interval_ms
-        rows = []
-        for sid in ([sym] if sym else list(self.venue.series)):
-            for t in self._funding_times(max(start - 1, origin), self._now()):
-                px = self._price(sid, t)
-                if px is not None:
-                    rows.append({"symbol": sid, "fundingTime": t,
-                                 "fundingRate": f"{self.funding_rate:.8f}",
-                                 "markPrice": f"{px:.8f}"})
-        return web.json_response(rows[:limit])
-
     def routes(self, app: web.Application) -> None:
         v = self.venue
+        public = UsdmMarketData(self)
         r = app.router
         r.add_get("/fapi/v1/ping", v.ping)
         r.add_get("/fapi/v1/time", v.server_time)
-        r.add_get("/fapi/v1/exchangeInfo", self.exchange_info)
+        r.add_get("/fapi/v1/exchangeInfo", public.exchange_info)
         r.add_get("/fapi/v1/klines", v.klines)
         r.add_get("/fapi/v1/ticker/24hr", v.ticker_24hr)
         r.add_get("/fapi/v1/ticker/price", v.ticker_price)
         r.add_get("/fapi/v2/ticker/price", v.ticker_price)
-        r.add_get("/fapi/v1/premiumIndex", self.premium_index)
-        r.add_get("/fapi/v1/fundingRate", self.funding_history)
+        r.add_get("/fapi/v1/premiumIndex", public.premium_index)
+        r.add_get("/fapi/v1/fundingRate", public.funding_history)
         r.add_post("/fapi/v1/order", self.create)
         r.add_get("/fapi/v1/order", self.query)
         r.add_delete("/fapi/v1/order", self.cancel)

@@ -39,6 +39,17 @@ class Member(nn.Module):
     def forward(self, x: Tensor) -> Tensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    # A member's forward is ``windows(steps(x))``. ``steps`` is the part that treats each step
+    # of the window on its own ([..., F] -> [..., D]), so over a whole series a backtest runs
+    # it once per candle instead of once for each of the L windows that hold the candle
+    # (``EnsembleModule.forward_rows``). Members without such a part keep the defaults.
+    def steps(self, x: Tensor) -> Tensor:
+        return x
+
+    def windows(self, s: Tensor) -> Tensor:
+        """The rest of the forward over windows of ``steps`` outputs [B, L, D] -> [B, 3]."""
+        return self(s)
+
     def loss(self, out: Tensor, up: Tensor, ret: Tensor, labeled: Tensor) -> Tensor:
         """Direction (BCE on labeled samples) plus a Gaussian NLL on the return."""
         return direction_loss(out, up, labeled) + return_nll(out, ret)

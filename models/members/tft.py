@@ -45,19 +45,23 @@ class InterpretableMHA(nn.Module):
         self.o = nn.Linear(self.dk, d)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """The last step's causal attention over the window, [B, d], and its weights [B, L].
+
+        Only the last step's output reaches the heads, so only its query is computed: under
+        the causal mask the last step sees every step, so its row of the full [L, L] attention
+        has no masked entry and equals this one."""
         B, L, _ = x.shape
-        q = self.q(x).view(B, L, self.h, self.dk).transpose(1, 2)
-        k = self.k(x).view(B, L, self.h, self.dk).transpose(1, 2)
-        att = (q @ k.transpose(-1, -2)) / self.dk ** 0.5 + mask
-        w = self.drop(torch.softmax(att, dim=-1))  # [B, h, L, L]
+        q = self.q(x[:, -1:]).view(B, 1, self.h, self.dk).transpose(1, 2)  # [B, h, 1, dk]
+        k = self.k(x).view(B, L, self.h, self.dk).transpose(1, 2)  # [B, h, L, dk]
+        att = (q @ k.transpose(-1, -2)) / self.dk ** 0.5
+        w = self.drop(torch.softmax(att, dim=-1))  # [B, h, 1, L]
         v = self.v(x).unsqueeze(1)  # [B, 1, L, dk]
         out = (w @ v).mean(dim=1)  # heads averaged: one interpretable attention pattern
-        return self.o(out), w.mean(dim=1)
+        return self.o(out[:, 0]), w.mean(dim=1)[:, 0]
 
 
 class TemporalFusionTransformer(Member):
-    mask: Tensor  # a registered buffer
     name = "tft"
 
     def __init__(self, cfg: MemberConfig, heads: int = 4) -> None:
@@ -72,25 +76,41 @@ class TemporalFusionTransformer(Member):
         self.post_attn = GRN(d, d, dropout=cfg.dropout)
         self.quant = nn.Linear(d, len(QUANTILES))
         self.dir = nn.Linear(d, 1)
-        mask = torch.triu(torch.full((cfg.lookback, cfg.lookback), float("-inf")), diagonal=1)
-        self.register_buffer("mask", mask, persistent=False)
+
+    def _select(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Variable selection, each step on its own: [..., nf] -> the selected embedding
+        [..., d] and the weights [..., nf]."""
+        emb = [grn(lin(x[..., i:i + 1])) for i, (lin, grn)
+               in enumerate(zip(self.var_embed, self.var_grns, strict=False))]
+        stacked = torch.stack(emb, dim=-2)  # [..., nf, d]
+        weights = torch.softmax(self.selector(stacked.flatten(-2)), dim=-1)  # [..., nf]
+        return (weights.unsqueeze(-1) * stacked).sum(dim=-2), weights
+
+    def _temporal(self, sel: Tensor) -> tuple[Tensor, Tensor]:
+        """Over the window of selected steps [B, L, d]: the encoding [B, d] and the last
+        step's attention over the window [B, L]."""
+        enc, _ = self.lstm(sel)
+        enc = self.post_lstm(enc + sel)
+        att, att_w = self.attn(enc)
+        return self.post_attn(att + enc[:, -1]), att_w
+
+    def steps(self, x: Tensor) -> Tensor:
+        """Variable selection is per step: a backtest computes it once per candle."""
+        return self._select(x)[0]
+
+    def windows(self, s: Tensor) -> Tensor:
+        z = self._temporal(s)[0]
+        return self._out(z, self._quantiles(z))
 
     def _encode(self, x: Tensor) -> Tensor:
-        return self._encode_explained(x)[0]
+        return self._temporal(self.steps(x))[0]
 
     def _encode_explained(self, x: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """The encoding [B, d], the variable-selection weights [B, L, nf] and the attention
         of the last step over the window [B, L]."""
-        emb = [grn(lin(x[..., i:i + 1])) for i, (lin, grn)
-               in enumerate(zip(self.var_embed, self.var_grns, strict=False))]
-        stacked = torch.stack(emb, dim=-2)  # [B, L, nf, d]
-        weights = torch.softmax(self.selector(stacked.flatten(-2)), dim=-1)  # [B, L, nf]
-        sel = (weights.unsqueeze(-1) * stacked).sum(dim=-2)
-        enc, _ = self.lstm(sel)
-        enc = self.post_lstm(enc + sel)
-        L = x.shape[1]
-        att, att_w = self.attn(enc, self.mask[:L, :L])
-        return self.post_attn(att + enc)[:, -1], weights, att_w[:, -1, :]
+        sel, weights = self._select(x)
+        z, att = self._temporal(sel)
+        return z, weights, att
 
     @torch.no_grad()
     def interpret(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -114,8 +134,7 @@ class TemporalFusionTransformer(Member):
         return torch.stack((self.dir(z).squeeze(1), q[:, 1] / 100.0, 2 * torch.log(sigma)), dim=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        z = self._encode(x)
-        return self._out(z, self._quantiles(z))
+        return self.windows(self.steps(x))
 
     def quantiles(self, x: Tensor) -> Tensor:
         """The 10 %, 50 % and 90 % quantiles of the forward log return, [B, 3]."""

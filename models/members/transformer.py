@@ -1,4 +1,5 @@
-"""Transformer encoder over the window, with a causal mask and learned positions."""
+"""Transformer encoder over the window, with a causal mask and learned positions. Its last
+layer computes the last step only: the one whose output reaches the head."""
 
 from __future__ import annotations
 
@@ -26,7 +27,20 @@ class TransformerEncoder(Member):
 
     def forward(self, x: Tensor) -> Tensor:
         L = x.shape[1]
-        # is_causal: the mask is causal, so torch need not check it (a host sync that a CUDA
-        # graph cannot capture)
-        y = self.enc(self.inp(x) + self.pos[:, -L:], mask=self.mask[:L, :L], is_causal=True)
-        return scaled(self.out(y[:, -1]))
+        h = self.inp(x) + self.pos[:, -L:]
+        *first, last = self.enc.layers
+        for layer in first:
+            # is_causal: the mask is causal, so torch need not check it (a host sync that a
+            # CUDA graph cannot capture)
+            h = layer(h, src_mask=self.mask[:L, :L], is_causal=True)
+        return scaled(self.out(_last_step(last, h)))
+
+
+def _last_step(layer: nn.TransformerEncoderLayer, h: Tensor) -> Tensor:
+    """The last layer (pre-norm, as ``TransformerEncoderLayer`` with ``norm_first``) for the
+    last step alone, the only one that reaches the head: its query attends to every step,
+    which under the causal mask is exactly what that step sees. [B, L, d] -> [B, d]."""
+    n = layer.norm1(h)
+    y = h[:, -1:] + layer.dropout1(layer.self_attn(n[:, -1:], n, n, need_weights=False)[0])
+    ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(y)))))
+    return (y + layer.dropout2(ff))[:, 0]

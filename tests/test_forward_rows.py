@@ -1,0 +1,160 @@
+"""The look-ahead's forward over a series (issue 12): each member's per-step part runs once per
+candle instead of once per window, and the TFT attends from the last step only. Both must give
+what the plain forward over windows gives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from models.ensemble_module import EnsembleModule
+from models.features import FEATURE_NAMES
+from models.members import REGISTRY, MemberConfig
+from models.members.tft import TemporalFusionTransformer
+
+F = len(FEATURE_NAMES)
+L = 16
+
+
+def _members(seed: int = 0) -> list[torch.nn.Module]:
+    torch.manual_seed(seed)
+    cfg = MemberConfig(F, L, hidden=16)
+    return [cls(cfg).eval() for cls in REGISTRY.values()]
+
+
+def test_the_tfts_last_step_attention_is_the_last_row_of_the_full_causal_attention() -> None:
+    """The reference is the full [L, L] attention under the causal mask (the old code's
+    formula), whose last row alone reaches the output."""
+    torch.manual_seed(1)
+    tft = TemporalFusionTransformer(MemberConfig(F, L, hidden=16)).eval()
+    a = tft.attn
+    x = torch.randn(7, L, 16)
+    with torch.no_grad():
+        B = x.shape[0]
+        q = a.q(x).view(B, L, a.h, a.dk).transpose(1, 2)
+        k = a.k(x).view(B, L, a.h, a.dk).transpose(1, 2)
+        mask = torch.triu(torch.full((L, L), float("-inf")), diagonal=1)
+        w = torch.softmax((q @ k.transpose(-1, -2)) / a.dk ** 0.5 + mask, dim=-1)
+        full = a.o((w @ a.v(x).unsqueeze(1)).mean(dim=1))  # [B, L, d]
+        out, weights = a(x)
+    assert torch.allclose(out, full[:, -1], atol=1e-6)
+    assert torch.allclose(weights, w.mean(dim=1)[:, -1], atol=1e-6)
+    assert torch.allclose(weights.sum(dim=1), torch.ones(B))
+    # and the member's whole forward still equals steps, then windows
+    xs = torch.randn(5, L, F)
+    with torch.no_grad():
+        assert torch.allclose(tft(xs), tft.windows(tft.steps(xs)), atol=0)
+
+
+def test_forward_rows_equals_the_forward_over_windows_for_every_member() -> None:
+    module = EnsembleModule(_members()).eval()
+    rows = torch.randn(200, F)
+    ends = torch.tensor([L - 1, L, 40, 41, 99, 150, 199])
+    windows = torch.stack([rows[e - L + 1:e + 1] for e in ends.tolist()])
+    with torch.no_grad():
+        want, want_regime = module(windows, None, cross=False)
+        got, regime = module.forward_rows(rows, ends, L)
+    assert got.shape == want.shape == (len(ends), len(REGISTRY), 3)
+    assert torch.equal(regime, want_regime)
+    err = (got - want).abs().amax(dim=(0, 2))
+    worst = {name: float(e) for name, e in zip(REGISTRY, err, strict=True)}
+    assert max(worst.values()) < 1e-5, worst
+    # not vacuous: the members' outputs differ from window to window
+    spread = want[:, :, 0].std(dim=0)
+    fixed = {*module.cross, module.vae_index}  # zeros here; the VAE's regime is compared above
+    assert all(float(spread[i]) > 1e-4 for i in range(len(REGISTRY)) if i not in fixed)
+    # the TFT really took the per-row path: its per-step part ran on the rows
+    tft = next(m for m in module.members if m.name == "tft")
+    seen: list[tuple[int, ...]] = []
+    hook = tft.var_grns[0].register_forward_hook(
+        lambda _m, args, _o: seen.append(tuple(args[0].shape)))
+    try:
+        with torch.no_grad():
+            module.forward_rows(rows, ends, L)
+    finally:
+        hook.remove()
+    assert seen == [(200, 16)]  # once per row, not [7, L, 16]
+
+
+def test_the_look_ahead_rows_skip_windows_with_missing_features() -> None:
+    """Rows with NaN features (warm-up) are in the slice but in no scored window: they must
+    not leak into the windows that are scored."""
+    module = EnsembleModule(_members(2)).eval()
+    rows = torch.randn(80, F)
+    rows[:10] = float("nan")
+    ends = torch.arange(10 + L - 1, 80)
+    with torch.no_grad():
+        got, _ = module.forward_rows(rows, ends, L)
+        want, _ = module(torch.stack([rows[e - L + 1:e + 1] for e in ends.tolist()]), None,
+                         cross=False)
+    assert torch.isfinite(got).all()
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tft", "transformer"])
+def test_training_still_learns_through_the_split_forward(name: str) -> None:
+    """Gradients reach every parameter that the forward uses."""
+    torch.manual_seed(3)
+    m = REGISTRY[name](MemberConfig(F, L, hidden=8)).train()
+    x = torch.randn(32, L, F)
+    loss = m.training_loss(x, torch.rand(32).round(), torch.randn(32) * 0.01,
+                           torch.ones(32, dtype=torch.bool))
+    loss.backward()
+    missing = [n for n, p in m.named_parameters() if p.grad is None or not p.grad.abs().sum()]
+    assert not missing, missing
+
+
+def test_the_transformers_last_layer_for_the_last_step_equals_torchs_full_encoder() -> None:
+    """The reference is torch's own nn.TransformerEncoder over every step (what the member
+    ran before), whose last step alone reaches the head."""
+    from models.members.base import scaled
+    from models.members.transformer import TransformerEncoder
+
+    torch.manual_seed(4)
+    m = TransformerEncoder(MemberConfig(F, L, hidden=16)).eval()
+    assert m.enc.norm is None and m.enc.layers[-1].norm_first
+    x = torch.randn(9, L, F)
+    with torch.no_grad():
+        y = m.enc(m.inp(x) + m.pos, mask=m.mask, is_causal=True)
+        want = scaled(m.out(y[:, -1]))
+        assert torch.allclose(m(x), want, atol=1e-5)
+        # a window shorter than the lookback (the learned positions' last steps) too
+        short = x[:, -5:]
+        y = m.enc(m.inp(short) + m.pos[:, -5:], mask=m.mask[:5, :5], is_causal=True)
+        assert torch.allclose(m(short), scaled(m.out(y[:, -1])), atol=1e-5)
+
+
+async def test_the_bot_loads_and_scores_its_ensemble_on_one_torch_thread(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """models/device.py: torch work on two threads made a backtest's look-ahead 2.8x slower on
+    2 cores. The composition root loads the ensemble on the thread its source scores on, and
+    neither is the event loop's."""
+    import threading
+
+    from bot.app import signal_stack
+    from bot.config import load_settings
+    from bot.domain import ActiveModel
+    from models.device import torch_thread
+    from models.ensemble import Ensemble, EnsembleSignalSource
+    from models.labels import BarrierSpec
+
+    loaded_on: list[str] = []
+
+    def fake_load(*_args: object, **_kw: object) -> Ensemble:
+        loaded_on.append(threading.current_thread().name)
+        members = [REGISTRY[n](MemberConfig(F, L, hidden=8)).eval() for n in ("lstm", "gru")]
+        return Ensemble("t", members, [1.0, 1.0], np.zeros(2), 0.0, L, BarrierSpec(2, 3, 24))
+
+    class Ledger:
+        async def active_ensemble(self) -> ActiveModel:
+            return ActiveModel("t", "/nowhere/ensemble.json", "0" * 64, {})
+
+    monkeypatch.setattr(Ensemble, "load", staticmethod(fake_load))
+    settings = load_settings(overrides={"timeframe": "1h", "strategy": {"name": "ensemble"}},
+                             environ={})
+    source, _ = await signal_stack(settings, Ledger(), 0.002)
+    assert isinstance(source, EnsembleSignalSource)
+    assert source.executor is torch_thread()
+    scored_on = torch_thread().submit(lambda: threading.current_thread().name).result()
+    assert loaded_on == [scored_on] and scored_on != threading.current_thread().name
