@@ -352,6 +352,8 @@ class Engine:
                              self._backlog, "order.cancelled")
             return UnitOfWork()
         unit = UnitOfWork()
+        if not intent.reduce_only and await self._kill_pending(order, unit):
+            return await self.drain_controls(unit)  # the cancel commits, then the kill runs
         update = await self.desk.send(order)
         self.desk.apply(update, unit)
         if self.desk.reconcile_wanted:  # the venue's answer says our books may be wrong
@@ -361,6 +363,26 @@ class Engine:
                                                     "order": update.order.client_order_id}))
             await self.reconcile(unit)
         return unit
+
+    async def _kill_pending(self, order: Order, unit: UnitOfWork) -> bool:
+        """Is an entry, committed and about to be sent, overtaken by a kill? A kill recorded in
+        the database (``stackbot kill``, the console) latches at once, but reaches this engine
+        by a NOTIFY that may not be drained yet: asked here, after the entry's commit, no entry
+        committed after a kill latched leaves. Such an entry is cancelled unsent (in ``unit``)
+        and the kill is queued for the caller's drain. With the ledger unreachable, nobody can
+        tell: the entry is cancelled unsent as well, as when its own commit fails."""
+        try:
+            if not await self.parts.ledger.kill_pending(self.account):
+                return False
+            why = "not sent: a kill latched in the ledger after it was decided"
+        except LedgerError:
+            why = "not sent: ledger unavailable, cannot tell whether a kill is pending"
+        now = self.parts.clock.now_ms()
+        self.desk.record(order.transition(OrderStatus.CANCELLED, now, why), unit,
+                         "order.cancelled")
+        log.warning("entry_not_sent", client_order_id=order.client_order_id, why=why)
+        await self.operator.poll()
+        return True
 
     async def reconcile(self, unit: UnitOfWork, first_run: bool = False,
                         at_start: bool = False) -> None:

@@ -58,6 +58,7 @@ class OperatorControl:
         cancelled: int | None = None
         flattened: int | None = None
         still: dict[str, str] | None = None
+        note: str | None = None
         match command:
             case Housekeeping() | RetrainDone():
                 return self.housekeeping(command, now, unit), ControlResult(command.action)
@@ -73,7 +74,7 @@ class OperatorControl:
                 unit.commands[row.id] = row
                 return unit, ControlResult("reject", reason=command.reason)
             case Kill():
-                unit, cancelled, flattened = await self.kill(command, request, now, unit)
+                unit, cancelled, flattened, note = await self.kill(command, request, now, unit)
             case Resume():
                 self.engine.transitions.append(
                     self.engine.risk.resume(command.reason, request.operator, now)
@@ -83,7 +84,7 @@ class OperatorControl:
                 still = self.engine.risk.blocks_explained() or None
         machine = self.engine.risk.machine
         outcome = ControlResult(request.action, machine.state.value, machine.current.reason,
-                                cancelled, flattened, still)
+                                cancelled, flattened, still, note)
         result = outcome.as_dict()
         if request.command_id is not None:
             unit.audit.append(
@@ -109,13 +110,16 @@ class OperatorControl:
         )
         return unit, outcome
 
-    async def kill(self, command: Kill, request: ControlRequest, now: int,
-                   unit: UnitOfWork) -> tuple[UnitOfWork, int | None, int | None]:
+    async def kill(self, command: Kill, request: ControlRequest, now: int, unit: UnitOfWork
+                   ) -> tuple[UnitOfWork, int | None, int | None, str | None]:
         """HALT, then cancel (cancel, flatten) and close (flatten). Returns the unit to keep
-        filling, the orders cancelled and the positions closed."""
+        filling, the orders cancelled, the positions closed and, where a position is still
+        open after its exit (refused by the gate or the venue, or not filled), a note naming
+        it: the operator must never read "flattened" of a position that is still there."""
         level = command.level
         cancelled: int | None = None
         flattened: int | None = None
+        note: str | None = None
         self.engine.transitions.append(
             self.engine.risk.kill(level, command.reason, request.operator, now)
         )
@@ -127,15 +131,18 @@ class OperatorControl:
         if level in (KillLevel.CANCEL, KillLevel.FLATTEN):
             cancelled = await self.engine.desk.cancel_where(unit, f"kill {level.value}")
         if level is KillLevel.FLATTEN:
-            flattened = 0
-            for pos in self.engine.portfolio.positions():
-                if pos.quantity != 0:  # longs and shorts
-                    unit = await self.engine.act(
-                        exit_intent(pos, now, f"kill flatten: {command.reason}", "operator"),
-                        unit,
-                    )
-                    flattened += 1
-        return unit, cancelled, flattened
+            tried = [p for p in self.engine.portfolio.positions() if p.quantity != 0]
+            for pos in tried:  # longs and shorts
+                unit = await self.engine.act(
+                    exit_intent(pos, now, f"kill flatten: {command.reason}", "operator"), unit
+                )
+            left = [p.symbol for p in tried
+                    if self.engine.portfolio.position(p.symbol).quantity != 0]
+            flattened = len(tried) - len(left)
+            if left:
+                note = (f"still open after the kill's exit: {', '.join(left)} (refused or not "
+                        "filled; the audit trail says why)")
+        return unit, cancelled, flattened, note
 
     def housekeeping(self, command: Housekeeping | RetrainDone, now: int,
                      unit: UnitOfWork) -> UnitOfWork:

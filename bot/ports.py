@@ -160,6 +160,12 @@ class Ledger(Protocol):
         """Operator requests made through the database and not carried out yet."""
         ...
 
+    async def kill_pending(self, account: str) -> bool:
+        """Is a kill recorded through the database (``stackbot kill``, the console) and not
+        carried out yet? Asked just before an entry is sent: a kill that latched after the
+        entry was decided, but before it left, stops it (``Engine.act``)."""
+        ...
+
     async def active_ensemble(self) -> ActiveModel | None:
         """The registry's active ensemble (path, sha256, id), None when there is none."""
         ...

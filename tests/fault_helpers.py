@@ -140,3 +140,56 @@ async def check_books(sim: SimBinance, pg_url: str, account: str, witness: Audit
     fills = await fetch(pg_url, "SELECT count(*) AS n FROM fills WHERE account=$1", account)
     return {"venue_orders": len(acct.orders), "ledger_orders": len(rows),
             "fills": fills[0]["n"], "trades": len(acct.trades)}
+
+
+async def settled(sim: SimBinance) -> bool:
+    """No order at the venue still open except resting stops (placed by the bot)."""
+    assert sim.account is not None
+    return all(o.type == "STOP_LOSS" for o in sim.account.orders.values()
+               if o.status in ("NEW", "PARTIALLY_FILLED"))
+
+
+async def unseen_fills(sim: SimBinance, db: str, account: str) -> list[str]:
+    """After the bot stopped: assert that, symbol by symbol, the ledger's position differs from
+    the venue's balance by exactly what the venue filled on orders beyond what the ledger has
+    booked for them; return those orders' types.
+
+    A resting stop can fill at the venue after the bot's last look at it and before it exits
+    (or after it exited: the stop stays to protect the position); the ledger then lags the
+    venue by exactly that fill until the next start books it. Freeze the market and match
+    first (``sim.clock.freeze()``, ``sim.account.match()``) so nothing fills after this."""
+    from tests.conftest import fetch
+
+    acct = sim.account
+    assert acct is not None
+    rows = await fetch(db, "SELECT client_order_id, filled_qty FROM orders WHERE account=$1",
+                       account)
+    booked = {r["client_order_id"]: Decimal(r["filled_qty"]) for r in rows}
+    pos = await fetch(db, "SELECT symbol, quantity FROM positions WHERE account=$1", account)
+    held = {r["symbol"].split("/")[0]: Decimal(r["quantity"]) for r in pos}
+    unseen: dict[str, Decimal] = {}
+    kinds: list[str] = []
+    for o in acct.orders.values():
+        extra = o.executed - booked.get(o.client_id, Decimal(0))
+        if extra:
+            kinds.append(o.type)
+            base = o.symbol.removesuffix("USDT")
+            unseen[base] = unseen.get(base, Decimal(0)) + (extra if o.side == "BUY" else -extra)
+    for sym in SYMBOLS:
+        base = sym.split("/")[0]
+        venue = acct.balances.get(base, Decimal(0))
+        assert venue - held.get(base, Decimal(0)) == unseen.get(base, Decimal(0)), \
+            f"{base}: ledger {held.get(base)} venue {venue}, unseen fills {unseen.get(base)}"
+    return kinds
+
+
+async def reconciled_after(db: str, account: str, runs: int) -> bool:
+    """The start after ``runs`` earlier ones has reached a verdict that ledger and venue agree."""
+    from tests.conftest import fetch
+
+    rows = await fetch(db, "SELECT count(*) AS n FROM audit_events a JOIN runs r ON "
+                       "r.id = a.run_id WHERE r.account=$1 AND a.kind = 'reconcile.ok' AND "
+                       "r.id = (SELECT id FROM runs WHERE account=$1 ORDER BY started_at DESC "
+                       "LIMIT 1) AND (SELECT count(*) FROM runs WHERE account=$1) > $2",
+                       account, runs)
+    return rows[0]["n"] > 0

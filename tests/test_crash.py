@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import random
 import signal
-from decimal import Decimal
 from pathlib import Path
 
 import asyncpg
@@ -36,6 +35,9 @@ from tests.fault_helpers import (
     check_books,
     live_cmd,
     live_config,
+    reconciled_after,
+    settled,
+    unseen_fills,
 )
 from tests.live_helpers import spawn_logged, stop, until
 
@@ -104,7 +106,7 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
         proc = await spawn_logged(cmd, log, **LIVE_ENV)
         reaper.append(proc)
         await asyncio.sleep(12)
-        await until(lambda: _settled(sim), timeout=60, every=0.5)
+        await until(lambda: settled(sim), timeout=60, every=0.5)
         await stop(proc, log)
         # A resting stop can fill at the venue after the bot's last look at it and before it
         # exits; the ledger then lags the venue by exactly that fill until the next start.
@@ -114,12 +116,12 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
         sim.clock.freeze()
         assert sim.account is not None
         sim.account.match()
-        unseen = await _unseen_fills(sim, fresh_db, account)
+        unseen = len(await unseen_fills(sim, fresh_db, account))
         runs_before = await fetch(fresh_db, "SELECT count(*) AS n FROM runs WHERE account=$1",
                                   account)
         proc = await spawn_logged(cmd, log, **LIVE_ENV)
         reaper.append(proc)
-        await until(lambda: _reconciled_after(fresh_db, account, runs_before[0]["n"]),
+        await until(lambda: reconciled_after(fresh_db, account, runs_before[0]["n"]),
                     timeout=60, every=0.5)
         await stop(proc, log)
     finally:
@@ -141,45 +143,3 @@ async def test_sigkill_anywhere_then_reconcile(fresh_db: str, tmp_path: Path,
                         "status = 'pending_submit'", account)
     assert stuck == []  # every doubt was resolved
     print(f"\ncrash: kills {seen}; {counts}; fills unseen at the last stop: {unseen}")
-
-
-async def _settled(sim: object) -> bool:
-    acct = sim.account
-    return all(o.type == "STOP_LOSS" for o in acct.orders.values()
-               if o.status in ("NEW", "PARTIALLY_FILLED"))
-
-
-async def _unseen_fills(sim: object, db: str, account: str) -> int:
-    """Assert that, symbol by symbol, the ledger's position differs from the venue's balance
-    by exactly what the venue filled on orders beyond what the ledger has booked for them;
-    return how many orders carry such an unseen fill."""
-    acct = sim.account
-    rows = await fetch(db, "SELECT client_order_id, filled_qty FROM orders WHERE account=$1",
-                       account)
-    booked = {r["client_order_id"]: Decimal(r["filled_qty"]) for r in rows}
-    pos = await fetch(db, "SELECT symbol, quantity FROM positions WHERE account=$1", account)
-    held = {r["symbol"].split("/")[0]: Decimal(r["quantity"]) for r in pos}
-    unseen: dict[str, Decimal] = {}
-    count = 0
-    for o in acct.orders.values():
-        extra = o.executed - booked.get(o.client_id, Decimal(0))
-        if extra:
-            count += 1
-            base = o.symbol.removesuffix("USDT")
-            unseen[base] = unseen.get(base, Decimal(0)) + (extra if o.side == "BUY" else -extra)
-    for sym in SYMBOLS:
-        base = sym.split("/")[0]
-        venue = acct.balances.get(base, Decimal(0))
-        assert venue - held.get(base, Decimal(0)) == unseen.get(base, Decimal(0)), \
-            f"{base}: ledger {held.get(base)} venue {venue}, unseen fills {unseen.get(base)}"
-    return count
-
-
-async def _reconciled_after(db: str, account: str, runs: int) -> bool:
-    """The start after ``runs`` earlier ones has reached a verdict that ledger and venue agree."""
-    rows = await fetch(db, "SELECT count(*) AS n FROM audit_events a JOIN runs r ON "
-                       "r.id = a.run_id WHERE r.account=$1 AND a.kind = 'reconcile.ok' AND "
-                       "r.id = (SELECT id FROM runs WHERE account=$1 ORDER BY started_at DESC "
-                       "LIMIT 1) AND (SELECT count(*) FROM runs WHERE account=$1) > $2",
-                       account, runs)
-    return rows[0]["n"] > 0

@@ -35,6 +35,9 @@ from tests.fault_helpers import (
     check_books,
     live_cmd,
     live_config,
+    reconciled_after,
+    settled,
+    unseen_fills,
 )
 from tests.live_helpers import spawn_logged, stop, until
 
@@ -117,12 +120,27 @@ async def test_live_session_survives_a_thousand_faults(
     n0 = await fetch(fresh_db, "SELECT count(*) AS n FROM audit_events WHERE kind LIKE "
                      "'reconcile.%'")
     await asyncio.sleep(1.0)
-    await until(lambda: _quiet(sim), timeout=30, every=0.5)
+    await until(lambda: settled(sim), timeout=30, every=0.5)
     await asyncio.sleep(8 * 0.5)
     await stop(proc, log)
     assert "Traceback" not in log.read_text()
     [run] = await fetch(fresh_db, "SELECT status, summary FROM runs WHERE account=$1", account)
     assert run["status"] == "stopped"
+    # A resting stop may have filled after the bot's last look (once on CI: the ledger held
+    # 0.08764 BTC the venue had sold). Freeze the market; whatever the ledger misses must be
+    # such a stop fill and nothing else, and the next start must book it before it agrees.
+    sim.clock.freeze()
+    assert sim.account is not None
+    sim.account.match()
+    unseen = await unseen_fills(sim, fresh_db, account)
+    assert set(unseen) <= {"STOP_LOSS"}, unseen
+    if unseen:
+        proc = await spawn_logged(live_cmd(port, fresh_db, tmp_path, "soak",
+                                           live_config(tmp_path)), log, **LIVE_ENV)
+        reaper.append(proc)
+        await until(lambda: reconciled_after(fresh_db, account, 1), timeout=60, every=0.5)
+        await stop(proc, log)
+        assert "Traceback" not in log.read_text()
     assert_no_secrets(log)
     counts = await check_books(sim, fresh_db, account, witness)
     # every insufficient-balance rejection the bot received asked for a reconciliation (the
@@ -144,11 +162,6 @@ async def test_live_session_survives_a_thousand_faults(
     assert mismatches == []  # cash never drifted upward either
     print(f"\nsoak: {sim.faults.total} faults in {soak_s:.0f}s "
           f"({dict(sorted(sim.faults.counts.items()))}); {counts}; "
-          f"reconcile events before settling: {n0[0]['n']}")
+          f"reconcile events before settling: {n0[0]['n']}; stop fills unseen at the stop: "
+          f"{len(unseen)}")
 
-
-async def _quiet(sim: SimBinance) -> bool:
-    """No order at the venue still open except resting stops (placed by the bot)."""
-    assert sim.account is not None
-    return all(o.type == "STOP_LOSS" for o in sim.account.orders.values()
-               if o.status in ("NEW", "PARTIALLY_FILLED"))

@@ -26,7 +26,16 @@ from bot.app import drive
 from bot.brokers.live import LiveBroker
 from bot.clock import SimulatedClock
 from bot.config import ExchangeSettings, load_settings
-from bot.domain import Channel, ControlRequest, Mode, Order, OrderUpdate, command_from
+from bot.domain import (
+    Channel,
+    ControlRequest,
+    Mode,
+    Order,
+    OrderStatus,
+    OrderUpdate,
+    UnitOfWork,
+    command_from,
+)
 from bot.engine import Engine
 from bot.exchange.client import make_exchange
 from bot.feeds.files import load_candle_file
@@ -34,6 +43,7 @@ from bot.feeds.replay import ReplayFeed
 from bot.ledger.control_requests import request_control
 from bot.ledger.repository import PostgresLedger, make_engine
 from bot.sim.binance import SimBinance, replay, start_server
+from bot.sim.faults import FaultPlan
 from risk.state import operator_command
 from tests.conftest import fetch
 from tests.fault_helpers import KEY, SECRET
@@ -168,3 +178,97 @@ async def test_a_kill_recorded_while_stopped_flattens_at_the_next_start(
         done = await fetch(pg_url, "SELECT processed_at FROM control_requests WHERE account=$1",
                            account)
         assert [r["processed_at"] is not None for r in done] == [True]
+
+
+async def test_a_kill_whose_exit_the_venue_refuses_says_the_position_is_still_open(
+        tmp_path: Path, pg_url: str) -> None:
+    """``flattened`` counts positions closed, not exits tried: a kill flatten whose exit the
+    venue rejects (Binance's -1013 filter failure, HTTP 400, which ccxt maps to InvalidOrder:
+    https://developers.binance.com/docs/binance-spot-api-docs/errors) reports 0 closed and
+    names the position still open, and the books, the ledger and the venue still agree."""
+    account = "kill-refused"
+    results: list[Any] = []
+
+    async with venue() as (sim, port):
+
+        def kill_with_the_exit_refused(broker: LiveBroker, engines: list[Engine]) -> None:
+            real_submit = broker.submit
+
+            async def submit_then_kill(order: Order) -> OrderUpdate:
+                update = await real_submit(order)
+                if update.fills and not order.reduce_only and not results:
+                    assert sim.account is not None
+                    sim.faults = FaultPlan.from_specs(["reject=1.0"], seed=1)
+                    sim.account.faults = sim.faults  # from here the venue refuses every order
+                    engine = engines[0]
+                    done = engine.submit_control(ControlRequest(
+                        command_from("kill", "drill: exit refused", "flatten"),
+                        operator="tester", channel=Channel.CLI))
+                    results.append(done)
+                    done.add_done_callback(lambda _: engine.request_stop())
+                return update
+
+            broker.submit = submit_then_kill  # type: ignore[method-assign]
+
+        engine = await run_live(port, tmp_path, pg_url, account, "killrefused1",
+                                wrap=kill_with_the_exit_refused)
+        assert results, "no entry ever filled: the drill did not happen"
+        outcome = results[0].result()
+        held = engine.portfolio.position(SYMBOL).quantity
+        assert held > 0
+        assert sim.faults.counts["reject"] >= 1, "the venue never refused the exit"
+        assert outcome.flattened == 0, outcome
+        assert outcome.note is not None and SYMBOL in outcome.note, outcome
+        rows = await fetch(pg_url, "SELECT quantity FROM positions WHERE account=$1 AND "
+                           "symbol=$2", account, SYMBOL)
+        assert sim.account is not None
+        assert Decimal(rows[0]["quantity"]) == held == sim.account.balances["BTC"]
+
+
+async def test_an_entry_committed_before_a_cli_kill_latched_is_not_sent_after_it(
+        tmp_path: Path, pg_url: str) -> None:
+    """``stackbot kill`` latches HALTED in the database at once; the running engine hears of
+    it by a NOTIFY it may not have drained yet. An entry whose commit came before the kill but
+    whose send would come after must not leave: it is cancelled unsent, and the kill is
+    carried out at once. (Before: the entry reached the venue in that window.)"""
+    account = "kill-before-send"
+    killed: list[str] = []
+
+    def kill_after_the_entry_commits(engine: Engine) -> None:
+        ledger = engine.parts.ledger
+        real_commit = ledger.commit
+
+        async def commit_then_kill(unit: UnitOfWork) -> None:
+            await real_commit(unit)
+            entry = [o for o in unit.orders.values()
+                     if o.status is OrderStatus.PENDING_SUBMIT and not o.reduce_only]
+            if entry and not killed:
+                killed.append(entry[0].client_order_id)
+                db = make_engine(pg_url)
+                try:  # as `stackbot kill` records it, between the entry's commit and its send
+                    await request_control(
+                        db, account, "kill", "drill: kill before the send", "tester", "cancel",
+                        lambda stored, ts: operator_command(stored, "kill", "drill", "tester",
+                                                            "cancel", ts))
+                finally:
+                    await db.dispose()
+                engine.request_stop()
+
+        ledger.commit = commit_then_kill  # type: ignore[method-assign]
+
+    async with venue() as (sim, port):
+        engine = await run_live(port, tmp_path, pg_url, account, "killbeforesend1",
+                                hook=kill_after_the_entry_commits)
+        assert killed, "no entry was ever decided: the drill did not happen"
+        assert sim.account is not None
+        assert killed[0] not in sim.account.by_client, "the entry reached the venue after the kill"
+        [row] = await fetch(pg_url, "SELECT status, status_reason FROM orders WHERE "
+                            "client_order_id=$1", killed[0])
+        assert row["status"] == "cancelled" and "kill" in str(row["status_reason"]), row
+        assert engine.risk.machine.state.value == "HALTED"
+        done = await fetch(pg_url, "SELECT processed_at FROM control_requests WHERE account=$1",
+                           account)
+        assert [r["processed_at"] is not None for r in done] == [True], "the kill was not run"
+        assert engine.portfolio.position(SYMBOL).quantity == 0 == sim.account.balances["BTC"]
+        cash = await fetch(pg_url, "SELECT cash FROM accounts WHERE account=$1", account)
+        assert Decimal(cash[0]["cash"]) == engine.portfolio.cash == sim.account.balances["USDT"]

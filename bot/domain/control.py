@@ -157,9 +157,9 @@ class ControlResult:
     state: str | None = None  # the trading state after it (kill, resume)
     reason: str | None = None  # the state's reason, or why a command was rejected
     cancelled: int | None = None  # kill cancel|flatten: orders cancelled
-    flattened: int | None = None  # kill flatten: positions closed
+    flattened: int | None = None  # kill flatten: positions closed (not merely tried)
     still_blocked: Mapping[str, str] | None = None  # resume: blocks it cannot lift, and why
-    note: str | None = None  # e.g. "already carried out"
+    note: str | None = None  # e.g. "already carried out"; a kill flatten: what it left open
 
     def as_dict(self) -> dict[str, Any]:
         """The fields that say something, in a fixed order (``action`` first)."""

@@ -104,6 +104,12 @@ class PipelinedLedger:
     async def pending_controls(self, account: str) -> list[ControlRequest]:
         return await self._submit(lambda: self.inner.pending_controls(account))
 
+    async def kill_pending(self, account: str) -> bool:
+        """Always False: a backtest's account is its own run's and nothing listens for an
+        operator's requests to it (``bot/app.py`` starts the listener for paper and live
+        only), so no entry waits on a database round trip here."""
+        return False
+
     async def active_ensemble(self) -> ActiveModel | None:
         return await self._submit(self.inner.active_ensemble)
 

@@ -216,6 +216,18 @@ class PostgresLedger:
             raise LedgerError(f"cannot read control requests: {brief(exc)}") from exc
         return [control_from_row(r) for r in rows]
 
+    async def kill_pending(self, account: str) -> bool:
+        try:
+            async with self.engine.connect() as conn:
+                found = (await conn.execute(
+                    select(t.ControlRequestRow.id).where(
+                        t.ControlRequestRow.account == account,
+                        t.ControlRequestRow.action == "kill",
+                        t.ControlRequestRow.processed_at.is_(None)).limit(1))).first()
+        except (TimeoutError, SQLAlchemyError, OSError) as exc:
+            raise LedgerError(f"cannot read control requests: {brief(exc)}") from exc
+        return found is not None
+
     async def commit(self, unit: UnitOfWork) -> None:
         if not unit:
             return
