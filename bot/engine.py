@@ -295,7 +295,7 @@ class Engine:
             self.transitions += self.risk.on_candle(c, atr.get(c.symbol, 0.0))
             self._pending_protect += self.risk.on_candle_protect(
                 c, self.portfolio.position(c.symbol))
-        unit = await self._protect(unit, candles[0].ts)
+        unit = await self.protect(unit, candles[0].ts)
         for signal in signals:
             unit.signals.append((self.run_id, self.account, signal))
             intent = self.parts.strategy.decide(signal, self.portfolio)
@@ -309,7 +309,7 @@ class Engine:
             margin_moves, exits = self.risk.on_margin(close_ts, self.portfolio, self.markets)
             self.transitions += margin_moves
             self._pending_protect += exits
-        unit = await self._protect(unit, candles[0].ts)
+        unit = await self.protect(unit, candles[0].ts)
         pv = self.portfolio.positions_value()
         equity = self.portfolio.cash + pv
         unit.equity.append(EquitySnapshot(self.account, self.run_id, close_ts,
@@ -356,6 +356,9 @@ class Engine:
             return await self.drain_controls(unit)  # the cancel commits, then the kill runs
         update = await self.desk.send(order)
         self.desk.apply(update, unit)
+        if intent.reduce_only and intent.order_type is OrderType.MARKET and update.order.status\
+                .is_terminal and self.portfolio.position(intent.symbol).quantity != 0:
+            self._pending_protect += self.risk.reprotect(intent.symbol)  # the stop goes back
         if self.desk.reconcile_wanted:  # the venue's answer says our books may be wrong
             self.desk.reconcile_wanted = False
             unit.audit.append(self.desk.event("reconcile.requested", "account", self.account,
@@ -409,10 +412,14 @@ class Engine:
         if ccxt_class is not None:
             self.observer.on_venue_error(ccxt_class)
 
-    async def _protect(self, unit: UnitOfWork, ts: int) -> UnitOfWork:
-        """Place, move or drop protective stops; exit at market where risk says so."""
-        if not self._pending_protect:
-            return unit
+    async def protect(self, unit: UnitOfWork, ts: int) -> UnitOfWork:
+        """Place, move or drop stops; exit at market where risk says so; then put back a stop
+        that a refused exit took (``act``)."""
+        for _ in range(2):
+            unit = await self._protect_once(unit, ts)
+        return unit
+
+    async def _protect_once(self, unit: UnitOfWork, ts: int) -> UnitOfWork:
         todo, self._pending_protect = self._pending_protect, []
         for p in todo:
             if not self.controls.empty():

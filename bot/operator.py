@@ -115,7 +115,9 @@ class OperatorControl:
         """HALT, then cancel (cancel, flatten) and close (flatten). Returns the unit to keep
         filling, the orders cancelled, the positions closed and, where a position is still
         open after its exit (refused by the gate or the venue, or not filled), a note naming
-        it: the operator must never read "flattened" of a position that is still there."""
+        it: the operator must never read "flattened" of a position that is still there. Such a
+        position keeps a protective stop: the exit took it, and ``Engine.protect`` puts it
+        back at the level last placed."""
         level = command.level
         cancelled: int | None = None
         flattened: int | None = None
@@ -136,6 +138,7 @@ class OperatorControl:
                 unit = await self.engine.act(
                     exit_intent(pos, now, f"kill flatten: {command.reason}", "operator"), unit
                 )
+            unit = await self.engine.protect(unit, now)  # a refused exit's stop goes back
             left = [p.symbol for p in tried
                     if self.engine.portfolio.position(p.symbol).quantity != 0]
             flattened = len(tried) - len(left)

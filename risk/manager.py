@@ -431,6 +431,15 @@ class RiskManager:
             return []
         return [Protect(sym, stop_price=Decimal(repr(levels.stop)))]
 
+    def reprotect(self, symbol: str) -> list[Protect]:
+        """An exit that left the position open (refused, or not wholly filled) took its stop
+        with it (a closing order needs the holdings the stop locked up): the stop goes back,
+        at the level last placed, for what is still held."""
+        placed = self._placed_stop.get(symbol)
+        if placed is None or not self.venue_stops:
+            return []
+        return [Protect(symbol, stop_price=Decimal(repr(placed)))]
+
     def on_candle_protect(self, candle: Candle, position: Position) -> list[Protect]:
         levels = self._levels.get(candle.symbol)
         if levels is None or position.quantity == 0:

@@ -234,6 +234,84 @@ def test_a_forged_carried_head_is_refused(fresh_db: str) -> None:
     assert ok.exit_code == 0 and "audit chain intact: 3 rows" in ok.output, ok.output
 
 
+def test_a_batch_chained_through_the_inbox_is_the_chain_rows_would_make(fresh_db: str) -> None:
+    """Migration 0010: the service COPYs a unit's audit rows into ``audit_inbox`` and one call
+    of ``audit_append_inbox()`` chains them all. The result must be the chain the row trigger
+    makes: ``audit verify`` recomputes every link in Python (``link_hash``) from the rows, so
+    a batch whose canonical text or order differed would fail it. Rows inserted one at a time
+    before and after, in the same transaction and in later ones, continue the same chain, and
+    the inbox is empty afterwards."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade", "--db", fresh_db]).exit_code == 0
+    insert = ("INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, payload) "
+              "VALUES ('acct', 'run1', now(), 'test.one', 'e', $1, '{\"a\": [1, 2.50]}')")
+    at = datetime(2024, 1, 1, tzinfo=UTC)
+    rows = [("acct", "run1", at, "test.batch", "e", str(i),
+             json.dumps({"i": i, "q": "0.00100000", "s": "é" * (i % 3)})) for i in range(500)]
+
+    async def go() -> tuple[int, int, int, list[str]]:
+        conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
+        try:
+            await conn.execute("SET ROLE stackbot_app")  # as the service writes
+            await conn.execute(insert, "before")
+            async with conn.transaction():
+                await conn.execute(insert, "same-tx-before")
+                await conn.copy_records_to_table(
+                    "audit_inbox", columns=["account", "run_id", "ts", "kind", "entity",
+                                            "entity_id", "payload"], records=rows)
+                chained = await conn.fetchval("SELECT audit_append_inbox()")
+                await conn.execute(insert, "same-tx-after")
+            await conn.execute(insert, "after")
+            await conn.execute("RESET ROLE")
+            head = await conn.fetchval("SELECT seq FROM audit_chain_head WHERE id = 1")
+            left = await conn.fetchval("SELECT count(*) FROM audit_inbox")
+            order = [r["entity_id"] for r in await conn.fetch(
+                "SELECT entity_id FROM audit_events ORDER BY seq")]
+            return chained, head, left, order
+        finally:
+            await conn.close()
+
+    chained, head, left, order = asyncio.run(go())
+    assert chained == 500 and head == 504 and left == 0
+    assert order == ["before", "same-tx-before", *map(str, range(500)), "same-tx-after",
+                     "after"]
+    ok = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
+    assert ok.exit_code == 0 and "audit chain intact: 504 rows" in ok.output, ok.output
+
+
+def test_the_service_cannot_mark_its_own_insert_as_a_chained_batch(fresh_db: str) -> None:
+    """Only ``audit_append_inbox()`` (running as the table's owner) may insert rows the row
+    trigger does not chain. The service's login can set the batch mark of its own
+    transaction, but its insert is not the owner's: the trigger still runs, so a seq and
+    hash it makes up are replaced by the chain's, and nothing off the chain is appended."""
+    runner = CliRunner()
+    assert runner.invoke(app, ["db", "upgrade", "--db", fresh_db]).exit_code == 0
+
+    async def go() -> list[tuple[int, str]]:
+        conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
+        try:
+            await conn.execute("SET ROLE stackbot_app")
+            for marked in (True, False):  # with the mark set, and with it never set
+                async with conn.transaction():
+                    if marked:
+                        await conn.execute("SELECT set_config('stackbot.audit_batch', "
+                                           "txid_current()::text, true)")
+                    await conn.execute(
+                        "INSERT INTO audit_events (account, run_id, ts, kind, entity, "
+                        "entity_id, payload, seq, prev_hash, hash) VALUES ('a', 'r', now(), "
+                        "'test.forged', 'e', '1', '{}', 777, 'x', $1)", "f" * 64)
+            return [(r["seq"], r["hash"]) for r in await conn.fetch(
+                "SELECT seq, hash FROM audit_events ORDER BY seq")]
+        finally:
+            await conn.close()
+
+    links = asyncio.run(go())
+    assert [seq for seq, _ in links] == [1, 2], links
+    assert all(digest != "f" * 64 for _, digest in links), links
+    ok = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
+    assert ok.exit_code == 0 and "audit chain intact: 2 rows" in ok.output, ok.output
+
+
 def test_verifying_while_the_bot_writes_is_not_a_false_alarm(fresh_db: str) -> None:
     """The console verifies the chain while a bot keeps appending. Rows and head must come
     from one snapshot: reading the head after the rows once reported 'rows removed from the

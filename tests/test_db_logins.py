@@ -80,8 +80,13 @@ def test_the_service_login_cannot_reset_role_to_gain_the_owners_rights(
         "VALUES ('a', 'r', now(), 'test.kind', 'e', '1', '{}')",
         "UPDATE orders SET status = status"])) == ["done", "done"]
 
-    # the owner can still migrate: take the schema three steps back, then upgrade again
+    # the owner can still migrate: take the schema four steps back, then upgrade again
     asyncio.run(_attempts(fresh_db, [
+        "DROP TRIGGER audit_events_chain ON audit_events",  # what 0010 changed and added
+        "CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events FOR EACH ROW "
+        "EXECUTE FUNCTION audit_events_chain()",
+        "DROP FUNCTION audit_append_inbox()", "DROP FUNCTION audit_batch_trusted()",
+        "DROP TABLE audit_inbox",
         "DROP TABLE cash_flows",  # what 0009 added
         "ALTER TABLE positions DROP COLUMN liquidation_price",
         "ALTER TABLE signals DROP COLUMN members",  # what 0008 added

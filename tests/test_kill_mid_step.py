@@ -32,6 +32,7 @@ from bot.domain import (
     Mode,
     Order,
     OrderStatus,
+    OrderType,
     OrderUpdate,
     UnitOfWork,
     command_from,
@@ -184,8 +185,12 @@ async def test_a_kill_whose_exit_the_venue_refuses_says_the_position_is_still_op
         tmp_path: Path, pg_url: str) -> None:
     """``flattened`` counts positions closed, not exits tried: a kill flatten whose exit the
     venue rejects (Binance's -1013 filter failure, HTTP 400, which ccxt maps to InvalidOrder:
-    https://developers.binance.com/docs/binance-spot-api-docs/errors) reports 0 closed and
-    names the position still open, and the books, the ledger and the venue still agree."""
+    https://developers.binance.com/docs/binance-spot-api-docs/errors; PERCENT_PRICE_BY_SIDE
+    bounds a MARKET order's price against the average, so here the venue refuses market
+    orders only) reports 0 closed and names the position still open, and the books, the
+    ledger and the venue still agree. The exit took the position's protective stop with it
+    (a closing order needs the holdings the stop locked up): the stop is back at the venue
+    for the whole position. (Before: the position was left without one.)"""
     account = "kill-refused"
     results: list[Any] = []
 
@@ -195,11 +200,14 @@ async def test_a_kill_whose_exit_the_venue_refuses_says_the_position_is_still_op
             real_submit = broker.submit
 
             async def submit_then_kill(order: Order) -> OrderUpdate:
+                if results:  # after the kill, the venue refuses market orders only
+                    sim.faults.enabled = order.order_type is OrderType.MARKET
                 update = await real_submit(order)
-                if update.fills and not order.reduce_only and not results:
+                if (order.order_type is OrderType.STOP and not update.order.status.is_terminal
+                        and not results):  # the position is open and its stop rests
                     assert sim.account is not None
                     sim.faults = FaultPlan.from_specs(["reject=1.0"], seed=1)
-                    sim.account.faults = sim.faults  # from here the venue refuses every order
+                    sim.account.faults = sim.faults
                     engine = engines[0]
                     done = engine.submit_control(ControlRequest(
                         command_from("kill", "drill: exit refused", "flatten"),
@@ -212,7 +220,7 @@ async def test_a_kill_whose_exit_the_venue_refuses_says_the_position_is_still_op
 
         engine = await run_live(port, tmp_path, pg_url, account, "killrefused1",
                                 wrap=kill_with_the_exit_refused)
-        assert results, "no entry ever filled: the drill did not happen"
+        assert results, "no protective stop was ever placed: the drill did not happen"
         outcome = results[0].result()
         held = engine.portfolio.position(SYMBOL).quantity
         assert held > 0
@@ -223,6 +231,14 @@ async def test_a_kill_whose_exit_the_venue_refuses_says_the_position_is_still_op
                            "symbol=$2", account, SYMBOL)
         assert sim.account is not None
         assert Decimal(rows[0]["quantity"]) == held == sim.account.balances["BTC"]
+        resting = [o for o in sim.account.by_client.values()
+                   if o.type == "STOP_LOSS" and o.status in ("NEW", "PARTIALLY_FILLED")]
+        assert [(o.side, o.qty) for o in resting] == [("SELL", held)], \
+            "the position the kill could not close was left without a protective stop"
+        working = await fetch(pg_url, "SELECT client_order_id FROM orders WHERE account=$1 AND "
+                              "order_type='stop' AND status IN ('open', 'pending_submit')",
+                              account)
+        assert [r["client_order_id"] for r in working] == [resting[0].client_id]
 
 
 async def test_an_entry_committed_before_a_cli_kill_latched_is_not_sent_after_it(

@@ -337,10 +337,12 @@ class PostgresLedger:
     async def _audit(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> None:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        await raw.copy_records_to_table("audit_events", columns=[
+        # chained in one call over the batch (migrations/versions/0010_audit_chain_per_batch.py)
+        await raw.copy_records_to_table("audit_inbox", columns=[
             "account", "run_id", "ts", "kind", "entity", "entity_id", "payload"], records=[
             (e.account, e.run_id, to_dt(e.ts), e.kind, e.entity, e.entity_id, json_text(e.payload))
             for e in events])
+        await raw.execute("SELECT audit_append_inbox()")
 
     async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
         try:

@@ -183,7 +183,7 @@ class AuditEventRow(Base):
     entity: Mapped[str] = mapped_column(Text)
     entity_id: Mapped[str] = mapped_column(Text)
     payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    # set by the database's chain trigger (migration 0004), never by the application
+    # set by the database's chain (migrations 0004, 0010), never by the application
     seq: Mapped[int] = mapped_column(BigInteger)
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
@@ -192,6 +192,22 @@ class AuditEventRow(Base):
         Index("ix_audit_account_id", "account", "id"),
         Index("ix_audit_entity", "entity", "entity_id"),
     )
+
+
+class AuditInboxRow(Base):
+    """Where a unit's audit rows wait, inside its transaction, for ``audit_append_inbox()``
+    to chain them all in one call (migration 0010). Unlogged: nothing stays past a commit."""
+
+    __tablename__ = "audit_inbox"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account: Mapped[str] = mapped_column(Text)
+    run_id: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[datetime] = mapped_column(TS)
+    kind: Mapped[str] = mapped_column(Text)
+    entity: Mapped[str] = mapped_column(Text)
+    entity_id: Mapped[str] = mapped_column(Text)
+    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    __table_args__ = {"prefixes": ["UNLOGGED"]}
 
 
 class RiskStateRow(Base):
