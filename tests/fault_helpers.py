@@ -162,16 +162,22 @@ async def unseen_fills(sim: SimBinance, db: str, account: str) -> list[str]:
 
     acct = sim.account
     assert acct is not None
-    rows = await fetch(db, "SELECT client_order_id, filled_qty FROM orders WHERE account=$1",
-                       account)
+    rows = await fetch(db, "SELECT client_order_id, filled_qty, status, order_type, side, "
+                       "(SELECT coalesce(sum(quantity), 0) FROM fills f WHERE "
+                       "f.client_order_id = o.client_order_id) AS in_fills "
+                       "FROM orders o WHERE account=$1", account)
     booked = {r["client_order_id"]: Decimal(r["filled_qty"]) for r in rows}
+    ledger_row = {r["client_order_id"]: dict(r) for r in rows}
     pos = await fetch(db, "SELECT symbol, quantity FROM positions WHERE account=$1", account)
     held = {r["symbol"].split("/")[0]: Decimal(r["quantity"]) for r in pos}
     unseen: dict[str, Decimal] = {}
     kinds: list[str] = []
+    differing: list[str] = []
     for o in acct.orders.values():
         extra = o.executed - booked.get(o.client_id, Decimal(0))
         if extra:
+            differing.append(f"{o.client_id} {o.side} {o.type} venue {o.status} executed "
+                             f"{o.executed}; ledger {ledger_row.get(o.client_id)}")
             kinds.append(o.type)
             base = o.symbol.removesuffix("USDT")
             unseen[base] = unseen.get(base, Decimal(0)) + (extra if o.side == "BUY" else -extra)
@@ -179,7 +185,8 @@ async def unseen_fills(sim: SimBinance, db: str, account: str) -> list[str]:
         base = sym.split("/")[0]
         venue = acct.balances.get(base, Decimal(0))
         assert venue - held.get(base, Decimal(0)) == unseen.get(base, Decimal(0)), \
-            f"{base}: ledger {held.get(base)} venue {venue}, unseen fills {unseen.get(base)}"
+            f"{base}: ledger {held.get(base)} venue {venue}, unseen fills {unseen.get(base)}; " \
+            f"orders the ledger booked differently: {differing}"
     return kinds
 
 
