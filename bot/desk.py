@@ -49,6 +49,20 @@ class OrderDesk:
         self.reconcile_wanted = False  # a venue answer says ledger and venue may disagree
         # a perpetual position's liquidation price (risk/margin.py), set by the engine
         self.liquidation_of: Callable[[Position], Decimal | None] = lambda pos: None
+        self._stops_ts, self._stops_seen = -1, dict[tuple[str, str], int]()
+
+    def stop_tag(self, symbol: str, ts: int, price: object) -> str:
+        """The tag of a protective stop placed at step ``ts``: unique within the step. A stop
+        cancelled and placed again at the same price in one step (an exit that the venue
+        refused puts it back) would otherwise get the cancelled order's client id, which the
+        ledger keeps as cancelled (a finished order is never rewritten) while the venue works
+        the new one."""
+        if ts != self._stops_ts:
+            self._stops_ts, self._stops_seen = ts, {}
+        tag = f"stop{price}"
+        n = self._stops_seen.get((symbol, tag), 0)
+        self._stops_seen[(symbol, tag)] = n + 1
+        return f"{tag}#{n}" if n else tag
 
     def event(self, kind: str, entity: str, entity_id: str, ts: int,
               payload: dict[str, object]) -> AuditEvent:

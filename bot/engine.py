@@ -444,7 +444,8 @@ class Engine:
                     OrderType.STOP,
                     spec.round_price(p.stop_price),
                 )
-                unit = await self.act(intent, unit, tag=f"stop{p.stop_price}")
+                tag = self.desk.stop_tag(p.symbol, ts, p.stop_price)
+                unit = await self.act(intent, unit, tag=tag)
         return unit
 
     def audit_transitions(self, unit: UnitOfWork, channel: str | None = None) -> None:
