@@ -3,7 +3,6 @@ its audit event into the unit of work. It decides nothing; the engine and risk d
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 from collections.abc import Awaitable, Callable
 from decimal import Decimal
@@ -21,6 +20,7 @@ from bot.domain import (
     Position,
     Side,
     UnitOfWork,
+    evolve,
 )
 from bot.errors import ExchangeError, OrderAction
 from bot.logs import get_logger, scrub
@@ -131,7 +131,7 @@ class OrderDesk:
 
     def apply(self, update: OrderUpdate, unit: UnitOfWork, note: str = "") -> None:
         if not update.order.run_id:  # an order the venue made (a liquidation) joins this run
-            update = dataclasses.replace(update, order=dataclasses.replace(
+            update = evolve(update, order=evolve(
                 update.order, run_id=self.run_id, account=self.account))
             if update.fills:
                 self.stats.liquidations += 1
@@ -163,7 +163,7 @@ class OrderDesk:
     def book_flows(self, flows: list[CashFlow], unit: UnitOfWork) -> None:
         """Funding: cash moves, the flow row and its audit event go in the same unit."""
         for flow in flows:
-            flow = dataclasses.replace(flow, account=self.account)
+            flow = evolve(flow, account=self.account)
             self.portfolio.book_flow(flow)
             self.stats.on_flow(flow)
             unit.cash_flows.append(flow)

@@ -10,11 +10,10 @@ Pure in-memory bookkeeping; the ledger persists it. Strategies and risk read it 
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Iterable, Sequence
 from decimal import Decimal
 
-from bot.domain import ZERO, Candle, CashFlow, Fill, Order, Position, Side
+from bot.domain import ZERO, Candle, CashFlow, Fill, Order, Position, Side, evolve
 
 
 def to_decimal(value: float) -> Decimal:
@@ -89,7 +88,7 @@ class Portfolio:
     def set_liquidation(self, symbol: str, price: Decimal | None) -> Position:
         pos = self.position(symbol)
         if pos.liquidation_price != price:
-            pos = dataclasses.replace(pos, liquidation_price=price)
+            pos = evolve(pos, liquidation_price=price)
             self._positions[symbol] = pos
         return pos
 

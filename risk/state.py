@@ -14,10 +14,9 @@ consecutive losses, and stale data. Every change returns a ``Transition`` to be 
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any
 
-from bot.domain import KillLevel, RiskState, TradingState, Transition
+from bot.domain import KillLevel, RiskState, TradingState, Transition, evolve
 
 _RANK = {TradingState.ACTIVE: 0, TradingState.REDUCING: 1, TradingState.HALTED: 2}
 
@@ -55,7 +54,7 @@ class StateMachine:
     def _move(self, after: TradingState, reason: str, source: str, ts: int,
               **changes: Any) -> Transition | None:
         before = self.current.state
-        self.current = dataclasses.replace(self.current, state=after, reason=reason,
+        self.current = evolve(self.current, state=after, reason=reason,
                                            since_ts=ts, **changes)
         if before is after and source not in ("kill", "operator"):
             return None
@@ -71,7 +70,7 @@ class StateMachine:
             if target is TradingState.REDUCING and until is not None:
                 current = self.current.reducing_until
                 if current is not None and until > current:
-                    self.current = dataclasses.replace(self.current, reducing_until=until)
+                    self.current = evolve(self.current, reducing_until=until)
             return None
         return self._move(target, reason, source, ts,
                           reducing_until=until if target is TradingState.REDUCING else None)
@@ -93,7 +92,7 @@ class StateMachine:
     def tick(self, now: int) -> Transition | None:
         """Time passes: a REDUCING with an end expires; a cooldown ends."""
         if self.current.cooldown_until is not None and now >= self.current.cooldown_until:
-            self.current = dataclasses.replace(self.current, cooldown_until=None)
+            self.current = evolve(self.current, cooldown_until=None)
         until = self.current.reducing_until
         if self.current.state is TradingState.REDUCING and until is not None and now >= until:
             return self._move(TradingState.ACTIVE, "reducing period over", "clock", now,
@@ -102,14 +101,14 @@ class StateMachine:
 
     def cooldown(self, until: int) -> None:
         current = self.current.cooldown_until or 0
-        self.current = dataclasses.replace(self.current, cooldown_until=max(current, until))
+        self.current = evolve(self.current, cooldown_until=max(current, until))
 
     def block(self, key: str, on: bool) -> bool:
         """Set or clear an entry block; True when it changed."""
         blocks = set(self.current.blocks)
         changed = (key in blocks) != on
         (blocks.add if on else blocks.discard)(key)
-        self.current = dataclasses.replace(self.current, blocks=frozenset(blocks))
+        self.current = evolve(self.current, blocks=frozenset(blocks))
         return changed
 
 

@@ -12,6 +12,7 @@ import pytest
 
 from bot.errors import DataError
 from bot.feeds.files import load_candle_file, symbol_from_filename
+from bot.feeds.validate import validate_columns
 from tests.helpers import T0, candles, write_series
 
 H = 3_600_000
@@ -128,3 +129,40 @@ def test_symbol_from_filename() -> None:
     assert symbol_from_filename(Path("BTC_USDT-1h.json")) == ("BTC/USDT", "1h")
     assert symbol_from_filename(Path("SOL_USDT-5m.csv")) == ("SOL/USDT", "5m")
     assert symbol_from_filename(Path("notes.txt")) is None
+
+
+@pytest.mark.parametrize("content,fast", [
+    ([[T0 + i * H, 100 + i, 102 + i, 99 + i, 101.5 + i, 10] for i in range(6)], True),
+    ([[T0 + i * i * H, 100, 102, 99, 101, 0] for i in range(6)], True),  # gaps
+    ([[T0 + i * H, 100, 102, 99, 101, True] for i in range(6)], False),
+    ([[T0 + i * H, 100, 102, 99, 101, "10"] for i in range(6)], False),
+    ([[T0 + i * H, 100, 102, 99, 101, 10] if i != 2 else [T0, 1, 2] for i in range(6)], False),
+], ids=["clean", "gaps", "boolean", "string", "ragged"])
+def test_json_loads_the_same_by_columns_and_by_rows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, content: list, fast: bool
+) -> None:
+    """A whole clean JSON file is checked column by column; the result is what the row-by-row
+    reader gives, and anything the columns cannot hold goes to that reader."""
+    import bot.feeds.files as files
+
+    path = tmp_path / "BTC_USDT-1h.json"
+    path.write_text(json.dumps(content))
+    assert (validate_columns("BTC/USDT", "1h", content[:-1]) is not None) is fast
+
+    def outcome() -> object:
+        try:
+            return load_candle_file(path, "1h")
+        except DataError as exc:
+            return str(exc)
+
+    by_columns = outcome()
+    monkeypatch.setattr(files, "validate_columns", lambda *args: None)
+    assert by_columns == outcome()
+
+
+def test_json_with_an_infinite_timestamp_names_row(tmp_path: Path) -> None:
+    """1e999 parses as infinity; it was an OverflowError, not a named row."""
+    path = tmp_path / "BTC_USDT-1h.json"
+    path.write_text(f"[[1e999, 1, 1, 1, 1, 1], [{T0}, 1, 1, 1, 1, 1]]")
+    with pytest.raises(DataError, match=r"row 1: timestamp inf is not epoch milliseconds"):
+        load_candle_file(path, "1h")

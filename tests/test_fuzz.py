@@ -141,3 +141,52 @@ def test_fuzzed_commands_are_refused_with_a_reason(action: str, body: dict) -> N
     )
     assert not isinstance(verdict, Command)  # nobody can forge a signature by chance
     assert isinstance(verdict, Rejection) and verdict.reason
+
+
+def _series(draw: st.DrawFn) -> list[list[object]]:
+    """A valid 1h series as a JSON file holds it (random walk, some gaps, integer stamps, some
+    integer prices), then maybe one field or stamp broken."""
+    n = draw(st.integers(1, 60))
+    t, price, out = 1_600_000_000_000 // H * H, draw(st.floats(0.01, 1e6)), []
+    for _ in range(n):
+        t += H * draw(st.sampled_from([1, 1, 1, 1, 2, 5]))
+        o, c = price, price * draw(st.floats(0.9, 1.1))
+        hi, lo = max(o, c) * draw(st.floats(1, 1.05)), min(o, c) * draw(st.floats(0.95, 1))
+        row: list[object] = [t, o, hi, lo, c, draw(st.floats(0, 1e9))]
+        if draw(st.integers(0, 9)) == 0:  # a flat candle in whole numbers
+            whole = int(price) + 1
+            row = [t, whole, whole, whole, whole, draw(st.integers(0, 10**9))]
+        out.append(row)
+        price = c
+    if draw(st.booleans()):
+        r, col = draw(st.integers(0, n - 1)), draw(st.integers(0, 5))
+        if col == 0:  # the JSON reader has made every stamp an int or a float by then
+            out[r][0] = draw(st.sampled_from([out[r][0] + 7, out[max(r - 1, 0)][0],
+                                              out[max(r - 2, 0)][0], -H, float(out[r][0])]))
+        else:
+            out[r][col] = draw(st.sampled_from([math.nan, math.inf, -1.0, 0.0, 1e-300, 1e300,
+                                                -math.inf, 0, -1, True, None, "1"]))
+    return out
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.composite(_series)())
+def test_the_columnwise_check_gives_what_the_row_check_gives(batch: list) -> None:
+    """``validate_columns`` (how a whole JSON file is loaded) accepts the series that
+    ``validate_series`` (row by row, the reference) accepts, with equal candles (floats, int
+    stamps) and gaps; on any bad or unusual row it declines, and the row reader decides."""
+    from bot.feeds.files import _json_ts, _row
+    from bot.feeds.validate import validate_columns
+
+    fast = validate_columns("X/USDT", "1h", batch)
+    try:  # what the JSON reader and the row check make of it
+        slow = validate_series("X/USDT", "1h", [_row(r, i, _json_ts) for i, r in
+                                                enumerate(batch, 1)])
+    except CandleProblem:
+        assert fast is None
+        return
+    if all(type(r[0]) is int and {type(x) for x in r[1:]} <= {int, float} for r in batch):
+        assert fast == slow
+        assert all(type(c.ts) is int and type(c.volume) is float for c in fast[0])
+    else:  # a float stamp or a number in a string: the row reader's to read
+        assert fast is None

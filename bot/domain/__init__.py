@@ -13,7 +13,8 @@ home, a module per subject. Import them from here (``from bot.domain import Cand
 - ``risk``: trading states, kill levels, transitions, breaker trips and observations,
   protective orders, readings and the risk report.
 
-Every message is a frozen, slotted dataclass or an enum (the risk report, a running tally,
+Every message is a frozen, slotted dataclass (declared with ``@message``, ``message.py``:
+fast to build and to copy with ``evolve``) or an enum (the risk report, a running tally,
 and the unit of work, which is filled in place before it is committed, are the mutable
 exceptions). Times are integer milliseconds since the Unix epoch, UTC.
 """
@@ -61,6 +62,7 @@ from bot.domain.market import (
     Warmup,
     timeframe_ms,
 )
+from bot.domain.message import evolve, message
 from bot.domain.risk import (
     BreakerReading,
     CandleObs,
@@ -101,6 +103,8 @@ from bot.domain.venue import (
 )
 
 __all__ = [
+    "evolve",
+    "message",
     "ALLOWED_TRANSITIONS",
     "AccountState",
     "ActiveModel",

@@ -4,10 +4,10 @@ record the ledger keeps of a signed one."""
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Protocol
 
+from bot.domain.message import message
 from bot.domain.risk import KillLevel
 
 
@@ -18,7 +18,7 @@ class PromotedModel(Protocol):
     def id(self) -> str: ...
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RetrainOutcome:
     """What the retrain job reports back: the tail of its children's output (scrubbed), and
     the newly promoted version where it promoted one."""
@@ -37,7 +37,7 @@ class Channel(StrEnum):
     JOBS = "jobs"
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Kill:
     """HALT trading: pause; also cancel working orders (cancel); also close positions
     (flatten). Latches until a ``Resume``."""
@@ -47,7 +47,7 @@ class Kill:
     action: ClassVar[str] = "kill"
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Resume:
     """Back to ACTIVE from HALTED (or an open-ended REDUCING), with who and why recorded."""
 
@@ -55,7 +55,7 @@ class Resume:
     action: ClassVar[str] = "resume"
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Reject:
     """A command refused before it reached the engine (bad signature, replay, stale): only
     audited. ``claimed`` is what it claimed to be, unverified."""
@@ -74,7 +74,7 @@ class Job(StrEnum):
     RETRAIN = "retrain"  # a retrain with no trainable model: audited as skipped
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Housekeeping:
     job: Job
 
@@ -83,7 +83,7 @@ class Housekeeping:
         return self.job.value
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RetrainDone:
     """The retrain job's outcome: ``outcome`` in words, and what it produced."""
 
@@ -96,7 +96,7 @@ OperatorCommand = Kill | Resume | Reject | Housekeeping | RetrainDone
 """The closed set of commands; ``bot/operator.py`` matches on it."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ControlRequest:
     """An operator's command with where it came from and who sent it. ``request_id`` is its
     ``control_requests`` row (CLI and HTTP); ``command_id`` and ``nonce`` a signed MQTT
@@ -147,7 +147,7 @@ def command_from(action: str, reason: str, level: str | None = None) -> Kill | R
     raise ValueError(f"unknown operator command {action!r}: expected kill or resume")
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ControlResult:
     """What carrying out a ``ControlRequest`` did: the trading state after it and, by action,
     what it cancelled, flattened or could not lift. ``as_dict`` is the form the ledger's
@@ -171,7 +171,7 @@ class ControlResult:
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CommandRecord:
     """A signed command as the ledger keeps it (``commands`` table): its id makes it
     idempotent and its nonce unreplayable; ``ack`` is what its sender was told."""

@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from bot.domain.control import CommandRecord, ControlRequest, ControlResult
+from bot.domain.message import message
 from bot.domain.risk import RiskState
 from bot.domain.trading import (
     AuditEvent,
@@ -67,7 +68,7 @@ class UnitOfWork:
         self.audit.extend(other.audit)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class AccountState:
     """What the ledger knows of an account at start-up."""
 
@@ -85,7 +86,7 @@ class AccountState:
     funding_since: int = 0
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ActiveModel:
     """The registry's active ensemble: its id, manifest path and the manifest's sha256 (the
     load refuses a file that no longer matches), and the metrics it was registered with."""
@@ -96,7 +97,7 @@ class ActiveModel:
     metrics: Mapping[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ModelVersion:
     """One registered model version, as ``stackbot models list`` shows it."""
 

@@ -4,10 +4,11 @@ Times are integer milliseconds since the Unix epoch, UTC."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from decimal import Decimal
 from enum import StrEnum
 from pathlib import Path
+
+from bot.domain.message import message
 
 ZERO = Decimal(0)
 
@@ -43,7 +44,7 @@ class Mode(StrEnum):
     LIVE = "live"
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MarkBar:
     """The mark price over one candle (perpetuals): what the venue computes unrealized P&L
     and liquidation on, apart from the traded price."""
@@ -54,7 +55,7 @@ class MarkBar:
     close: float
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FundingRate:
     """A perpetual's funding at ``ts`` (epoch ms): ``rate`` of the position's notional at the
     mark price changes hands; positive means longs pay shorts."""
@@ -65,7 +66,7 @@ class FundingRate:
     mark: float | None = None  # the venue's mark price at ``ts`` where it says (Binance does)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Candle:
     """One closed OHLCV candle. ``ts`` is the candle's open time. ``mark``: the mark-price bar
     over the same interval, where the instrument has one and it is known."""
@@ -85,7 +86,7 @@ class Candle:
         return self.ts + timeframe_ms(self.timeframe)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Gap:
     """Missing candles between two present ones: reported and handled, never bridged."""
 
@@ -99,7 +100,7 @@ class Gap:
         return (self.next_ts - self.after_ts) // timeframe_ms(self.timeframe) - 1
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Warmup:
     """Closed candles too old to trade on (history at start, a long backfill): they only
     bring the signal source up to date."""
@@ -124,7 +125,7 @@ class FeedState(StrEnum):
     FRESH = "fresh"  # data flows again after a stale spell
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FeedStatus:
     """What the feed says about itself: which source it reads and whether it is stale."""
 
@@ -144,7 +145,7 @@ class MarginMode(StrEnum):
     CROSS = "cross"
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MarginBracket:
     """One row of a venue's leverage brackets (Binance ``leverageBracket``, ccxt
     ``fetch_leverage_tiers``): positions of notional up to ``notional_cap`` may use at most
@@ -157,7 +158,7 @@ class MarginBracket:
     maint_amount: Decimal = ZERO
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MarketSpec:
     """What the venue allows for one symbol: precision, minimums and fees; for a perpetual,
     its contract size and margin brackets."""
@@ -201,7 +202,7 @@ class MarketSpec:
         return None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CandleSeries:
     """A whole candle file, read and validated (``bot/feeds/files.py`` loads it)."""
 

@@ -9,6 +9,8 @@ from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
+from bot.domain.message import message
+
 
 class TradingState(StrEnum):
     ACTIVE = "ACTIVE"
@@ -22,7 +24,7 @@ class KillLevel(StrEnum):
     FLATTEN = "flatten"
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RiskState:
     """The persisted part; ``snapshot``/``restore`` round-trip it through the ledger."""
 
@@ -51,7 +53,7 @@ class RiskState:
                    frozenset(data.get("blocks") or ()))
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Transition:
     before: TradingState
     after: TradingState
@@ -62,7 +64,7 @@ class Transition:
     kill_level: KillLevel | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Trip:
     breaker: str
     reason: str
@@ -73,58 +75,58 @@ class Trip:
     retrain: bool = False
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class EquityObs:
     ts: int
     equity: float  # cash + positions marked to market (unrealized P&L included)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CandleObs:
     ts: int  # close time
     symbol: str
     atr: float
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class TradeClosedObs:
     ts: int
     symbol: str
     pnl: float
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ExchangeCallObs:
     ts: int
     ok: bool
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class PredictionObs:
     ts: int
     correct: bool
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class ClockObs:
     now: int
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class FeedObs:
     ts: int
     stale: bool  # the feed's reads keep failing (True) or data flows again (False)
     reason: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class MarginObs:
     ts: int
     symbol: str
     ratio: float  # maintenance margin over the margin behind the position (1.0: liquidation)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Protect:
     """What a position needs at the venue: a stop at ``stop_price`` (None: no stop), or an
     exit at market (``exit_reason``)."""
@@ -134,7 +136,7 @@ class Protect:
     exit_reason: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class BreakerReading:
     """One breaker's current reading against its limit, for ``stackbot status``."""
 

@@ -4,14 +4,14 @@ positions, equity snapshots and audit events. Everything that is money or quanti
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from decimal import Decimal
 from enum import StrEnum
 from typing import Any
 
 from bot.domain.market import ZERO, Regime
+from bot.domain.message import evolve, message
 
 
 class Side(StrEnum):
@@ -77,7 +77,7 @@ class InvalidTransition(ValueError):
     """An order was asked to move to a state its current state does not allow."""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Signal:
     """What a signal source believes about the next move of one symbol, at candle ``ts``."""
 
@@ -95,7 +95,7 @@ class Signal:
     members: tuple[tuple[str, float], ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class OrderIntent:
     """What the strategy wants. Risk decides how much, or whether at all."""
 
@@ -115,7 +115,7 @@ class OrderIntent:
     dispersion: float = 0.0  # disagreement between ensemble members
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class RiskDecision:
     intent: OrderIntent
     approved: bool
@@ -123,7 +123,7 @@ class RiskDecision:
     reason: str
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Fill:
     fill_id: str
     client_order_id: str
@@ -145,7 +145,7 @@ class Fill:
         return self.quantity * self.price
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Order:
     client_order_id: str
     account: str
@@ -184,7 +184,7 @@ class Order:
             raise InvalidTransition(
                 f"order {self.client_order_id}: {self.status.value} -> {status.value} not allowed"
             )
-        return dataclasses.replace(self, status=status, updated_ts=ts, status_reason=reason)
+        return evolve(self, status=status, updated_ts=ts, status_reason=reason)
 
     def apply_fill(self, fill: Fill) -> Order:
         """A copy with the fill added; FILLED or PARTIALLY_FILLED accordingly."""
@@ -199,12 +199,12 @@ class Order:
         avg = (self.avg_fill_price * self.filled_qty + fill.price * fill.quantity) / filled
         status = OrderStatus.FILLED if filled == self.quantity else OrderStatus.PARTIALLY_FILLED
         moved = self.transition(status, fill.ts) if status != self.status else self
-        return dataclasses.replace(
+        return evolve(
             moved, filled_qty=filled, avg_fill_price=avg, fees=self.fees + fill.fee
         )
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Position:
     """Signed holdings of one symbol in one account; ``quantity`` > 0 is long."""
 
@@ -239,7 +239,7 @@ class Position:
         return self.quantity * price
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class CashFlow:
     """Cash that moves without a trade: a perpetual's funding (``kind`` "funding"). ``amount``
     is signed, as the account sees it (negative: paid); ``rate``, ``mark`` and ``notional``
@@ -256,7 +256,7 @@ class CashFlow:
     notional: Decimal = ZERO
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class AuditEvent:
     """One entry of the append-only audit trail."""
 
@@ -269,7 +269,7 @@ class AuditEvent:
     payload: Mapping[str, Any] = field(default_factory=dict)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class EquitySnapshot:
     account: str
     run_id: str

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from decimal import Decimal
 
+from bot.domain.message import message
 from bot.domain.trading import CashFlow, Fill, Order
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class OrderUpdate:
     """What a venue said about one order: a new state and any fills."""
 
@@ -18,7 +19,7 @@ class OrderUpdate:
     note: str = ""
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class VenueState:
     """The venue's side of a reconciliation: total balances (free + locked) per asset, the
     open orders as (client id, symbol, exchange id), and last prices for adopting holdings.

@@ -18,7 +18,7 @@ import orjson
 
 from bot.domain import TIMEFRAME_MS, Candle, CandleSeries
 from bot.errors import DataError
-from bot.feeds.validate import CandleProblem, Row, validate_series
+from bot.feeds.validate import CandleProblem, Row, validate_columns, validate_series
 
 CSV_HEADER = ["timestamp", "open", "high", "low", "close", "volume"]
 _NAME = re.compile(
@@ -78,7 +78,7 @@ def _row(values: list[Any], n: int, ts_parser: Any = int) -> Row:
 
 
 def _json_ts(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"timestamp {value!r} is not epoch milliseconds")
     return int(value)
 
@@ -118,6 +118,16 @@ def _read_json(path: Path) -> list[Row]:
             raise CandleProblem(i, f"expected a list, got {type(values).__name__}")
         rows.append(_row(values, i, _json_ts))
     return rows
+
+
+def _json_rows(raw: bytes) -> list[object] | None:
+    """A JSON file's top-level list, if the fast parser reads it (NaN and Infinity it does
+    not: those go to the row-by-row reader, which names them)."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return None
+    return data if isinstance(data, list) else None
 
 
 def _read_feather(path: Path) -> list[Row]:
@@ -176,10 +186,16 @@ def load_candle_file(
         symbol = guessed[0]
     if guessed is not None and guessed[1] != timeframe and guessed[1] in TIMEFRAME_MS:
         raise DataError(f"{path}: file name says timeframe {guessed[1]}, but {timeframe} was asked")
-    try:
+    if drop_partial is None:
+        drop_partial = path.suffix.lower() != ".csv"
+    if reader is _read_json:
+        rows = _json_rows(path.read_bytes())
+        if rows is not None and len(rows) > int(drop_partial):
+            fast = validate_columns(symbol, timeframe, rows[:-1] if drop_partial else rows)
+            if fast is not None:
+                return CandleSeries(path, symbol, timeframe, *fast, drop_partial)
+    try:  # row by row: the reference, and the path that names a bad row
         rows = reader(path)
-        if drop_partial is None:
-            drop_partial = path.suffix.lower() != ".csv"
         dropped = bool(drop_partial and rows)
         if dropped:
             rows = rows[:-1]

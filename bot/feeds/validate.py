@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import operator
 from collections.abc import Sequence
+from itertools import islice, repeat
 
 from bot.domain import Candle, Gap, timeframe_ms
 
@@ -79,3 +81,45 @@ def candle_problem(candle: Candle) -> str | None:
     if reason is None and candle.ts % timeframe_ms(candle.timeframe):
         reason = f"timestamp {candle.ts} is not aligned to the {candle.timeframe} timeframe"
     return reason
+
+
+
+def validate_columns(
+    symbol: str, timeframe: str, rows: Sequence[object]
+) -> tuple[list[Candle], list[Gap]] | None:
+    """``validate_series`` for rows as a JSON parser gives them, checked a column at a time.
+
+    The same checks and the same candles, or None where anything fails one or is not plain
+    (a timestamp that is not an int, a field that is not an int or a float, a ragged row): the
+    caller then runs ``validate_series`` over the rows as read, which names the first bad row
+    and its reason. Whole-column checks run in C (``map``, ``min``, ``sum``), several times
+    faster than the row loop on a clean file.
+    """
+    try:
+        cols = list(zip(*rows, strict=True))
+    except (TypeError, ValueError):  # a row that is no sequence, or rows of unequal length
+        return None
+    if len(cols) != 6 or set(map(type, cols[0])) != {int}:
+        return None
+    ts = cols[0]
+    values: list[Sequence[float]] = []
+    for col in cols[1:]:
+        kinds = set(map(type, col))
+        if not kinds <= {int, float}:  # a bool, a string, a null
+            return None
+        floats = col if kinds == {float} else list(map(float, col))
+        if not math.isfinite(sum(floats)):  # a NaN or an infinity somewhere
+            return None
+        values.append(floats)
+    o, h, low, c, v = values
+    step = timeframe_ms(timeframe)
+    if (min(o) <= 0 or min(h) <= 0 or min(low) <= 0 or min(c) <= 0 or min(v) < 0
+            or not all(map(operator.ge, h, map(max, o, c)))
+            or not all(map(operator.le, low, map(min, o, c)))
+            or min(ts) < 0 or any(map(operator.mod, ts, repeat(step)))
+            or not all(map(operator.lt, ts, islice(ts, 1, None)))):
+        return None
+    gaps = [Gap(symbol, timeframe, a, b)
+            for a, b in zip(ts, islice(ts, 1, None), strict=False) if b - a > step]
+    candles = list(map(Candle, repeat(symbol), repeat(timeframe), ts, o, h, low, c, v))
+    return candles, gaps
