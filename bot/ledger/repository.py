@@ -7,6 +7,7 @@ upserted. Any database failure surfaces as ``LedgerError``.
 
 from __future__ import annotations
 
+import io
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -25,6 +26,7 @@ from bot.domain import (
     AuditEvent,
     Channel,
     ControlRequest,
+    EquitySnapshot,
     Order,
     OrderStatus,
     OrderType,
@@ -54,6 +56,44 @@ def to_dt(ms: int) -> datetime:
 
 # signals.regime is an integer column: bear 0, neutral 1, bull 2, unknown NULL
 REGIME_CODES = {Regime.BEAR: 0, Regime.NEUTRAL: 1, Regime.BULL: 2}
+
+
+@lru_cache(maxsize=4096)
+def _day(days: int) -> str:
+    return datetime.fromtimestamp(days * 86400, UTC).strftime("%Y-%m-%d")
+
+
+_MINUTES = [f" {m // 60:02}:{m % 60:02}:00+00" for m in range(1440)]
+
+
+def iso_ts(ms: int) -> str:
+    """Milliseconds -> the timestamptz text PostgreSQL reads, UTC to the millisecond (a whole
+    minute, as every candle's time is, from a table)."""
+    days, rest = divmod(ms, 86_400_000)
+    minute, milli = divmod(rest, 60_000)
+    if not milli:
+        return _day(days) + _MINUTES[minute]
+    return f"{_day(days)} {minute // 60:02}:{minute % 60:02}:{milli / 1000:06.3f}+00"
+
+
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+@lru_cache(maxsize=1024)
+def copy_escaped(text: str) -> str:
+    """A string as a field of COPY's text format."""
+    return text.translate(_COPY_ESCAPES)
+
+
+def equity_copy(rows: Sequence[EquitySnapshot]) -> io.BytesIO:
+    """Equity snapshots in COPY's text format. A Decimal's ``str`` is exact (its exponent
+    included, which ``numeric`` reads), and PostgreSQL parses the text on its own core; the
+    binary format would have the writer thread encode every Decimal digit by digit while it
+    holds the interpreter lock (0.34 s of a 45,000-candle backtest; this takes about 0.07)."""
+    esc = copy_escaped
+    return io.BytesIO("".join([
+        f"{esc(e.account)}\t{esc(e.run_id)}\t{iso_ts(e.ts)}\t{e.cash!s}\t"
+        f"{e.positions_value!s}\t{e.cash + e.positions_value!s}\n" for e in rows]).encode())
 
 
 def members_json(members: tuple[tuple[str, float], ...]) -> str | None:
@@ -327,10 +367,9 @@ class PostgresLedger:
                  members_json(s.members))
                 for run_id, account, s in unit.signals])
         if unit.equity:
-            await raw.copy_records_to_table("equity_snapshots", columns=[
-                "account", "run_id", "ts", "cash", "positions_value", "equity"], records=[
-                (e.account, e.run_id, to_dt(e.ts), e.cash, e.positions_value, e.equity)
-                for e in unit.equity])
+            await raw.copy_to_table("equity_snapshots", columns=[
+                "account", "run_id", "ts", "cash", "positions_value", "equity"],
+                format="text", source=equity_copy(unit.equity))
         if unit.audit:
             await self._audit(conn, unit.audit)
 
