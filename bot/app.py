@@ -83,17 +83,19 @@ _FROZEN = False
 
 
 def settle_heap() -> None:
-    """Before the loop: what start-up built (modules, settings, markets, history) leaves the
-    cyclic collector's sight, once per process (``gc.freeze``), and its youngest generation
+    """What the process has built so far (modules, settings, markets, history, a backtest's
+    candles) leaves the cyclic collector's sight (``gc.freeze``), and its youngest generation
     is collected every 50,000 allocations instead of 700. A candle step allocates hundreds of
     short-lived objects that reference counting frees at once; frequent collector passes over
-    them cost several per cent of a backtest (bench/RESULTS.md). Cyclic garbage is still
-    collected, less often."""
+    them cost several per cent of a backtest, and passes over a heap of candles being loaded
+    cost more (bench/RESULTS.md). The heap is collected once, the first time, while it is
+    still small: a backtest calls this before it loads its files and again before its loop.
+    Cyclic garbage made later is still collected, less often."""
     global _FROZEN
     if not _FROZEN:
         gc.collect()
-        gc.freeze()
         _FROZEN = True
+    gc.freeze()
     gc.set_threshold(50_000, 20, 100)
 
 
@@ -279,6 +281,7 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
                    marks: Sequence[Path] | None = None,
                    funding: Sequence[Path] | None = None) -> Outcome:
     """``files`` may also be already loaded series (evaluation reuses them)."""
+    settle_heap()  # before the candles: the collector need not walk them as they load
     series = ([f for f in files if isinstance(f, CandleSeries)]
               if files and isinstance(files[0], CandleSeries)
               else load_series([Path(f) for f in files if not isinstance(f, CandleSeries)],

@@ -416,6 +416,8 @@ class Engine:
         """Place, move or drop stops; exit at market where risk says so; then put back a stop
         that a refused exit took (``act``)."""
         for _ in range(2):
+            if not self._pending_protect:  # most steps: nothing to place, move or drop
+                break
             unit = await self._protect_once(unit, ts)
         return unit
 
