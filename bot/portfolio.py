@@ -31,7 +31,7 @@ class Portfolio:
         self._cash = cash
         self._positions: dict[str, Position] = {}
         self._orders: dict[str, Order] = {}
-        self._prices: dict[str, Decimal] = {}
+        self._prices: dict[str, Decimal] = {}  # the last close as a Decimal, once asked for
         self._price_floats: dict[str, float] = {}
 
     # ---- PortfolioView -------------------------------------------------------------------
@@ -50,34 +50,40 @@ class Portfolio:
         return [o for o in self._orders.values() if symbol is None or o.symbol == symbol]
 
     def price(self, symbol: str) -> Decimal | None:
-        return self._prices.get(symbol)
+        price = self._prices.get(symbol)
+        if price is None:  # converted when first asked for, not on every candle
+            close = self._price_floats.get(symbol)
+            if close is None:
+                return None
+            price = self._prices[symbol] = to_decimal(close)
+        return price
 
     def mark_price(self, symbol: str) -> Decimal | None:
-        return self._marks.get(symbol) or self._prices.get(symbol)
+        return self._marks.get(symbol) or self.price(symbol)
 
     def positions_value(self) -> Decimal:
         total = ZERO
         for sym, pos in self._positions.items():
             if pos.quantity:
                 if sym in self.margined:
-                    mark = self._marks.get(sym) or self._prices.get(sym, pos.avg_price)
+                    mark = self._marks.get(sym) or self.price(sym) or pos.avg_price
                     total += pos.quantity * (mark - pos.avg_price)
                 else:
-                    total += pos.quantity * self._prices.get(sym, pos.avg_price)
+                    total += pos.quantity * (self.price(sym) or pos.avg_price)
         return total
 
     def equity(self) -> Decimal:
         return self._cash + self.positions_value()
 
     def exposure(self) -> Decimal:
-        return sum((abs(p.quantity) * self._prices.get(s, p.avg_price)
+        return sum((abs(p.quantity) * (self.price(s) or p.avg_price)
                     for s, p in self._positions.items()), ZERO)
 
     # ---- mutation (engine only) ----------------------------------------------------------
     def mark(self, candle: Candle) -> None:
         if self._price_floats.get(candle.symbol) != candle.close:
             self._price_floats[candle.symbol] = candle.close
-            self._prices[candle.symbol] = to_decimal(candle.close)
+            self._prices.pop(candle.symbol, None)
         if candle.mark is not None:
             self._marks[candle.symbol] = to_decimal(candle.mark.close)
 

@@ -83,7 +83,8 @@ class Candle:
 
     @property
     def close_ts(self) -> int:
-        return self.ts + timeframe_ms(self.timeframe)
+        step = TIMEFRAME_MS.get(self.timeframe)  # several times a candle: no call on the way
+        return self.ts + (step if step is not None else timeframe_ms(self.timeframe))
 
 
 @message
