@@ -80,8 +80,15 @@ def test_the_service_login_cannot_reset_role_to_gain_the_owners_rights(
         "VALUES ('a', 'r', now(), 'test.kind', 'e', '1', '{}')",
         "UPDATE orders SET status = status"])) == ["done", "done"]
 
-    # the owner can still migrate: take the schema four steps back, then upgrade again
+    # the owner can still migrate: take the schema five steps back, then upgrade again
     asyncio.run(_attempts(fresh_db, [
+        *(f"DROP TRIGGER {table}_run_ref_{event} ON {table}"  # what 0011 changed and added
+          for table in ("signals", "equity_snapshots") for event in ("insert", "update")),
+        "DROP TRIGGER runs_referenced_delete ON runs",
+        "DROP TRIGGER runs_referenced_update ON runs",
+        "DROP FUNCTION run_refs_exist()", "DROP FUNCTION runs_still_referenced()",
+        *(f"ALTER TABLE {table} ADD CONSTRAINT {table}_run_id_fkey FOREIGN KEY (run_id) "
+          "REFERENCES runs(id)" for table in ("signals", "equity_snapshots")),
         "DROP TRIGGER audit_events_chain ON audit_events",  # what 0010 changed and added
         "CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events FOR EACH ROW "
         "EXECUTE FUNCTION audit_events_chain()",

@@ -158,3 +158,36 @@ async def test_signals_and_audit_rows_come_back_exactly(ledger: PostgresLedger,
     assert json.loads(a["payload"]) == payload
     assert a["ts"] == datetime(2017, 8, 17, 4, 0, 0, 123000, tzinfo=UTC)
     assert (await verify_chain(ledger.engine)).ok
+
+
+async def test_signals_and_equity_must_refer_to_a_run(ledger: PostgresLedger,
+                                                      pg_url: str) -> None:
+    """The run reference of signals and equity snapshots (checked per statement since
+    migration 0011, as the foreign key did per row): rows of a run not in ``runs`` are refused
+    and the unit keeps nothing; a run that rows refer to cannot be deleted or renamed."""
+    from bot.domain import EquitySnapshot, Signal
+
+    await ledger.start_run("refrun01", "acct-ref", "paper", "sim", ["BTC/USDT"], "1h", "t", {},
+                           D(1000))
+    good = UnitOfWork()
+    good.signals.append(("refrun01", "acct-ref", Signal("BTC/USDT", 0, 0.5, 0.0, "s", "m")))
+    good.equity.append(EquitySnapshot("acct-ref", "refrun01", 0, D(1000), D(0)))
+    await ledger.commit(good)  # the rule lets a real run's rows through
+    first, second = UnitOfWork(), UnitOfWork()
+    for unit in (first, second):
+        unit.audit.append(AuditEvent("test.ref", "t", "ref-1", "acct-ref", "refrun01", 0, {}))
+    first.signals.append(("nosuchrun", "acct-ref", Signal("BTC/USDT", 0, 0.5, 0.0, "s", "m")))
+    second.equity.append(EquitySnapshot("acct-ref", "nosuchrun", 0, D(1000), D(0)))
+    for unit, table in ((first, "signals"), (second, "equity_snapshots")):
+        with pytest.raises(LedgerError, match=f'"{table}" refers to run "nosuchrun"'):
+            await ledger.commit(unit)
+    assert await fetch(pg_url, "SELECT 1 FROM audit_events WHERE entity_id = 'ref-1'") == []
+    assert len(await fetch(pg_url, "SELECT 1 FROM signals WHERE run_id = 'refrun01'")) == 1
+    conn = await asyncpg.connect(plain_url(async_url(pg_url)))
+    try:
+        for sql in ("DELETE FROM runs WHERE id = 'refrun01'",
+                    "UPDATE runs SET id = 'renamed1' WHERE id = 'refrun01'"):
+            with pytest.raises(asyncpg.ForeignKeyViolationError, match="still referred to"):
+                await conn.execute(sql)
+    finally:
+        await conn.close()

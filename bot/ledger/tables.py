@@ -65,7 +65,8 @@ class Account(Base):
 class SignalRow(Base):
     __tablename__ = "signals"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id"))
+    # refers to runs.id, checked once per statement (migration 0011), not by a foreign key
+    run_id: Mapped[str] = mapped_column(String(32))
     account: Mapped[str] = mapped_column(Text)
     symbol: Mapped[str] = mapped_column(Text)
     ts: Mapped[datetime] = mapped_column(TS)
@@ -153,7 +154,8 @@ class EquitySnapshotRow(Base):
     __tablename__ = "equity_snapshots"
     id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
     account: Mapped[str] = mapped_column(Text)
-    run_id: Mapped[str] = mapped_column(String(32), ForeignKey("runs.id"))
+    # refers to runs.id, checked once per statement (migration 0011), not by a foreign key
+    run_id: Mapped[str] = mapped_column(String(32))
     ts: Mapped[datetime] = mapped_column(TS)
     cash: Mapped[Decimal] = mapped_column(Numeric)
     positions_value: Mapped[Decimal] = mapped_column(Numeric)
