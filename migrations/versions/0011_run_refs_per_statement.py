@@ -41,16 +41,15 @@ def upgrade() -> None:
         CREATE FUNCTION run_refs_exist() RETURNS trigger LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = public AS $$
         DECLARE
-            missing text;
+            ref text;
         BEGIN
-            PERFORM 1 FROM runs WHERE id IN (SELECT DISTINCT run_id FROM new_rows)
-                FOR KEY SHARE;
-            SELECT n.run_id INTO missing FROM (SELECT DISTINCT run_id FROM new_rows) n
-             WHERE NOT EXISTS (SELECT 1 FROM runs r WHERE r.id = n.run_id) LIMIT 1;
-            IF FOUND THEN
-                RAISE EXCEPTION 'insert or update on table "%" refers to run "%", which is not in runs',
-                    TG_TABLE_NAME, missing USING ERRCODE = 'foreign_key_violation';
-            END IF;
+            FOR ref IN SELECT DISTINCT run_id FROM new_rows LOOP
+                PERFORM 1 FROM runs WHERE id = ref FOR KEY SHARE;
+                IF NOT FOUND THEN
+                    RAISE EXCEPTION 'insert or update on table "%" refers to run "%", which is not in runs',
+                        TG_TABLE_NAME, ref USING ERRCODE = 'foreign_key_violation';
+                END IF;
+            END LOOP;
             RETURN NULL;
         END $$
     """)
