@@ -191,3 +191,28 @@ async def test_signals_and_equity_must_refer_to_a_run(ledger: PostgresLedger,
                 await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def test_an_order_upsert_keeps_the_latest_state_and_never_rewrites_a_finished_order(
+        ledger: PostgresLedger, pg_url: str) -> None:
+    """Orders go in through one driver statement (``ORDER_UPSERT``): a later state of a live
+    order replaces the earlier one, column for column; a finished order stays as it finished."""
+    from bot.domain import Order, OrderStatus, OrderType
+
+    await ledger.start_run("upsert01", "acct-up", "paper", "sim", ["BTC/USDT"], "1h", "t", {},
+                           D(1000))
+    base = Order("up-1", "acct-up", "upsert01", "BTC/USDT", Side.BUY, OrderType.STOP, D("0.5"),
+                 OrderStatus.OPEN, 1_000, 1_000, 900, "m", "entry", stop_price=D("99.5"))
+    for state in (base, base.transition(OrderStatus.PARTIALLY_FILLED, 2_000, "half"),
+                  base.transition(OrderStatus.CANCELLED, 3_000, "done")):
+        unit = UnitOfWork()
+        unit.orders[state.client_order_id] = state
+        await ledger.commit(unit)
+    late = UnitOfWork()  # a stale copy arriving after the order finished
+    late.orders["up-1"] = base.transition(OrderStatus.PARTIALLY_FILLED, 4_000, "stale")
+    await ledger.commit(late)
+    row = (await fetch(pg_url, "SELECT * FROM orders WHERE client_order_id = 'up-1'"))[0]
+    assert (row["status"], row["status_reason"], row["stop_price"], row["quantity"],
+            row["order_type"], row["reduce_only"]) == ("cancelled", "done", D("99.5"),
+                                                       D("0.5"), "stop", False)
+    assert row["updated_at"].timestamp() == 3.0 and row["signal_ts"].timestamp() == 0.9
