@@ -80,7 +80,8 @@ def test_the_service_login_cannot_reset_role_to_gain_the_owners_rights(
         "VALUES ('a', 'r', now(), 'test.kind', 'e', '1', '{}')",
         "UPDATE orders SET status = status"])) == ["done", "done"]
 
-    # the owner can still migrate: take the schema five steps back, then upgrade again
+    # the owner can still migrate: take the schema six steps back (0012 only redefines a
+    # function 0010 made), then upgrade again
     asyncio.run(_attempts(fresh_db, [
         *(f"DROP TRIGGER {table}_run_ref_{event} ON {table}"  # what 0011 changed and added
           for table in ("signals", "equity_snapshots") for event in ("insert", "update")),
