@@ -31,6 +31,7 @@ class Portfolio:
         self._cash = cash
         self._positions: dict[str, Position] = {}
         self._orders: dict[str, Order] = {}
+        self._orders_of: dict[str, dict[str, Order]] = {}  # the same, by symbol
         self._prices: dict[str, Decimal] = {}  # the last close as a Decimal, once asked for
         self._price_floats: dict[str, float] = {}
 
@@ -47,7 +48,10 @@ class Portfolio:
         return [p for p in self._positions.values() if p.quantity != 0]
 
     def working_orders(self, symbol: str | None = None) -> Sequence[Order]:
-        return [o for o in self._orders.values() if symbol is None or o.symbol == symbol]
+        if symbol is None:
+            return list(self._orders.values())
+        mine = self._orders_of.get(symbol)
+        return list(mine.values()) if mine else []
 
     def price(self, symbol: str) -> Decimal | None:
         price = self._prices.get(symbol)
@@ -107,6 +111,7 @@ class Portfolio:
             self._positions[p.symbol] = p
         for o in orders:
             self._orders[o.client_order_id] = o
+            self._orders_of.setdefault(o.symbol, {})[o.client_order_id] = o
 
     def adopt(self, cash: Decimal, positions: Iterable[Position]) -> None:
         """Take the venue's balances as the starting point (an account's first start)."""
@@ -115,10 +120,13 @@ class Portfolio:
             self._positions[p.symbol] = p
 
     def track(self, order: Order) -> None:
+        mine = self._orders_of.setdefault(order.symbol, {})
         if order.status.is_terminal:
             self._orders.pop(order.client_order_id, None)
+            mine.pop(order.client_order_id, None)
         else:
             self._orders[order.client_order_id] = order
+            mine[order.client_order_id] = order
 
     def apply_fill(self, fill: Fill) -> Position:
         """Book a fill: position by average cost, cash by notional; the fee comes off the cash

@@ -234,6 +234,9 @@ class ExchangeErrorBreaker:
         if not isinstance(obs, ExchangeCallObs):
             return []
         calls = self._calls
+        if obs.ok and not self._failures:  # the usual call: no failure in the window to count
+            calls.append(True)
+            return []
         if len(calls) == calls.maxlen and not calls[0]:
             self._failures -= 1  # the oldest failure leaves the window
         calls.append(obs.ok)
