@@ -275,8 +275,12 @@ class VolatilityBreaker:
     def observe(self, obs: Observation) -> list[Trip]:
         if not isinstance(obs, CandleObs) or not obs.atr > 0:
             return []
-        hist = self._atr.setdefault(obs.symbol, deque())
-        ordered = self._sorted.setdefault(obs.symbol, [])
+        hist = self._atr.get(obs.symbol)
+        if hist is None:
+            hist = self._atr[obs.symbol] = deque()
+        ordered = self._sorted.get(obs.symbol)
+        if ordered is None:
+            ordered = self._sorted[obs.symbol] = []
         trips = []
         n = len(ordered)
         if n >= self.window // 2:

@@ -255,7 +255,10 @@ class RiskManager:
         if watchers is None:
             watchers = self._watchers[type(obs)] = [b for b in self.breakers
                                                     if isinstance(obs, b.watches)]
-        trips = [trip for b in watchers for trip in b.observe(obs)]
+        if len(watchers) == 1:  # most observations have one breaker watching them
+            trips = watchers[0].observe(obs)
+        else:
+            trips = [trip for b in watchers for trip in b.observe(obs)]
         return self._apply(trips, ts) if trips else []
 
     def on_candle(self, candle: Candle, atr: float) -> list[Transition]:
