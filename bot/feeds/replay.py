@@ -40,7 +40,11 @@ class ReplayFeed:
         """Skip candles already processed by an earlier run (per symbol, by open time)."""
         self._resume = dict(last_ts)
 
-    def _one(self, series: CandleSeries) -> Iterator[tuple[int, str, int, Candle | Gap]]:
+    def _one(self, series: CandleSeries,
+             order: int) -> Iterator[tuple[int, str, int, int, Candle | Gap]]:
+        """The series' gaps and candles as (open time, symbol, gap 0 / candle 1, ``order``,
+        event): tuples that sort as the merge needs without reaching the event, ``order``
+        (the series' place) settling ties as a merge keeps them, in input order."""
         gaps = {g.next_ts: g for g in series.gaps}
         lo = max(self._start or -1, self._resume.get(series.symbol, -1) + 1)
         hi = self._end
@@ -50,9 +54,9 @@ class ReplayFeed:
                 continue
             gap = gaps.get(c.ts)
             if gap is not None and not first:
-                yield (c.ts, series.symbol, 0, gap)
+                yield (c.ts, series.symbol, 0, order, gap)
             first = False
-            yield (c.ts, series.symbol, 1, c)
+            yield (c.ts, series.symbol, 1, order, c)
 
     def _warm(self) -> Iterator[FeedEvent]:
         """Up to ``warmup`` candles before the start (or the resume point), per symbol: they
@@ -75,11 +79,11 @@ class ReplayFeed:
     def events(self) -> Iterator[FeedEvent]:
         """Warm-up, then gaps, funding and batches of candles that share one open time."""
         yield from self._warm()
-        merged = heapq.merge(*(self._one(s) for s in self._series), key=lambda e: e[:3])
+        merged = heapq.merge(*(self._one(s, i) for i, s in enumerate(self._series)))
         funding = self._funding()
         due = 0
         batch: list[Candle] = []
-        for _, _, _, event in merged:
+        for _, _, _, _, event in merged:
             if isinstance(event, Gap):
                 yield event
                 continue
