@@ -48,7 +48,7 @@ from bot.operator import OperatorControl
 from bot.portfolio import Portfolio
 from bot.ports import Broker, Feed, Ledger, NullObserver, Observer, SignalSource, Strategy
 from bot.reconcile_driver import Reconciler
-from bot.records import fatal_payload
+from bot.records import fatal_payload, transition_payload
 from risk.manager import RiskManager
 from risk.margin import position_liquidation
 
@@ -438,14 +438,8 @@ class Engine:
                 unit = await self.act(intent, unit, tag="exit")
             elif p.stop_price is not None:
                 spec = self.markets[p.symbol]
-                intent = exit_intent(
-                    pos,
-                    ts,
-                    "protective stop",
-                    version,
-                    OrderType.STOP,
-                    spec.round_price(p.stop_price),
-                )
+                intent = exit_intent(pos, ts, "protective stop", version, OrderType.STOP,
+                                     spec.round_price(p.stop_price))
                 tag = self.desk.stop_tag(p.symbol, ts, p.stop_price)
                 unit = await self.act(intent, unit, tag=tag)
         return unit
@@ -454,16 +448,7 @@ class Engine:
         if not self.transitions:
             return
         for t in self.transitions:
-            payload: dict[str, object] = {
-                "from": t.before.value,
-                "to": t.after.value,
-                "reason": t.reason,
-                "by": t.source,
-            }
-            if t.operator:
-                payload["operator"] = t.operator
-            if channel:
-                payload["channel"] = channel
+            payload = transition_payload(t, channel)
             unit.audit.append(
                 self.desk.event("risk.state_changed", "account", self.account, t.ts, payload)
             )

@@ -21,6 +21,31 @@ def to_decimal(value: float) -> Decimal:
     return Decimal(repr(value))
 
 
+class LastCloses:
+    """Each symbol's last close: kept as the float a candle brings, and converted to an exact
+    Decimal only when first asked for, not on every candle (most candles are never priced)."""
+
+    __slots__ = ("_floats", "_decimals")
+
+    def __init__(self) -> None:
+        self._floats: dict[str, float] = {}
+        self._decimals: dict[str, Decimal] = {}
+
+    def update(self, symbol: str, close: float) -> None:
+        if self._floats.get(symbol) != close:
+            self._floats[symbol] = close
+            self._decimals.pop(symbol, None)
+
+    def get(self, symbol: str) -> Decimal | None:
+        price = self._decimals.get(symbol)
+        if price is None:
+            close = self._floats.get(symbol)
+            if close is None:
+                return None
+            price = self._decimals[symbol] = to_decimal(close)
+        return price
+
+
 class Portfolio:
     def __init__(self, account: str, cash: Decimal, quote: str,
                  margined: Iterable[str] = ()) -> None:
@@ -32,8 +57,7 @@ class Portfolio:
         self._positions: dict[str, Position] = {}
         self._orders: dict[str, Order] = {}
         self._orders_of: dict[str, dict[str, Order]] = {}  # the same, by symbol
-        self._prices: dict[str, Decimal] = {}  # the last close as a Decimal, once asked for
-        self._price_floats: dict[str, float] = {}
+        self._closes = LastCloses()
 
     # ---- PortfolioView -------------------------------------------------------------------
     @property
@@ -54,13 +78,7 @@ class Portfolio:
         return list(mine.values()) if mine else []
 
     def price(self, symbol: str) -> Decimal | None:
-        price = self._prices.get(symbol)
-        if price is None:  # converted when first asked for, not on every candle
-            close = self._price_floats.get(symbol)
-            if close is None:
-                return None
-            price = self._prices[symbol] = to_decimal(close)
-        return price
+        return self._closes.get(symbol)
 
     def mark_price(self, symbol: str) -> Decimal | None:
         return self._marks.get(symbol) or self.price(symbol)
@@ -85,9 +103,7 @@ class Portfolio:
 
     # ---- mutation (engine only) ----------------------------------------------------------
     def mark(self, candle: Candle) -> None:
-        if self._price_floats.get(candle.symbol) != candle.close:
-            self._price_floats[candle.symbol] = candle.close
-            self._prices.pop(candle.symbol, None)
+        self._closes.update(candle.symbol, candle.close)
         if candle.mark is not None:
             self._marks[candle.symbol] = to_decimal(candle.mark.close)
 

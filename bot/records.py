@@ -1,5 +1,5 @@
 """Ledger records the engine writes for things that are not orders: the signed commands it
-saw and a fatal venue error. Pure: each returns or fills rows and
+saw, a trading-state change and a fatal venue error. Pure: each returns or fills rows and
 audit payloads; the engine commits them."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from bot.domain import CommandRecord, ControlRequest
+from bot.domain import CommandRecord, ControlRequest, Transition
 from bot.errors import FatalExchangeError
 
 
@@ -29,3 +29,15 @@ def fatal_payload(exc: FatalExchangeError) -> dict[str, object]:
     """Why a run ended on a configuration or permission error, and what to fix."""
     return {"error": " ".join(str(exc).split())[:500], "ccxt_class": exc.ccxt_class,
             "kind": type(exc).__name__, "fix": exc.fix}
+
+
+def transition_payload(t: Transition, channel: str | None = None) -> dict[str, object]:
+    """A trading-state change as its audit event tells it: from, to, why, by whom, how."""
+    payload: dict[str, object] = {
+        "from": t.before.value, "to": t.after.value, "reason": t.reason, "by": t.source,
+    }
+    if t.operator:
+        payload["operator"] = t.operator
+    if channel:
+        payload["channel"] = channel
+    return payload

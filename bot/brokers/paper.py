@@ -42,7 +42,7 @@ from bot.domain import (
     Side,
     VenueState,
 )
-from bot.portfolio import to_decimal
+from bot.portfolio import LastCloses, to_decimal
 from risk.margin import (
     MarginTerms,
     initial_margin,
@@ -86,8 +86,7 @@ class PaperBroker:
         self._specs: dict[str, MarketSpec] = {}
         self._working: dict[str, Order] = {}  # client id -> order, in arrival order
         self._triggered: set[str] = set()  # stop orders that have triggered
-        self._close_float: dict[str, float] = {}  # each symbol's last close
-        self._last_close: dict[str, Decimal] = {}  # the same as a Decimal, once asked for
+        self._closes = LastCloses()
         self._fill_seq: dict[str, int] = {}
 
     async def markets(self, symbols: Sequence[str]) -> Mapping[str, MarketSpec]:
@@ -163,7 +162,7 @@ class PaperBroker:
     def _problem(self, order: Order, spec: MarketSpec) -> str | None:
         if order.quantity != spec.floor_qty(order.quantity):
             return f"quantity {order.quantity} is not a multiple of the step {spec.amount_step}"
-        price = order.limit_price or order.stop_price or self._close(order.symbol)
+        price = order.limit_price or order.stop_price or self._closes.get(order.symbol)
         if price is None:
             return None  # no reference yet: checked at fill time
         minimum = spec.minimum_problem(order.quantity, price)
@@ -212,7 +211,7 @@ class PaperBroker:
             if pos.quantity == 0 or sym not in self._specs:
                 continue
             spec = self._specs[sym]
-            mark = self._marks.get(sym) or self._close(sym) or pos.avg_price
+            mark = self._marks.get(sym) or self._closes.get(sym) or pos.avg_price
             notional = abs(pos.quantity) * pos.avg_price * spec.contract_size
             free += pos.quantity * spec.contract_size * (mark - pos.avg_price)
             free -= initial_margin(notional, self.margin.leverage_of(spec, notional))
@@ -220,7 +219,7 @@ class PaperBroker:
             ospec = self._specs.get(o.symbol)
             if ospec is None or not ospec.margined or o.reduce_only:
                 continue
-            ref = o.limit_price or o.stop_price or self._close(o.symbol) or ZERO
+            ref = o.limit_price or o.stop_price or self._closes.get(o.symbol) or ZERO
             free -= initial_margin(o.remaining * ref * ospec.contract_size,
                                    self.margin.leverage_of(ospec, o.remaining * ref))
         return free
@@ -237,20 +236,9 @@ class PaperBroker:
         total = ZERO
         for o in self._working.values():
             if o.side is Side.BUY:
-                ref = o.limit_price or o.stop_price or self._close(o.symbol) or ZERO
+                ref = o.limit_price or o.stop_price or self._closes.get(o.symbol) or ZERO
                 total += o.remaining * ref
         return total
-
-    def _close(self, symbol: str) -> Decimal | None:
-        """The symbol's last close as a Decimal (converted when first asked for, not on every
-        candle)."""
-        close = self._last_close.get(symbol)
-        if close is None:
-            last = self._close_float.get(symbol)
-            if last is None:
-                return None
-            close = self._last_close[symbol] = to_decimal(last)
-        return close
 
     def _reserved_base(self, symbol: str) -> Decimal:
         return sum(
@@ -269,9 +257,7 @@ class PaperBroker:
 
     # ---- the fill model -----------------------------------------------------------------
     async def on_candle(self, candle: Candle) -> list[OrderUpdate]:
-        if self._close_float.get(candle.symbol) != candle.close:
-            self._close_float[candle.symbol] = candle.close
-            self._last_close.pop(candle.symbol, None)
+        self._closes.update(candle.symbol, candle.close)
         updates: list[OrderUpdate] = []
         spec = self._specs.get(candle.symbol)
         margined = spec is not None and spec.margined
@@ -354,7 +340,7 @@ class PaperBroker:
         if pos is None or pos.quantity == 0 or spec is None or not spec.margined:
             return []
         mark = (to_decimal(funding.mark) if funding.mark else None) or \
-            self._marks.get(funding.symbol) or self._close(funding.symbol)
+            self._marks.get(funding.symbol) or self._closes.get(funding.symbol)
         if mark is None:
             return []
         rate = to_decimal(funding.rate)
