@@ -46,6 +46,48 @@ class LastCloses:
         return price
 
 
+class WorkingOrders:
+    """Working orders by client id, in arrival order, and the same by symbol: a candle
+    looks at its own symbol's orders without walking every other symbol's."""
+
+    __slots__ = ("_all", "_of")
+
+    def __init__(self) -> None:
+        self._all: dict[str, Order] = {}
+        self._of: dict[str, dict[str, Order]] = {}
+
+    def __contains__(self, cid: str) -> bool:
+        return cid in self._all
+
+    def __len__(self) -> int:
+        return len(self._all)
+
+    def get(self, cid: str) -> Order | None:
+        return self._all.get(cid)
+
+    def put(self, order: Order) -> None:
+        """Add ``order``, or replace the one with its client id where it stands."""
+        self._all[order.client_order_id] = order
+        mine = self._of.get(order.symbol)
+        if mine is None:
+            mine = self._of[order.symbol] = {}
+        mine[order.client_order_id] = order
+
+    def pop(self, cid: str) -> Order | None:
+        order = self._all.pop(cid, None)
+        if order is not None:
+            del self._of[order.symbol][cid]
+        return order
+
+    def all(self) -> list[Order]:
+        return list(self._all.values())
+
+    def of(self, symbol: str) -> list[Order]:
+        """``symbol``'s orders, in arrival order (a copy: safe to change the book meanwhile)."""
+        mine = self._of.get(symbol)
+        return list(mine.values()) if mine else []
+
+
 class Portfolio:
     def __init__(self, account: str, cash: Decimal, quote: str,
                  margined: Iterable[str] = ()) -> None:
@@ -55,8 +97,7 @@ class Portfolio:
         self._marks: dict[str, Decimal] = {}
         self._cash = cash
         self._positions: dict[str, Position] = {}
-        self._orders: dict[str, Order] = {}
-        self._orders_of: dict[str, dict[str, Order]] = {}  # the same, by symbol
+        self._orders = WorkingOrders()
         self._closes = LastCloses()
 
     # ---- PortfolioView -------------------------------------------------------------------
@@ -72,10 +113,7 @@ class Portfolio:
         return [p for p in self._positions.values() if p.quantity != 0]
 
     def working_orders(self, symbol: str | None = None) -> Sequence[Order]:
-        if symbol is None:
-            return list(self._orders.values())
-        mine = self._orders_of.get(symbol)
-        return list(mine.values()) if mine else []
+        return self._orders.all() if symbol is None else self._orders.of(symbol)
 
     def price(self, symbol: str) -> Decimal | None:
         return self._closes.get(symbol)
@@ -126,8 +164,7 @@ class Portfolio:
         for p in positions:
             self._positions[p.symbol] = p
         for o in orders:
-            self._orders[o.client_order_id] = o
-            self._orders_of.setdefault(o.symbol, {})[o.client_order_id] = o
+            self._orders.put(o)
 
     def adopt(self, cash: Decimal, positions: Iterable[Position]) -> None:
         """Take the venue's balances as the starting point (an account's first start)."""
@@ -136,13 +173,10 @@ class Portfolio:
             self._positions[p.symbol] = p
 
     def track(self, order: Order) -> None:
-        mine = self._orders_of.setdefault(order.symbol, {})
         if order.status.is_terminal:
-            self._orders.pop(order.client_order_id, None)
-            mine.pop(order.client_order_id, None)
+            self._orders.pop(order.client_order_id)
         else:
-            self._orders[order.client_order_id] = order
-            mine[order.client_order_id] = order
+            self._orders.put(order)
 
     def apply_fill(self, fill: Fill) -> Position:
         """Book a fill: position by average cost, cash by notional; the fee comes off the cash

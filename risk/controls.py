@@ -8,15 +8,14 @@ only by the controls that apply to every order (collar, rate, venue minimums).
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import dataclass
 from decimal import Decimal
 from typing import Protocol
 
-from bot.domain import ZERO, MarketSpec, Side
+from bot.domain import ZERO, MarketSpec, Side, message
 from bot.ports import PortfolioView
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Proposal:
     symbol: str
     side: Side
@@ -29,7 +28,7 @@ class Proposal:
     portfolio: PortfolioView
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Verdict:
     quantity: Decimal
     reason: str = ""

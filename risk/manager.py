@@ -38,6 +38,7 @@ from bot.domain import (
     TradeClosedObs,
     Transition,
     Trip,
+    evolve,
 )
 from bot.ports import PortfolioView
 from risk.breakers import (
@@ -105,6 +106,7 @@ class RiskManager:
                                cfg.volatility_hold_candles * timeframe_ms),
         ]
         self._watchers: dict[type, list[Breaker]] = {}
+        self._ok_call = ExchangeCallObs(-1, True)
         self.throttle = OrderRateThrottle(cfg.max_orders, cfg.max_orders_window_s * 1000)
         self.controls: list[Control] = [
             MaxNotional(cfg.max_order_notional), MaxQuantity(cfg.max_order_quantity),
@@ -170,16 +172,18 @@ class RiskManager:
                 want = min(want, intent.quantity)
             reason = s.reason
         qty = want
+        proposal = Proposal(intent.symbol, intent.side, qty, price, intent.limit_price, reduces,
+                            self.now, market, pf)
         for control in self.controls:
             if reduces and control.name in ("max_notional", "max_quantity", "max_open_positions",
                                             "max_exposure"):
                 continue
-            v = control.check(Proposal(intent.symbol, intent.side, qty, price, intent.limit_price,
-                                       reduces, self.now, market, pf))
+            v = control.check(proposal)
             if v.quantity <= 0:
                 return RiskDecision(intent, False, ZERO, f"{control.name}: {v.reason}")
             if v.quantity < qty:
                 qty, reason = v.quantity, f"{reason}; {v.reason}"
+                proposal = evolve(proposal, quantity=qty)  # the next control sees the shrunk one
         if market.margined and not reduces:
             return self._margin_gate(intent, qty, price, market, pf, reason, markets)
         return RiskDecision(intent, True, qty, reason)
@@ -250,11 +254,18 @@ class RiskManager:
         self.report.transitions.append({"ts": t.ts, "from": t.before.value, "to": t.after.value,
                                         "by": t.source, "reason": t.reason})
 
-    def observe(self, obs: Observation, ts: int) -> list[Transition]:
-        watchers = self._watchers.get(type(obs))
+    def _watched(self, kind: type) -> list[Breaker]:
+        """The breakers that watch observations of ``kind`` (none: nothing to build)."""
+        watchers = self._watchers.get(kind)
         if watchers is None:
-            watchers = self._watchers[type(obs)] = [b for b in self.breakers
-                                                    if isinstance(obs, b.watches)]
+            watchers = self._watchers[kind] = [b for b in self.breakers
+                                               if issubclass(kind, b.watches)]
+        return watchers
+
+    def observe(self, obs: Observation, ts: int) -> list[Transition]:
+        watchers = self._watchers.get(type(obs)) or self._watched(type(obs))
+        if not watchers:
+            return []
         if len(watchers) == 1:  # most observations have one breaker watching them
             trips = watchers[0].observe(obs)
         else:
@@ -271,7 +282,7 @@ class RiskManager:
             self._remember(t)
             out.append(t)
         last = self._last_call.pop(candle.symbol, None)
-        if last is not None and candle.close != last[1]:
+        if last is not None and candle.close != last[1] and self._watched(PredictionObs):
             out += self.observe(
                 PredictionObs(self.now, (last[0] > 0.5) == (candle.close > last[1])), self.now
             )
@@ -317,7 +328,12 @@ class RiskManager:
         return self.observe(FeedObs(ts, stale, reason), ts)
 
     def on_exchange_call(self, ok: bool) -> list[Transition]:
-        trips = self._errors.observe(ExchangeCallObs(self.now, ok))
+        obs = self._ok_call
+        if not ok or obs.ts != self.now:
+            obs = ExchangeCallObs(self.now, ok)
+            if ok:  # a step's venue calls mostly succeed: one observation for them all
+                self._ok_call = obs
+        trips = self._errors.observe(obs)
         return self._apply(trips, self.now) if trips else []
 
     def model_health(self) -> dict[str, object]:

@@ -25,6 +25,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from bot.domain import message
+
 
 def kelly(p: float, b: float) -> float:
     """Kelly fraction f* = p - (1 - p) / b for win probability p and payoff ratio b."""
@@ -48,7 +50,7 @@ def break_even(b: float, cost_r: float = 0.0) -> float:
     return (1.0 + cost_r) / (1.0 + b)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class SizingInputs:
     equity: float
     price: float
@@ -77,7 +79,7 @@ class SizingParams:
         return bet_distances(self.k_stop, self.k_target, direction)
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class Sizing:
     quantity: float
     kelly: float  # f* (0 for fixed-fractional)

@@ -4,10 +4,10 @@ that only ever moves in the position's favour. ``direction`` 1 is long (stop bel
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from bot.domain import message
 
 
-@dataclass(frozen=True, slots=True)
+@message
 class StopLevels:
     entry: float
     stop: float

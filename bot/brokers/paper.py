@@ -42,7 +42,7 @@ from bot.domain import (
     Side,
     VenueState,
 )
-from bot.portfolio import LastCloses, to_decimal
+from bot.portfolio import LastCloses, WorkingOrders, to_decimal
 from risk.margin import (
     MarginTerms,
     initial_margin,
@@ -84,7 +84,7 @@ class PaperBroker:
         self._participation = participation
         self._fee_rate = fee_rate
         self._specs: dict[str, MarketSpec] = {}
-        self._working: dict[str, Order] = {}  # client id -> order, in arrival order
+        self._working = WorkingOrders()  # client id -> order, in arrival order
         self._triggered: set[str] = set()  # stop orders that have triggered
         self._closes = LastCloses()
         self._fill_seq: dict[str, int] = {}
@@ -105,14 +105,15 @@ class PaperBroker:
         for o in orders:
             if o.status is OrderStatus.PENDING_SUBMIT:
                 continue  # never reached this venue: the engine resubmits it
-            self._working[o.client_order_id] = o
+            self._working.put(o)
             self._fill_seq[o.client_order_id] = 0 if o.filled_qty == 0 else 1_000
 
     # ---- requests -----------------------------------------------------------------------
     async def submit(self, order: Order) -> OrderUpdate:
         now = self._clock.now_ms()
         if order.client_order_id in self._working:
-            return OrderUpdate(self._working[order.client_order_id], note="duplicate client id")
+            return OrderUpdate(self._working.get(order.client_order_id) or order,
+                               note="duplicate client id")
         spec = self._specs.get(order.symbol)
         if spec is None:
             return OrderUpdate(order.transition(OrderStatus.REJECTED, now, "unknown symbol"))
@@ -120,7 +121,7 @@ class PaperBroker:
         if problem:
             return OrderUpdate(order.transition(OrderStatus.REJECTED, now, problem))
         acked = order.transition(OrderStatus.OPEN, now)
-        self._working[order.client_order_id] = acked
+        self._working.put(acked)
         self._fill_seq.setdefault(order.client_order_id, 0)
         fresh = self._fresh.get(order.symbol)
         if fresh is not None and acked.is_protective and not self._liquidated_first(fresh,
@@ -152,7 +153,7 @@ class PaperBroker:
         return bar.high >= liq and (liq <= stop.stop_price or c.high < stop.stop_price)
 
     async def cancel(self, order: Order) -> OrderUpdate:
-        live = self._working.pop(order.client_order_id, None)
+        live = self._working.pop(order.client_order_id)
         now = self._clock.now_ms()
         if live is None:
             return OrderUpdate(order, note="not working at the venue")
@@ -187,8 +188,8 @@ class PaperBroker:
         held = self.positions.get(order.symbol, Position("", order.symbol)).quantity
         reduces = held * order.side.sign < 0
         if order.reduce_only:
-            resting = sum((o.remaining for o in self._working.values()
-                           if o.symbol == order.symbol and o.reduce_only
+            resting = sum((o.remaining for o in self._working.of(order.symbol)
+                           if o.reduce_only
                            and o.order_type is not OrderType.STOP), ZERO)
             if not reduces or order.quantity > abs(held) - resting:
                 if order.order_type is OrderType.STOP and reduces \
@@ -215,7 +216,7 @@ class PaperBroker:
             notional = abs(pos.quantity) * pos.avg_price * spec.contract_size
             free += pos.quantity * spec.contract_size * (mark - pos.avg_price)
             free -= initial_margin(notional, self.margin.leverage_of(spec, notional))
-        for o in self._working.values():
+        for o in self._working.all():
             ospec = self._specs.get(o.symbol)
             if ospec is None or not ospec.margined or o.reduce_only:
                 continue
@@ -234,7 +235,7 @@ class PaperBroker:
 
     def _reserved_cash(self) -> Decimal:
         total = ZERO
-        for o in self._working.values():
+        for o in self._working.all():
             if o.side is Side.BUY:
                 ref = o.limit_price or o.stop_price or self._closes.get(o.symbol) or ZERO
                 total += o.remaining * ref
@@ -244,8 +245,8 @@ class PaperBroker:
         return sum(
             (
                 o.remaining
-                for o in self._working.values()
-                if o.symbol == symbol and o.side is Side.SELL
+                for o in self._working.of(symbol)
+                if o.side is Side.SELL
             ),
             ZERO,
         )
@@ -267,7 +268,7 @@ class PaperBroker:
             if fresh is not None:
                 updates += self._liquidate(fresh, spec)  # the check the entry's candle deferred
             held = self.positions.get(candle.symbol, Position("", candle.symbol)).quantity
-        mine = [o for o in self._working.values() if o.symbol == candle.symbol] if held else []
+        mine = self._working.of(candle.symbol) if held else []
         if margined and spec is not None and held and not any(
                 self._fills_at_open(o, candle) for o in mine) and all(
                 self._liquidated_first(candle, o) for o in mine if o.is_protective):
@@ -275,8 +276,8 @@ class PaperBroker:
             # market) goes first
             updates += self._liquidate(candle, spec)
             held = self.positions[candle.symbol].quantity
-        for cid in [k for k, o in self._working.items() if o.symbol == candle.symbol]:
-            order = self._working.get(cid)
+        for listed in self._working.of(candle.symbol):
+            order = self._working.get(listed.client_order_id)  # as an earlier fill left it
             if order is None or candle.ts <= order.signal_ts:
                 continue  # decided on this candle's close or later: fills from the next one
             update = self._match(order, candle)
@@ -308,9 +309,9 @@ class PaperBroker:
         if not crossed:
             return []
         out = []
-        for cid in [k for k, o in self._working.items() if o.symbol == c.symbol]:
-            o = self._working.pop(cid)
-            self._triggered.discard(cid)
+        for o in self._working.of(c.symbol):
+            self._working.pop(o.client_order_id)
+            self._triggered.discard(o.client_order_id)
             out.append(OrderUpdate(o.transition(OrderStatus.CANCELLED, c.ts,
                                                 "cancelled by the venue's liquidation")))
         price = spec.round_price(liq)
@@ -404,14 +405,14 @@ class PaperBroker:
         if note and updated.status is not OrderStatus.FILLED:
             updated = updated.transition(OrderStatus.CANCELLED, c.ts, note)
         if updated.status.is_terminal:
-            self._working.pop(order.client_order_id, None)
+            self._working.pop(order.client_order_id)
             self._triggered.discard(order.client_order_id)
         else:
-            self._working[order.client_order_id] = updated
+            self._working.put(updated)
         return OrderUpdate(updated, (fill,), note)
 
     def _cancel_rest(self, order: Order, ts: int, note: str) -> OrderUpdate:
-        self._working.pop(order.client_order_id, None)
+        self._working.pop(order.client_order_id)
         self._triggered.discard(order.client_order_id)
         return OrderUpdate(order.transition(OrderStatus.CANCELLED, ts, note), (), note)
 
