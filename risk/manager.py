@@ -266,10 +266,11 @@ class RiskManager:
         watchers = self._watchers.get(type(obs)) or self._watched(type(obs))
         if not watchers:
             return []
-        if len(watchers) == 1:  # most observations have one breaker watching them
-            trips = watchers[0].observe(obs)
-        else:
-            trips = [trip for b in watchers for trip in b.observe(obs)]
+        trips = watchers[0].observe(obs)
+        for b in watchers[1:]:  # most observations have one or two breakers watching them
+            more = b.observe(obs)
+            if more:
+                trips = trips + more
         return self._apply(trips, ts) if trips else []
 
     def on_candle(self, candle: Candle, atr: float) -> list[Transition]:

@@ -100,8 +100,9 @@ class TrendFollowStrategy:
         self.shorts = shorts
 
     def decide(self, signal: Signal, portfolio: PortfolioView) -> OrderIntent | None:
-        if any(not o.is_protective for o in portfolio.working_orders(signal.symbol)):
-            return None  # one thing at a time per symbol (resting stops do not count)
+        for o in portfolio.working_orders(signal.symbol):
+            if not o.is_protective:
+                return None  # one thing at a time per symbol (resting stops do not count)
         held = portfolio.position(signal.symbol).quantity
         if signal.p_up > 0.5 and held == 0:
             return OrderIntent(

@@ -12,6 +12,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -56,6 +57,10 @@ def to_dt(ms: int) -> datetime:
 
 # signals.regime is an integer column: bear 0, neutral 1, bull 2, unknown NULL
 REGIME_CODES = {Regime.BEAR: 0, Regime.NEUTRAL: 1, Regime.BULL: 2}
+# the signal attributes stored as they are, read in one C call per row
+SIGNAL_FIELDS = ("symbol", "p_up", "expected_return", "dispersion", "price", "source",
+                 "model_version")
+signal_fields = attrgetter(*SIGNAL_FIELDS)
 
 
 @lru_cache(maxsize=4096)
@@ -362,12 +367,11 @@ class PostgresLedger:
                                  "received_at": to_dt(r.received_at)}
                                 for r in unit.commands.values()])
         if unit.signals:
+            regime = REGIME_CODES.get
             await raw.copy_records_to_table("signals", columns=[
-                "run_id", "account", "symbol", "ts", "p_up", "expected_return", "dispersion",
-                "regime", "price", "source", "model_version", "members"], records=[
-                (run_id, account, s.symbol, to_dt(s.ts), s.p_up, s.expected_return,
-                 s.dispersion, REGIME_CODES.get(s.regime), s.price, s.source, s.model_version,
-                 members_json(s.members))
+                *SIGNAL_FIELDS, "run_id", "account", "ts", "regime", "members"], records=[
+                signal_fields(s) + (run_id, account, to_dt(s.ts), regime(s.regime),
+                                    members_json(s.members) if s.members else None)
                 for run_id, account, s in unit.signals])
         if unit.equity:
             await raw.copy_to_table("equity_snapshots", columns=[
