@@ -13,6 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from bot.cli import app
+from bot.ledger.repository import AUDIT_APPEND
 from bot.ledger.urls import async_url, plain_url
 from tests.helpers import write_series
 
@@ -234,13 +235,14 @@ def test_a_forged_carried_head_is_refused(fresh_db: str) -> None:
     assert ok.exit_code == 0 and "audit chain intact: 3 rows" in ok.output, ok.output
 
 
-def test_a_batch_chained_through_the_inbox_is_the_chain_rows_would_make(fresh_db: str) -> None:
-    """Migration 0010: the service COPYs a unit's audit rows into ``audit_inbox`` and one call
-    of ``audit_append_inbox()`` chains them all. The result must be the chain the row trigger
-    makes: ``audit verify`` recomputes every link in Python (``link_hash``) from the rows, so
-    a batch whose canonical text or order differed would fail it. Rows inserted one at a time
-    before and after, in the same transaction and in later ones, continue the same chain, and
-    the inbox is empty afterwards."""
+def test_a_batch_chained_in_one_call_is_the_chain_rows_would_make(fresh_db: str) -> None:
+    """Migration 0013: the service passes a unit's audit rows as one array per column to
+    ``audit_append(...)``, which chains them all in one call. The result must be the chain the
+    row trigger makes: ``audit verify`` recomputes every link in Python (``link_hash``) from
+    the rows, so a batch whose canonical text or order differed would fail it. Rows inserted
+    one at a time before and after, in the same transaction and in later ones, continue the
+    same chain; the batch's ids rise with its seqs; columns of different lengths are refused
+    and chain nothing."""
     runner = CliRunner()
     assert runner.invoke(app, ["db", "upgrade", "--db", fresh_db]).exit_code == 0
     insert = ("INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, payload) "
@@ -248,39 +250,43 @@ def test_a_batch_chained_through_the_inbox_is_the_chain_rows_would_make(fresh_db
     at = datetime(2024, 1, 1, tzinfo=UTC)
     rows = [("acct", "run1", at, "test.batch", "e", str(i),
              json.dumps({"i": i, "q": "0.00100000", "s": "é" * (i % 3)})) for i in range(500)]
+    columns = [list(c) for c in zip(*rows, strict=True)]
 
-    async def go() -> tuple[int, int, int, list[str]]:
+    async def go() -> tuple[int, int, str, list[str], list[int]]:
         conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
         try:
             await conn.execute("SET ROLE stackbot_app")  # as the service writes
             await conn.execute(insert, "before")
             async with conn.transaction():
                 await conn.execute(insert, "same-tx-before")
-                await conn.copy_records_to_table(
-                    "audit_inbox", columns=["account", "run_id", "ts", "kind", "entity",
-                                            "entity_id", "payload"], records=rows)
-                chained = await conn.fetchval("SELECT audit_append_inbox()")
+                chained = await conn.fetchval(AUDIT_APPEND, *columns)
                 await conn.execute(insert, "same-tx-after")
             await conn.execute(insert, "after")
+            try:
+                async with conn.transaction():
+                    await conn.fetchval(AUDIT_APPEND, *columns[:-1], columns[-1][:-1])
+                refused = ""
+            except asyncpg.PostgresError as exc:
+                refused = f"{type(exc).__name__}: {exc}"
             await conn.execute("RESET ROLE")
             head = await conn.fetchval("SELECT seq FROM audit_chain_head WHERE id = 1")
-            left = await conn.fetchval("SELECT count(*) FROM audit_inbox")
-            order = [r["entity_id"] for r in await conn.fetch(
-                "SELECT entity_id FROM audit_events ORDER BY seq")]
-            return chained, head, left, order
+            got = await conn.fetch("SELECT entity_id, id FROM audit_events ORDER BY seq")
+            return chained, head, refused, [r["entity_id"] for r in got], [r["id"] for r in got]
         finally:
             await conn.close()
 
-    chained, head, left, order = asyncio.run(go())
-    assert chained == 500 and head == 504 and left == 0
+    chained, head, refused, order, ids = asyncio.run(go())
+    assert chained == 500 and head == 504
     assert order == ["before", "same-tx-before", *map(str, range(500)), "same-tx-after",
                      "after"]
+    assert ids == sorted(ids)
+    assert refused.startswith("InvalidParameterValueError") and "500 rows" in refused, refused
     ok = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
     assert ok.exit_code == 0 and "audit chain intact: 504 rows" in ok.output, ok.output
 
 
 def test_the_service_cannot_mark_its_own_insert_as_a_chained_batch(fresh_db: str) -> None:
-    """Only ``audit_append_inbox()`` (running as the table's owner) may insert rows the row
+    """Only ``audit_append(...)`` (running as the table's owner) may insert rows the row
     trigger does not chain. The service's login can set the batch mark of its own
     transaction, but its insert is not the owner's: the trigger still runs, so a seq and
     hash it makes up are replaced by the chain's, and nothing off the chain is appended."""

@@ -80,9 +80,11 @@ def test_the_service_login_cannot_reset_role_to_gain_the_owners_rights(
         "VALUES ('a', 'r', now(), 'test.kind', 'e', '1', '{}')",
         "UPDATE orders SET status = status"])) == ["done", "done"]
 
-    # the owner can still migrate: take the schema six steps back (0012 only redefines a
-    # function 0010 made), then upgrade again
+    # the owner can still migrate: take the schema seven steps back (0012 only redefines a
+    # function 0010 made; 0013 replaces 0010's inbox and its function), then upgrade again
     asyncio.run(_attempts(fresh_db, [
+        "DROP FUNCTION audit_append(text[], text[], timestamptz[], text[], text[], text[], "
+        "jsonb[])",  # what 0013 added
         *(f"DROP TRIGGER {table}_run_ref_{event} ON {table}"  # what 0011 changed and added
           for table in ("signals", "equity_snapshots") for event in ("insert", "update")),
         "DROP TRIGGER runs_referenced_delete ON runs",
@@ -93,8 +95,7 @@ def test_the_service_login_cannot_reset_role_to_gain_the_owners_rights(
         "DROP TRIGGER audit_events_chain ON audit_events",  # what 0010 changed and added
         "CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events FOR EACH ROW "
         "EXECUTE FUNCTION audit_events_chain()",
-        "DROP FUNCTION audit_append_inbox()", "DROP FUNCTION audit_batch_trusted()",
-        "DROP TABLE audit_inbox",
+        "DROP FUNCTION audit_batch_trusted()",
         "DROP TABLE cash_flows",  # what 0009 added
         "ALTER TABLE positions DROP COLUMN liquidation_price",
         "ALTER TABLE signals DROP COLUMN members",  # what 0008 added

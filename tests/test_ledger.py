@@ -216,3 +216,22 @@ async def test_an_order_upsert_keeps_the_latest_state_and_never_rewrites_a_finis
             row["order_type"], row["reduce_only"]) == ("cancelled", "done", D("99.5"),
                                                        D("0.5"), "stop", False)
     assert row["updated_at"].timestamp() == 3.0 and row["signal_ts"].timestamp() == 0.9
+    # many orders in one statement (a column an array): NULLs and exact decimals per row
+    many = UnitOfWork()
+    for i, (limit, venue_id) in enumerate([(D("100.123456789"), None), (None, "x-2"),
+                                           (D("0.00000001"), "x-3")]):
+        o = Order(f"up-m{i}", "acct-up", "upsert01", ("BTC/USDT", "ETH/USDT")[i % 2], Side.SELL,
+                  OrderType.LIMIT, D("1.5") + i, OrderStatus.OPEN, 5_000 + i, 5_000 + i, 4_000,
+                  "m", f"r{i}", limit_price=limit, exchange_order_id=venue_id,
+                  reduce_only=i == 1)
+        many.orders[o.client_order_id] = o
+    many.orders["up-1"] = base.transition(OrderStatus.PARTIALLY_FILLED, 6_000, "stale again")
+    await ledger.commit(many)
+    rows = await fetch(pg_url, "SELECT * FROM orders WHERE client_order_id LIKE 'up-%' "
+                       "ORDER BY client_order_id")
+    assert [(r["client_order_id"], r["symbol"], r["limit_price"], r["exchange_order_id"],
+             r["quantity"], r["reduce_only"], r["reason"], r["status"]) for r in rows] == [
+        ("up-1", "BTC/USDT", None, None, D("0.5"), False, "entry", "cancelled"),
+        ("up-m0", "BTC/USDT", D("100.123456789"), None, D("1.5"), False, "r0", "open"),
+        ("up-m1", "ETH/USDT", None, "x-2", D("2.5"), True, "r1", "open"),
+        ("up-m2", "BTC/USDT", D("0.00000001"), "x-3", D("3.5"), False, "r2", "open")]

@@ -5,6 +5,7 @@ hears of it at its next commit or flush."""
 from __future__ import annotations
 
 import asyncio
+import json
 import threading
 from decimal import Decimal as D
 
@@ -73,3 +74,43 @@ async def test_nothing_after_a_failed_batch_is_written(pg_url: str) -> None:
 def test_batch_and_depth_are_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PipelinedLedger(PostgresLedger.from_url("postgresql://x@127.0.0.1:1/x"), batch=0)
+
+
+async def test_the_risk_memory_of_a_batch_is_taken_on_the_engine_thread_as_of_its_last_step(
+        pg_url: str) -> None:
+    """A unit carries the risk manager's memory as a callable, read when the unit is written.
+    The writer thread must not call it: the engine keeps changing that state meanwhile (a
+    breaker's window that grows while it is copied fails the copy), and the batch's memory
+    must be the one of its own last step, not of whatever step the engine has reached."""
+    from bot.domain import RiskState
+
+    engine_thread = threading.get_ident()
+    seen: list[tuple[int, int]] = []  # (thread, step) of every read
+    step = 0
+
+    def memory() -> dict[str, object]:
+        seen.append((threading.get_ident(), step))
+        return {"machine": RiskState().snapshot(), "step": step}
+
+    inner = PostgresLedger.from_url(pg_url)
+    written: list[int] = []
+    commit = inner.commit
+
+    async def spy(unit: UnitOfWork) -> None:
+        await asyncio.sleep(0.05)  # the engine goes on meanwhile
+        written.extend(m()["step"] for m in unit.risk_memory.values())
+        await commit(unit)
+
+    inner.commit = spy  # type: ignore[method-assign]
+    led = PipelinedLedger(inner, batch=3, depth=2)
+    await led.start_run("memo1", "acct-memo", "backtest", "sim", ["BTC/USDT"], "1h", "t", {},
+                        D(1000))
+    for step in range(1, 10):
+        unit = _event("memo", step)
+        unit.risk_memory["acct-memo"] = memory
+        await led.commit(unit)
+    await led.close()
+    assert seen and {thread for thread, _ in seen} == {engine_thread}
+    assert written == [3, 6, 9]  # each batch's own last step
+    rows = await fetch(pg_url, "SELECT breakers FROM risk_states WHERE account = 'acct-memo'")
+    assert json.loads(rows[0]["breakers"])["step"] == 9

@@ -34,7 +34,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from concurrent.futures import Future
 from decimal import Decimal
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from bot.domain import AccountState, ActiveModel, ControlRequest, UnitOfWork
 from bot.errors import LedgerError
@@ -42,6 +42,10 @@ from bot.ledger.repository import PostgresLedger
 
 T = TypeVar("T")
 SWITCH_INTERVAL_S = 0.0005
+
+
+def _taken(memory: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    return lambda: memory
 
 
 class PipelinedLedger:
@@ -123,6 +127,11 @@ class PipelinedLedger:
         while len(self._inflight) >= self.depth:
             await self._inflight.popleft()
         unit, self._pending, self._count = self._pending, UnitOfWork(), 0
+        # The risk manager's memory is read here, on the engine's thread, as of the batch's
+        # last step. Read on the writer thread it would be a later step's (or fail: its
+        # windows change size while the engine runs), beside this batch's rows.
+        unit.risk_memory = {account: _taken(memory_of())
+                            for account, memory_of in unit.risk_memory.items()}
         self._inflight.append(self._submit(lambda: self.inner.commit(unit)))
 
     async def flush(self) -> None:

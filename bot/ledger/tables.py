@@ -196,22 +196,6 @@ class AuditEventRow(Base):
     )
 
 
-class AuditInboxRow(Base):
-    """Where a unit's audit rows wait, inside its transaction, for ``audit_append_inbox()``
-    to chain them all in one call (migration 0010). Unlogged: nothing stays past a commit."""
-
-    __tablename__ = "audit_inbox"
-    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
-    account: Mapped[str] = mapped_column(Text)
-    run_id: Mapped[str] = mapped_column(String(32))
-    ts: Mapped[datetime] = mapped_column(TS)
-    kind: Mapped[str] = mapped_column(Text)
-    entity: Mapped[str] = mapped_column(Text)
-    entity_id: Mapped[str] = mapped_column(Text)
-    payload: Mapped[dict[str, Any]] = mapped_column(JSONB)
-    __table_args__ = {"prefixes": ["UNLOGGED"]}
-
-
 class RiskStateRow(Base):
     """The trading state per account; HALTED latches across restarts through this row."""
 

@@ -43,6 +43,24 @@ CANONICAL = ("concat_ws('|', s::text, r.account, r.run_id, "
 
 
 def upgrade() -> None:
+    create_inbox()
+    op.execute("""
+        CREATE FUNCTION audit_batch_trusted() RETURNS boolean LANGUAGE sql STABLE AS $$
+            -- never NULL: an unset mark must not read as "not untrusted" in the WHEN clause
+            SELECT coalesce(current_setting('stackbot.audit_batch', true)
+                            = txid_current()::text, false)
+               AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
+                                   WHERE oid = 'public.audit_events'::regclass)
+        $$
+    """)
+    op.execute("DROP TRIGGER audit_events_chain ON audit_events")
+    op.execute("CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events FOR EACH ROW "
+               "WHEN (NOT audit_batch_trusted()) EXECUTE FUNCTION audit_events_chain()")
+
+
+def create_inbox() -> None:
+    """The inbox and ``audit_append_inbox()`` as this revision made them (what migration
+    0013's downgrade puts back)."""
     op.execute("""
         CREATE UNLOGGED TABLE audit_inbox (
             id BIGSERIAL PRIMARY KEY,
@@ -57,15 +75,6 @@ def upgrade() -> None:
     """)
     op.execute(f"GRANT INSERT ON audit_inbox TO {ROLE}")
     op.execute(f"GRANT USAGE ON SEQUENCE audit_inbox_id_seq TO {ROLE}")
-    op.execute("""
-        CREATE FUNCTION audit_batch_trusted() RETURNS boolean LANGUAGE sql STABLE AS $$
-            -- never NULL: an unset mark must not read as "not untrusted" in the WHEN clause
-            SELECT coalesce(current_setting('stackbot.audit_batch', true)
-                            = txid_current()::text, false)
-               AND current_user = (SELECT pg_get_userbyid(relowner) FROM pg_class
-                                   WHERE oid = 'public.audit_events'::regclass)
-        $$
-    """)
     op.execute(f"""
         CREATE FUNCTION audit_append_inbox() RETURNS bigint LANGUAGE plpgsql
         SECURITY DEFINER SET search_path = public AS $$
@@ -119,9 +128,6 @@ def upgrade() -> None:
     """)
     op.execute("REVOKE ALL ON FUNCTION audit_append_inbox() FROM PUBLIC")
     op.execute(f"GRANT EXECUTE ON FUNCTION audit_append_inbox() TO {ROLE}")
-    op.execute("DROP TRIGGER audit_events_chain ON audit_events")
-    op.execute("CREATE TRIGGER audit_events_chain BEFORE INSERT ON audit_events FOR EACH ROW "
-               "WHEN (NOT audit_batch_trusted()) EXECUTE FUNCTION audit_events_chain()")
 
 
 def downgrade() -> None:
