@@ -22,7 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from bot.domain import AuditEvent, Transition
 from bot.ledger import tables as t
-from bot.ledger.repository import json_text, to_dt, to_ms
+from bot.ledger.rows import json_text, to_dt, to_ms
 from bot.ledger.urls import async_url, plain_url
 
 CHANNEL = "stackbot_control"

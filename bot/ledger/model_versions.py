@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from bot.domain import ActiveModel, AuditEvent, ModelVersion
 from bot.errors import RegistryError
 from bot.ledger import tables as t
-from bot.ledger.repository import json_text
+from bot.ledger.rows import json_text
 
 
 async def register(engine: AsyncEngine, ensemble_id: str, rows: Sequence[Mapping[str, Any]]

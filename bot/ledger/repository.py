@@ -7,15 +7,11 @@ upserted. Any database failure surfaces as ``LedgerError``.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from decimal import Decimal
-from functools import lru_cache
-from operator import attrgetter
 from typing import Any
 
-import orjson
 from sqlalchemy import func, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import SQLAlchemyError
@@ -27,12 +23,10 @@ from bot.domain import (
     AuditEvent,
     Channel,
     ControlRequest,
-    EquitySnapshot,
     Order,
     OrderStatus,
     OrderType,
     Position,
-    Regime,
     RiskState,
     Side,
     UnitOfWork,
@@ -40,8 +34,19 @@ from bot.domain import (
 )
 from bot.errors import LedgerError
 from bot.ledger import tables as t
+from bot.ledger.rows import (
+    EQUITY_COLUMNS,
+    FILL_COLUMNS,
+    FLOW_COLUMNS,
+    ORDER_COLUMNS,
+    SIGNAL_COLUMNS,
+    UnitRows,
+    audit_columns,
+    to_dt,
+    to_ms,
+    unit_rows,
+)
 from bot.ledger.urls import async_url
-from bot.logs import json_spelled_secrets, masked
 
 _WORKING = [s.value for s in OrderStatus if not s.is_terminal]
 _TERMINAL_SQL = ", ".join(f"'{s.value}'" for s in OrderStatus if s.is_terminal)
@@ -49,83 +54,17 @@ _ORDER_MUTABLE = ("status", "status_reason", "filled_qty", "avg_fill_price", "fe
                   "exchange_order_id", "updated_at")
 
 
-@lru_cache(maxsize=8192)
-def to_dt(ms: int) -> datetime:
-    """Milliseconds -> aware datetime (cached: one candle's rows share their timestamps)."""
-    return datetime.fromtimestamp(ms / 1000, UTC)
-
-
-# signals.regime is an integer column: bear 0, neutral 1, bull 2, unknown NULL
-REGIME_CODES = {Regime.BEAR: 0, Regime.NEUTRAL: 1, Regime.BULL: 2}
-# the signal attributes stored as they are, read in one C call per row
-SIGNAL_FIELDS = ("symbol", "p_up", "expected_return", "dispersion", "price", "source",
-                 "model_version")
-signal_fields = attrgetter(*SIGNAL_FIELDS)
-
-
-@lru_cache(maxsize=4096)
-def _day(days: int) -> str:
-    return datetime.fromtimestamp(days * 86400, UTC).strftime("%Y-%m-%d")
-
-
-_MINUTES = [f" {m // 60:02}:{m % 60:02}:00+00" for m in range(1440)]
-
-
-def iso_ts(ms: int) -> str:
-    """Milliseconds -> the timestamptz text PostgreSQL reads, UTC to the millisecond (a whole
-    minute, as every candle's time is, from a table)."""
-    days, rest = divmod(ms, 86_400_000)
-    minute, milli = divmod(rest, 60_000)
-    if not milli:
-        return _day(days) + _MINUTES[minute]
-    return f"{_day(days)} {minute // 60:02}:{minute % 60:02}:{milli / 1000:06.3f}+00"
-
-
-_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
-
-
-@lru_cache(maxsize=1024)
-def copy_escaped(text: str) -> str:
-    """A string as a field of COPY's text format."""
-    return text.translate(_COPY_ESCAPES)
-
-
-def equity_copy(rows: Sequence[EquitySnapshot]) -> io.BytesIO:
-    """Equity snapshots in COPY's text format. A Decimal's ``str`` is exact (its exponent
-    included, which ``numeric`` reads), and PostgreSQL parses the text on its own core; the
-    binary format would have the writer thread encode every Decimal digit by digit while it
-    holds the interpreter lock (0.34 s of a 45,000-candle backtest; this takes about 0.07)."""
-    esc = copy_escaped
-    return io.BytesIO("".join([
-        f"{esc(e.account)}\t{esc(e.run_id)}\t{iso_ts(e.ts)}\t{e.cash!s}\t"
-        f"{e.positions_value!s}\t{e.cash + e.positions_value!s}\n" for e in rows]).encode())
-
-
-def members_json(members: tuple[tuple[str, float], ...]) -> str | None:
-    """``signals.members``: the members' p by name, as JSON text (COPY takes jsonb as text)."""
-    return orjson.dumps(dict(members)).decode() if members else None
-
-
-def to_ms(dt: datetime) -> int:
-    return int(dt.timestamp() * 1000)
-
-
 def make_engine(url: str, pool_size: int = 5) -> AsyncEngine:
     return create_async_engine(async_url(url), pool_size=pool_size, pool_pre_ping=True)
 
 
-_ORDER_COLUMNS = ("client_order_id", "account", "run_id", "symbol", "side", "order_type",
-                  "quantity", "limit_price", "stop_price", "status", "status_reason",
-                  "filled_qty", "avg_fill_price", "fees", "exchange_order_id", "reduce_only",
-                  "signal_ts", "model_version", "reason", "created_at", "updated_at")
-# the same, as the SQL array types of the unnest below
 _ORDER_TYPES = ("varchar", "text", "varchar", "text", "varchar", "varchar", "numeric", "numeric",
                 "numeric", "varchar", "text", "numeric", "numeric", "numeric", "text", "bool",
                 "timestamptz", "text", "text", "timestamptz", "timestamptz")
 # one statement for every order of a unit, each column one array parameter: a backtest upserts
 # thousands, and a statement per order (``executemany``) cost the writer 0.74 s in case b
 ORDER_UPSERT = (
-    f"INSERT INTO orders ({', '.join(_ORDER_COLUMNS)}) SELECT * FROM unnest("
+    f"INSERT INTO orders ({', '.join(ORDER_COLUMNS)}) SELECT * FROM unnest("
     + ", ".join(f"${i}::{t}[]" for i, t in enumerate(_ORDER_TYPES, 1)) + ") "
     "ON CONFLICT (client_order_id) DO UPDATE SET "
     + ", ".join(f"{c} = EXCLUDED.{c}" for c in _ORDER_MUTABLE)
@@ -135,15 +74,6 @@ ORDER_UPSERT = (
 
 AUDIT_APPEND = ("SELECT audit_append($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
                 "$5::text[], $6::text[], $7::jsonb[])")
-
-
-def _order_record(o: Order) -> tuple[object, ...]:
-    """An order as a row of ``ORDER_UPSERT``'s columns, in ``_ORDER_COLUMNS`` order."""
-    return (o.client_order_id, o.account, o.run_id, o.symbol, o.side.value,
-            o.order_type.value, o.quantity, o.limit_price, o.stop_price, o.status.value,
-            masked(o.status_reason), o.filled_qty, o.avg_fill_price, o.fees,
-            o.exchange_order_id, o.reduce_only, to_dt(o.signal_ts), o.model_version, o.reason,
-            to_dt(o.created_ts), to_dt(o.updated_ts))
 
 
 def order_from_row(r: Any) -> Order:
@@ -170,17 +100,6 @@ def brief(exc: BaseException) -> str:
 def control_from_row(r: Any) -> ControlRequest:
     return ControlRequest(command_from(r.action, r.reason, r.level), operator=r.operator,
                           channel=Channel(r.channel), request_id=r.id)
-
-
-def json_text(payload: Mapping[str, Any]) -> str:
-    """A payload as stored: sorted keys, and no registered secret (``bot.logs.masked``).
-
-    Serialised first, then searched for each secret as JSON would spell it; only a payload
-    that holds one is walked and masked (the walk cost a backtest 0.4 s for 41k events)."""
-    text_ = orjson.dumps(payload, default=str, option=orjson.OPT_SORT_KEYS).decode()
-    if any(spelled in text_ for spelled in json_spelled_secrets()):
-        return orjson.dumps(masked(payload), default=str, option=orjson.OPT_SORT_KEYS).decode()
-    return text_
 
 
 class PostgresLedger:
@@ -210,10 +129,10 @@ class PostgresLedger:
                     account=account, mode=mode, exchange=exchange, quote=quote,
                     starting_cash=starting_cash, cash=starting_cash, updated_at=now,
                 ).on_conflict_do_nothing(index_elements=["account"]))
-                await self._audit(conn, [AuditEvent(
+                await self._audit(conn, audit_columns([AuditEvent(
                     "run.started", "run", run_id, account, run_id, to_ms(now),
                     {"mode": mode, "exchange": exchange, "symbols": list(symbols),
-                     "timeframe": timeframe, "strategy": strategy})])
+                     "timeframe": timeframe, "strategy": strategy})]))
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"cannot start run {run_id}: {brief(exc)}") from exc
 
@@ -294,10 +213,11 @@ class PostgresLedger:
     async def commit(self, unit: UnitOfWork) -> None:
         if not unit:
             return
+        rows = unit_rows(unit)  # the bulk rows, built before the transaction opens
         try:
             async with self.engine.begin() as conn:
                 await conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO {self._sync}")
-                await self._write(conn, unit)
+                await self._write(conn, unit, rows)
         except (TimeoutError, SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"ledger write failed, nothing of it was kept: {brief(exc)}") from exc
         except Exception as exc:  # asyncpg errors raised inside COPY are not wrapped
@@ -309,19 +229,13 @@ class PostgresLedger:
     async def flush(self) -> None:
         return None
 
-    async def _write(self, conn: AsyncConnection, unit: UnitOfWork) -> None:
+    async def _write(self, conn: AsyncConnection, unit: UnitOfWork, rows: UnitRows) -> None:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        if unit.orders:
-            # unit.orders holds one state per client id: no row is upserted twice
-            await raw.execute(ORDER_UPSERT, *zip(*map(_order_record, unit.orders.values()),
-                                                 strict=True))
-        if unit.fills:
-            await raw.copy_records_to_table("fills", columns=[
-                "fill_id", "client_order_id", "account", "symbol", "side", "quantity", "price",
-                "fee", "fee_currency", "liquidity", "ts"], records=[
-                (f.fill_id, f.client_order_id, f.account, f.symbol, f.side.value, f.quantity,
-                 f.price, f.fee, f.fee_currency, f.liquidity, to_dt(f.ts)) for f in unit.fills])
+        if rows.orders:
+            await raw.execute(ORDER_UPSERT, *rows.orders)
+        if rows.fills:
+            await raw.copy_records_to_table("fills", columns=FILL_COLUMNS, records=rows.fills)
         if unit.positions:
             stmt = pg_insert(t.PositionRow)
             stmt = stmt.on_conflict_do_update(
@@ -334,12 +248,9 @@ class PostgresLedger:
                  "avg_price": p.avg_price, "realized_pnl": p.realized_pnl,
                  "updated_at": to_dt(p.updated_ts), "liquidation_price": p.liquidation_price}
                 for p in unit.positions.values()])
-        if unit.cash_flows:
-            await raw.copy_records_to_table("cash_flows", columns=[
-                "flow_id", "account", "symbol", "kind", "amount", "rate", "mark", "notional",
-                "ts"], records=[
-                (f.flow_id, f.account, f.symbol, f.kind, f.amount, f.rate, f.mark, f.notional,
-                 to_dt(f.ts)) for f in unit.cash_flows])
+        if rows.cash_flows:
+            await raw.copy_records_to_table("cash_flows", columns=FLOW_COLUMNS,
+                                            records=rows.cash_flows)
         for account, (cash, ts) in unit.cash.items():
             await conn.execute(update(t.Account).where(t.Account.account == account)
                                .values(cash=cash, updated_at=to_dt(ts)))
@@ -376,28 +287,21 @@ class PostgresLedger:
                                  "action": r.action, "verdict": r.verdict, "ack": dict(r.ack),
                                  "received_at": to_dt(r.received_at)}
                                 for r in unit.commands.values()])
-        if unit.signals:
-            regime = REGIME_CODES.get
-            await raw.copy_records_to_table("signals", columns=[
-                *SIGNAL_FIELDS, "run_id", "account", "ts", "regime", "members"], records=[
-                signal_fields(s) + (run_id, account, to_dt(s.ts), regime(s.regime),
-                                    members_json(s.members) if s.members else None)
-                for run_id, account, s in unit.signals])
-        if unit.equity:
-            await raw.copy_to_table("equity_snapshots", columns=[
-                "account", "run_id", "ts", "cash", "positions_value", "equity"],
-                format="text", source=equity_copy(unit.equity))
-        if unit.audit:
-            await self._audit(conn, unit.audit)
+        if rows.signals:
+            await raw.copy_records_to_table("signals", columns=SIGNAL_COLUMNS,
+                                            records=rows.signals)
+        if rows.equity is not None:
+            await raw.copy_to_table("equity_snapshots", columns=EQUITY_COLUMNS, format="text",
+                                    source=rows.equity)
+        if rows.audit:
+            await self._audit(conn, rows.audit)
 
-    async def _audit(self, conn: AsyncConnection, events: Sequence[AuditEvent]) -> None:
+    async def _audit(self, conn: AsyncConnection, columns: Sequence[tuple[Any, ...]]) -> None:
+        """Chain audit rows (a column each, ``unit_rows``) in one call over the batch
+        (``migrations/versions/0013_audit_append_arrays.py``)."""
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        # chained in one call over the batch, a column an array
-        # (migrations/versions/0013_audit_append_arrays.py)
-        await raw.execute(AUDIT_APPEND, *zip(*[
-            (e.account, e.run_id, to_dt(e.ts), e.kind, e.entity, e.entity_id, json_text(e.payload))
-            for e in events], strict=True))
+        await raw.execute(AUDIT_APPEND, *columns)
 
     async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
         try:
@@ -407,9 +311,9 @@ class PostgresLedger:
                     .values(status=status, ended_at=datetime.now(UTC), summary=dict(summary))
                     .returning(t.Run.account))).first()
                 if row is not None:
-                    await self._audit(conn, [AuditEvent(
+                    await self._audit(conn, audit_columns([AuditEvent(
                         "run.finished", "run", run_id, row.account, run_id,
-                        to_ms(datetime.now(UTC)), {"status": status})])
+                        to_ms(datetime.now(UTC)), {"status": status})]))
         except (SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"cannot finish run {run_id}: {brief(exc)}") from exc
 
