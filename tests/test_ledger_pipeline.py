@@ -50,7 +50,7 @@ async def test_batches_commit_in_order_on_the_writer_thread(pg_url: str) -> None
 
 
 async def test_nothing_after_a_failed_batch_is_written(pg_url: str) -> None:
-    led = PipelinedLedger(PostgresLedger.from_url(pg_url), batch=5, depth=2)
+    led = PipelinedLedger(PostgresLedger.from_url(pg_url), batch=5, depth=2, first_batch=5)
     for i in range(5):
         await led.commit(_event("fail", i))  # batch 1: fine
     bad = _event("fail", 5)
@@ -74,6 +74,32 @@ async def test_nothing_after_a_failed_batch_is_written(pg_url: str) -> None:
 def test_batch_and_depth_are_checked() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         PipelinedLedger(PostgresLedger.from_url("postgresql://x@127.0.0.1:1/x"), batch=0)
+    with pytest.raises(ValueError, match="first_batch 0"):
+        PipelinedLedger(PostgresLedger.from_url("postgresql://x@127.0.0.1:1/x"), batch=8,
+                        first_batch=0)
+
+
+async def test_the_first_batches_are_small_and_double_up_to_the_batch_size(pg_url: str) -> None:
+    """The writer starts on the first steps instead of idling through a whole first batch:
+    batches of a sixteenth of ``batch``, then twice the last, up to ``batch``; every unit is
+    written once, in order."""
+    inner = PostgresLedger.from_url(pg_url)
+    sizes: list[int] = []
+    commit = inner.commit
+
+    async def spy(unit: UnitOfWork) -> None:
+        sizes.append(len(unit.audit))
+        await commit(unit)
+
+    inner.commit = spy  # type: ignore[method-assign]
+    led = PipelinedLedger(inner, batch=64, depth=2)
+    for i in range(200):
+        await led.commit(_event("ramp", i))
+    await led.close()
+    assert sizes == [4, 8, 16, 32, 64, 64, 12]
+    rows = await fetch(pg_url, "SELECT entity_id FROM audit_events WHERE account = 'acct-ramp' "
+                               "ORDER BY seq")
+    assert [r["entity_id"] for r in rows] == [f"ramp-{i}" for i in range(200)]
 
 
 async def test_the_risk_memory_of_a_batch_is_taken_on_the_engine_thread_as_of_its_last_step(
@@ -102,7 +128,7 @@ async def test_the_risk_memory_of_a_batch_is_taken_on_the_engine_thread_as_of_it
         await commit(unit)
 
     inner.commit = spy  # type: ignore[method-assign]
-    led = PipelinedLedger(inner, batch=3, depth=2)
+    led = PipelinedLedger(inner, batch=3, depth=2, first_batch=3)
     await led.start_run("memo1", "acct-memo", "backtest", "sim", ["BTC/USDT"], "1h", "t", {},
                         D(1000))
     for step in range(1, 10):
