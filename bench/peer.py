@@ -93,14 +93,15 @@ def ensemble_template(admin: str, name: str) -> None:
                     "--data-dir", str(ENSEMBLE_HOME)], check=True)
 
 
-def base_template(admin: str, name: str) -> None:
-    """The template database of the baseline cases: an empty ledger, migrated once."""
+def base_template(admin: str, name: str, tree: Path | None = None) -> None:
+    """The template database of the baseline cases: an empty ledger, migrated once (by
+    ``tree``'s code, for a ``--before`` checkout whose migrations differ)."""
     if _exists(admin, name):
         return
     _admin(admin, f'CREATE DATABASE "{name}"')
     subprocess.run([sys.executable, "-m", "bot", "db", "upgrade", "--db",
                     admin.rsplit("/", 1)[0] + "/" + name], check=True,
-                   stdout=subprocess.DEVNULL)
+                   stdout=subprocess.DEVNULL, cwd=tree)
 
 
 def compile_checkout(tree: Path | None) -> None:
@@ -168,6 +169,9 @@ def main() -> None:
                     help="case e: template database with the promoted ensemble (made once)")
     ap.add_argument("--base-db", default="stackbot_bench_base_tmpl",
                     help="cases a and b: template database, a migrated empty ledger (made once)")
+    ap.add_argument("--before-base-db", default="stackbot_bench_base_tmpl_before",
+                    help="cases a and b with --before: the before checkout's own template "
+                    "(migrated by its code, made once; drop it when that checkout changes)")
     ap.add_argument("--fresh", action="store_true",
                     help="cases a and b start on an empty database and migrate it in the timing")
     args = ap.parse_args()
@@ -192,6 +196,10 @@ def main() -> None:
         else:
             base_template(args.db, args.base_db)
             template = args.base_db
+        before_template = template
+        if args.before is not None and template == args.base_db:
+            base_template(args.db, args.before_base_db, args.before)
+            before_template = args.before_base_db
         ft, sb, rss, old = [], [], [], []
         for i in range(args.pairs):
             ft.append(freqtrade(case, args.ftdir))
@@ -199,7 +207,7 @@ def main() -> None:
             sb.append(wall)
             rss.append(peak)
             if args.before is not None:
-                old_wall, _, old_what = stackbot(case, args.db, args.before, template)
+                old_wall, _, old_what = stackbot(case, args.db, args.before, before_template)
                 old.append(old_wall)
                 if old_what != what:  # the comparison is only fair on the same work
                     what += f" (before: {old_what})"
