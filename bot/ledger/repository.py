@@ -40,11 +40,14 @@ from bot.ledger.rows import (
     FLOW_COLUMNS,
     ORDER_COLUMNS,
     SIGNAL_COLUMNS,
-    UnitRows,
     audit_columns,
+    equity_copy,
+    fill_rows,
+    flow_rows,
+    order_columns,
+    signal_rows,
     to_dt,
     to_ms,
-    unit_rows,
 )
 from bot.ledger.urls import async_url
 
@@ -213,11 +216,10 @@ class PostgresLedger:
     async def commit(self, unit: UnitOfWork) -> None:
         if not unit:
             return
-        rows = unit_rows(unit)  # the bulk rows, built before the transaction opens
         try:
             async with self.engine.begin() as conn:
                 await conn.exec_driver_sql(f"SET LOCAL synchronous_commit TO {self._sync}")
-                await self._write(conn, unit, rows)
+                await self._write(conn, unit)
         except (TimeoutError, SQLAlchemyError, OSError) as exc:
             raise LedgerError(f"ledger write failed, nothing of it was kept: {brief(exc)}") from exc
         except Exception as exc:  # asyncpg errors raised inside COPY are not wrapped
@@ -229,13 +231,14 @@ class PostgresLedger:
     async def flush(self) -> None:
         return None
 
-    async def _write(self, conn: AsyncConnection, unit: UnitOfWork, rows: UnitRows) -> None:
+    async def _write(self, conn: AsyncConnection, unit: UnitOfWork) -> None:
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        if rows.orders:
-            await raw.execute(ORDER_UPSERT, *rows.orders)
-        if rows.fills:
-            await raw.copy_records_to_table("fills", columns=FILL_COLUMNS, records=rows.fills)
+        if unit.orders:
+            await raw.execute(ORDER_UPSERT, *order_columns(unit.orders.values()))
+        if unit.fills:
+            await raw.copy_records_to_table("fills", columns=FILL_COLUMNS,
+                                            records=fill_rows(unit.fills))
         if unit.positions:
             stmt = pg_insert(t.PositionRow)
             stmt = stmt.on_conflict_do_update(
@@ -248,9 +251,9 @@ class PostgresLedger:
                  "avg_price": p.avg_price, "realized_pnl": p.realized_pnl,
                  "updated_at": to_dt(p.updated_ts), "liquidation_price": p.liquidation_price}
                 for p in unit.positions.values()])
-        if rows.cash_flows:
+        if unit.cash_flows:
             await raw.copy_records_to_table("cash_flows", columns=FLOW_COLUMNS,
-                                            records=rows.cash_flows)
+                                            records=flow_rows(unit.cash_flows))
         for account, (cash, ts) in unit.cash.items():
             await conn.execute(update(t.Account).where(t.Account.account == account)
                                .values(cash=cash, updated_at=to_dt(ts)))
@@ -287,17 +290,17 @@ class PostgresLedger:
                                  "action": r.action, "verdict": r.verdict, "ack": dict(r.ack),
                                  "received_at": to_dt(r.received_at)}
                                 for r in unit.commands.values()])
-        if rows.signals:
+        if unit.signals:
             await raw.copy_records_to_table("signals", columns=SIGNAL_COLUMNS,
-                                            records=rows.signals)
-        if rows.equity is not None:
+                                            records=signal_rows(unit.signals))
+        if unit.equity:
             await raw.copy_to_table("equity_snapshots", columns=EQUITY_COLUMNS, format="text",
-                                    source=rows.equity)
-        if rows.audit:
-            await self._audit(conn, rows.audit)
+                                    source=equity_copy(unit.equity))
+        if unit.audit:
+            await self._audit(conn, audit_columns(unit.audit))
 
     async def _audit(self, conn: AsyncConnection, columns: Sequence[tuple[Any, ...]]) -> None:
-        """Chain audit rows (a column each, ``unit_rows``) in one call over the batch
+        """Chain audit rows (a column each, ``audit_columns``) in one call over the batch
         (``migrations/versions/0013_audit_append_arrays.py``)."""
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None

@@ -1,16 +1,16 @@
 """A unit of work's rows as the driver sends them: pure, no I/O.
 
-``unit_rows`` builds every bulk row of a unit (orders, fills, funding, signals, equity
-snapshots, audit events) before its transaction opens; ``PostgresLedger`` then only sends
-them. The encodings live here, apart from the I/O: COPY's text format for equity snapshots,
-one array per column for orders and audit events, binary COPY records for the rest.
+Every bulk row of a unit (orders, fills, funding, signals, equity snapshots, audit events),
+built here, apart from the I/O; ``PostgresLedger`` builds each list just before the statement
+that sends it, so that one list at a time is held. The encodings: COPY's text format for
+equity snapshots, one array per column for orders and audit events, binary COPY records for
+the rest.
 """
 
 from __future__ import annotations
 
 import io
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from operator import attrgetter
@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from bot.domain import AuditEvent, EquitySnapshot, Order, Regime, UnitOfWork
+from bot.domain import AuditEvent, CashFlow, EquitySnapshot, Fill, Order, Regime, Signal
 from bot.logs import json_spelled_secrets, masked
 
 
@@ -113,20 +113,6 @@ def order_record(o: Order) -> tuple[object, ...]:
 
 Row = tuple[Any, ...]
 
-
-@dataclass(slots=True)
-class UnitRows:
-    """A unit's bulk rows: ``orders`` and ``audit`` a column each (bound as arrays), the rest
-    as COPY records (``equity`` as COPY text)."""
-
-    orders: list[tuple[Any, ...]] = field(default_factory=list)
-    fills: list[Row] = field(default_factory=list)
-    cash_flows: list[Row] = field(default_factory=list)
-    signals: list[Row] = field(default_factory=list)
-    equity: io.BytesIO | None = None
-    audit: list[tuple[Any, ...]] = field(default_factory=list)
-
-
 FILL_COLUMNS = ["fill_id", "client_order_id", "account", "symbol", "side", "quantity", "price",
                 "fee", "fee_currency", "liquidity", "ts"]
 FLOW_COLUMNS = ["flow_id", "account", "symbol", "kind", "amount", "rate", "mark", "notional",
@@ -135,24 +121,27 @@ SIGNAL_COLUMNS = [*SIGNAL_FIELDS, "run_id", "account", "ts", "regime", "members"
 EQUITY_COLUMNS = ["account", "run_id", "ts", "cash", "positions_value", "equity"]
 
 
-def unit_rows(unit: UnitOfWork) -> UnitRows:
-    rows = UnitRows()
-    if unit.orders:  # one state per client id: no row is upserted twice
-        rows.orders = list(zip(*map(order_record, unit.orders.values()), strict=True))
-    rows.fills = [(f.fill_id, f.client_order_id, f.account, f.symbol, f.side.value, f.quantity,
-                   f.price, f.fee, f.fee_currency, f.liquidity, to_dt(f.ts))
-                  for f in unit.fills]
-    rows.cash_flows = [(f.flow_id, f.account, f.symbol, f.kind, f.amount, f.rate, f.mark,
-                        f.notional, to_dt(f.ts)) for f in unit.cash_flows]
+def order_columns(orders: Iterable[Order]) -> list[tuple[Any, ...]]:
+    """Orders as the upsert's columns (one state per client id: no row is upserted twice)."""
+    return list(zip(*map(order_record, orders), strict=True))
+
+
+def fill_rows(fills: Iterable[Fill]) -> list[Row]:
+    return [(f.fill_id, f.client_order_id, f.account, f.symbol, f.side.value, f.quantity,
+             f.price, f.fee, f.fee_currency, f.liquidity, to_dt(f.ts)) for f in fills]
+
+
+def flow_rows(flows: Iterable[CashFlow]) -> list[Row]:
+    return [(f.flow_id, f.account, f.symbol, f.kind, f.amount, f.rate, f.mark, f.notional,
+             to_dt(f.ts)) for f in flows]
+
+
+def signal_rows(signals: Iterable[tuple[str, str, Signal]]) -> list[Row]:
+    """(run, account, signal) triples as rows of ``SIGNAL_COLUMNS``."""
     regime = REGIME_CODES.get
-    rows.signals = [signal_fields(s) + (run_id, account, to_dt(s.ts), regime(s.regime),
-                                        members_json(s.members) if s.members else None)
-                    for run_id, account, s in unit.signals]
-    if unit.equity:
-        rows.equity = equity_copy(unit.equity)
-    if unit.audit:
-        rows.audit = audit_columns(unit.audit)
-    return rows
+    return [signal_fields(s) + (run_id, account, to_dt(s.ts), regime(s.regime),
+                                members_json(s.members) if s.members else None)
+            for run_id, account, s in signals]
 
 
 def audit_columns(events: Sequence[AuditEvent]) -> list[tuple[Any, ...]]:
