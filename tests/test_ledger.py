@@ -235,3 +235,27 @@ async def test_an_order_upsert_keeps_the_latest_state_and_never_rewrites_a_finis
         ("up-m0", "BTC/USDT", D("100.123456789"), None, D("1.5"), False, "r0", "open"),
         ("up-m1", "ETH/USDT", None, "x-2", D("2.5"), True, "r1", "open"),
         ("up-m2", "BTC/USDT", D("0.00000001"), "x-3", D("3.5"), False, "r2", "open")]
+
+
+async def test_a_unit_with_more_audit_rows_than_one_call_takes_is_one_chain(
+        ledger: PostgresLedger, pg_url: str) -> None:
+    """A unit's audit rows go to ``audit_append`` in calls of ``AUDIT_CALL_ROWS``; the calls
+    of one transaction continue one chain: every row once, in order, seqs without a gap, and
+    the chain verifies."""
+    from bot.ledger.audit import verify_chain
+    from bot.ledger.repository import AUDIT_CALL_ROWS
+
+    n = 2 * AUDIT_CALL_ROWS + 17
+    unit = UnitOfWork(audit=[AuditEvent("test.many", "e", str(i), "acct-many", "r", i,
+                                        {"i": i}) for i in range(n)])
+    await ledger.commit(unit)
+    rows = await fetch(pg_url, "SELECT entity_id, seq FROM audit_events WHERE account = "
+                               "'acct-many' ORDER BY seq")
+    assert [r["entity_id"] for r in rows] == [str(i) for i in range(n)]
+    seqs = [r["seq"] for r in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + n))
+    engine = make_engine(pg_url)
+    try:
+        assert (await verify_chain(engine)).ok
+    finally:
+        await engine.dispose()

@@ -75,6 +75,9 @@ ORDER_UPSERT = (
     + f" WHERE orders.status NOT IN ({_TERMINAL_SQL})")
 
 
+# audit rows per ``audit_append`` call: a call's arrays are one message, held whole in memory
+# on both sides; the calls of one transaction continue one chain
+AUDIT_CALL_ROWS = 4096
 AUDIT_APPEND = ("SELECT audit_append($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
                 "$5::text[], $6::text[], $7::jsonb[])")
 
@@ -297,7 +300,8 @@ class PostgresLedger:
             await raw.copy_to_table("equity_snapshots", columns=EQUITY_COLUMNS, format="text",
                                     source=equity_copy(unit.equity))
         if unit.audit:
-            await self._audit(conn, audit_columns(unit.audit))
+            for start in range(0, len(unit.audit), AUDIT_CALL_ROWS):
+                await self._audit(conn, audit_columns(unit.audit[start:start + AUDIT_CALL_ROWS]))
 
     async def _audit(self, conn: AsyncConnection, columns: Sequence[tuple[Any, ...]]) -> None:
         """Chain audit rows (a column each, ``audit_columns``) in one call over the batch
