@@ -236,21 +236,22 @@ def test_a_forged_carried_head_is_refused(fresh_db: str) -> None:
 
 
 def test_a_batch_chained_in_one_call_is_the_chain_rows_would_make(fresh_db: str) -> None:
-    """Migration 0013: the service passes a unit's audit rows as one array per column to
-    ``audit_append(...)``, which chains them all in one call. The result must be the chain the
+    """Migration 0013: the service passes a unit's audit rows as one JSON batch to
+    ``audit_append(batch)``, which chains them all in one call. The result must be the chain the
     row trigger makes: ``audit verify`` recomputes every link in Python (``link_hash``) from
     the rows, so a batch whose canonical text or order differed would fail it. Rows inserted
     one at a time before and after, in the same transaction and in later ones, continue the
-    same chain; the batch's ids rise with its seqs; columns of different lengths are refused
-    and chain nothing."""
+    same chain; the batch's ids rise with its seqs; each row's time, in milliseconds, is stored
+    exactly; a malformed batch is refused and chains nothing."""
     runner = CliRunner()
     assert runner.invoke(app, ["db", "upgrade", "--db", fresh_db]).exit_code == 0
     insert = ("INSERT INTO audit_events (account, run_id, ts, kind, entity, entity_id, payload) "
               "VALUES ('acct', 'run1', now(), 'test.one', 'e', $1, '{\"a\": [1, 2.50]}')")
-    at = datetime(2024, 1, 1, tzinfo=UTC)
-    rows = [("acct", "run1", at, "test.batch", "e", str(i),
-             json.dumps({"i": i, "q": "0.00100000", "s": "é" * (i % 3)})) for i in range(500)]
-    columns = [list(c) for c in zip(*rows, strict=True)]
+    at = int(datetime(2024, 1, 1, tzinfo=UTC).timestamp() * 1000)
+    rows = [["acct", "run1", at + i * 1001, "test.batch", "e", str(i),
+             {"i": i, "q": "0.00100000", "s": "é" * (i % 3), "t": "tab\there \"q\""}]
+            for i in range(500)]
+    batch = json.dumps(rows)
 
     async def go() -> tuple[int, int, str, list[str], list[int]]:
         conn = await asyncpg.connect(plain_url(async_url(fresh_db)))
@@ -259,18 +260,21 @@ def test_a_batch_chained_in_one_call_is_the_chain_rows_would_make(fresh_db: str)
             await conn.execute(insert, "before")
             async with conn.transaction():
                 await conn.execute(insert, "same-tx-before")
-                chained = await conn.fetchval(AUDIT_APPEND, *columns)
+                chained = await conn.fetchval(AUDIT_APPEND, batch)
                 await conn.execute(insert, "same-tx-after")
             await conn.execute(insert, "after")
             try:
-                async with conn.transaction():
-                    await conn.fetchval(AUDIT_APPEND, *columns[:-1], columns[-1][:-1])
+                async with conn.transaction():  # a row short of a field
+                    await conn.fetchval(AUDIT_APPEND, json.dumps([rows[0], rows[1][:-1]]))
                 refused = ""
             except asyncpg.PostgresError as exc:
                 refused = f"{type(exc).__name__}: {exc}"
             await conn.execute("RESET ROLE")
             head = await conn.fetchval("SELECT seq FROM audit_chain_head WHERE id = 1")
-            got = await conn.fetch("SELECT entity_id, id FROM audit_events ORDER BY seq")
+            got = await conn.fetch("SELECT entity_id, id, (extract(epoch from ts) * 1000)"
+                                   "::bigint AS ms FROM audit_events ORDER BY seq")
+            # each row's time, given in milliseconds, is stored to the millisecond
+            assert [r["ms"] for r in got[2:502]] == [at + i * 1001 for i in range(500)]
             return chained, head, refused, [r["entity_id"] for r in got], [r["id"] for r in got]
         finally:
             await conn.close()
@@ -280,7 +284,7 @@ def test_a_batch_chained_in_one_call_is_the_chain_rows_would_make(fresh_db: str)
     assert order == ["before", "same-tx-before", *map(str, range(500)), "same-tx-after",
                      "after"]
     assert ids == sorted(ids)
-    assert refused.startswith("InvalidParameterValueError") and "500 rows" in refused, refused
+    assert refused.startswith("InvalidParameterValueError") and "ts_ms" in refused, refused
     ok = runner.invoke(app, ["audit", "verify", "--db", fresh_db])
     assert ok.exit_code == 0 and "audit chain intact: 504 rows" in ok.output, ok.output
 

@@ -40,7 +40,7 @@ from bot.ledger.rows import (
     FLOW_COLUMNS,
     ORDER_COLUMNS,
     SIGNAL_COLUMNS,
-    audit_columns,
+    audit_batch,
     equity_copy,
     fill_rows,
     flow_rows,
@@ -75,11 +75,10 @@ ORDER_UPSERT = (
     + f" WHERE orders.status NOT IN ({_TERMINAL_SQL})")
 
 
-# audit rows per ``audit_append`` call: a call's arrays are one message, held whole in memory
-# on both sides; the calls of one transaction continue one chain
+# audit rows per ``audit_append`` call: a call's batch is one message, held whole in memory on
+# both sides; the calls of one transaction continue one chain
 AUDIT_CALL_ROWS = 4096
-AUDIT_APPEND = ("SELECT audit_append($1::text[], $2::text[], $3::timestamptz[], $4::text[], "
-                "$5::text[], $6::text[], $7::jsonb[])")
+AUDIT_APPEND = "SELECT audit_append($1::text)"
 
 
 def order_from_row(r: Any) -> Order:
@@ -135,7 +134,7 @@ class PostgresLedger:
                     account=account, mode=mode, exchange=exchange, quote=quote,
                     starting_cash=starting_cash, cash=starting_cash, updated_at=now,
                 ).on_conflict_do_nothing(index_elements=["account"]))
-                await self._audit(conn, audit_columns([AuditEvent(
+                await self._audit(conn, audit_batch([AuditEvent(
                     "run.started", "run", run_id, account, run_id, to_ms(now),
                     {"mode": mode, "exchange": exchange, "symbols": list(symbols),
                      "timeframe": timeframe, "strategy": strategy})]))
@@ -301,14 +300,14 @@ class PostgresLedger:
                                     source=equity_copy(unit.equity))
         if unit.audit:
             for start in range(0, len(unit.audit), AUDIT_CALL_ROWS):
-                await self._audit(conn, audit_columns(unit.audit[start:start + AUDIT_CALL_ROWS]))
+                await self._audit(conn, audit_batch(unit.audit[start:start + AUDIT_CALL_ROWS]))
 
-    async def _audit(self, conn: AsyncConnection, columns: Sequence[tuple[Any, ...]]) -> None:
-        """Chain audit rows (a column each, ``audit_columns``) in one call over the batch
-        (``migrations/versions/0013_audit_append_arrays.py``)."""
+    async def _audit(self, conn: AsyncConnection, batch: str) -> None:
+        """Chain audit rows (``audit_batch``) in one call
+        (``migrations/versions/0013_audit_append_batch.py``)."""
         raw = (await conn.get_raw_connection()).driver_connection
         assert raw is not None
-        await raw.execute(AUDIT_APPEND, *columns)
+        await raw.execute(AUDIT_APPEND, batch)
 
     async def finish_run(self, run_id: str, status: str, summary: Mapping[str, object]) -> None:
         try:
@@ -318,7 +317,7 @@ class PostgresLedger:
                     .values(status=status, ended_at=datetime.now(UTC), summary=dict(summary))
                     .returning(t.Run.account))).first()
                 if row is not None:
-                    await self._audit(conn, audit_columns([AuditEvent(
+                    await self._audit(conn, audit_batch([AuditEvent(
                         "run.finished", "run", run_id, row.account, run_id,
                         to_ms(datetime.now(UTC)), {"status": status})]))
         except (SQLAlchemyError, OSError) as exc:
