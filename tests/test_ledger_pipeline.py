@@ -50,7 +50,8 @@ async def test_batches_commit_in_order_on_the_writer_thread(pg_url: str) -> None
 
 
 async def test_nothing_after_a_failed_batch_is_written(pg_url: str) -> None:
-    led = PipelinedLedger(PostgresLedger.from_url(pg_url), batch=5, depth=2, first_batch=5)
+    led = PipelinedLedger(PostgresLedger.from_url(pg_url), batch=5, depth=2, first_batch=5,
+                          idle_batch=5)
     for i in range(5):
         await led.commit(_event("fail", i))  # batch 1: fine
     bad = _event("fail", 5)
@@ -89,6 +90,7 @@ async def test_the_first_batches_are_small_and_double_up_to_the_batch_size(pg_ur
 
     async def spy(unit: UnitOfWork) -> None:
         sizes.append(len(unit.audit))
+        await asyncio.sleep(0.05)  # a busy writer: only the sizes decide
         await commit(unit)
 
     inner.commit = spy  # type: ignore[method-assign]
@@ -128,7 +130,7 @@ async def test_the_risk_memory_of_a_batch_is_taken_on_the_engine_thread_as_of_it
         await commit(unit)
 
     inner.commit = spy  # type: ignore[method-assign]
-    led = PipelinedLedger(inner, batch=3, depth=2, first_batch=3)
+    led = PipelinedLedger(inner, batch=3, depth=2, first_batch=3, idle_batch=3)
     await led.start_run("memo1", "acct-memo", "backtest", "sim", ["BTC/USDT"], "1h", "t", {},
                         D(1000))
     for step in range(1, 10):
@@ -140,3 +142,29 @@ async def test_the_risk_memory_of_a_batch_is_taken_on_the_engine_thread_as_of_it
     assert written == [3, 6, 9]  # each batch's own last step
     rows = await fetch(pg_url, "SELECT breakers FROM risk_states WHERE account = 'acct-memo'")
     assert json.loads(rows[0]["breakers"])["step"] == 9
+
+
+async def test_an_idle_writer_is_handed_a_quarter_batch_at_once(pg_url: str) -> None:
+    """Once the writer has written everything handed over, it is handed what the engine holds
+    as soon as that is a quarter of ``batch``: batches follow the writer's pace, and little is
+    left to write when the run ends. A busy writer gets full batches (the test above)."""
+    inner = PostgresLedger.from_url(pg_url)
+    sizes: list[int] = []
+    commit = inner.commit
+
+    async def spy(unit: UnitOfWork) -> None:
+        sizes.append(len(unit.audit))
+        await commit(unit)
+
+    inner.commit = spy  # type: ignore[method-assign]
+    led = PipelinedLedger(inner, batch=64, depth=2)
+    for i in range(150):
+        await led.commit(_event("idle", i))
+        await asyncio.sleep(0.01)  # an engine slower than the writer
+    await led.close()
+    assert sizes[:3] == [4, 8, 16]
+    assert sum(sizes) == 150 and len(sizes) >= 8
+    assert all(16 <= n < 32 for n in sizes[3:-1]), sizes  # never waits for a full batch
+    rows = await fetch(pg_url, "SELECT entity_id FROM audit_events WHERE account = 'acct-idle' "
+                               "ORDER BY seq")
+    assert [r["entity_id"] for r in rows] == [f"idle-{i}" for i in range(150)]

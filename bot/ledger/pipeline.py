@@ -13,6 +13,10 @@ works on the other core.
   the last, up to ``batch``: the writer starts on the first few hundred steps instead of
   idling through a whole first batch, which in the eight-pair benchmark kept it idle for the
   run's first 0.4 s while it was the slower of the two for the rest.
+- **Following the writer.** A writer that has written everything handed over is handed
+  what the engine holds as soon as that is a quarter of ``batch``: when the engine is the
+  slower of the two, batches shrink to the writer's pace, and what is left to write when the
+  run ends (the engine waits for it) is smaller.
 - **Bounded.** At most ``depth`` batches are handed over and not yet committed; the engine
   waits for the oldest before handing over another.
 - **Handing the interpreter over.** The engine thread is busy with Python all the time, and
@@ -47,6 +51,7 @@ from bot.ledger.repository import PostgresLedger
 T = TypeVar("T")
 SWITCH_INTERVAL_S = 0.0005
 FIRST_BATCH_DIVISOR = 16  # the first batch is 1/16 of ``batch``; each next one twice the last
+IDLE_BATCH_DIVISOR = 4  # an idle writer is handed a batch once it holds a quarter of ``batch``
 
 
 def _taken(memory: dict[str, Any]) -> Callable[[], dict[str, Any]]:
@@ -57,10 +62,12 @@ class PipelinedLedger:
     """Every call reaches the inner ledger on the writer thread; commits are batched there."""
 
     def __init__(self, inner: PostgresLedger, batch: int = 2000, depth: int = 2,
-                 first_batch: int | None = None) -> None:
-        if batch < 1 or depth < 1 or (first_batch is not None and first_batch < 1):
-            raise ValueError(f"batch, depth and first_batch must be at least 1 (batch {batch}, "
-                             f"depth {depth}, first_batch {first_batch})")
+                 first_batch: int | None = None, idle_batch: int | None = None) -> None:
+        if batch < 1 or depth < 1 or any(n is not None and n < 1
+                                         for n in (first_batch, idle_batch)):
+            raise ValueError(f"batch, depth, first_batch and idle_batch must be at least 1 "
+                             f"(batch {batch}, depth {depth}, first_batch {first_batch}, "
+                             f"idle_batch {idle_batch})")
         self.inner = inner
         self.batch = batch
         self.depth = depth
@@ -69,6 +76,9 @@ class PipelinedLedger:
         # the first batches are small and double up to ``batch``: the writer starts almost
         # with the engine instead of idling through a whole first batch
         self._next = min(batch, first_batch or max(1, batch // FIRST_BATCH_DIVISOR))
+        # an idle writer takes a quarter batch at once: batches follow the writer's pace, and
+        # what is left to write when the run ends is small
+        self._idle_batch = min(batch, idle_batch or max(1, batch // IDLE_BATCH_DIVISOR))
         self._inflight: deque[asyncio.Future[None]] = deque()
         self._failed: str | None = None  # read and written on the writer thread only
         self._lock: asyncio.Lock | None = None  # the writer loop's
@@ -130,8 +140,13 @@ class PipelinedLedger:
     async def commit(self, unit: UnitOfWork) -> None:
         self._pending.absorb(unit)
         self._count += 1
-        if self._count >= self._next:
+        if self._count >= self._next or (
+                self._count >= self._idle_batch and self._writer_idle()):
             await self._hand_over()
+
+    def _writer_idle(self) -> bool:
+        """Nothing handed over is still being written (batches finish in order)."""
+        return not self._inflight or self._inflight[-1].done()
 
     async def _hand_over(self) -> None:
         while len(self._inflight) >= self.depth:
