@@ -290,7 +290,7 @@ def test_a_batch_chained_in_one_call_is_the_chain_rows_would_make(fresh_db: str)
 
 
 def test_the_service_cannot_mark_its_own_insert_as_a_chained_batch(fresh_db: str) -> None:
-    """Only ``audit_append(...)`` (running as the table's owner) may insert rows the row
+    """Only ``audit_append(batch)`` (running as the table's owner) may insert rows the row
     trigger does not chain. The service's login can set the batch mark of its own
     transaction, but its insert is not the owner's: the trigger still runs, so a seq and
     hash it makes up are replaced by the chain's, and nothing off the chain is appended."""

@@ -3,8 +3,8 @@
 Every bulk row of a unit (orders, fills, funding, signals, equity snapshots, audit events),
 built here, apart from the I/O; ``PostgresLedger`` builds each list just before the statement
 that sends it, so that one list at a time is held. The encodings: COPY's text format for
-equity snapshots, one array per column for orders and audit events, binary COPY records for
-the rest.
+equity snapshots, one array per column for orders, one JSON text for a batch of audit events,
+binary COPY records for the rest.
 """
 
 from __future__ import annotations
