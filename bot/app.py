@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import time
 import uuid
 from collections.abc import Sequence
@@ -103,7 +104,7 @@ async def drive(
     settings: Settings, run_id: str, account: str, mode: Mode, exchange_name: str,
     symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
     engine_hook: Any = None, venue_stops: bool = True, stack: tuple[Any, Any] | None = None,
-    series: Sequence[CandleSeries] | None = None,
+    series: Sequence[CandleSeries] | None = None, ahead: Any = None,
 ) -> Outcome:
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
@@ -125,7 +126,7 @@ async def drive(
     risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
                        venue_stops=venue_stops, margin=cfg.futures.terms())
     shorts = any(m.margined for m in markets.values())
-    source, strategy = stack or await signal_stack(settings, ledger, cost, series, shorts)
+    source, strategy = stack or await signal_stack(settings, ledger, cost, series, shorts, ahead)
     parts = EngineParts(feed, source, strategy, risk, broker, ledger, clock)
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
                            source.model_version, settings.redacted(),
@@ -205,10 +206,11 @@ async def _anchor(ledger: Ledger, settings: Settings) -> Any:
 
 async def signal_stack(settings: Settings, ledger: Any, cost: float,
                        series: Sequence[CandleSeries] | None = None,
-                       margined: bool = False) -> tuple[Any, Any]:
+                       margined: bool = False, ahead: Any = None) -> tuple[Any, Any]:
     """The signal source and strategy: the EMA baseline, or the active model ensemble. A
     backtest hands over its ``series``: the ensemble's member outputs are then computed
-    ahead in large batches (``models/ensemble_batch.py``), with the same decisions.
+    ahead in large batches (``models/ensemble_batch.py``), with the same decisions, on the
+    CPU in the look-ahead process ``ahead`` where the backtest started one.
     ``margined``: the markets are perpetuals, where either strategy may also go short."""
     cfg = settings.strategy
     if cfg.name == "baseline":
@@ -224,14 +226,20 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
         raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
                           "(it promotes the first one) or `stackbot models promote ID`")
     barrier = barrier_from(settings.risk)
+    device = pick_device(cfg.device)
+    if ahead is not None and (series is None or device != "cpu"):
+        ahead.close()  # a GPU computes the look-ahead in this process, in seconds
+        ahead = None
+    if ahead is not None:  # it loads the same checked files beside this process
+        ahead.load(Path(active.path), active.sha256, barrier.to_dict())
     # loaded on the thread that will score with it (models/device.py says why)
     ens = await in_torch_thread(Ensemble.load, Path(active.path), active.sha256, barrier,
-                                pick_device(cfg.device), cfg.compile, cfg.cuda_graphs)
+                                device, cfg.compile, cfg.cuda_graphs)
     if series is not None:
         from models.ensemble_batch import BatchedEnsembleSignalSource
 
-        source: EnsembleSignalSource = BatchedEnsembleSignalSource(ens, settings.timeframe,
-                                                                   series)
+        source: EnsembleSignalSource = BatchedEnsembleSignalSource(
+            ens, settings.timeframe, series, worker=ahead)
     else:
         source = EnsembleSignalSource(ens, settings.timeframe)
     return source, EnsembleStrategy(
@@ -281,6 +289,30 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
                    marks: Sequence[Path] | None = None,
                    funding: Sequence[Path] | None = None) -> Outcome:
     """``files`` may also be already loaded series (evaluation reuses them)."""
+    ahead = None
+    if stack is None and settings.strategy.name == "ensemble" and look_ahead_process(settings):
+        from models.ahead_worker import AheadWorker
+
+        ahead = AheadWorker()  # first: its torch import overlaps this process's start
+    try:
+        return await _backtest(settings, files, symbols, start_ms, end_ms, engine_hook, stack,
+                               marks, funding, ahead)
+    finally:
+        if ahead is not None:
+            ahead.close()
+
+
+def look_ahead_process(settings: Settings) -> bool:
+    """Whether an ensemble backtest computes its look-ahead in a process of its own: on the
+    CPU (a GPU does it in seconds here) and with a second core to run it on."""
+    return settings.strategy.device in ("auto", "cpu") and (os.cpu_count() or 1) >= 2
+
+
+async def _backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSeries],
+                    symbols: Sequence[str] | None, start_ms: int | None, end_ms: int | None,
+                    engine_hook: Any, stack: tuple[Any, Any] | None,
+                    marks: Sequence[Path] | None, funding: Sequence[Path] | None,
+                    ahead: Any) -> Outcome:
     settle_heap()  # before the candles: the collector need not walk them as they load
     series = ([f for f in files if isinstance(f, CandleSeries)]
               if files and isinstance(files[0], CandleSeries)
@@ -297,7 +329,7 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
     run_id = new_run_id()
     return await drive(settings, run_id, f"backtest:{run_id}", Mode.BACKTEST, "replay",
                        feed.symbols, feed, broker, ledger, clock, engine_hook, stack=stack,
-                       series=series)
+                       series=series, ahead=ahead)
 
 
 async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:

@@ -145,3 +145,7 @@ class OrderNotFound(ExchangeError):
 
 class RegistryError(StackbotError):
     """A checkpoint is missing, altered, or does not fit this code's feature definition."""
+
+
+class ModelError(StackbotError):
+    """The models could not score (a backtest's look-ahead process failed)."""

@@ -172,6 +172,12 @@ class Ensemble:
             outs, regime = self.module.forward_rows(xb, eb, self.lookback)
         return outs.float().cpu().numpy(), regime.cpu().numpy()
 
+    def raw_ends(self, rows: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``raw_rows`` for the windows ending at rows ``ends`` (ascending) of a whole series'
+        feature rows: only the rows those windows span go through the members."""
+        first = int(ends[0]) - self.lookback + 1
+        return self.raw_rows(rows[first : int(ends[-1]) + 1], ends - first)
+
     @torch.no_grad()
     def raw_panel(self, x: np.ndarray) -> np.ndarray:
         """The cross-sectional members over a panel [T, N, L, F]: [T, N, len(cross), 3]."""

@@ -6,7 +6,10 @@ computes the features of the whole series in one vectorised pass (the same funct
 live) and runs every member over all of its scoreable windows, ``chunk`` windows per
 forward. What stays candle by candle is what depends on the run: the online re-weighting
 learns each outcome when its candle arrives, the combiner uses the multipliers of that
-moment, and the strategy and risk loop is the engine's own. So a backtest with this source
+moment, and the strategy and risk loop is the engine's own. On the CPU the members' forward
+runs in the look-ahead process (``models/ahead_worker.py``) beside the engine, which takes
+each chunk's outputs as they arrive; they are calibrated when the run reaches them. So a
+backtest with this source
 takes the decisions the stepwise source would take (tests/test_ensemble_batch.py holds both
 to 1e-6 on the signals and to the same orders).
 
@@ -26,8 +29,10 @@ from collections.abc import Sequence
 from concurrent.futures import Executor
 
 import numpy as np
+import torch
 
 from bot.domain import Candle, CandleSeries, PromotedModel, Signal
+from models.ahead_worker import AheadJob, AheadWorker
 from models.ensemble import ATR_COL, Calibrated, Ensemble, EnsembleSignalSource, Ready
 from models.features import normalise, raw_features
 
@@ -36,7 +41,9 @@ LOOK_AHEAD = 4096  # timestamps whose cross-sections are computed together
 
 class _Ahead:
     """One symbol's series from the first candle the source saw, with (once computed) every
-    scoreable window's member outputs."""
+    scoreable window's member outputs. They come in time order (from the look-ahead process,
+    or at once in this one) and are calibrated as the run reaches them, once both they and
+    the cross-sectional members' columns are in."""
 
     def __init__(self, candles: Sequence[Candle], first: int) -> None:
         self.candles = candles
@@ -46,16 +53,26 @@ class _Ahead:
         self.ts = np.empty(0, dtype=np.int64)
         self.feats = np.empty((0, 0), dtype=np.float32)
         self.lookback = 0
-        self.outs = np.empty((0, 0, 3), dtype=np.float32)
-        self.regime = np.empty(0, dtype=np.int64)
+        self.job = AheadJob(0, 0, ())
         self.atr = np.empty(0)
-        self.cal: Calibrated | None = None  # the outputs calibrated, per scored window
+        self.cal: Calibrated | None = None  # the outputs calibrated, rows < ``calibrated``
+        self.calibrated = 0
+        self.crossed = 0  # rows whose cross-sectional columns are in (all: no such member)
+
+    @property
+    def outs(self) -> np.ndarray:
+        return self.job.outs
+
+    @property
+    def regime(self) -> np.ndarray:
+        return self.job.regime
 
     def follows(self, c: Candle) -> bool:
         nxt = self.pos + 1
         return nxt < len(self.candles) and (self.candles[nxt] is c or self.candles[nxt] == c)
 
-    def compute(self, ens: Ensemble, step_ms: int, need: int, chunk: int) -> None:
+    def compute(self, ens: Ensemble, step_ms: int, need: int, chunk: int,
+                worker: AheadWorker | None) -> None:
         cs = self.candles[self.first :]
         ohlcv = np.array([(c.open, c.high, c.low, c.close, c.volume) for c in cs])
         ts = np.array([c.ts for c in cs], dtype=np.int64)
@@ -73,24 +90,58 @@ class _Ahead:
         self.row = np.full(n, -1)
         self.row[idx] = np.arange(len(idx))
         self.atr = raw[:, ATR_COL] * ohlcv[:, 3]
-        self.outs = np.empty((len(idx), len(ens.names), 3), dtype=np.float32)
-        self.regime = np.empty(len(idx), dtype=np.int64)
-        if not len(idx):
-            return
+        cross = ens.module.cross
+        self.job = AheadJob(len(idx), len(ens.names),
+                            [i for i in range(len(ens.names)) if i not in cross])
+        m = len(ens.names)
+        self.cal = Calibrated(np.empty((len(idx), m)), np.empty((len(idx), m)),
+                              np.empty(len(idx)), np.empty(len(idx)))
+        self.calibrated = 0
+        self.crossed = 0 if cross else len(idx)
+        # until the look-ahead process is ready (it starts with the run and imports torch
+        # meanwhile), here; from then on there, beside the engine, chunk by chunk; all here
+        # where it failed to start
         for lo in range(0, len(idx), chunk):
-            take = idx[lo : lo + chunk]
-            first = int(take[0]) - lookback + 1  # the rows this chunk's windows span
-            outs, regime = ens.raw_rows(feats[first : int(take[-1]) + 1], take - first)
-            self.outs[lo : lo + len(take)] = outs
-            self.regime[lo : lo + len(take)] = regime
-        self.cal = ens.calibrated(self.outs)  # again for rows a cross-section fills in
+            if worker is not None and worker.ready.is_set():
+                worker.submit(self.job, feats, idx[lo:], chunk, base=lo)
+                return
+            self.job.deliver(lo, *ens.raw_ends(feats, idx[lo : lo + chunk]))
 
-    def recalibrate(self, ens: Ensemble, rows: np.ndarray) -> None:
+    def crossed_in(self, ens: Ensemble, rows: np.ndarray) -> None:
+        """The cross-sectional columns of ``rows`` are in: rows calibrated before (a
+        cross-section computed again) are calibrated again."""
+        self.crossed = max(self.crossed, int(rows.max()) + 1)
+        old = rows[rows < self.calibrated]
+        if len(old):
+            self._calibrate(ens, old)
+
+    def _calibrate(self, ens: Ensemble, rows: np.ndarray | slice) -> None:
         assert self.cal is not None
         fresh = ens.calibrated(self.outs[rows])
         for mine, new in ((self.cal.logits, fresh.logits), (self.cal.member_p, fresh.member_p),
                           (self.cal.exp_ret, fresh.exp_ret), (self.cal.disp, fresh.disp)):
             mine[rows] = new
+
+    def next_row(self) -> int:
+        """The window of the next candle of the series (-1: none)."""
+        assert self.row is not None
+        i = self.pos + 1 - self.first
+        return int(self.row[i]) if i < len(self.row) else -1
+
+    def arrived(self, r: int) -> bool:
+        return r < self.job.done
+
+    def calibrate_to(self, ens: Ensemble, r: int) -> bool:
+        """Calibrate the rows that are in, waiting for ``r``; False where ``r``'s
+        cross-sectional columns are not in yet (the warm-up replay computes them after)."""
+        if r < self.calibrated:
+            return True
+        self.job.wait(r)
+        hi = min(self.job.done, self.crossed)
+        if hi > self.calibrated:
+            self._calibrate(ens, slice(self.calibrated, hi))
+            self.calibrated = hi
+        return r < hi
 
     def window(self, i: int) -> np.ndarray:
         return self.feats[i - self.lookback + 1 : i + 1]
@@ -101,13 +152,14 @@ class _Ahead:
         i = int(np.searchsorted(self.ts, ts))
         return i if i < len(self.ts) and self.ts[i] == ts and self.row[i] >= 0 else -1
 
-    def ready(self, c: Candle) -> Ready | None:
+    def ready(self, c: Candle, ens: Ensemble) -> Ready | None:
         assert self.row is not None
         i = self.pos - self.first
         r = int(self.row[i])
         if r < 0:
             return None
-        cal = None if self.cal is None else self.cal.rows(slice(r, r + 1))
+        cal = (self.cal.rows(slice(r, r + 1))
+               if self.calibrate_to(ens, r) and self.cal is not None else None)
         return Ready(c, float(self.atr[i]), outs=self.outs[r], regime=int(self.regime[r]),
                      cal=cal)
 
@@ -121,8 +173,13 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
 
     def __init__(self, ensemble: Ensemble, timeframe: str, series: Sequence[CandleSeries],
                  chunk: int | None = None, executor: Executor | None = None,
-                 threads: int = 1) -> None:
+                 threads: int = 1, worker: AheadWorker | None = None) -> None:
         super().__init__(ensemble, timeframe, executor, threads)
+        # the look-ahead process (models/ahead_worker.py), loaded with this ensemble: the
+        # members' forward runs there, beside the engine; None: here, on the torch thread
+        self.worker = worker
+        if worker is not None:  # the other core is the look-ahead process's: one thread here
+            self.executor.submit(torch.set_num_threads, 1).result()
         # windows per forward: on the CPU small enough to stay in cache (512 measured fastest
         # on 2 cores with the per-row forward, bench/RESULTS.md), on a GPU large enough to
         # fill it. The look-ahead runs at the source's thread count, set once: on 2 cores a
@@ -140,6 +197,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
     def swap(self, model: PromotedModel) -> bool:
         """A new version scores from here on: what was computed ahead was the old one's."""
         swapped = super().swap(model)
+        self.worker = None  # it holds the old version: the new one computes here
         for ahead in self._ahead.values():
             if ahead is not None:
                 ahead.row, ahead.cal = None, None
@@ -176,7 +234,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         for c in candles:
             ahead = self._seen(c)
             if ahead is not None and ahead.row is None:
-                ahead.compute(self.ens, self.step, self.need, self.chunk)
+                ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker)
 
     def _windows(self, candles: Sequence[Candle]) -> dict[str, Ready]:
         out: dict[str, Ready] = {}
@@ -187,8 +245,8 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 stepwise.append(c)
                 continue
             if ahead.row is None:  # the warm-up replay reaches here first (in the executor)
-                ahead.compute(self.ens, self.step, self.need, self.chunk)
-            ready = ahead.ready(c)
+                ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker)
+            ready = ahead.ready(c, self.ens)
             if ready is not None:
                 out[c.symbol] = ready
         if not self.ens.module.cross or not out:
@@ -266,7 +324,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                         a.outs[a.row[i], cross] = outs[k, j]
                         filled.setdefault(s, []).append(int(a.row[i]))
         for s, done in filled.items():
-            aheads[s].recalibrate(self.ens, np.array(done))
+            aheads[s].crossed_in(self.ens, np.array(done))
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         loop = asyncio.get_running_loop()
@@ -276,4 +334,10 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                or ((a := self._ahead[c.symbol]) is not None and a.row is None)
                for c in candles) or self._cross_stale(candles[0].ts):
             await loop.run_in_executor(self.executor, self._look_ahead, candles)
+        for c in candles:  # outputs still on their way from the look-ahead process
+            ahead = self._ahead.get(c.symbol)
+            if ahead is not None and ahead.row is not None and ahead.follows(c):
+                r = ahead.next_row()
+                if r >= 0 and not ahead.arrived(r):
+                    await loop.run_in_executor(None, ahead.job.wait, r)
         return await super().on_candles(candles)

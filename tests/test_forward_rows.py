@@ -158,3 +158,31 @@ async def test_the_bot_loads_and_scores_its_ensemble_on_one_torch_thread(
     assert source.executor is torch_thread()
     scored_on = torch_thread().submit(lambda: threading.current_thread().name).result()
     assert loaded_on == [scored_on] and scored_on != threading.current_thread().name
+
+
+@pytest.mark.parametrize("lookback", [32, 16, 5])
+def test_the_tcn_computes_only_the_steps_its_last_output_reads(lookback: int) -> None:
+    """At inference the TCN's blocks run at the steps the last one depends on (93 of 320
+    step-convolutions at lookback 32); the reference is the plain dilated convolutions over
+    every step, which training still runs."""
+    from models.members.base import scaled
+    from models.members.conv import TCN
+
+    torch.manual_seed(6)
+    m = TCN(MemberConfig(F, lookback, hidden=16)).eval()
+    x = torch.randn(11, lookback, F)
+    with torch.no_grad():
+        full = m.blocks(m.inp(x.transpose(1, 2)))
+        want = scaled(m.out(full[:, :, -1]))
+        got = m(x)
+    assert torch.allclose(got, want, atol=1e-6)
+    assert want[:, 0].std() > 1e-3  # the windows' outputs differ: not vacuous
+    plan = m._plan(lookback, x.device)
+    done = sum(len(s.first) + len(s.second) for s in plan)
+    assert done < 2 * lookback * len(plan)
+    if lookback == 32:
+        assert done == 93
+    # and training runs the full convolutions (their gradients reach every weight)
+    m.train()
+    m(x).sum().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
