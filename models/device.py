@@ -11,6 +11,7 @@ Training runs in a process of its own and is not affected.
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import Callable
 from concurrent.futures import Executor, ThreadPoolExecutor
 from functools import partial
@@ -28,6 +29,17 @@ def pick_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return requested
+
+
+def set_threads(executor: Executor, threads: int) -> None:
+    """torch's intra-op thread count for the work ``executor`` runs. The count is each OS
+    thread's own (its OpenMP setting; a thread that has run parallel work keeps what it had),
+    so setting it on the caller's thread would not reach the torch thread that had loaded the
+    ensemble: live decisions ran on two threads where one was meant (and benchmarked)."""
+    if threading.current_thread().name.startswith("torch"):
+        torch.set_num_threads(threads)  # on the torch thread already: waiting would deadlock
+    else:
+        executor.submit(torch.set_num_threads, threads).result()
 
 
 def torch_thread() -> Executor:

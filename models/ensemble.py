@@ -28,7 +28,7 @@ import torch
 
 from bot.domain import Candle, Gap, PromotedModel, Regime, Signal, timeframe_ms
 from models.calibrate import sigmoid
-from models.device import torch_thread
+from models.device import set_threads, torch_thread
 from models.ensemble_module import EnsembleModule
 from models.features import (
     FEATURE_NAMES,
@@ -284,14 +284,15 @@ class EnsembleSignalSource:
     def __init__(
         self, ensemble: Ensemble, timeframe: str, executor: Executor | None = None, threads: int = 1
     ) -> None:
-        # one intra-op thread: small batches run faster without OpenMP contention with the
-        # event loop's thread (raise it for many symbols)
-        torch.set_num_threads(threads)
         self.ens = ensemble
         self.model_version = ensemble.id
         self.timeframe = timeframe
         self.step = timeframe_ms(timeframe)
         self.executor = executor or torch_thread()  # the process's one torch thread
+        # one intra-op thread: small batches run faster without OpenMP contention with the
+        # event loop's thread (raise it for many symbols). Set where the scoring runs: the
+        # count is each OS thread's own (models/device.py)
+        set_threads(self.executor, threads)
         self.keep = history_rows(ensemble.lookback)
         self.need = WARMUP + ensemble.lookback  # candles before the first window is scored
         if self.keep + REBUILD_CANDLES > LIVE_WARMUP:

@@ -84,14 +84,13 @@ def test_the_process_computes_what_this_one_would(tmp_path: Path) -> None:
         worker.close()
     assert worker.rows_received == len(ends) - base
     want = np.empty_like(job.outs)
+    torch.set_num_threads(1)  # as the process (this thread's own count: models/device.py)
     for lo in range(base, len(ends), 128):
         take = ends[lo:lo + 128]
-        first = int(take[0]) - L + 1
-        want[lo:lo + len(take)], regime = ens.raw_rows(feats[first:int(take[-1]) + 1],
-                                                       take - first)
+        want[lo:lo + len(take)], regime = ens.raw_ends(feats, take)
         assert np.array_equal(job.regime[lo:lo + len(take)], regime)
     keep = [i for i in range(len(NAMES)) if i not in cross]
-    # the same code, the same chunks, one torch thread each: the same numbers, bit for bit
+    # the same code, the same chunks, one torch thread each (see above): bit for bit
     assert np.array_equal(job.outs[base:, keep], want[base:, keep])
     assert (job.outs[:, cross] == 7.0).all()
     assert not job.outs[:base, keep].any()  # rows before ``base`` were left to the parent
@@ -116,8 +115,8 @@ def test_a_source_with_the_process_gives_the_signals_of_one_without(tmp_path: Pa
     b = candles("BBB/USDT", 1400, "1h", seed=52)
     series = [_series("AAA/USDT", a), _series("BBB/USDT", b)]
     steps = _timestamps(series)
-    alone = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, chunk=128),
-                                 steps))
+    alone = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, chunk=128,
+                                                             threads=1), steps))
     worker = AheadWorker()
     try:
         worker.load(manifest, digest, BAR.to_dict())
@@ -147,8 +146,8 @@ def test_the_parent_computes_until_the_process_is_ready(tmp_path: Path) -> None:
         got = asyncio.run(_signals(src, _timestamps(series)))
     finally:
         worker.close()
-    want = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, chunk=128),
-                                _timestamps(series)))
+    want = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, chunk=128,
+                                                            threads=1), _timestamps(series)))
     assert len(want) > 300 and got.keys() == want.keys()
     assert all(got[k].p_up == want[k].p_up for k in want)
     assert not worker.ready.is_set() and worker.rows_received == 0

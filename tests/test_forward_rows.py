@@ -186,3 +186,28 @@ def test_the_tcn_computes_only_the_steps_its_last_output_reads(lookback: int) ->
     m.train()
     m(x).sum().backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())
+
+
+def test_the_thread_count_reaches_the_thread_that_scores() -> None:
+    """torch's thread count is each OS thread's own: the source sets it on its executor's
+    thread, where the ensemble was loaded and every decision runs (it had been set on the
+    caller's thread, and live decisions ran on every core where one thread was meant)."""
+    import torch as t
+
+    from models.device import torch_thread
+    from models.ensemble import EnsembleSignalSource
+    from models.labels import BarrierSpec
+
+    def load() -> object:
+        t.ones(256, 256) @ t.ones(256, 256)  # parallel work: the thread's count is now fixed
+        members = [REGISTRY[n](MemberConfig(F, L, hidden=8)).eval() for n in ("lstm", "gru")]
+        from models.ensemble import Ensemble
+        return Ensemble("t", members, [1.0, 1.0], np.zeros(2), 0.0, L, BarrierSpec(2, 3, 24))
+
+    torch_thread().submit(t.set_num_threads, 2).result()
+    ens = torch_thread().submit(load).result()
+    EnsembleSignalSource(ens, "1h")  # threads=1, the live default
+    assert torch_thread().submit(t.get_num_threads).result() == 1
+    EnsembleSignalSource(ens, "1h", threads=2)
+    assert torch_thread().submit(t.get_num_threads).result() == 2
+    EnsembleSignalSource(ens, "1h")
