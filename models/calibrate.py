@@ -13,7 +13,8 @@ EPS = 1e-6
 
 
 def sigmoid(z: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-np.clip(z, -50, 50)))
+    # np.clip's values through two ufuncs: a third of its cost on the per-candle path
+    return 1.0 / (1.0 + np.exp(-np.minimum(np.maximum(z, -50), 50)))
 
 
 def brier(p: np.ndarray, y: np.ndarray) -> float:

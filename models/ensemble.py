@@ -42,7 +42,7 @@ from models.forward import Forward
 from models.labels import BarrierSpec, barrier_spec_of
 from models.members import Member
 from models.members.vae import VAERegime
-from models.meta import LogitMoments, OnlineWeights, combine
+from models.meta import LogitMoments, OnlineWeights, Stacker
 from models.registry import RegistryError, barrier_mismatch, load_member, sha256
 
 ATR_COL = FEATURE_NAMES.index("atr_pct")
@@ -108,6 +108,13 @@ class Ensemble:
         mode = "graphs" if cuda_graphs else "compile" if compile else "eager"
         self.forward = Forward(self.module, device, mode, buckets)
         self.forecasters = np.array([m.kind == "supervised" for m in members])
+        self.stacker = Stacker(self.meta_w, self.meta_b, self.moments)
+        vae = self.module.members[self.module.vae_index] if self.module.vae_index >= 0 else None
+        k = vae.k if isinstance(vae, VAERegime) else 0
+        # the regime of each VAE id, index id + 1 (-1: unknown)
+        self._regimes = (Regime.UNKNOWN, *(Regime.BEAR if i == 0 else Regime.BULL
+                                           if i == k - 1 else Regime.NEUTRAL
+                                           for i in range(k)))
 
     @classmethod
     def load(
@@ -207,7 +214,7 @@ class Ensemble:
     def combined(self, cal: Calibrated, regime: np.ndarray,
                  online: np.ndarray | None = None) -> list[Prediction]:
         """The meta-learner with the online weights of this moment."""
-        p = combine(cal.logits, self.meta_w, self.meta_b, online, self.moments)
+        p = self.stacker.p(cal.logits, online)
         return [
             Prediction(
                 float(p[i]),
@@ -222,12 +229,7 @@ class Ensemble:
     def regime_of(self, rid: int) -> Regime:
         """The VAE's regime id as a Regime: its k regimes are ordered by mean return, so the
         first is bear, the last bull, those between neutral; -1 is unknown."""
-        if rid < 0 or self.module.vae_index < 0:
-            return Regime.UNKNOWN
-        vae = self.module.members[self.module.vae_index]
-        assert isinstance(vae, VAERegime)
-        k = vae.k
-        return Regime.BEAR if rid == 0 else Regime.BULL if rid == k - 1 else Regime.NEUTRAL
+        return self._regimes[rid + 1] if 0 <= rid < len(self._regimes) - 1 else Regime.UNKNOWN
 
 
 class History:

@@ -146,11 +146,9 @@ class _Ahead:
     def window(self, i: int) -> np.ndarray:
         return self.feats[i - self.lookback + 1 : i + 1]
 
-    def at(self, ts: int) -> int:
-        """The local index of the candle opened at ``ts`` when it has a scored window; -1."""
-        assert self.row is not None
-        i = int(np.searchsorted(self.ts, ts))
-        return i if i < len(self.ts) and self.ts[i] == ts and self.row[i] >= 0 else -1
+    def windows(self, ends: np.ndarray) -> np.ndarray:
+        """The windows ending at the candles ``ends`` [T]: [T, L, F]."""
+        return self.feats[ends[:, None] + np.arange(1 - self.lookback, 1)]
 
     def ready(self, c: Candle, ens: Ensemble) -> Ready | None:
         assert self.row is not None
@@ -299,35 +297,43 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         """The cross-sectional members for the next ``LOOK_AHEAD`` timestamps from ``ts0``: at
         each, the symbols whose series have a scored window there form one cross-section; runs of
         timestamps with the same symbols go through the members as panels [T, N, L, F]."""
-        aheads = {s: a for s, a in self._ahead.items() if a is not None and a.row is not None}
+        aheads = {s: a for s, a in sorted(self._ahead.items())
+                  if a is not None and a.row is not None}
         self._computed = frozenset(aheads)
+        names = list(aheads)
         stamps = np.unique(np.concatenate([a.ts[a.ts >= ts0] for a in aheads.values()]))
         stamps = stamps[:LOOK_AHEAD]
-        groups: dict[tuple[str, ...], list[tuple[int, list[int]]]] = {}
-        for t in stamps.tolist():
-            at = {s: a.at(t) for s, a in aheads.items()}
-            syms = tuple(sorted(s for s, i in at.items() if i >= 0))
-            self._expected[t] = frozenset(syms)
-            if syms:
-                groups.setdefault(syms, []).append((t, [at[s] for s in syms]))
-        cross = self.ens.module.cross
-        filled: dict[str, list[int]] = {}
-        for syms, rows in groups.items():
+        # each symbol's candle at each timestamp (its index in the series), -1: none scored
+        local = np.full((len(names), len(stamps)), -1)
+        for k, a in enumerate(aheads.values()):
+            assert a.row is not None
+            i = np.minimum(np.searchsorted(a.ts, stamps), len(a.ts) - 1)
+            hit = (a.ts[i] == stamps) & (a.row[i] >= 0)
+            local[k, hit] = i[hit]
+        sets, which = np.unique((local >= 0).T, axis=0, return_inverse=True)
+        cross = np.array(self.ens.module.cross)
+        filled: dict[str, list[np.ndarray]] = {}
+        for g, members in enumerate(sets):
+            syms = [n for n, on in zip(names, members, strict=True) if on]
+            at = np.flatnonzero(which.ravel() == g)  # the timestamps with these symbols
+            self._expected.update(dict.fromkeys(stamps[at].tolist(), frozenset(syms)))
+            if not syms:
+                continue
+            idx = local[np.flatnonzero(members)][:, at]  # [N, T]
             per = max(1, self.chunk // len(syms))
-            for lo in range(0, len(rows), per):
-                part = rows[lo : lo + per]
-                panel = np.stack([np.stack([aheads[s].window(i) for s, i in zip(syms, idx,
-                                                                                 strict=True)])
-                                  for _, idx in part])
+            for lo in range(0, len(at), per):
+                part = idx[:, lo : lo + per]
+                panel = np.stack([aheads[s].windows(part[j]) for j, s in enumerate(syms)],
+                                 axis=1)  # [T, N, L, F]
                 outs = self.ens.raw_panel(panel)  # [T, N, C, 3]
-                for k, (_, idx) in enumerate(part):
-                    for j, (s, i) in enumerate(zip(syms, idx, strict=True)):
-                        a = aheads[s]
-                        assert a.row is not None
-                        a.outs[a.row[i], cross] = outs[k, j]
-                        filled.setdefault(s, []).append(int(a.row[i]))
+                for j, s in enumerate(syms):
+                    a = aheads[s]
+                    assert a.row is not None
+                    rows = a.row[part[j]]
+                    a.outs[rows[:, None], cross[None, :]] = outs[:, j]
+                    filled.setdefault(s, []).append(rows)
         for s, done in filled.items():
-            aheads[s].crossed_in(self.ens, np.array(done))
+            aheads[s].crossed_in(self.ens, np.concatenate(done))
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
         loop = asyncio.get_running_loop()

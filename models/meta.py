@@ -124,6 +124,32 @@ def stacked_logit(logits: np.ndarray, weights: np.ndarray, bias: float,
     return (logits - moments.mean) @ (scale * w2) + float(moments.mean @ weights) + bias
 
 
+class Stacker:
+    """``combine`` for one ensemble, for a decision at a time: what depends only on the
+    weights, and on the multipliers until they change, is computed once (the same
+    arithmetic, so the same p to the last bit)."""
+
+    def __init__(self, weights: np.ndarray, bias: float,
+                 moments: LogitMoments | None) -> None:
+        self.weights, self.bias, self.moments = weights, bias, moments
+        self._online: np.ndarray | None = None  # the multipliers the cache is for
+        self._vector = weights
+        self._offset = 0.0
+
+    def p(self, logits: np.ndarray, online: np.ndarray | None) -> np.ndarray:
+        if online is None or self.moments is None:
+            return combine(logits, self.weights, self.bias, online, self.moments)
+        if online is not self._online:
+            w, m = self.weights, self.moments
+            w2 = w * online
+            before = float(w @ m.cov @ w)
+            after = float(w2 @ m.cov @ w2)
+            scale = (before / after) ** 0.5 if after > 0 and before > 0 else 1.0
+            self._vector, self._offset = scale * w2, float(m.mean @ w)
+            self._online = online
+        return sigmoid((logits - self.moments.mean) @ self._vector + self._offset + self.bias)
+
+
 def combine(logits: np.ndarray, weights: np.ndarray, bias: float,
             online: np.ndarray | None = None,
             moments: LogitMoments | None = None) -> np.ndarray:
