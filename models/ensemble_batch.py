@@ -102,7 +102,7 @@ class _Ahead:
         # meanwhile), here; from then on there, beside the engine, chunk by chunk; all here
         # where it failed to start
         for lo in range(0, len(idx), chunk):
-            if worker is not None and worker.ready.is_set():
+            if worker is not None and worker.is_ready():
                 worker.submit(self.job, feats, idx[lo:], chunk, base=lo)
                 return
             self.job.deliver(lo, *ens.raw_ends(feats, idx[lo : lo + chunk]))

@@ -17,7 +17,6 @@ import json
 from collections.abc import Callable
 
 import numpy as np
-from scipy.signal import lfilter
 
 from models.labels import BarrierSpec
 
@@ -114,6 +113,10 @@ def _smooth(x: np.ndarray, alpha: float, carry: bool) -> np.ndarray:
     (scipy's lfilter), so row t depends on rows <= t only. Leading axes are a batch: series
     whose NaNs all lead (the usual case) are filtered together, each from its first value,
     with the same arithmetic as one at a time."""
+    # imported here: scipy.signal takes half a second to import, and a look-ahead process
+    # (models/ahead_worker.py), which imports this module, never computes a feature
+    from scipy.signal import lfilter
+
     x = x.astype(np.float64)
     out = np.full_like(x, np.nan)
     flat, res = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])

@@ -64,21 +64,23 @@ def _rows(n: int = 1500, seed: int = 41) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _ready(worker: AheadWorker) -> None:
-    assert worker.ready.wait(120), "the look-ahead process never loaded the ensemble"
+    assert worker.wait_ready(120), "the look-ahead process never loaded the ensemble"
 
 
-def test_the_process_computes_what_this_one_would(tmp_path: Path) -> None:
+def test_the_processes_compute_what_this_one_would(tmp_path: Path) -> None:
     manifest, digest, ens = _saved(tmp_path)
     feats, ends = _rows()
-    worker = AheadWorker()
+    worker = AheadWorker(2)  # the chunks dealt in turn to two
     try:
         worker.load(manifest, digest, BAR.to_dict())
         _ready(worker)
         cross = ens.module.cross
         job = AheadJob(len(ends), len(NAMES), [i for i in range(len(NAMES)) if i not in cross])
         job.outs[:, cross] = 7.0  # the parent's columns: the process must not touch them
-        base = 100  # the first rows were the parent's own
+        base = 100  # the first rows are the parent's own (here: zeros, delivered last)
         worker.submit(job, feats, ends[base:], 128, base=base)
+        assert job.done == 0  # nothing counts while rows 0..99 are missing
+        job.deliver(0, np.zeros((base, len(NAMES), 3), np.float32), np.full(base, -1))
         job.wait(len(ends) - 1)
     finally:
         worker.close()
@@ -117,7 +119,7 @@ def test_a_source_with_the_process_gives_the_signals_of_one_without(tmp_path: Pa
     steps = _timestamps(series)
     alone = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, chunk=128,
                                                              threads=1), steps))
-    worker = AheadWorker()
+    worker = AheadWorker(2)  # the chunks dealt in turn to two
     try:
         worker.load(manifest, digest, BAR.to_dict())
         _ready(worker)  # so that the rows come from it, not from the parent's first chunks
@@ -131,6 +133,20 @@ def test_a_source_with_the_process_gives_the_signals_of_one_without(tmp_path: Pa
         y = beside[k]
         assert (x.p_up, x.expected_return, x.dispersion, x.regime, x.members) == \
                (y.p_up, y.expected_return, y.dispersion, y.regime, y.members), k
+
+
+def test_a_job_counts_only_the_rows_in_without_a_gap() -> None:
+    """Two processes deliver their chunks in any order: the run may read a row only once
+    every chunk up to it is in."""
+    job = AheadJob(10, 2, [0, 1])
+    rows = np.ones((4, 2, 3), dtype=np.float32)
+    job.deliver(4, rows, np.zeros(4, dtype=np.int64))
+    assert job.done == 0  # rows 4..7 are in, 0..3 are not
+    job.deliver(8, rows[:2], np.zeros(2, dtype=np.int64))
+    assert job.done == 0
+    job.deliver(0, rows, np.zeros(4, dtype=np.int64))
+    assert job.done == 10 and job.outs.all()
+    job.wait(9)  # does not block
 
 
 def test_the_parent_computes_until_the_process_is_ready(tmp_path: Path) -> None:
@@ -150,7 +166,7 @@ def test_the_parent_computes_until_the_process_is_ready(tmp_path: Path) -> None:
                                                             threads=1), _timestamps(series)))
     assert len(want) > 300 and got.keys() == want.keys()
     assert all(got[k].p_up == want[k].p_up for k in want)
-    assert not worker.ready.is_set() and worker.rows_received == 0
+    assert not worker.is_ready() and worker.rows_received == 0
 
 
 def test_a_process_that_dies_fails_the_waiting_run_with_its_error(tmp_path: Path) -> None:
@@ -160,8 +176,9 @@ def test_a_process_that_dies_fails_the_waiting_run_with_its_error(tmp_path: Path
     try:
         worker.load(manifest, digest, BAR.to_dict())
         _ready(worker)
-        worker._proc.kill()
-        worker._proc.wait()
+        for child in worker._children:
+            child.proc.kill()
+            child.proc.wait()
         job = AheadJob(len(ends), len(NAMES), range(len(NAMES)))
         worker.submit(job, feats, ends, 128)
         t0 = time.monotonic()
@@ -179,7 +196,7 @@ def test_the_process_gets_no_stackbot_variable(tmp_path: Path,
     monkeypatch.setenv("STACKBOT_DATABASE_URL", "postgresql://u:pw@h/db")
     worker = AheadWorker()
     try:
-        env = Path(f"/proc/{worker._proc.pid}/environ").read_bytes()
+        env = Path(f"/proc/{worker._children[0].proc.pid}/environ").read_bytes()
     finally:
         worker.close()
     assert env and b"PATH=" in env
