@@ -21,13 +21,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from bot.domain import CandleSeries  # noqa: E402
+from bot.domain import CandleSeries, timeframe_ms  # noqa: E402
 from bot.feeds.files import load_candle_file  # noqa: E402
 from models.device import torch_thread  # noqa: E402
 from models.ensemble import Ensemble, EnsembleSignalSource  # noqa: E402
 from models.ensemble_batch import BatchedEnsembleSignalSource  # noqa: E402
+from models.features import normalise, raw_features  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-1h"
 
@@ -58,24 +60,37 @@ async def stepwise(ens: Ensemble, series: CandleSeries, scored: int) -> tuple[fl
 
 
 @torch.no_grad()
-def per_member(ens: Ensemble, n: int = 2048) -> None:
-    threads = torch.get_num_threads()
+def per_member(ens: Ensemble, series: CandleSeries, chunk: int = 512) -> None:
+    """Each member through the look-ahead's own path (its per-step part once per row, then
+    its windows; the GNN over one-symbol panels), over every window of the file, chunks of
+    ``chunk``, on one thread: seconds for the file."""
     torch.set_num_threads(1)
-    x = torch.randn(n, ens.lookback, 20, device=ens.device)
+    cs = series.candles
+    ohlcv = np.array([(c.open, c.high, c.low, c.close, c.volume) for c in cs])
+    feats = normalise(raw_features(ohlcv, np.array([c.ts for c in cs]),
+                                  timeframe_ms(series.timeframe))).astype(np.float32)
+    ok = ~np.isnan(feats).any(axis=1)
+    L = ens.lookback
+    ends = np.array([i for i in range(L - 1, len(feats)) if ok[i - L + 1:i + 1].all()])
     total = 0.0
-    for m in ens.module.members:
+    for m in ens.module.typed:
         t0 = time.perf_counter()
-        if m.cross_sectional:
-            m.forward_panel(x.unsqueeze(1))
-        elif m.name == "vae":
-            m.confident_regime(x)
-        else:
-            m(x)
-        ms = (time.perf_counter() - t0) * 1000 / n
-        total += ms
-        print(f"  {m.name:<16}{ms:.3f} ms a window", flush=True)
-    print(f"  {'all':<16}{total:.3f} ms a window (one thread, {n} windows a call)")
-    torch.set_num_threads(threads)
+        for lo in range(0, len(ends), chunk):
+            e = ends[lo:lo + chunk]
+            first = int(e[0]) - L + 1
+            rows = torch.as_tensor(feats[first:int(e[-1]) + 1])
+            idx = torch.as_tensor(e - first - (L - 1))[:, None] + torch.arange(L)
+            if m.cross_sectional:
+                m.forward_panel(rows[idx].unsqueeze(1))  # type: ignore[operator]
+            elif m.name == "vae":
+                m.confident_regime(rows[idx])  # type: ignore[operator]
+            else:
+                s = m.steps(rows)
+                m.windows(rows[idx] if s is rows else s[idx])
+        secs = time.perf_counter() - t0
+        total += secs
+        print(f"  {m.name:<16}{secs:6.2f} s", flush=True)
+    print(f"  {'all':<16}{total:6.2f} s ({len(ends):,} windows, one thread, chunks of {chunk})")
 
 
 def main() -> None:
@@ -86,7 +101,7 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--stepwise", type=int, default=2000)
     ap.add_argument("--per-member", action="store_true",
-                    help="also time each member's forward (ms a window, one thread)")
+                    help="also time each member through the look-ahead's path (one thread)")
     args = ap.parse_args()
     path = Path(args.ensemble)
     trained = Ensemble.trained_barrier(path)
@@ -98,7 +113,7 @@ def main() -> None:
     print(f"{args.data.name}: {len(series.candles):,} candles, device {args.device}, "
           f"{len(ens.names)} members, torch {torch.__version__}", flush=True)
     if args.per_member:
-        torch_thread().submit(per_member, ens).result()
+        torch_thread().submit(per_member, ens, series).result()
     ahead, loop, n = asyncio.run(batched(ens, series))
     print(f"batched: look-ahead {ahead:.2f} s, candle by candle {loop:.2f} s, "
           f"{n:,} signals, total {ahead + loop:.2f} s", flush=True)

@@ -5,7 +5,11 @@ look-ahead and every live decision. torch's CPU kernels run OpenMP teams; once t
 have each run parallel work, on a 2-core machine their teams contend, and a backtest's
 look-ahead ran 2.8x slower after the ensemble had been loaded on the main thread (15.7 s
 against 5.7 s for BTC/USDT 1h, bench/RESULTS.md). The thread is also off the event loop.
-Training runs in a process of its own and is not affected.
+Training runs in a process of its own and is not affected; so do a CPU backtest's look-ahead
+processes (``models/ahead_worker.py``), one torch thread each.
+
+The intra-op thread count is each OS thread's own (its OpenMP setting, fixed the first time
+the thread runs parallel work): ``set_threads`` sets it on the thread that scores.
 """
 
 from __future__ import annotations
