@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
@@ -42,6 +42,9 @@ from bot.ports import Broker, Feed, Ledger
 from bot.records import fatal_payload
 from risk.manager import RiskManager
 from strategies.baseline import EmaCrossSignal, TrendFollowStrategy
+
+if TYPE_CHECKING:
+    from models.ahead_worker import AheadWorker
 
 log = get_logger("app")
 
@@ -104,7 +107,7 @@ async def drive(
     settings: Settings, run_id: str, account: str, mode: Mode, exchange_name: str,
     symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
     engine_hook: Any = None, venue_stops: bool = True, stack: tuple[Any, Any] | None = None,
-    series: Sequence[CandleSeries] | None = None, ahead: Any = None,
+    series: Sequence[CandleSeries] | None = None, ahead: AheadWorker | None = None,
 ) -> Outcome:
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
@@ -206,11 +209,12 @@ async def _anchor(ledger: Ledger, settings: Settings) -> Any:
 
 async def signal_stack(settings: Settings, ledger: Any, cost: float,
                        series: Sequence[CandleSeries] | None = None,
-                       margined: bool = False, ahead: Any = None) -> tuple[Any, Any]:
+                       margined: bool = False,
+                       ahead: AheadWorker | None = None) -> tuple[Any, Any]:
     """The signal source and strategy: the EMA baseline, or the active model ensemble. A
     backtest hands over its ``series``: the ensemble's member outputs are then computed
     ahead in large batches (``models/ensemble_batch.py``), with the same decisions, on the
-    CPU in the look-ahead process ``ahead`` where the backtest started one.
+    CPU in the look-ahead processes ``ahead`` where the backtest started them.
     ``margined``: the markets are perpetuals, where either strategy may also go short."""
     cfg = settings.strategy
     if cfg.name == "baseline":
@@ -291,7 +295,7 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
     """``files`` may also be already loaded series (evaluation reuses them)."""
     ahead = None
     if stack is None and settings.strategy.name == "ensemble" and look_ahead_process(settings):
-        from models.ahead_worker import AheadWorker
+        from models.ahead_worker import AheadWorker  # numpy only: no torch import here
 
         # first: their torch import overlaps this process's start. One per core, up to 4:
         # on 2 cores two beside the engine took case e from 12.8 to 11.8 s (three: 13.4 s)
@@ -305,8 +309,8 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
 
 
 def look_ahead_process(settings: Settings) -> bool:
-    """Whether an ensemble backtest computes its look-ahead in a process of its own: on the
-    CPU (a GPU does it in seconds here) and with a second core to run it on."""
+    """Whether an ensemble backtest computes its look-ahead in processes of its own: on the
+    CPU (a GPU does it in seconds here) and with a second core to run them on."""
     return settings.strategy.device in ("auto", "cpu") and (os.cpu_count() or 1) >= 2
 
 
@@ -314,7 +318,7 @@ async def _backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleS
                     symbols: Sequence[str] | None, start_ms: int | None, end_ms: int | None,
                     engine_hook: Any, stack: tuple[Any, Any] | None,
                     marks: Sequence[Path] | None, funding: Sequence[Path] | None,
-                    ahead: Any) -> Outcome:
+                    ahead: AheadWorker | None) -> Outcome:
     settle_heap()  # before the candles: the collector need not walk them as they load
     series = ([f for f in files if isinstance(f, CandleSeries)]
               if files and isinstance(files[0], CandleSeries)

@@ -121,10 +121,6 @@ class AheadWorker:
                                             name=f"ahead-reader-{i}", daemon=True)
             child.reader.start()
 
-    @property
-    def processes(self) -> int:
-        return len(self._children)
-
     def is_ready(self) -> bool:
         """Every child has loaded the ensemble."""
         return all(c.ready.is_set() for c in self._children)

@@ -7,11 +7,10 @@ live) and runs every member over all of its scoreable windows, ``chunk`` windows
 forward. What stays candle by candle is what depends on the run: the online re-weighting
 learns each outcome when its candle arrives, the combiner uses the multipliers of that
 moment, and the strategy and risk loop is the engine's own. On the CPU the members' forward
-runs in the look-ahead process (``models/ahead_worker.py``) beside the engine, which takes
+runs in look-ahead processes (``models/ahead_worker.py``) beside the engine, which takes
 each chunk's outputs as they arrive; they are calibrated when the run reaches them. So a
-backtest with this source
-takes the decisions the stepwise source would take (tests/test_ensemble_batch.py holds both
-to 1e-6 on the signals and to the same orders).
+backtest with this source takes the decisions the stepwise source would take
+(tests/test_ensemble_batch.py holds both to 1e-6 on the signals and to the same orders).
 
 Why the outputs match: a live window keeps ``history_rows(lookback)`` candles, enough that
 its features equal the whole series' to ~1e-9 (``models.features.SETTLE``); a window shorter
@@ -41,8 +40,8 @@ LOOK_AHEAD = 4096  # timestamps whose cross-sections are computed together
 
 class _Ahead:
     """One symbol's series from the first candle the source saw, with (once computed) every
-    scoreable window's member outputs. They come in time order (from the look-ahead process,
-    or at once in this one) and are calibrated as the run reaches them, once both they and
+    scoreable window's member outputs. They come chunk by chunk (from the look-ahead
+    processes, or from this one) and are calibrated as the run reaches them, once both they and
     the cross-sectional members' columns are in."""
 
     def __init__(self, candles: Sequence[Candle], first: int) -> None:
@@ -98,9 +97,9 @@ class _Ahead:
                               np.empty(len(idx)), np.empty(len(idx)))
         self.calibrated = 0
         self.crossed = 0 if cross else len(idx)
-        # until the look-ahead process is ready (it starts with the run and imports torch
+        # until the look-ahead processes are ready (they start with the run and import torch
         # meanwhile), here; from then on there, beside the engine, chunk by chunk; all here
-        # where it failed to start
+        # where they failed to start
         for lo in range(0, len(idx), chunk):
             if worker is not None and worker.is_ready():
                 worker.submit(self.job, feats, idx[lo:], chunk, base=lo)
@@ -173,18 +172,17 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                  chunk: int | None = None, executor: Executor | None = None,
                  threads: int | None = None, worker: AheadWorker | None = None) -> None:
         # the look-ahead's large batches: every core where it runs here (BTC/USDT 1h, 43k
-        # windows: 6.3 s on 2 threads, 10.9 s on 1); one beside the look-ahead process,
-        # which has the other core
+        # windows: 6.3 s on 2 threads, 10.9 s on 1); one beside the look-ahead processes,
+        # which have the other cores
         cores = os.cpu_count() or 1
         super().__init__(ensemble, timeframe, executor,
                          threads or (1 if worker is not None else cores))
-        # the look-ahead process (models/ahead_worker.py), loaded with this ensemble: the
+        # the look-ahead processes (models/ahead_worker.py), loaded with this ensemble: the
         # members' forward runs there, beside the engine; None: here, on the torch thread
         self.worker = worker
         # windows per forward: on the CPU small enough to stay in cache (512 measured fastest
         # on 2 cores with the per-row forward, bench/RESULTS.md), on a GPU large enough to
-        # fill it. The look-ahead runs at the source's thread count, set once: on 2 cores a
-        # second thread bought nothing, and switching the count back slowed what followed
+        # fill it
         self.chunk = chunk or (512 if ensemble.device == "cpu" else 4096)
         self._series = {s.symbol: s.candles for s in series}
         self._stamps = {s.symbol: np.array([c.ts for c in s.candles], dtype=np.int64)
@@ -343,7 +341,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                or ((a := self._ahead[c.symbol]) is not None and a.row is None)
                for c in candles) or self._cross_stale(candles[0].ts):
             await loop.run_in_executor(self.executor, self._look_ahead, candles)
-        for c in candles:  # outputs still on their way from the look-ahead process
+        for c in candles:  # outputs still on their way from the look-ahead processes
             ahead = self._ahead.get(c.symbol)
             if ahead is not None and ahead.row is not None and ahead.follows(c):
                 r = ahead.next_row()

@@ -115,39 +115,43 @@ def stacked_logit(logits: np.ndarray, weights: np.ndarray, bias: float,
     module docstring); without, it is the plain product (kept to measure the difference)."""
     if online is None:
         return logits @ weights + bias
-    w2 = weights * online
     if moments is None:
-        return logits @ w2 + bias
+        return logits @ (weights * online) + bias
+    vector, offset = moment_kept(weights, online, moments)
+    return (logits - moments.mean) @ vector + offset + bias
+
+
+def moment_kept(weights: np.ndarray, online: np.ndarray,
+                moments: LogitMoments) -> tuple[np.ndarray, float]:
+    """The re-weighted weights scaled to keep the logit's validation variance, and the
+    offset that keeps its mean: the logit is ``(logits - mean) @ vector + offset + bias``."""
+    w2 = weights * online
     before = float(weights @ moments.cov @ weights)
     after = float(w2 @ moments.cov @ w2)
     scale = (before / after) ** 0.5 if after > 0 and before > 0 else 1.0
-    return (logits - moments.mean) @ (scale * w2) + float(moments.mean @ weights) + bias
+    return scale * w2, float(moments.mean @ weights)
 
 
 class Stacker:
-    """``combine`` for one ensemble, for a decision at a time: what depends only on the
-    weights, and on the multipliers until they change, is computed once (the same
-    arithmetic, so the same p to the last bit)."""
+    """``combine`` for one ensemble, a decision at a time: the moment-keeping re-weighting
+    (``moment_kept``) is computed once per set of multipliers, not per decision (the same
+    arithmetic, so the same p to the last bit). ``OnlineWeights.multipliers`` hands out a new
+    array each time they change, so the array itself tells whether they did."""
 
     def __init__(self, weights: np.ndarray, bias: float,
                  moments: LogitMoments | None) -> None:
         self.weights, self.bias, self.moments = weights, bias, moments
         self._online: np.ndarray | None = None  # the multipliers the cache is for
-        self._vector = weights
-        self._offset = 0.0
+        self._kept: tuple[np.ndarray, float] = (weights, 0.0)
 
     def p(self, logits: np.ndarray, online: np.ndarray | None) -> np.ndarray:
         if online is None or self.moments is None:
             return combine(logits, self.weights, self.bias, online, self.moments)
         if online is not self._online:
-            w, m = self.weights, self.moments
-            w2 = w * online
-            before = float(w @ m.cov @ w)
-            after = float(w2 @ m.cov @ w2)
-            scale = (before / after) ** 0.5 if after > 0 and before > 0 else 1.0
-            self._vector, self._offset = scale * w2, float(m.mean @ w)
+            self._kept = moment_kept(self.weights, online, self.moments)
             self._online = online
-        return sigmoid((logits - self.moments.mean) @ self._vector + self._offset + self.bias)
+        vector, offset = self._kept
+        return sigmoid((logits - self.moments.mean) @ vector + offset + self.bias)
 
 
 def combine(logits: np.ndarray, weights: np.ndarray, bias: float,
