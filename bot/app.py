@@ -297,8 +297,8 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
     if stack is None and settings.strategy.name == "ensemble" and look_ahead_process(settings):
         from models.ahead_worker import AheadWorker  # numpy only: no torch import here
 
-        # first: their torch import overlaps this process's start. One per core, up to 4:
-        # on 2 cores two beside the engine took case e from 12.8 to 11.8 s (three: 13.4 s)
+        # first: the torch import overlaps this process's start. One per core, up to 4: on
+        # 2 cores, case e took 8.8 s with two beside the engine, 9.4 with one, 9.6 with three
         ahead = AheadWorker(min(os.cpu_count() or 1, 4))
     try:
         return await _backtest(settings, files, symbols, start_ms, end_ms, engine_hook, stack,

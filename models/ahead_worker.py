@@ -8,22 +8,24 @@ the forward runs in child processes, each chunk of windows in turn to the next c
 the engine takes the outputs chunk by chunk as they arrive, so the run takes about the longer
 of the two instead of their sum.
 
-The children (``python -m models.ahead_worker``) start before anything else of the run, so
-that importing torch overlaps the parent's own start; until they are ready the parent
-computes the first chunks itself, and all of them if they never are. Each loads the same
-registered ensemble (the manifest and its sha256, checked again) and runs
-``Ensemble.raw_rows`` on the feature rows the parent computed, with the same chunks and one
-torch thread: the outputs are the numbers the parent would compute on one thread, bit for
-bit (tests/test_ahead_worker.py). They get no secrets: no ``STACKBOT_*`` variable reaches
-them, and they read nothing but their standard input.
+The first process (``python -m models.ahead_worker``) starts before anything else of the run,
+so that importing torch overlaps the parent's own start; until the processes are ready the
+parent computes the first chunks itself, and all of them if they never are. It loads the
+same registered ensemble (the manifest and its sha256, checked again), then forks the others,
+which start with it loaded. Each runs ``Ensemble.raw_rows`` on the feature rows the parent
+computed, with the same chunks and one torch thread: the outputs are the numbers the parent
+would compute on one thread, bit for bit (tests/test_ahead_worker.py). They get no secrets:
+no ``STACKBOT_*`` variable reaches them, and they read nothing but their input pipe.
 
-Messages are pickles over a child's standard input and output (nothing else may write to
-that output, so the child points its file descriptor 1 at standard error first):
-parent -> child ``("load", manifest, sha256, barrier)``, then ``("job", id, feats, ends,
-chunk, base, first, stride)`` (its chunks: ``first``, ``first + stride``, ...); child ->
-parent ``("ready", ensemble_id)``, ``("rows", id, lo, outs, regime)`` per chunk, or
-``("error", text)``. A child exits when its input closes; one that fails fails the run's
-waiting job with its error (``ModelError``), never leaves it waiting.
+Messages are pickles over pipes: the first process's standard input and output (nothing
+else may write to that output, so it points its file descriptor 1 at standard error first),
+and for each forked one a pair the parent made and handed over (``python -m
+models.ahead_worker R,W ...``). Parent -> first process ``("load", manifest, sha256,
+barrier)``; parent -> each ``("job", id, feats, ends, chunk, base, first, stride)`` (its
+chunks: ``first``, ``first + stride``, ...); each -> parent ``("ready", ensemble_id, pid)``,
+``("rows", id, lo, outs, regime)`` per chunk, or ``("error", text)``. A process exits when its
+input closes (the first waits for those it forked); one that fails fails the run's waiting
+job with its error (``ModelError``), never leaves it waiting.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from __future__ import annotations
 import contextlib
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import tempfile
@@ -81,62 +84,79 @@ class AheadJob:
                 raise ModelError(f"the look-ahead process failed: {self.error}")
 
 
-class _Child:
-    """One look-ahead process: its input, its standard error (a file), and whether it has
-    loaded the ensemble."""
+class _Channel:
+    """One look-ahead process as the parent sees it: its input, its output (read by a thread
+    of its own), its pid once it is ready, and whether it is."""
 
-    def __init__(self, env: dict[str, str]) -> None:
-        self.err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
-        self.proc = subprocess.Popen([sys.executable, "-m", "models.ahead_worker"],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                     stderr=self.err, env=env)
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.stdin: IO[bytes] = self.proc.stdin
-        self.stdout: IO[bytes] = self.proc.stdout
+    def __init__(self, stdin: IO[bytes], stdout: IO[bytes]) -> None:
+        self.stdin, self.stdout = stdin, stdout
         self.ready = threading.Event()
+        self.pid: int | None = None
         self.reader: threading.Thread | None = None
-
-    def stderr(self) -> str:
-        try:
-            self.err.seek(0)
-            return self.err.read()[-1500:].decode(errors="replace").strip()
-        except OSError:
-            return ""
 
 
 class AheadWorker:
-    """The parent's end: start the children (``processes``, one torch thread each), hand
+    """The parent's end: start the processes (``processes``, one torch thread each), hand
     them the ensemble and the jobs, a job's chunks dealt in turn, and a reader thread per
-    child that files each chunk into its job as it arrives."""
+    process that files each chunk into its job as it arrives.
+
+    One process is started (``python -m models.ahead_worker``); once it has imported torch
+    and loaded the ensemble it forks the others, which share its loaded ensemble (torch's
+    import, a second of CPU, is paid once, not once per process). Their pipes are made here
+    and handed to the first process as file descriptors, so each talks to the parent
+    directly."""
 
     def __init__(self, processes: int = 1) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("STACKBOT_")}
-        self._children = [_Child(env) for _ in range(max(1, processes))]
+        extra = [(os.pipe(), os.pipe()) for _ in range(max(1, processes) - 1)]
+        theirs = [(to[0], back[1]) for to, back in extra]  # the forked processes' ends
+        self._err = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        try:
+            self._proc = subprocess.Popen(
+                [sys.executable, "-m", "models.ahead_worker",
+                 *(f"{r},{w}" for r, w in theirs)],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env,
+                pass_fds=[fd for pair in theirs for fd in pair])
+        finally:
+            for fd in (fd for pair in theirs for fd in pair):
+                os.close(fd)
+        assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._channels = [_Channel(self._proc.stdin, self._proc.stdout)]
+        self._channels += [_Channel(os.fdopen(to[1], "wb"), os.fdopen(back[0], "rb"))
+                           for to, back in extra]
         self._jobs: dict[int, AheadJob] = {}
         self._lock = threading.Lock()
         self._failed: str | None = None
         self.rows_received = 0
-        for i, child in enumerate(self._children):
-            child.reader = threading.Thread(target=self._read, args=(child,),
-                                            name=f"ahead-reader-{i}", daemon=True)
-            child.reader.start()
+        for i, channel in enumerate(self._channels):
+            channel.reader = threading.Thread(target=self._read, args=(channel,),
+                                              name=f"ahead-reader-{i}", daemon=True)
+            channel.reader.start()
+
+    @property
+    def pid(self) -> int:
+        """The first process's (the others' are known once they are ready)."""
+        return self._proc.pid
+
+    def pids(self) -> list[int]:
+        return [self._proc.pid] + [c.pid for c in self._channels[1:] if c.pid is not None]
 
     def is_ready(self) -> bool:
-        """Every child has loaded the ensemble."""
-        return all(c.ready.is_set() for c in self._children)
+        """Every process has the ensemble loaded."""
+        return all(c.ready.is_set() for c in self._channels)
 
     def wait_ready(self, timeout: float) -> bool:
-        return all(c.ready.wait(timeout) for c in self._children)
+        return all(c.ready.wait(timeout) for c in self._channels)
 
     def load(self, manifest: Path, sha256: str | None, barrier: dict[str, Any]) -> None:
-        for child in self._children:
-            self._send(child, ("load", str(manifest), sha256, barrier))
+        """The first process loads it, then forks the others."""
+        self._send(self._channels[0], ("load", str(manifest), sha256, barrier))
 
     def submit(self, job: AheadJob, feats: np.ndarray, ends: np.ndarray, chunk: int,
                base: int = 0) -> None:
         """Compute the windows of ``feats`` [T, F] that end at rows ``ends`` into ``job``,
         from its row ``base`` on (the rows before are the parent's): the k-th chunk of
-        ``chunk`` windows goes to child k mod n."""
+        ``chunk`` windows goes to process k mod n."""
         with self._lock:
             key = len(self._jobs)
             self._jobs[key] = job
@@ -145,24 +165,31 @@ class AheadWorker:
             job.fail(failed)
             return
         feats = np.ascontiguousarray(feats)
-        n = len(self._children)
-        for i, child in enumerate(self._children):
-            self._send(child, ("job", key, feats, ends, chunk, base, i, n))
+        n = len(self._channels)
+        for i, channel in enumerate(self._channels):
+            self._send(channel, ("job", key, feats, ends, chunk, base, i, n))
 
-    def _send(self, child: _Child, msg: tuple[Any, ...]) -> None:
+    def _stderr(self) -> str:
         try:
-            pickle.dump(msg, child.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            child.stdin.flush()
-        except (BrokenPipeError, OSError) as exc:
-            self._fail(f"cannot reach it ({exc}); {child.stderr()}")
+            self._err.seek(0)
+            return self._err.read()[-1500:].decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
 
-    def _read(self, child: _Child) -> None:
+    def _send(self, channel: _Channel, msg: tuple[Any, ...]) -> None:
+        try:
+            pickle.dump(msg, channel.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+            channel.stdin.flush()
+        except (BrokenPipeError, OSError, ValueError) as exc:
+            self._fail(f"cannot reach it ({exc}); {self._stderr()}")
+
+    def _read(self, channel: _Channel) -> None:
         try:
             while True:
                 try:
-                    msg = pickle.load(child.stdout)
+                    msg = pickle.load(channel.stdout)
                 except EOFError:
-                    self._fail(f"it exited ({child.proc.wait()}); {child.stderr()}")
+                    self._fail(f"it exited; {self._stderr()}")
                     return
                 if msg[0] == "rows":
                     _, key, lo, outs, regime = msg
@@ -170,7 +197,8 @@ class AheadWorker:
                     with self._lock:
                         self.rows_received += len(outs)
                 elif msg[0] == "ready":
-                    child.ready.set()
+                    channel.pid = msg[2]
+                    channel.ready.set()
                 elif msg[0] == "error":
                     self._fail(msg[1])
                     return
@@ -188,40 +216,87 @@ class AheadWorker:
 
     def close(self) -> None:
         """Close their input (they exit) and wait for them; kill one that does not go."""
-        for child in self._children:
-            if child.stdin.closed:
-                continue
+        if self._err.closed:
+            return
+        for channel in self._channels:
             with contextlib.suppress(OSError):
-                child.stdin.close()
-            try:
-                child.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                child.proc.kill()
-                child.proc.wait()
-            if child.reader is not None:
-                child.reader.join(timeout=5)
-            child.err.close()
+                channel.stdin.close()
+        try:
+            self._proc.wait(timeout=5)  # it waits for the ones it forked
+        except subprocess.TimeoutExpired:
+            for pid in self.pids():
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+            self._proc.wait()
+        for channel in self._channels:
+            if channel.reader is not None:
+                channel.reader.join(timeout=5)
+            with contextlib.suppress(OSError):
+                channel.stdout.close()
+        self._err.close()
 
 
-def _serve(inp: IO[bytes], out: IO[bytes]) -> None:
-    from models.ensemble import Ensemble
-    from models.labels import BarrierSpec
+def _send_to(out: IO[bytes], msg: tuple[Any, ...]) -> None:
+    pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
+    out.flush()
 
-    def send(msg: tuple[Any, ...]) -> None:
-        pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
-        out.flush()
 
-    _, manifest, digest, barrier = pickle.load(inp)
-    ens = Ensemble.load(Path(manifest), digest, BarrierSpec.from_dict(barrier), device="cpu")
-    send(("ready", ens.id))
+def _serve(inp: IO[bytes], out: IO[bytes], ens: Any) -> None:
+    """Answer jobs until the input closes."""
+    _send_to(out, ("ready", ens.id, os.getpid()))
     while True:
         try:
             msg = pickle.load(inp)
         except EOFError:
             return
         _, key, feats, ends, chunk, base, first, stride = msg
-        for lo in range(first * chunk, len(ends), stride * chunk):  # this child's turns
-            send(("rows", key, base + lo, *ens.raw_ends(feats, ends[lo : lo + chunk])))
+        for lo in range(first * chunk, len(ends), stride * chunk):  # this process's turns
+            _send_to(out, ("rows", key, base + lo, *ens.raw_ends(feats, ends[lo : lo + chunk])))
+
+
+def _run(inp: IO[bytes], out: IO[bytes], extra: list[tuple[int, int]]) -> None:
+    """The first process: load the ensemble, fork one process for each pipe pair of
+    ``extra`` (they start with it loaded), serve, and wait for them."""
+    from models.ensemble import Ensemble
+    from models.labels import BarrierSpec
+
+    _, manifest, digest, barrier = pickle.load(inp)
+    ens = Ensemble.load(Path(manifest), digest, BarrierSpec.from_dict(barrier), device="cpu")
+    forked = []
+    for k, (r, w) in enumerate(extra):
+        pid = os.fork()  # one thread here (torch's pools start on first parallel work)
+        if pid == 0:
+            _forked(ens, r, w, [fd for pair in extra[k + 1 :] for fd in pair], out)
+        forked.append(pid)
+        os.close(r)
+        os.close(w)
+    try:
+        _serve(inp, out, ens)
+    finally:
+        for pid in forked:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def _forked(ens: Any, r: int, w: int, others: list[int], first_out: IO[bytes]) -> None:
+    """A forked process: serve on its own pipes, never return into the first's code."""
+    code = 1
+    try:
+        for fd in others:  # the pipes of the processes forked after this one
+            os.close(fd)
+        first_out.close()  # the first process's output: its reader must see it close
+        os.dup2(os.open(os.devnull, os.O_RDONLY), 0)
+        with os.fdopen(r, "rb") as inp, os.fdopen(w, "wb") as out:
+            try:
+                _serve(inp, out, ens)
+                code = 0
+            except BrokenPipeError:  # the parent went away
+                code = 0
+            except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
+                with contextlib.suppress(OSError):
+                    _send_to(out, ("error", f"{type(exc).__name__}: {exc}"))
+    finally:
+        os._exit(code)
 
 
 def main() -> None:
@@ -230,17 +305,15 @@ def main() -> None:
     os.dup2(2, 1)
     import torch
 
-    torch.set_num_threads(1)  # the other core is the engine's
+    torch.set_num_threads(1)  # the other cores are the engine's and the other processes'
+    extra = [(int(r), int(w)) for r, w in (a.split(",") for a in sys.argv[1:])]
     try:
-        _serve(sys.stdin.buffer, out)
+        _run(sys.stdin.buffer, out, extra)
     except BrokenPipeError:  # the parent went away
         return
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which raises it
-        try:
-            pickle.dump(("error", f"{type(exc).__name__}: {exc}"), out)
-            out.flush()
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            _send_to(out, ("error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from exc
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
@@ -107,16 +108,54 @@ def _rolling_block(x: np.ndarray, w: int, fn: str) -> np.ndarray:
     return out
 
 
+_LFILTER: list[Callable[..., tuple[np.ndarray, np.ndarray]]] = []
+
+
+def _lfilter() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """scipy's ``lfilter`` with initial conditions, for a recursive filter (``len(a) > 1``),
+    loaded on first use. ``scipy.signal`` takes about half a second of CPU to import (scipy's
+    stats, sparse and more), a tenth of a whole backtest's start, for the one C routine that
+    its ``lfilter`` hands such a filter to (``_sigtools._linear_filter(b, a, x, axis, zi)``,
+    after ``np.atleast_1d``/``np.asarray``): that extension is loaded on its own, and where
+    it cannot be (another scipy layout), ``scipy.signal.lfilter`` is used. Both give the same
+    numbers bit for bit (tests/test_features.py)."""
+    if not _LFILTER:
+        try:
+            import importlib.machinery
+            import importlib.util
+            from pathlib import Path
+
+            import scipy
+
+            name = "scipy.signal._sigtools"
+            path = next((Path(scipy.__file__).parent / "signal").glob("_sigtools.*.so"))
+            loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+            spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+            assert spec is not None
+            module = importlib.util.module_from_spec(spec)
+            loader.exec_module(module)
+            core = module._linear_filter
+
+            def lfilter(b: Any, a: Any, x: Any, axis: int = -1,
+                        zi: Any = None) -> tuple[np.ndarray, np.ndarray]:
+                return core(np.atleast_1d(b), np.atleast_1d(a), np.asarray(x), axis,
+                            np.asarray(zi))
+
+            _LFILTER.append(lfilter)
+        except (ImportError, StopIteration, AttributeError, AssertionError, OSError):
+            from scipy.signal import lfilter as public
+
+            _LFILTER.append(public)
+    return _LFILTER[0]
+
+
 def _smooth(x: np.ndarray, alpha: float, carry: bool) -> np.ndarray:
     """Exponential smoothing along the last axis that starts at the first value and skips
     NaNs: a NaN row keeps the running value (``carry``) or is NaN. A causal IIR filter
     (scipy's lfilter), so row t depends on rows <= t only. Leading axes are a batch: series
     whose NaNs all lead (the usual case) are filtered together, each from its first value,
     with the same arithmetic as one at a time."""
-    # imported here: scipy.signal takes half a second to import, and a look-ahead process
-    # (models/ahead_worker.py), which imports this module, never computes a feature
-    from scipy.signal import lfilter
-
+    lfilter = _lfilter()
     x = x.astype(np.float64)
     out = np.full_like(x, np.nan)
     flat, res = x.reshape(-1, x.shape[-1]), out.reshape(-1, x.shape[-1])

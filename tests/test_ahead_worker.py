@@ -169,16 +169,19 @@ def test_the_parent_computes_until_the_process_is_ready(tmp_path: Path) -> None:
     assert not worker.is_ready() and worker.rows_received == 0
 
 
-def test_a_process_that_dies_fails_the_waiting_run_with_its_error(tmp_path: Path) -> None:
+@pytest.mark.parametrize("which", [0, 1], ids=["the-first", "the-forked-one"])
+def test_a_process_that_dies_fails_the_waiting_run_with_its_error(tmp_path: Path,
+                                                                  which: int) -> None:
+    """Either process killed: the other's chunks still come, the dead one's never do."""
     manifest, digest, _ = _saved(tmp_path)
     feats, ends = _rows(600)
-    worker = AheadWorker()
+    worker = AheadWorker(2)
     try:
         worker.load(manifest, digest, BAR.to_dict())
         _ready(worker)
-        for child in worker._children:
-            child.proc.kill()
-            child.proc.wait()
+        pids = worker.pids()
+        assert len(set(pids)) == 2 and pids[0] == worker.pid
+        os.kill(pids[which], 9)
         job = AheadJob(len(ends), len(NAMES), range(len(NAMES)))
         worker.submit(job, feats, ends, 128)
         t0 = time.monotonic()
@@ -196,7 +199,7 @@ def test_the_process_gets_no_stackbot_variable(tmp_path: Path,
     monkeypatch.setenv("STACKBOT_DATABASE_URL", "postgresql://u:pw@h/db")
     worker = AheadWorker()
     try:
-        env = Path(f"/proc/{worker._children[0].proc.pid}/environ").read_bytes()
+        env = Path(f"/proc/{worker.pid}/environ").read_bytes()
     finally:
         worker.close()
     assert env and b"PATH=" in env

@@ -82,3 +82,37 @@ def test_blocked_sums_keep_their_precision_on_long_expensive_series() -> None:
     keep = history_rows(32)
     tail = _features(ohlcv[-keep:], ts[-keep:])
     assert float(np.nanmax(np.abs(tail[-32:] - whole[-32:]))) < 1e-10
+
+
+def test_the_recursive_filter_is_scipys_lfilter_bit_for_bit() -> None:
+    """The smoothing loads scipy's C filter routine without importing ``scipy.signal``
+    (half a second of a backtest's start): it must be that routine, called as scipy's
+    ``lfilter`` calls it, and give its numbers to the last bit on both ways ``_smooth`` calls
+    it (a batch with per-row initial conditions, one row with a list)."""
+    import subprocess
+    import sys
+
+    from scipy.signal import lfilter
+
+    from models.features import _lfilter
+
+    fast = _lfilter()
+    assert fast is not lfilter  # the direct load worked on this scipy
+    rng = np.random.default_rng(3)
+    for alpha in (2.0 / 13, 1.0 / 14, 0.5):
+        v = rng.normal(100.0, 20.0, (5, 900))
+        zi = (1.0 - alpha) * v[:, :1]
+        got = fast([alpha], [1.0, alpha - 1.0], v, axis=-1, zi=zi)
+        want = lfilter([alpha], [1.0, alpha - 1.0], v, axis=-1, zi=zi)
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+        row = v[2]
+        got1 = fast([alpha], [1.0, alpha - 1.0], row, zi=[(1.0 - alpha) * row[0]])
+        want1 = lfilter([alpha], [1.0, alpha - 1.0], row, zi=[(1.0 - alpha) * row[0]])
+        np.testing.assert_array_equal(got1[0], want1[0])
+    # and the features come without scipy.signal in the process
+    code = ("import sys, numpy as np; from models.features import raw_features; "
+            "o = np.abs(np.random.default_rng(1).normal(100, 1, (400, 5))) + 1; "
+            "raw_features(o, np.arange(400) * 3600000, 3600000); "
+            "assert 'scipy.signal' not in sys.modules, 'scipy.signal was imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
