@@ -58,16 +58,21 @@ LIVE_WARMUP = 1200
 
 @dataclass(frozen=True)
 class Calibrated:
-    """Per window: calibrated member logits and p [S, M], expected return and dispersion [S]."""
+    """Per window: calibrated member logits and p [S, M], expected return and dispersion [S],
+    and each member's p to 6 decimals [S, M] (what a signal shows, rounded in one call)."""
 
     logits: np.ndarray
     member_p: np.ndarray
     exp_ret: np.ndarray
     disp: np.ndarray
+    shown: np.ndarray
 
     def rows(self, idx: np.ndarray | slice) -> Calibrated:
         return Calibrated(self.logits[idx], self.member_p[idx], self.exp_ret[idx],
-                          self.disp[idx])
+                          self.disp[idx], self.shown[idx])
+
+    def parts(self) -> tuple[np.ndarray, ...]:
+        return self.logits, self.member_p, self.exp_ret, self.disp, self.shown
 
 
 @dataclass
@@ -79,6 +84,7 @@ class Prediction:
     dispersion: float
     regime: Regime
     member_p: np.ndarray  # calibrated P(target first) per member
+    shown: np.ndarray  # member_p to 6 decimals
 
 
 class Ensemble:
@@ -209,7 +215,10 @@ class Ensemble:
         member_p = sigmoid(logits)
         mu = outs[:, :, 1]
         exp_ret = mu[:, self.forecasters].mean(axis=1) if self.forecasters.any() else mu.mean(1)
-        return Calibrated(logits, member_p, exp_ret, member_p.std(axis=1))
+        # to 6 decimals in one call (as round() gives, but for exact decimal halves): shown
+        # by the console, read by no decision
+        return Calibrated(logits, member_p, exp_ret, member_p.std(axis=1),
+                          np.round(member_p.astype(np.float64), 6))
 
     def combined(self, cal: Calibrated, regime: np.ndarray,
                  online: np.ndarray | None = None) -> list[Prediction]:
@@ -222,6 +231,7 @@ class Ensemble:
                 float(cal.disp[i]),
                 self.regime_of(int(regime[i])),
                 cal.member_p[i],
+                cal.shown[i],
             )
             for i in range(len(p))
         ]
@@ -404,8 +414,8 @@ class EnsembleSignalSource:
         cals = [r.cal for r in ready if r.cal is not None]
         if len(cals) == len(ready):  # computed and calibrated ahead (backtests)
             cal = cals[0] if len(cals) == 1 else Calibrated(
-                *(np.concatenate(parts) for parts in zip(
-                    *((c.logits, c.member_p, c.exp_ret, c.disp) for c in cals), strict=True)))
+                *(np.concatenate(parts) for parts in zip(*(c.parts() for c in cals),
+                                                         strict=True)))
             return self.ens.combined(cal, np.array([r.regime for r in ready]), online)
         todo = [r for r in ready if r.outs is None]
         if todo:
@@ -456,10 +466,7 @@ class EnsembleSignalSource:
                 regime=p.regime,
                 price=r.candle.close,
                 atr=r.atr,
-                # to 6 decimals in one call (as round() gives, but for exact decimal halves);
-                # shown by the console, read by no decision
-                members=tuple(zip(names, np.round(p.member_p.astype(np.float64), 6).tolist(),
-                                  strict=True)),
+                members=tuple(zip(names, p.shown.tolist(), strict=True)),
             )
             for r, p in zip(ready, preds, strict=False)
         ]

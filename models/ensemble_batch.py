@@ -94,7 +94,7 @@ class _Ahead:
                             [i for i in range(len(ens.names)) if i not in cross])
         m = len(ens.names)
         self.cal = Calibrated(np.empty((len(idx), m)), np.empty((len(idx), m)),
-                              np.empty(len(idx)), np.empty(len(idx)))
+                              np.empty(len(idx)), np.empty(len(idx)), np.empty((len(idx), m)))
         self.calibrated = 0
         self.crossed = 0 if cross else len(idx)
         # until the look-ahead processes are ready (they start with the run and import torch
@@ -117,8 +117,7 @@ class _Ahead:
     def _calibrate(self, ens: Ensemble, rows: np.ndarray | slice) -> None:
         assert self.cal is not None
         fresh = ens.calibrated(self.outs[rows])
-        for mine, new in ((self.cal.logits, fresh.logits), (self.cal.member_p, fresh.member_p),
-                          (self.cal.exp_ret, fresh.exp_ret), (self.cal.disp, fresh.disp)):
+        for mine, new in zip(self.cal.parts(), fresh.parts(), strict=True):
             mine[rows] = new
 
     def next_row(self) -> int:
@@ -192,6 +191,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         # outputs are computed ahead for the symbols expected at each timestamp
         self._expected: dict[int, frozenset[str]] = {}
         self._computed: frozenset[str] = frozenset()  # the symbols the last look ahead knew
+        self._known_set: frozenset[str] | None = None  # ``_known()``, None: to compute
 
     def swap(self, model: PromotedModel) -> bool:
         """A new version scores from here on: what was computed ahead was the old one's."""
@@ -200,6 +200,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         for ahead in self._ahead.values():
             if ahead is not None:
                 ahead.row, ahead.cal = None, None
+        self._known_set = None
         self._expected.clear()
         self._computed = frozenset()
         return swapped
@@ -217,6 +218,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
     def _seen(self, c: Candle) -> _Ahead | None:
         if c.symbol not in self._ahead:
             self._ahead[c.symbol] = self._open(c)
+            self._known_set = None
         return self._ahead[c.symbol]
 
     def _append(self, c: Candle) -> None:
@@ -227,6 +229,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 ahead.pos += 1
             else:  # off the script: this symbol is scored stepwise from here on
                 self._ahead[c.symbol] = None
+                self._known_set = None
 
     def _prepare(self, candles: Sequence[Candle]) -> None:
         """Compute ahead for every symbol of ``candles`` that has no outputs yet (executor)."""
@@ -234,6 +237,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
             ahead = self._seen(c)
             if ahead is not None and ahead.row is None:
                 ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker)
+                self._known_set = None
 
     def _windows(self, candles: Sequence[Candle]) -> dict[str, Ready]:
         out: dict[str, Ready] = {}
@@ -245,6 +249,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 continue
             if ahead.row is None:  # the warm-up replay reaches here first (in the executor)
                 ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker)
+                self._known_set = None
             ready = ahead.ready(c, self.ens)
             if ready is not None:
                 out[c.symbol] = ready
@@ -269,7 +274,12 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         return out
 
     def _known(self) -> frozenset[str]:
-        return frozenset(s for s, a in self._ahead.items() if a is not None and a.row is not None)
+        """The symbols with outputs computed ahead (kept until one is added, computed, or
+        leaves the script: every candle asks)."""
+        if self._known_set is None:
+            self._known_set = frozenset(s for s, a in self._ahead.items()
+                                        if a is not None and a.row is not None)
+        return self._known_set
 
     def _cross_set(self, ts: int) -> frozenset[str] | None:
         if ts not in self._expected:
