@@ -88,12 +88,11 @@ def _rolling_block(x: np.ndarray, w: int, fn: str) -> np.ndarray:
     if x.shape[-1] < w:
         return out
     bad = np.isnan(x)
-    xf = np.where(bad, 0.0, x)
+    gaps = bool(bad.any())  # usually none: then no window holds a NaN
+    xf = np.where(bad, 0.0, x) if gaps else x
     zero = np.zeros(x.shape[:-1] + (1,))
     c1 = np.concatenate((zero, np.cumsum(xf, axis=-1)), axis=-1)
-    nb = np.concatenate((zero, np.cumsum(bad, axis=-1)), axis=-1)
     s1 = c1[..., w:] - c1[..., :-w]
-    has_nan = (nb[..., w:] - nb[..., :-w]) > 0
     if fn == "sum":
         res = s1
     elif fn == "mean":
@@ -103,7 +102,9 @@ def _rolling_block(x: np.ndarray, w: int, fn: str) -> np.ndarray:
         s2 = c2[..., w:] - c2[..., :-w]
         m = s1 / w
         res = np.sqrt(np.maximum(s2 / w - m * m, 0.0))
-    res[has_nan] = np.nan
+    if gaps:
+        nb = np.concatenate((zero, np.cumsum(bad, axis=-1, dtype=np.float64)), axis=-1)
+        res[(nb[..., w:] - nb[..., :-w]) > 0] = np.nan
     out[..., w - 1:] = res
     return out
 
@@ -253,8 +254,12 @@ def raw_features(ohlcv: np.ndarray, ts_ms: np.ndarray, step_ms: int,
     week = ((ts_ms // 86_400_000 + 3) % 7) / 7  # 1970-01-01 was a Thursday; 0 = Monday
     cols["tod_sin"], cols["tod_cos"] = np.sin(2 * np.pi * day), np.cos(2 * np.pi * day)
     cols["dow_sin"], cols["dow_cos"] = np.sin(2 * np.pi * week), np.cos(2 * np.pi * week)
-    out = np.stack([np.broadcast_to(cols[n], c.shape) for n in FEATURE_NAMES], axis=-1)
-    return out if tail is None else out[..., -min(tail, t):, :]
+    k = t - s if tail is None else min(tail, t - s)
+    # stacked feature-major (contiguous copies), handed out as [..., T, F] (a view): the
+    # same values; stacking along the last axis writes every value strided, and the rows
+    # before the tail need not be stacked at all
+    out = np.stack([np.broadcast_to(cols[n], c.shape)[..., -k:] for n in FEATURE_NAMES])
+    return np.moveaxis(out, 0, -1)
 
 
 _SCALED = [j for j, name in enumerate(FEATURE_NAMES) if name not in _UNSCALED]
@@ -285,14 +290,19 @@ def _normalise_block(x: np.ndarray, last: int | None = None) -> np.ndarray:
         return np.full(x.shape[:-2] + (rows, x.shape[-1]), np.nan)
     k = min(rows, t - w + 1)  # rows with a full window behind them
     valid = ~np.isnan(x)
-    xf = np.where(valid, x, 0.0)
+    complete = bool(valid.all())  # the usual live window: every count is the window
+    xf = x if complete else np.where(valid, x, 0.0)
     zero = np.zeros(x.shape[:-2] + (1, x.shape[-1]))
     hi, lo = slice(t + 1 - k, t + 1), slice(t + 1 - k - w, t + 1 - w)
-    sums = []
-    for part in (valid, xf, xf * xf):
+
+    def window_sums(part: np.ndarray) -> np.ndarray:
         c = np.concatenate((zero, np.cumsum(part, axis=-2)), axis=-2)
-        sums.append(c[..., hi, :] - c[..., lo, :])
-    n, s1, s2 = sums
+        return c[..., hi, :] - c[..., lo, :]
+
+    # the counts summed as floats (exact: whole numbers far below 2**53; a boolean cumsum
+    # is twice as slow), or the window itself where nothing is missing: the same quotients
+    n = np.float64(w) if complete else window_sums(valid.astype(np.float64))
+    s1, s2 = window_sums(xf), window_sums(xf * xf)
     with np.errstate(divide="ignore", invalid="ignore"):
         mean = s1 / n
         var = np.maximum(s2 / n - mean * mean, 0.0)

@@ -116,3 +116,44 @@ def test_the_recursive_filter_is_scipys_lfilter_bit_for_bit() -> None:
             "raw_features(o, np.arange(400) * 3600000, 3600000); "
             "assert 'scipy.signal' not in sys.modules, 'scipy.signal was imported'")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def _zscores_by_hand(raw: np.ndarray) -> np.ndarray:
+    """The documented normalisation, row by row: each scaled feature against the mean and
+    population std of its own last ``NORM_WINDOW`` rows (NaN-skipping, at least half of
+    them present), clipped to +-CLIP; NaN before a full window."""
+    from models.features import _SCALED, CLIP, NORM_WINDOW
+
+    out = raw.copy()
+    for j in _SCALED:
+        col = raw[:, j]
+        for t in range(len(col)):
+            win = col[max(0, t - NORM_WINDOW + 1) : t + 1]
+            ok = win[~np.isnan(win)]
+            if t < NORM_WINDOW - 1 or len(ok) < NORM_WINDOW // 2 or ok.std() <= 1e-9:
+                out[t, j] = np.nan
+            else:
+                out[t, j] = np.clip((col[t] - ok.mean()) / ok.std(), -CLIP, CLIP)
+    return out
+
+
+@pytest.mark.parametrize("holes", [False, True], ids=["complete", "with-gaps"])
+def test_the_zscores_are_the_trailing_windows_mean_and_std(holes: bool) -> None:
+    """Every row, the last ones included (a live window, and each prefix-sum block's end),
+    against the definition computed by hand: whole-series and live (``last``) alike. With
+    ``holes`` the raw rows hold NaNs (a gap in the candles); without, the windows are
+    complete, which the normalisation takes a shorter way for."""
+    ohlcv, ts = _ohlcv(1400, seed=12)
+    if holes:
+        ts[900:] += 3 * H
+    raw = raw_features(ohlcv, ts, H)
+    want = _zscores_by_hand(raw)
+    got = normalise(raw)
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    assert float(np.nanmax(np.abs(got - want))) < 1e-6
+    tail = raw[-(32 + 240 - 1):]  # what a live decision normalises
+    assert holes or not np.isnan(tail).any()
+    live = normalise(tail, last=32)
+    np.testing.assert_array_equal(np.isnan(live), np.isnan(want[-32:]))
+    assert float(np.nanmax(np.abs(live - want[-32:]))) < 1e-6
+    assert not np.isnan(live[-2:]).all()  # the last rows are real numbers
