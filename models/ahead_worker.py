@@ -21,8 +21,8 @@ Messages are pickles over pipes: the first process's standard input and output (
 else may write to that output, so it points its file descriptor 1 at standard error first),
 and for each forked one a pair the parent made and handed over (``python -m
 models.ahead_worker R,W ...``). Parent -> first process ``("load", manifest, sha256,
-barrier)``; parent -> each ``("job", id, feats, ends, chunk, base, first, stride)`` (its
-chunks: ``first``, ``first + stride``, ...); each -> parent ``("ready", ensemble_id, pid)``,
+barrier)``; parent -> each ``("job", id, feats, ends, chunk, base, first, stride, alone)``
+(its chunks: ``first``, ``first + stride``, ...); each -> parent ``("ready", ensemble_id, pid)``,
 ``("rows", id, lo, outs, regime)`` per chunk, or ``("error", text)``. A process exits when its
 input closes (the first waits for those it forked); one that fails fails the run's waiting
 job with its error (``ModelError``), never leaves it waiting.
@@ -153,10 +153,11 @@ class AheadWorker:
         self._send(self._channels[0], ("load", str(manifest), sha256, barrier))
 
     def submit(self, job: AheadJob, feats: np.ndarray, ends: np.ndarray, chunk: int,
-               base: int = 0) -> None:
+               base: int = 0, alone: bool = False) -> None:
         """Compute the windows of ``feats`` [T, F] that end at rows ``ends`` into ``job``,
         from its row ``base`` on (the rows before are the parent's): the k-th chunk of
-        ``chunk`` windows goes to process k mod n."""
+        ``chunk`` windows goes to process k mod n. ``alone``: the cross-sectional members
+        too, each window its own cross-section (``Ensemble.raw_rows``)."""
         with self._lock:
             key = len(self._jobs)
             self._jobs[key] = job
@@ -167,7 +168,7 @@ class AheadWorker:
         feats = np.ascontiguousarray(feats)
         n = len(self._channels)
         for i, channel in enumerate(self._channels):
-            self._send(channel, ("job", key, feats, ends, chunk, base, i, n))
+            self._send(channel, ("job", key, feats, ends, chunk, base, i, n, alone))
 
     def _stderr(self) -> str:
         try:
@@ -249,9 +250,10 @@ def _serve(inp: IO[bytes], out: IO[bytes], ens: Any) -> None:
             msg = pickle.load(inp)
         except EOFError:
             return
-        _, key, feats, ends, chunk, base, first, stride = msg
+        _, key, feats, ends, chunk, base, first, stride, alone = msg
         for lo in range(first * chunk, len(ends), stride * chunk):  # this process's turns
-            _send_to(out, ("rows", key, base + lo, *ens.raw_ends(feats, ends[lo : lo + chunk])))
+            _send_to(out, ("rows", key, base + lo,
+                           *ens.raw_ends(feats, ends[lo : lo + chunk], alone)))
 
 
 def _run(inp: IO[bytes], out: IO[bytes], extra: list[tuple[int, int]]) -> None:

@@ -175,21 +175,24 @@ class Ensemble:
         return self.forward(x, cross)
 
     @torch.no_grad()
-    def raw_rows(self, rows: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def raw_rows(self, rows: np.ndarray, ends: np.ndarray,
+                 alone: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``raw(windows, cross=False)`` for the windows ending at rows ``ends`` of one
         symbol's consecutive feature rows [T, F]: each member's per-step part runs once per
-        row (``EnsembleModule.forward_rows``). Backtests' look-ahead."""
+        row (``EnsembleModule.forward_rows``; ``alone``: with the cross-sectional members'
+        columns, each window its own cross-section). Backtests' look-ahead."""
         xb = torch.as_tensor(rows, device=self.device)
         eb = torch.as_tensor(ends, dtype=torch.long, device=self.device)
         with torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
-            outs, regime = self.module.forward_rows(xb, eb, self.lookback)
+            outs, regime = self.module.forward_rows(xb, eb, self.lookback, alone)
         return outs.float().cpu().numpy(), regime.cpu().numpy()
 
-    def raw_ends(self, rows: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def raw_ends(self, rows: np.ndarray, ends: np.ndarray,
+                 alone: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``raw_rows`` for the windows ending at rows ``ends`` (ascending) of a whole series'
         feature rows: only the rows those windows span go through the members."""
         first = int(ends[0]) - self.lookback + 1
-        return self.raw_rows(rows[first : int(ends[-1]) + 1], ends - first)
+        return self.raw_rows(rows[first : int(ends[-1]) + 1], ends - first, alone)
 
     @torch.no_grad()
     def raw_panel(self, x: np.ndarray) -> np.ndarray:

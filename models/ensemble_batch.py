@@ -71,7 +71,10 @@ class _Ahead:
         return nxt < len(self.candles) and (self.candles[nxt] is c or self.candles[nxt] == c)
 
     def compute(self, ens: Ensemble, step_ms: int, need: int, chunk: int,
-                worker: AheadWorker | None) -> None:
+                worker: AheadWorker | None, alone: bool = False) -> None:
+        """Features of the series, its windows, and their outputs on their way. ``alone``:
+        the only series of the run, so each window is a cross-section of its own and the
+        cross-sectional members' columns come with the others'."""
         cs = self.candles[self.first :]
         ohlcv = np.array([(c.open, c.high, c.low, c.close, c.volume) for c in cs])
         ts = np.array([c.ts for c in cs], dtype=np.int64)
@@ -89,7 +92,7 @@ class _Ahead:
         self.row = np.full(n, -1)
         self.row[idx] = np.arange(len(idx))
         self.atr = raw[:, ATR_COL] * ohlcv[:, 3]
-        cross = ens.module.cross
+        cross = [] if alone else ens.module.cross
         self.job = AheadJob(len(idx), len(ens.names),
                             [i for i in range(len(ens.names)) if i not in cross])
         m = len(ens.names)
@@ -102,9 +105,9 @@ class _Ahead:
         # where they failed to start
         for lo in range(0, len(idx), chunk):
             if worker is not None and worker.is_ready():
-                worker.submit(self.job, feats, idx[lo:], chunk, base=lo)
+                worker.submit(self.job, feats, idx[lo:], chunk, base=lo, alone=alone)
                 return
-            self.job.deliver(lo, *ens.raw_ends(feats, idx[lo : lo + chunk]))
+            self.job.deliver(lo, *ens.raw_ends(feats, idx[lo : lo + chunk], alone))
 
     def crossed_in(self, ens: Ensemble, rows: np.ndarray) -> None:
         """The cross-sectional columns of ``rows`` are in: rows calibrated before (a
@@ -192,6 +195,10 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         self._expected: dict[int, frozenset[str]] = {}
         self._computed: frozenset[str] = frozenset()  # the symbols the last look ahead knew
         self._known_set: frozenset[str] | None = None  # ``_known()``, None: to compute
+        # one series: at each of its timestamps its symbol is the whole cross-section, so
+        # the cross-sectional members run with the others, in the look-ahead processes,
+        # instead of here (a candle of another symbol beside it takes the joint forward)
+        self._single = len(self._series) == 1
 
     def swap(self, model: PromotedModel) -> bool:
         """A new version scores from here on: what was computed ahead was the old one's."""
@@ -236,7 +243,8 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         for c in candles:
             ahead = self._seen(c)
             if ahead is not None and ahead.row is None:
-                ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker)
+                ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker,
+                              self._single)
                 self._known_set = None
 
     def _windows(self, candles: Sequence[Candle]) -> dict[str, Ready]:
@@ -248,7 +256,8 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 stepwise.append(c)
                 continue
             if ahead.row is None:  # the warm-up replay reaches here first (in the executor)
-                ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker)
+                ahead.compute(self.ens, self.step, self.need, self.chunk, self.worker,
+                              self._single)
                 self._known_set = None
             ready = ahead.ready(c, self.ens)
             if ready is not None:
@@ -258,6 +267,8 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 out.update(super()._windows(stepwise))
             return out
         alone = super()._windows(stepwise) if stepwise else {}
+        if self._single and not alone:  # the one series alone: its columns are in
+            return out
         stamps = {c.ts for c in candles}
         ts = candles[0].ts
         # the cross-section computed ahead (``on_candles`` looks ahead in the executor first;
@@ -298,8 +309,8 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
     def _cross_stale(self, ts: int) -> bool:
         """The cross-sectional members have no outputs computed ahead for ``ts``, or have them
         for another set of symbols than the series known now."""
-        return bool(self.ens.module.cross) and (ts not in self._expected
-                                                or self._known() != self._computed)
+        return (bool(self.ens.module.cross) and not self._single
+                and (ts not in self._expected or self._known() != self._computed))
 
     def _cross_ahead(self, ts0: int) -> None:
         """The cross-sectional members for the next ``LOOK_AHEAD`` timestamps from ``ts0``: at

@@ -35,10 +35,14 @@ class EnsembleModule(nn.Module):
             self.members[i](x, valid) if cross else self._zeros(x)) if m.cross_sectional
             else m(x))
 
-    def forward_rows(self, rows: Tensor, ends: Tensor, lookback: int) -> tuple[Tensor, Tensor]:
+    def forward_rows(self, rows: Tensor, ends: Tensor, lookback: int,
+                     alone: bool = False) -> tuple[Tensor, Tensor]:
         """``forward(windows, cross=False)`` for the windows of ``lookback`` rows that end at
         ``ends`` [B] of ``rows`` [T, F] (one symbol's consecutive candles), with each member's
-        per-step part (``Member.steps``) run once per row rather than once per window."""
+        per-step part (``Member.steps``) run once per row rather than once per window.
+        ``alone``: the symbol is the only one at each of those timestamps, so each window is
+        a cross-section of its own and the cross-sectional members' columns are computed too
+        (a one-symbol panel each)."""
         idx = (ends - (lookback - 1))[:, None] + torch.arange(lookback, device=rows.device)
         x = rows[idx]  # [B, L, F]
 
@@ -46,8 +50,10 @@ class EnsembleModule(nn.Module):
             s = m.steps(rows)
             return m.windows(x if s is rows else s[idx])
 
-        return self._stacked(x, lambda i, m: self._zeros(x) if m.cross_sectional
-                             else windows(m))
+        def cross(m: Member) -> Tensor:
+            return m.forward_panel(x.unsqueeze(1)) if alone else self._zeros(x)  # type: ignore[operator]
+
+        return self._stacked(x, lambda i, m: cross(m) if m.cross_sectional else windows(m))
 
     def _stacked(self, x: Tensor,
                  output: Callable[[int, Member], Tensor]) -> tuple[Tensor, Tensor]:

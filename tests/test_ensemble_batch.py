@@ -98,9 +98,10 @@ def test_batched_and_stepwise_sources_give_the_same_signals() -> None:
 
     raw_rows = ens.raw_rows
 
-    def counted_rows(rows: np.ndarray, ends: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def counted_rows(rows: np.ndarray, ends: np.ndarray,
+                     alone: bool = False) -> tuple[np.ndarray, np.ndarray]:
         calls.append(len(ends))  # the look-ahead: windows ending at these rows
-        return raw_rows(rows, ends)
+        return raw_rows(rows, ends, alone)
 
     ens.raw = counted  # type: ignore[method-assign]
     ens.raw_rows = counted_rows  # type: ignore[method-assign]

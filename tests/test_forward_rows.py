@@ -77,6 +77,24 @@ def test_forward_rows_equals_the_forward_over_windows_for_every_member() -> None
     assert seen == [(200, 16)]  # once per row, not [7, L, 16]
 
 
+def test_alone_each_window_is_its_own_cross_section() -> None:
+    """A backtest of one series: the cross-sectional members' columns come with the others,
+    each window as the one-symbol cross-section the stepwise forward scores it as."""
+    module = EnsembleModule(_members(3)).eval()
+    rows = torch.randn(200, F)
+    ends = torch.tensor([L - 1, 40, 41, 99, 150, 199])
+    with torch.no_grad():
+        got, _ = module.forward_rows(rows, ends, L, alone=True)
+        plain, _ = module.forward_rows(rows, ends, L)
+        each = [module(rows[e - L + 1:e + 1].unsqueeze(0))[0][0] for e in ends.tolist()]
+    want = torch.stack(each)
+    assert module.cross  # the registry has a cross-sectional member
+    assert (got - want).abs().max() < 1e-5
+    keep = [i for i in range(len(REGISTRY)) if i not in module.cross]
+    assert torch.equal(got[:, keep], plain[:, keep])
+    assert not plain[:, module.cross].any() and got[:, module.cross, 0].std() > 1e-4
+
+
 def test_the_look_ahead_rows_skip_windows_with_missing_features() -> None:
     """Rows with NaN features (warm-up) are in the slice but in no scored window: they must
     not leak into the windows that are scored."""
