@@ -117,6 +117,13 @@ class AheadWorker:
                  *(f"{r},{w}" for r, w in theirs)],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._err, env=env,
                 pass_fds=[fd for pair in theirs for fd in pair])
+        except BaseException:
+            for fd in (to[1] for to, _ in extra):
+                os.close(fd)
+            for fd in (back[0] for _, back in extra):
+                os.close(fd)
+            self._err.close()
+            raise
         finally:
             for fd in (fd for pair in theirs for fd in pair):
                 os.close(fd)

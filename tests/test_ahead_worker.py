@@ -208,3 +208,16 @@ def test_the_process_gets_no_stackbot_variable(tmp_path: Path,
     assert env and b"PATH=" in env
     assert b"STACKBOT_" not in env and b"do-not-pass-me" not in env
     assert os.environ["STACKBOT_EXCHANGE_API_KEY"] == "do-not-pass-me"  # this process keeps it
+
+
+def test_a_process_that_cannot_start_leaves_no_pipe_open(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The forked processes' pipes are made before the first process starts: if it cannot
+    start (here: no such executable), the error reaches the caller and every pipe is closed
+    (a backtest that retries would otherwise leak descriptors)."""
+    import sys
+
+    monkeypatch.setattr(sys, "executable", "/nonexistent/python")
+    before = set(os.listdir("/proc/self/fd"))
+    with pytest.raises(OSError):
+        AheadWorker(3)
+    assert set(os.listdir("/proc/self/fd")) <= before
