@@ -143,7 +143,11 @@ def test_kill_over_http_is_audited_and_the_running_bot_carries_it_out(stack: Sta
         assert row["channel"] == "http" and row["operator"] == "operator"
         assert row["processed_at"] is not None, "the bot never carried the kill out"
         assert json.loads(row["result"])["cancelled"] >= 1
-        assert _working(stack.db, stack.account) == 0
+        left = asyncio.run(fetch(stack.db, "SELECT client_order_id, side, order_type, status, "
+                                 "created_at, updated_at FROM orders WHERE account=$1 AND "
+                                 "status IN ('open', 'partially_filled', 'pending_submit')",
+                                 stack.account))
+        assert not left, f"working after the kill (processed {row['processed_at']}): {left}"
         audit = asyncio.run(fetch(stack.db, "SELECT payload FROM audit_events WHERE account=$1 "
                                   "AND kind='risk.state_changed' ORDER BY seq", stack.account))
         http = [json.loads(a["payload"]) for a in audit]
