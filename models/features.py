@@ -12,6 +12,7 @@ back over it), so a jump across an exchange outage is never mistaken for a one-b
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Callable
@@ -109,9 +110,7 @@ def _rolling_block(x: np.ndarray, w: int, fn: str) -> np.ndarray:
     return out
 
 
-_LFILTER: list[Callable[..., tuple[np.ndarray, np.ndarray]]] = []
-
-
+@functools.cache
 def _lfilter() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     """scipy's ``lfilter`` with initial conditions, for a recursive filter (``len(a) > 1``),
     loaded on first use. ``scipy.signal`` takes about half a second of CPU to import (scipy's
@@ -119,35 +118,33 @@ def _lfilter() -> Callable[..., tuple[np.ndarray, np.ndarray]]:
     its ``lfilter`` hands such a filter to (``_sigtools._linear_filter(b, a, x, axis, zi)``,
     after ``np.atleast_1d``/``np.asarray``): that extension is loaded on its own, and where
     it cannot be (another scipy layout), ``scipy.signal.lfilter`` is used. Both give the same
-    numbers bit for bit (tests/test_features.py)."""
-    if not _LFILTER:
-        try:
-            import importlib.machinery
-            import importlib.util
-            from pathlib import Path
+    numbers bit for bit (tests/test_features_batched.py)."""
+    try:
+        import importlib.machinery
+        import importlib.util
+        from pathlib import Path
 
-            import scipy
+        import scipy
 
-            name = "scipy.signal._sigtools"
-            path = next((Path(scipy.__file__).parent / "signal").glob("_sigtools.*.so"))
-            loader = importlib.machinery.ExtensionFileLoader(name, str(path))
-            spec = importlib.util.spec_from_file_location(name, path, loader=loader)
-            assert spec is not None
-            module = importlib.util.module_from_spec(spec)
-            loader.exec_module(module)
-            core = module._linear_filter
+        name = "scipy.signal._sigtools"
+        path = next((Path(scipy.__file__).parent / "signal").glob("_sigtools.*.so"))
+        loader = importlib.machinery.ExtensionFileLoader(name, str(path))
+        spec = importlib.util.spec_from_file_location(name, path, loader=loader)
+        if spec is None:
+            raise ImportError(name)
+        module = importlib.util.module_from_spec(spec)
+        loader.exec_module(module)
+        core = module._linear_filter
+    except (ImportError, StopIteration, AttributeError, OSError):
+        from scipy.signal import lfilter as public
 
-            def lfilter(b: Any, a: Any, x: Any, axis: int = -1,
-                        zi: Any = None) -> tuple[np.ndarray, np.ndarray]:
-                return core(np.atleast_1d(b), np.atleast_1d(a), np.asarray(x), axis,
-                            np.asarray(zi))
+        return public
 
-            _LFILTER.append(lfilter)
-        except (ImportError, StopIteration, AttributeError, AssertionError, OSError):
-            from scipy.signal import lfilter as public
+    def lfilter(b: Any, a: Any, x: Any, axis: int = -1,
+                zi: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        return core(np.atleast_1d(b), np.atleast_1d(a), np.asarray(x), axis, np.asarray(zi))
 
-            _LFILTER.append(public)
-    return _LFILTER[0]
+    return lfilter
 
 
 def _smooth(x: np.ndarray, alpha: float, carry: bool) -> np.ndarray:
