@@ -119,14 +119,15 @@ def test_session_posts_need_the_csrf_token_and_logins_are_limited(stack: Stack) 
         assert right.status_code == 429
 
 
-def _working(db: str, account: str) -> int:
-    rows = asyncio.run(fetch(db, "SELECT count(*) AS n FROM orders WHERE account=$1 AND status "
-                             "IN ('open', 'partially_filled', 'pending_submit')", account))
-    return int(rows[0]["n"])
+def _working_rows(db: str, account: str) -> list[dict]:
+    return asyncio.run(fetch(db, "SELECT client_order_id, side, order_type, status, reduce_only, "
+                             "created_at FROM orders WHERE account=$1 AND status IN "
+                             "('open', 'partially_filled', 'pending_submit')", account))
 
 
 def test_kill_over_http_is_audited_and_the_running_bot_carries_it_out(stack: Stack) -> None:
-    assert _working(stack.db, stack.account) >= 1
+    before = {r["client_order_id"] for r in _working_rows(stack.db, stack.account)}
+    assert before  # the kill has orders to cancel
     with httpx.Client(base_url=stack.url, timeout=10, headers=BEARER) as c:
         r = c.post("/api/v1/kill", json={"level": "cancel", "reason": "api kill test"})
         assert r.status_code == 202, r.text
@@ -143,11 +144,14 @@ def test_kill_over_http_is_audited_and_the_running_bot_carries_it_out(stack: Sta
         assert row["channel"] == "http" and row["operator"] == "operator"
         assert row["processed_at"] is not None, "the bot never carried the kill out"
         assert json.loads(row["result"])["cancelled"] >= 1
-        left = asyncio.run(fetch(stack.db, "SELECT client_order_id, side, order_type, status, "
-                                 "created_at, updated_at FROM orders WHERE account=$1 AND "
-                                 "status IN ('open', 'partially_filled', 'pending_submit')",
-                                 stack.account))
-        assert not left, f"working after the kill (processed {row['processed_at']}): {left}"
+        # every order working at the kill is cancelled. HALTED still lets closing orders
+        # through (risk/state.py): the bot's own exit of a held position, placed on a candle
+        # after the kill, may be working already (a CI run saw a reduce-only market sell
+        # 43 ms after it); nothing that opens or adds may be
+        left = _working_rows(stack.db, stack.account)
+        assert not before & {r["client_order_id"] for r in left}, left
+        assert all(r["reduce_only"] and r["created_at"] > row["processed_at"]
+                   for r in left), f"working after the kill ({row['processed_at']}): {left}"
         audit = asyncio.run(fetch(stack.db, "SELECT payload FROM audit_events WHERE account=$1 "
                                   "AND kind='risk.state_changed' ORDER BY seq", stack.account))
         http = [json.loads(a["payload"]) for a in audit]
