@@ -220,7 +220,7 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
     if cfg.name == "baseline":
         return (EmaCrossSignal(cfg.fast, cfg.slow),
                 TrendFollowStrategy(shorts=margined and cfg.shorts))
-    from models.device import in_torch_thread, pick_device
+    from models.device import cuda_possible, in_torch_thread, pick_device
     from models.ensemble import Ensemble, EnsembleSignalSource
     from models.labels import barrier_from
     from strategies.ensemble import EnsembleStrategy
@@ -229,16 +229,22 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
     if active is None:
         raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
                           "(it promotes the first one) or `stackbot models promote ID`")
-    barrier = barrier_from(settings.risk)
-    device = pick_device(cfg.device)
-    if ahead is not None and (series is None or device != "cpu"):
-        ahead.close()  # a GPU computes the look-ahead in this process, in seconds
-        ahead = None
-    if ahead is not None:  # it loads the same checked files beside this process
-        ahead.load(Path(active.path), active.sha256, barrier.to_dict())
-    # loaded on the thread that will score with it (models/device.py says why)
-    ens = await in_torch_thread(Ensemble.load, Path(active.path), active.sha256, barrier,
-                                device, cfg.compile, cfg.cuda_graphs)
+    barrier, manifest = barrier_from(settings.risk), Path(active.path)
+    # a CPU backtest: the look-ahead processes load the checked files and describe them, and
+    # this process combines their outputs without torch (its import: 1.5 s of CPU)
+    ens = (await asyncio.get_running_loop().run_in_executor(
+        None, ahead.ensemble, manifest, active.sha256, barrier)
+        if ahead is not None and series is not None and not cuda_possible(cfg.device) else None)
+    if ens is None:  # or they failed (loading here raises why), are late, or CUDA is here
+        device = pick_device(cfg.device)
+        if ahead is not None and (series is None or device != "cpu"):
+            ahead.close()  # a GPU computes the look-ahead in this process, in seconds
+            ahead = None
+        if ahead is not None:  # it loads the same checked files beside this process
+            ahead.load(manifest, active.sha256, barrier.to_dict())
+        # loaded on the thread that will score with it (models/device.py says why)
+        ens = await in_torch_thread(Ensemble.load, manifest, active.sha256, barrier,
+                                    device, cfg.compile, cfg.cuda_graphs)
     if series is not None:
         from models.ensemble_batch import BatchedEnsembleSignalSource
 

@@ -22,7 +22,9 @@ else may write to that output, so it points its file descriptor 1 at standard er
 and for each forked one a pair the parent made and handed over (``python -m
 models.ahead_worker R,W ...``). Parent -> first process ``("load", manifest, sha256,
 barrier)``; parent -> each ``("job", id, feats, ends, chunk, base, first, stride, alone)``
-(its chunks: ``first``, ``first + stride``, ...); each -> parent ``("ready", ensemble_id, pid)``,
+(its chunks: ``first``, ``first + stride``, ...); each -> parent ``("ready", ensemble_id, pid,
+described, cuda)`` (what the parent needs to combine the outputs without the weights, and so
+without torch: ``Ensemble.deferred``),
 ``("rows", id, lo, outs, regime)`` per chunk, or ``("error", text)``. A process exits when its
 input closes (the first waits for those it forked); one that fails fails the run's waiting
 job with its error (``ModelError``), never leaves it waiting.
@@ -38,13 +40,18 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 
 from bot.errors import ModelError
+from models.labels import BarrierSpec
+
+if TYPE_CHECKING:
+    from models.ensemble import Ensemble
 
 
 class AheadJob:
@@ -128,6 +135,8 @@ class AheadWorker:
             for fd in (fd for pair in theirs for fd in pair):
                 os.close(fd)
         assert self._proc.stdin is not None and self._proc.stdout is not None
+        self._loading = False
+        self._described: tuple[Any, bool] | None = None  # the first process's, and its CUDA
         self._channels = [_Channel(self._proc.stdin, self._proc.stdout)]
         self._channels += [_Channel(os.fdopen(to[1], "wb"), os.fdopen(back[0], "rb"))
                            for to, back in extra]
@@ -156,8 +165,31 @@ class AheadWorker:
         return all(c.ready.wait(timeout) for c in self._channels)
 
     def load(self, manifest: Path, sha256: str | None, barrier: dict[str, Any]) -> None:
-        """The first process loads it, then forks the others."""
-        self._send(self._channels[0], ("load", str(manifest), sha256, barrier))
+        """The first process loads it, then forks the others (once)."""
+        if not self._loading:
+            self._loading = True
+            self._send(self._channels[0], ("load", str(manifest), sha256, barrier))
+
+    def ensemble(self, manifest: Path, sha256: str | None, barrier: BarrierSpec,
+                 timeout: float = 60.0) -> Ensemble | None:
+        """(blocking) The ensemble at ``manifest`` for this process, as the first process
+        describes it once it has loaded it (``Ensemble.deferred``: no torch here unless a
+        forward runs here). None where that process failed, is not ready within ``timeout``
+        seconds, or sees CUDA (a GPU computes the look-ahead in the backtest's process): the
+        caller loads it itself, which raises what was wrong with it."""
+        from models.ensemble import Ensemble
+
+        self.load(manifest, sha256, barrier.to_dict())
+        ready, deadline = self._channels[0].ready, time.monotonic() + timeout
+        while not ready.wait(0.02):
+            if self._failed is not None or time.monotonic() > deadline:
+                return None
+        if self._described is None:
+            return None
+        described, cuda = self._described
+        if cuda:
+            return None
+        return Ensemble.deferred(manifest, sha256, barrier, described)
 
     def submit(self, job: AheadJob, feats: np.ndarray, ends: np.ndarray, chunk: int,
                base: int = 0, alone: bool = False) -> None:
@@ -206,6 +238,8 @@ class AheadWorker:
                         self.rows_received += len(outs)
                 elif msg[0] == "ready":
                     channel.pid = msg[2]
+                    if channel is self._channels[0]:
+                        self._described = (msg[3], msg[4])
                     channel.ready.set()
                 elif msg[0] == "error":
                     self._fail(msg[1])
@@ -251,7 +285,9 @@ def _send_to(out: IO[bytes], msg: tuple[Any, ...]) -> None:
 
 def _serve(inp: IO[bytes], out: IO[bytes], ens: Any) -> None:
     """Answer jobs until the input closes."""
-    _send_to(out, ("ready", ens.id, os.getpid()))
+    import torch
+
+    _send_to(out, ("ready", ens.id, os.getpid(), ens.described, torch.cuda.is_available()))
     while True:
         try:
             msg = pickle.load(inp)
@@ -267,7 +303,6 @@ def _run(inp: IO[bytes], out: IO[bytes], extra: list[tuple[int, int]]) -> None:
     """The first process: load the ensemble, fork one process for each pipe pair of
     ``extra`` (they start with it loaded), serve, and wait for them."""
     from models.ensemble import Ensemble
-    from models.labels import BarrierSpec
 
     _, manifest, digest, barrier = pickle.load(inp)
     ens = Ensemble.load(Path(manifest), digest, BarrierSpec.from_dict(barrier), device="cpu")

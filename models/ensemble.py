@@ -18,32 +18,35 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from bot.domain import Candle, Gap, PromotedModel, Regime, Signal, timeframe_ms
 from models.calibrate import sigmoid
-from models.device import set_threads, torch_thread
-from models.ensemble_module import EnsembleModule
+from models.device import imported_torch, set_threads, torch_thread
+from models.ensemble_spec import Described, checked_spec, load_members, moments_of
 from models.features import (
     FEATURE_NAMES,
     NORM_WINDOW,
     WARMUP,
+    History,
     history_rows,
     normalise,
     raw_features,
 )
-from models.forward import Forward
 from models.labels import BarrierSpec, barrier_spec_of
-from models.members import Member
-from models.members.vae import VAERegime
 from models.meta import LogitMoments, OnlineWeights, Stacker
-from models.registry import RegistryError, barrier_mismatch, load_member, sha256
+from models.registry import RegistryError
+
+if TYPE_CHECKING:
+    from models.ensemble_module import EnsembleModule
+    from models.forward import Forward
+    from models.members import Member
 
 ATR_COL = FEATURE_NAMES.index("atr_pct")
 # timestamps of warm-up history run through the model at start: enough for the online
@@ -103,24 +106,66 @@ class Ensemble:
         cuda_graphs: bool = False,
         buckets: bool = False,
     ) -> None:
+        self._head(ensemble_id, Described.of(members, temperatures), meta_weights, meta_bias,
+                   lookback, barrier, moments, device)
+        self._mode = ("graphs" if cuda_graphs else "compile" if compile else "eager", buckets)
+        self._build(members)
+
+    def _head(self, ensemble_id: str, described: Described, meta_weights: np.ndarray,
+              meta_bias: float, lookback: int, barrier: BarrierSpec,
+              moments: LogitMoments | None, device: str) -> None:
+        """Everything but the members' weights: calibration, the combiner, the regimes."""
         self.id = ensemble_id
-        self.names = [m.name for m in members]
-        self.temps = np.asarray(temperatures, dtype=np.float64)
+        self.described = described
+        self.names = list(described.names)
+        self.temps = np.asarray(described.temperatures, dtype=np.float64)
         self.meta_w, self.meta_b = np.asarray(meta_weights), float(meta_bias)
-        self.moments = moments or LogitMoments(np.zeros(len(members)), np.eye(len(members)))
+        m = len(self.names)
+        self.moments = moments or LogitMoments(np.zeros(m), np.eye(m))
         self.lookback, self.barrier, self.horizon = lookback, barrier, barrier.horizon
         self.device = device
-        self.module = EnsembleModule(members).to(device).eval()
-        mode = "graphs" if cuda_graphs else "compile" if compile else "eager"
-        self.forward = Forward(self.module, device, mode, buckets)
-        self.forecasters = np.array([m.kind == "supervised" for m in members])
+        self.forecasters = np.array(described.forecasters, dtype=bool)
+        self.cross = list(described.cross)  # the cross-sectional members' indices
         self.stacker = Stacker(self.meta_w, self.meta_b, self.moments)
-        vae = self.module.members[self.module.vae_index] if self.module.vae_index >= 0 else None
-        k = vae.k if isinstance(vae, VAERegime) else 0
+        k = described.regimes
         # the regime of each VAE id, index id + 1 (-1: unknown)
         self._regimes = (Regime.UNKNOWN, *(Regime.BEAR if i == 0 else Regime.BULL
                                            if i == k - 1 else Regime.NEUTRAL
                                            for i in range(k)))
+        self._module: EnsembleModule | None = None
+        self._forward: Forward | None = None
+        # ``deferred``: the members and their temperatures, loaded on first use
+        self._loader: Callable[[], list[tuple[Member, float]]] | None = None
+
+    def _build(self, members: Sequence[Member]) -> None:
+        imported_torch()  # with the thread count asked for, on this thread
+        from models.ensemble_module import EnsembleModule
+        from models.forward import Forward
+
+        module = EnsembleModule(members).to(self.device).eval()
+        self._forward = Forward(module, self.device, *self._mode)
+        self._module = module
+
+    @property
+    def module(self) -> EnsembleModule:
+        """All members as one module; where this ensemble was ``described``, loaded (and
+        torch imported) on first use."""
+        if self._module is None:
+            assert self._loader is not None
+            loaded = self._loader()
+            members = [m for m, _ in loaded]
+            if Described.of(members, [t for _, t in loaded]) != self.described:
+                raise RegistryError(f"ensemble {self.id}: its checkpoints are not what its "
+                                    "look-ahead process loaded")
+            self._build(members)
+        assert self._module is not None
+        return self._module
+
+    @property
+    def forward(self) -> Forward:
+        self.module  # noqa: B018 - loaded where deferred
+        assert self._forward is not None
+        return self._forward
 
     @classmethod
     def load(
@@ -134,21 +179,8 @@ class Ensemble:
     ) -> Ensemble:
         """Load a registered ensemble to trade ``barrier`` (the risk settings' stop, target
         and horizon); one trained for another bet is refused."""
-        if expected_sha256 is not None and sha256(manifest) != expected_sha256:
-            raise RegistryError(f"{manifest} does not match its registered sha256")
-        spec = json.loads(manifest.read_text())
-        trained = barrier_spec_of(spec)
-        if trained != barrier:
-            raise RegistryError(
-                barrier_mismatch(
-                    f"ensemble {spec.get('ensemble_id')}", spec.get("barrier"), barrier
-                )
-            )
-        members, temps = [], []
-        for m in spec["members"]:
-            model, temp = load_member(manifest.parent / m["path"], m["sha256"], barrier)
-            members.append(model)
-            temps.append(temp)
+        spec = checked_spec(manifest, expected_sha256, barrier)
+        members, temps = zip(*load_members(manifest, spec, barrier), strict=True)
         return cls(
             spec["ensemble_id"],
             members,
@@ -157,11 +189,30 @@ class Ensemble:
             spec["meta_bias"],
             spec["lookback"],
             barrier,
-            LogitMoments.from_dict(spec["logit_moments"]) if spec.get("logit_moments") else None,
+            moments_of(spec),
             device,
             compile,
             cuda_graphs,
         )
+
+    @classmethod
+    def deferred(cls, manifest: Path, expected_sha256: str | None, barrier: BarrierSpec,
+                 described: Described) -> Ensemble:
+        """The registered ensemble at ``manifest`` (checked as ``load`` checks it) as
+        ``described`` by the process that loaded its checkpoints (a CPU backtest's look-ahead
+        process, ``models/ahead_worker.py``): the combiner at once, the members' weights, and
+        torch, only where a forward runs here (on the CPU), checked to be what was described."""
+        spec = checked_spec(manifest, expected_sha256, barrier)
+        names = tuple(m["name"] for m in spec["members"])
+        if names != described.names:
+            raise RegistryError(f"ensemble {spec['ensemble_id']}: its manifest lists {names}, "
+                                f"its look-ahead process loaded {described.names}")
+        ens = cls.__new__(cls)
+        ens._head(spec["ensemble_id"], described, np.array(spec["meta_weights"]),
+                  spec["meta_bias"], spec["lookback"], barrier, moments_of(spec), "cpu")
+        ens._mode = ("eager", False)
+        ens._loader = lambda: load_members(manifest, spec, barrier)
+        return ens
 
     @staticmethod
     def trained_barrier(manifest: Path) -> BarrierSpec | None:
@@ -174,17 +225,20 @@ class Ensemble:
         ``cross=False``: any windows, cross-sectional members left at zero."""
         return self.forward(x, cross)
 
-    @torch.no_grad()
     def raw_rows(self, rows: np.ndarray, ends: np.ndarray,
                  alone: bool = False) -> tuple[np.ndarray, np.ndarray]:
         """``raw(windows, cross=False)`` for the windows ending at rows ``ends`` of one
         symbol's consecutive feature rows [T, F]: each member's per-step part runs once per
         row (``EnsembleModule.forward_rows``; ``alone``: with the cross-sectional members'
         columns, each window its own cross-section). Backtests' look-ahead."""
+        module = self.module
+        import torch
+
         xb = torch.as_tensor(rows, device=self.device)
         eb = torch.as_tensor(ends, dtype=torch.long, device=self.device)
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
-            outs, regime = self.module.forward_rows(xb, eb, self.lookback, alone)
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16,
+                                             enabled=self.device.startswith("cuda")):
+            outs, regime = module.forward_rows(xb, eb, self.lookback, alone)
         return outs.float().cpu().numpy(), regime.cpu().numpy()
 
     def raw_ends(self, rows: np.ndarray, ends: np.ndarray,
@@ -194,12 +248,15 @@ class Ensemble:
         first = int(ends[0]) - self.lookback + 1
         return self.raw_rows(rows[first : int(ends[-1]) + 1], ends - first, alone)
 
-    @torch.no_grad()
     def raw_panel(self, x: np.ndarray) -> np.ndarray:
         """The cross-sectional members over a panel [T, N, L, F]: [T, N, len(cross), 3]."""
+        module = self.module
+        import torch
+
         xb = torch.as_tensor(x, device=self.device)
-        with torch.autocast("cuda", torch.bfloat16, enabled=self.device.startswith("cuda")):
-            out = self.module.panel(xb)
+        with torch.no_grad(), torch.autocast("cuda", torch.bfloat16,
+                                             enabled=self.device.startswith("cuda")):
+            out = module.panel(xb)
         return out.float().cpu().numpy().reshape(x.shape[0], x.shape[1], -1, 3)
 
     def predict(self, x: np.ndarray, online: np.ndarray | None = None) -> list[Prediction]:
@@ -243,34 +300,6 @@ class Ensemble:
         """The VAE's regime id as a Regime: its k regimes are ordered by mean return, so the
         first is bear, the last bull, those between neutral; -1 is unknown."""
         return self._regimes[rid + 1] if 0 <= rid < len(self._regimes) - 1 else Regime.UNKNOWN
-
-
-class History:
-    """The last ``keep`` candles of one symbol as arrays, in time order (appending is O(1)
-    amortised: the arrays are twice as long and moved back when full)."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.ohlcv = np.empty((2 * keep, 5))
-        self.ts = np.empty(2 * keep, dtype=np.int64)
-        self.end = 0
-
-    def __len__(self) -> int:
-        return min(self.end, self.keep)
-
-    def append(self, c: Candle) -> None:
-        if self.end == len(self.ts):
-            k = self.keep - 1
-            self.ohlcv[:k] = self.ohlcv[self.end - k : self.end]
-            self.ts[:k] = self.ts[self.end - k : self.end]
-            self.end = k
-        self.ohlcv[self.end] = (c.open, c.high, c.low, c.close, c.volume)
-        self.ts[self.end] = c.ts
-        self.end += 1
-
-    def window(self) -> tuple[np.ndarray, np.ndarray]:
-        lo = max(0, self.end - self.keep)
-        return self.ohlcv[lo : self.end], self.ts[lo : self.end]
 
 
 @dataclass

@@ -92,7 +92,7 @@ class _Ahead:
         self.row = np.full(n, -1)
         self.row[idx] = np.arange(len(idx))
         self.atr = raw[:, ATR_COL] * ohlcv[:, 3]
-        cross = [] if alone else ens.module.cross
+        cross = [] if alone else ens.cross
         self.job = AheadJob(len(idx), len(ens.names),
                             [i for i in range(len(ens.names)) if i not in cross])
         m = len(ens.names)
@@ -262,7 +262,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
             ready = ahead.ready(c, self.ens)
             if ready is not None:
                 out[c.symbol] = ready
-        if not self.ens.module.cross or not out:
+        if not self.ens.cross or not out:
             if stepwise:
                 out.update(super()._windows(stepwise))
             return out
@@ -309,7 +309,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
     def _cross_stale(self, ts: int) -> bool:
         """The cross-sectional members have no outputs computed ahead for ``ts``, or have them
         for another set of symbols than the series known now."""
-        return (bool(self.ens.module.cross) and not self._single
+        return (bool(self.ens.cross) and not self._single
                 and (ts not in self._expected or self._known() != self._computed))
 
     def _cross_ahead(self, ts0: int) -> None:
@@ -330,7 +330,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
             hit = (a.ts[i] == stamps) & (a.row[i] >= 0)
             local[k, hit] = i[hit]
         sets, which = np.unique((local >= 0).T, axis=0, return_inverse=True)
-        cross = np.array(self.ens.module.cross)
+        cross = np.array(self.ens.cross)
         filled: dict[str, list[np.ndarray]] = {}
         for g, members in enumerate(sets):
             syms = [n for n, on in zip(names, members, strict=True) if on]

@@ -14,14 +14,18 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from bot.errors import RegistryError
 from models.features import FEATURE_NAMES, feature_spec_hash
 from models.labels import BarrierSpec
-from models.members import REGISTRY, Member, MemberConfig
+
+if TYPE_CHECKING:
+    from models.members import Member
+
+# torch and the members are imported where a checkpoint is written or read: a CPU backtest's
+# process checks the manifest here and leaves the weights to its look-ahead processes
+# (models/ahead_worker.py), without torch's import (1.5 s of CPU)
 
 
 def sha256(path: Path) -> str:
@@ -33,6 +37,8 @@ def sha256(path: Path) -> str:
 
 
 def save_member(model: Member, path: Path, temperature: float, barrier: BarrierSpec) -> str:
+    import torch
+
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"state_dict": model.state_dict(),
                 "meta": {"name": model.name, "config": model.cfg.to_dict(),
@@ -49,6 +55,10 @@ def load_member(path: Path, expected_sha256: str | None,
         raise RegistryError(f"checkpoint {path} does not exist")
     if expected_sha256 is not None and sha256(path) != expected_sha256:
         raise RegistryError(f"checkpoint {path} does not match its registered sha256")
+    import torch
+
+    from models.members import REGISTRY, MemberConfig
+
     blob = torch.load(path, map_location="cpu", weights_only=True)
     meta = blob["meta"]
     if meta["feature_spec_hash"] != feature_spec_hash(barrier):
