@@ -299,13 +299,14 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
                    marks: Sequence[Path] | None = None,
                    funding: Sequence[Path] | None = None) -> Outcome:
     """``files`` may also be already loaded series (evaluation reuses them)."""
-    ahead = None
-    if stack is None and settings.strategy.name == "ensemble" and look_ahead_process(settings):
-        from models.ahead_worker import AheadWorker  # numpy only: no torch import here
+    from models.ahead_worker import AheadWorker, processes, take_early  # numpy only
 
-        # first: the torch import overlaps this process's start. One per core, up to 4: on
-        # 2 cores, case e took 8.8 s with two beside the engine, 9.4 with one, 9.6 with three
-        ahead = AheadWorker(min(os.cpu_count() or 1, 4))
+    ahead = take_early()  # started by the command line, or first thing here
+    if stack is None and settings.strategy.name == "ensemble" and look_ahead_process(settings):
+        ahead = ahead or AheadWorker(processes())  # its torch import overlaps this start
+    elif ahead is not None:
+        ahead.close()
+        ahead = None
     try:
         return await _backtest(settings, files, symbols, start_ms, end_ms, engine_hook, stack,
                                marks, funding, ahead)

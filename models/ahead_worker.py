@@ -278,6 +278,30 @@ class AheadWorker:
         self._err.close()
 
 
+_early: AheadWorker | None = None
+
+
+def processes() -> int:
+    """One per core, up to 4: on 2 cores, case e took 8.8 s with two beside the engine, 9.4
+    with one, 9.6 with three (bench/RESULTS.md)."""
+    return min(os.cpu_count() or 1, 4)
+
+
+def start_early() -> None:
+    """Start the look-ahead processes before the command line's own imports (``bot/__main__``:
+    an ensemble backtest asked for there); ``take_early`` hands them to the run."""
+    global _early
+    if _early is None and processes() >= 2:
+        _early = AheadWorker(processes())
+
+
+def take_early() -> AheadWorker | None:
+    """The processes ``start_early`` started, once (None: none)."""
+    global _early
+    early, _early = _early, None
+    return early
+
+
 def _send_to(out: IO[bytes], msg: tuple[Any, ...]) -> None:
     pickle.dump(msg, out, protocol=pickle.HIGHEST_PROTOCOL)
     out.flush()

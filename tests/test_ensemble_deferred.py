@@ -134,3 +134,41 @@ print(json.dumps({{"signals": n, "torch": "torch" in sys.modules}}))
     got = json.loads(out.stdout.strip().splitlines()[-1])
     assert got["signals"] > 400  # not vacuous: the run scored
     assert got["torch"] is False
+
+
+@pytest.mark.parametrize(("argv", "early"), [
+    (["backtest", "--data", "x.csv", "--strategy", "ensemble"], True),
+    (["backtest", "--strategy=ensemble"], True),
+    (["backtest", "--data", "x.csv"], False),
+    (["backtest", "--strategy", "baseline"], False),
+    (["run", "--strategy", "ensemble"], False),
+    (["backtest", "--strategy"], False),
+])
+def test_the_command_line_starts_the_look_ahead_first_only_for_an_ensemble_backtest(
+        monkeypatch: pytest.MonkeyPatch, argv: list[str], early: bool) -> None:
+    import bot.__main__ as entry
+    import bot.cli
+    import models.ahead_worker
+
+    started: list[bool] = []
+    monkeypatch.setattr(models.ahead_worker, "start_early", lambda: started.append(True))
+    monkeypatch.setattr(bot.cli, "app", lambda prog_name: None)
+    monkeypatch.setattr(sys, "argv", ["stackbot", *argv])
+    entry.main()
+    assert bool(started) is early
+
+
+def test_a_run_closes_early_processes_it_does_not_use() -> None:
+    """Started for an ensemble backtest the settings then run otherwise: taken once, then gone."""
+    import models.ahead_worker as ahead
+
+    if ahead.processes() < 2:
+        pytest.skip("one core: no look-ahead process is started early (nothing to close)")
+    ahead.start_early()
+    worker = ahead.take_early()
+    try:
+        assert worker is not None and ahead.take_early() is None
+    finally:
+        if worker is not None:
+            worker.close()
+    assert worker._proc.poll() is not None  # the process is gone
