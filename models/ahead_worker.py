@@ -32,6 +32,7 @@ job with its error (``ModelError``), never leaves it waiting.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pickle
@@ -293,6 +294,13 @@ def start_early() -> None:
     global _early
     if _early is None and processes() >= 2:
         _early = AheadWorker(processes())
+        atexit.register(_close_early)  # the command failed before its run took them
+
+
+def _close_early() -> None:
+    early = take_early()
+    if early is not None:
+        early.close()
 
 
 def take_early() -> AheadWorker | None:

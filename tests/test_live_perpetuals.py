@@ -112,7 +112,21 @@ async def test_live_short_funding_and_flatten_end_with_ledger_equal_to_venue(
             held = venue.positions.get("BTCUSDT")
             return bool(rows) and held is not None and held.amt < 0
 
-        await until(short_with_funding, timeout=150)
+        try:
+            await until(short_with_funding, timeout=150)
+        except AssertionError:  # say which part never came (a CI run once missed it)
+            flows = await fetch(fresh_db, "SELECT amount FROM cash_flows WHERE account=$1",
+                                account)
+            orders = await fetch(fresh_db, "SELECT side, status, reduce_only FROM orders "
+                                 "WHERE account=$1", account)
+            held = venue.positions.get("BTCUSDT")
+            raise AssertionError(
+                f"no short held after a funding receipt within 150 s: venue position "
+                f"{held.amt if held else None}, venue trades "
+                f"{[(t['side'], t['qty']) for t in venue.trades][-20:]}, venue funding "
+                f"{[r['income'] for r in venue.income]}, ledger cash flows "
+                f"{[r['amount'] for r in flows]}, ledger orders {[tuple(r) for r in orders][-20:]}"
+                f"\n{log.read_text()[-6000:]}") from None
         # the venue holds what was asked at start
         assert venue.positions["BTCUSDT"].leverage == 5
         assert venue.positions["BTCUSDT"].isolated
