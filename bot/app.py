@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import sys
 import time
 import uuid
 from collections.abc import Sequence
@@ -230,19 +231,18 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
         raise ConfigError("strategy 'ensemble' needs an active ensemble: run `stackbot train` "
                           "(it promotes the first one) or `stackbot models promote ID`")
     barrier, manifest = barrier_from(settings.risk), Path(active.path)
-    # a CPU backtest: the look-ahead processes load the checked files and describe them, and
-    # this process combines their outputs without torch (its import: 1.5 s of CPU)
+    # a CPU backtest: the look-ahead processes load it, this process combines without torch
     ens = (await asyncio.get_running_loop().run_in_executor(
         None, ahead.ensemble, manifest, active.sha256, barrier)
         if ahead is not None and series is not None and not cuda_possible(cfg.device) else None)
-    if ens is None:  # or they failed (loading here raises why), are late, or CUDA is here
+    if ens is None:  # or they failed (loading here raises why), are late, or CUDA is here:
+        # loaded on the thread that will score with it (models/device.py says why)
         device = pick_device(cfg.device)
         if ahead is not None and (series is None or device != "cpu"):
             ahead.close()  # a GPU computes the look-ahead in this process, in seconds
             ahead = None
         if ahead is not None:  # it loads the same checked files beside this process
             ahead.load(manifest, active.sha256, barrier.to_dict())
-        # loaded on the thread that will score with it (models/device.py says why)
         ens = await in_torch_thread(Ensemble.load, manifest, active.sha256, barrier,
                                     device, cfg.compile, cfg.cuda_graphs)
     if series is not None:
@@ -299,10 +299,11 @@ async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSe
                    marks: Sequence[Path] | None = None,
                    funding: Sequence[Path] | None = None) -> Outcome:
     """``files`` may also be already loaded series (evaluation reuses them)."""
-    from models.ahead_worker import AheadWorker, processes, take_early  # numpy only
-
-    ahead = take_early()  # started by the command line, or first thing here
+    early = sys.modules.get("models.ahead_worker")  # imported where the command line started
+    ahead = early.take_early() if early is not None else None  # them (a baseline: no numpy)
     if stack is None and settings.strategy.name == "ensemble" and look_ahead_process(settings):
+        from models.ahead_worker import AheadWorker, processes  # numpy only: no torch
+
         ahead = ahead or AheadWorker(processes())  # its torch import overlaps this start
     elif ahead is not None:
         ahead.close()
