@@ -175,14 +175,17 @@ class AheadWorker:
                  timeout: float = 60.0) -> Ensemble | None:
         """(blocking) The ensemble at ``manifest`` for this process, as the first process
         describes it once it has loaded it (``Ensemble.deferred``: no torch here unless a
-        forward runs here). None where that process failed, is not ready within ``timeout``
-        seconds, or sees CUDA (a GPU computes the look-ahead in the backtest's process): the
-        caller loads it itself, which raises what was wrong with it."""
+        forward runs here), once every process is ready. None where one failed, they are
+        not ready within ``timeout`` seconds, or the first sees CUDA (a GPU computes the
+        look-ahead in the backtest's process): the caller loads it itself, which raises what
+        was wrong with it."""
         from models.ensemble import Ensemble
 
         self.load(manifest, sha256, barrier.to_dict())
-        ready, deadline = self._channels[0].ready, time.monotonic() + timeout
-        while not ready.wait(0.02):
+        deadline = time.monotonic() + timeout
+        # every process (the forked ones answer within milliseconds of the first): a chunk
+        # dealt before they are would be computed here, torch imported for it
+        while not self.wait_ready(0.02):
             if self._failed is not None or time.monotonic() > deadline:
                 return None
         if self._described is None:

@@ -40,6 +40,7 @@ def test_the_described_ensemble_gives_the_signals_of_the_loaded_one(tmp_path: Pa
     try:
         deferred = worker.ensemble(manifest, digest, BAR, timeout=120)
         assert deferred is not None, "the look-ahead process never described the ensemble"
+        assert worker.is_ready()  # the forked one too: no chunk is left to this process
         assert deferred.described == ens.described and deferred.cross == ens.cross
         src = BatchedEnsembleSignalSource(deferred, "1h", series, chunk=128, worker=worker)
         got = asyncio.run(_signals(src, steps))
