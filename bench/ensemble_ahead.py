@@ -27,8 +27,9 @@ import torch  # noqa: E402
 from bot.domain import CandleSeries, timeframe_ms  # noqa: E402
 from bot.feeds.files import load_candle_file  # noqa: E402
 from models.device import torch_thread  # noqa: E402
-from models.ensemble import Ensemble, EnsembleSignalSource  # noqa: E402
+from models.ensemble import Ensemble  # noqa: E402
 from models.ensemble_batch import BatchedEnsembleSignalSource  # noqa: E402
+from models.ensemble_source import EnsembleSignalSource  # noqa: E402
 from models.features import normalise, raw_features  # noqa: E402
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binance-spot-1h"

@@ -33,7 +33,8 @@ import torch  # noqa: E402
 
 from bot.domain import Candle  # noqa: E402
 from bot.sim.binance import synthetic_candles  # noqa: E402
-from models.ensemble import LIVE_WARMUP, Ensemble, EnsembleSignalSource  # noqa: E402
+from models.ensemble import Ensemble  # noqa: E402
+from models.ensemble_source import LIVE_WARMUP, EnsembleSignalSource  # noqa: E402
 from models.features import FEATURE_NAMES  # noqa: E402
 from models.labels import BarrierSpec  # noqa: E402
 from models.members import REGISTRY, MemberConfig  # noqa: E402
@@ -88,7 +89,8 @@ async def decisions(ens: Ensemble, n_sym: int, iters: int) -> tuple[list[float],
 
 async def startup(ens: Ensemble, n_sym: int, history: int = LIVE_WARMUP) -> float:
     """Seconds from the first live candle to its signals after a start with ``history``
-    candles of warm-up: the online weights' rebuild (models/ensemble.py) plus one decision."""
+    candles of warm-up: the online weights' rebuild (models/ensemble_source.py) plus one
+    decision."""
     src = EnsembleSignalSource(ens, "1h", threads=torch.get_num_threads())
     hist = {f"S{i}/USDT": synthetic_candles(f"S{i}/USDT", "1h", 0, history + 1, seed=i)
             for i in range(n_sym)}

@@ -29,9 +29,8 @@ from bot.config import Settings, require_live_ready
 from bot.domain import CandleSeries, Mode, timeframe_ms
 from bot.engine import Engine, EngineParts
 from bot.errors import ConfigError, FatalExchangeError, StackbotError
-from bot.feeds.files import load_candle_file
-from bot.feeds.perpetuals import companions, with_perpetual_data
 from bot.feeds.replay import ReplayFeed
+from bot.feeds.series import load_series
 from bot.ledger.embedded import embedded_url
 from bot.ledger.logins import Logins, database_logins, prepare
 from bot.ledger.pipeline import PipelinedLedger
@@ -222,7 +221,8 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
         return (EmaCrossSignal(cfg.fast, cfg.slow),
                 TrendFollowStrategy(shorts=margined and cfg.shorts))
     from models.device import cuda_possible, in_torch_thread, pick_device
-    from models.ensemble import Ensemble, EnsembleSignalSource
+    from models.ensemble import Ensemble
+    from models.ensemble_source import EnsembleSignalSource
     from models.labels import barrier_from
     from strategies.ensemble import EnsembleStrategy
 
@@ -255,42 +255,6 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
     return source, EnsembleStrategy(
         barrier.k_stop, barrier.k_target, barrier.horizon, timeframe_ms(settings.timeframe),
         cost=cost, max_dispersion=cfg.max_dispersion, shorts=margined and cfg.shorts)
-
-
-def load_series(files: Sequence[Path], timeframe: str,
-                symbols: Sequence[str] | None, marks: Sequence[Path] | None = None,
-                funding: Sequence[Path] | None = None) -> list[CandleSeries]:
-    """Read and validate every file before the run starts: a bad file writes nothing. A
-    perpetual (``BTC/USDT:USDT``) takes its mark-price and funding files from ``marks`` and
-    ``funding`` (one per file, in order), else from beside its candles."""
-    if symbols and len(symbols) != len(files):
-        raise ConfigError(f"--symbols names {len(symbols)} symbols for {len(files)} files")
-    for flag, given in (("--mark", marks), ("--funding", funding)):
-        if given and len(given) != len(files):
-            raise ConfigError(f"{flag} names {len(given)} files for {len(files)} candle files")
-    series = [load_candle_file(f, timeframe, symbols[i] if symbols else None)
-              for i, f in enumerate(files)]
-    for i, s in enumerate(series):
-        if ":" not in s.symbol:
-            if (marks or funding):
-                raise ConfigError(f"{s.path}: {s.symbol} is spot; mark and funding files are "
-                                  "for perpetuals (BASE/QUOTE:SETTLE)")
-            continue
-        mark_file, funding_file = companions(Path(files[i]))
-        if marks:
-            mark_file = Path(marks[i])
-        if funding:
-            funding_file = Path(funding[i])
-        if funding_file is None:
-            log.warning("no_funding_file", symbol=s.symbol, path=str(files[i]),
-                        note="the backtest books no funding")
-        series[i] = with_perpetual_data(s, mark_file, funding_file)
-    seen: dict[str, Path] = {}
-    for s in series:
-        if s.symbol in seen:
-            raise ConfigError(f"{s.path} and {seen[s.symbol]} are both {s.symbol}")
-        seen[s.symbol] = s.path
-    return series
 
 
 async def backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleSeries],
@@ -364,10 +328,10 @@ async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:
 
     await resync_clock(exchange)  # sign on the venue's clock from the first request
     # history at start: the ensemble needs its feature warm-up (about 350 candles) plus the
-    # 400 it replays to rebuild its online weights (models/ensemble.py); the EMA baseline 200
+    # 400 it replays to rebuild its online weights (models/ensemble_source.py); the EMA 200
     warmup = 200
     if settings.strategy.name == "ensemble":
-        from models.ensemble import LIVE_WARMUP
+        from models.ensemble_source import LIVE_WARMUP
 
         warmup = LIVE_WARMUP
     feed = LiveFeed(exchange, settings.symbols, settings.timeframe, settings.exchange, clock,

@@ -37,7 +37,7 @@ def train(
     data_dir: DataDirOpt = None,
 ) -> None:
     """Walk-forward training of the model ensemble; checkpoints are registered as candidates."""
-    from bot.app import load_series
+    from bot.feeds.series import load_series
     from bot.training import members_from, run_training, store
     from models.labels import barrier_from
     from models.train import PRESETS

@@ -200,7 +200,8 @@ async def run_evaluation(
     folds: int,
     say: Callable[[str], Any] = print,
 ) -> tuple[Path, dict[str, Any]]:
-    from bot.app import backtest, load_series
+    from bot.app import backtest
+    from bot.feeds.series import load_series
 
     if preset not in PRESETS:
         raise ValueError(f"--preset must be one of {', '.join(PRESETS)}")

@@ -188,8 +188,7 @@ class AheadWorker:
         while not self.wait_ready(0.02):
             if self._failed is not None or time.monotonic() > deadline:
                 return None
-        if self._described is None:
-            return None
+        assert self._described is not None  # the first process's, filed before it was ready
         described, cuda = self._described
         if cuda:
             return None

@@ -32,7 +32,8 @@ import numpy as np
 
 from bot.domain import Candle, CandleSeries, PromotedModel, Signal
 from models.ahead_worker import AheadJob, AheadWorker
-from models.ensemble import ATR_COL, Calibrated, Ensemble, EnsembleSignalSource, Ready
+from models.ensemble import Calibrated, Ensemble
+from models.ensemble_source import ATR_COL, EnsembleSignalSource, Ready
 from models.features import normalise, raw_features
 
 LOOK_AHEAD = 4096  # timestamps whose cross-sections are computed together

@@ -19,7 +19,8 @@ import numpy as np
 from bot.domain import Candle, CandleSeries
 from models.calibrate import report
 from models.dataset import symbol_data
-from models.ensemble import LIVE_WARMUP, Ensemble, EnsembleSignalSource
+from models.ensemble import Ensemble
+from models.ensemble_source import LIVE_WARMUP, EnsembleSignalSource
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import torch
 
 from bot.domain import Candle, Position, Side, Signal
 from models.calibrate import ece, sigmoid
-from models.ensemble import Ensemble, EnsembleSignalSource
+from models.ensemble import Ensemble
+from models.ensemble_source import EnsembleSignalSource
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
 from models.members import REGISTRY, MemberConfig

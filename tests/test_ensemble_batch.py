@@ -17,8 +17,9 @@ from bot.app import backtest
 from bot.config import load_settings
 from bot.domain import Candle, CandleSeries, Signal
 from bot.feeds.files import load_candle_file
-from models.ensemble import Ensemble, EnsembleSignalSource
+from models.ensemble import Ensemble
 from models.ensemble_batch import BatchedEnsembleSignalSource
+from models.ensemble_source import EnsembleSignalSource
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
 from models.members import REGISTRY, MemberConfig
@@ -201,7 +202,7 @@ def test_the_chunk_size_does_not_change_the_outputs(chunk: int) -> None:
 def test_a_lookback_the_start_cannot_warm_is_refused() -> None:
     """A start hands over LIVE_WARMUP candles: an ensemble whose window plus the replay needs
     more could not rebuild its state after a restart, so it is refused, saying why."""
-    from models.ensemble import LIVE_WARMUP
+    from models.ensemble_source import LIVE_WARMUP
     from models.registry import RegistryError
 
     torch.manual_seed(0)

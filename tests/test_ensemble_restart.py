@@ -1,6 +1,6 @@
 """A restart must not change what the ensemble says: the online re-weighting's memory (recent
 log-losses and the predictions awaiting their barrier) is rebuilt at start by running the
-warm-up history through the model (models/ensemble.py, ``warm``)."""
+warm-up history through the model (models/ensemble_source.py, ``warm``)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 import torch
 
 from bot.domain import Candle
-from models.ensemble import LIVE_WARMUP, REBUILD_CANDLES, Ensemble, EnsembleSignalSource
+from models.ensemble import Ensemble
+from models.ensemble_source import LIVE_WARMUP, REBUILD_CANDLES, EnsembleSignalSource
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
 from models.members import REGISTRY, MemberConfig

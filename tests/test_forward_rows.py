@@ -154,7 +154,8 @@ async def test_the_bot_loads_and_scores_its_ensemble_on_one_torch_thread(
     from bot.config import load_settings
     from bot.domain import ActiveModel
     from models.device import torch_thread
-    from models.ensemble import Ensemble, EnsembleSignalSource
+    from models.ensemble import Ensemble
+    from models.ensemble_source import EnsembleSignalSource
     from models.labels import BarrierSpec
 
     loaded_on: list[str] = []
@@ -213,7 +214,7 @@ def test_the_thread_count_reaches_the_thread_that_scores() -> None:
     import torch as t
 
     from models.device import torch_thread
-    from models.ensemble import EnsembleSignalSource
+    from models.ensemble_source import EnsembleSignalSource
     from models.labels import BarrierSpec
 
     def load() -> object:

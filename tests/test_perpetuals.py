@@ -217,7 +217,7 @@ def test_malformed_funding_and_mark_files_are_refused_with_file_row_and_reason(
     mark.write_text(f"timestamp,open,high,low,close,volume\n{T0},100,101,99,100,0\n"
                     f"{T0 + H},100,99,101,100,0\n")
     bad.write_text(f"timestamp,open,high,low,close,volume\n{T0},0.0001,0,0,0,0\n")
-    from bot.app import load_series
+    from bot.feeds.series import load_series
 
     with pytest.raises(DataError, match=r"mark.csv: row 2: high 99.0 is below"):
         load_series([candles], "1h", None)
@@ -225,7 +225,7 @@ def test_malformed_funding_and_mark_files_are_refused_with_file_row_and_reason(
 
 def test_real_perpetual_files_load_with_marks_and_funding() -> None:
     path = shared_file("binance-usdm-1h", "BTC_USDT_USDT-1h-futures.feather")
-    from bot.app import load_series
+    from bot.feeds.series import load_series
 
     [s] = load_series([path], "1h", ["BTC/USDT:USDT"])
     assert s.symbol == SYM and len(s.funding) > 3000

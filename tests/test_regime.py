@@ -11,7 +11,8 @@ import numpy as np
 import torch
 
 from bot.domain import Regime, Side
-from models.ensemble import Ensemble, EnsembleSignalSource
+from models.ensemble import Ensemble
+from models.ensemble_source import EnsembleSignalSource
 from models.features import FEATURE_NAMES
 from models.labels import BarrierSpec
 from models.members import REGISTRY, MemberConfig
