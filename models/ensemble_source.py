@@ -20,7 +20,6 @@ from models.features import (
     FEATURE_NAMES,
     NORM_WINDOW,
     WARMUP,
-    History,
     history_rows,
     normalise,
     raw_features,
@@ -38,6 +37,34 @@ REBUILD_CANDLES = 400
 # replays; ``EnsembleSignalSource`` refuses a lookback it does not cover
 LIVE_WARMUP = 1200
 
+
+
+class History:
+    """The last ``keep`` candles of one symbol as arrays, in time order (appending is O(1)
+    amortised: the arrays are twice as long and moved back when full)."""
+
+    def __init__(self, keep: int) -> None:
+        self.keep = keep
+        self.ohlcv = np.empty((2 * keep, 5))
+        self.ts = np.empty(2 * keep, dtype=np.int64)
+        self.end = 0
+
+    def __len__(self) -> int:
+        return min(self.end, self.keep)
+
+    def append(self, c: Candle) -> None:
+        if self.end == len(self.ts):
+            k = self.keep - 1
+            self.ohlcv[:k] = self.ohlcv[self.end - k : self.end]
+            self.ts[:k] = self.ts[self.end - k : self.end]
+            self.end = k
+        self.ohlcv[self.end] = (c.open, c.high, c.low, c.close, c.volume)
+        self.ts[self.end] = c.ts
+        self.end += 1
+
+    def window(self) -> tuple[np.ndarray, np.ndarray]:
+        lo = max(0, self.end - self.keep)
+        return self.ohlcv[lo : self.end], self.ts[lo : self.end]
 
 
 @dataclass

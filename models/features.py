@@ -16,14 +16,11 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from models.labels import BarrierSpec
-
-if TYPE_CHECKING:
-    from bot.domain import Candle
 
 RET_HORIZONS = (1, 3, 6, 12, 24)
 VOL_WINDOW = 24
@@ -331,31 +328,3 @@ def history_rows(lookback: int) -> int:
     """Candles a live window keeps so that its last ``lookback`` rows of features equal those
     computed over the whole history: live, backtest and training then see the same inputs."""
     return lookback + NORM_WINDOW + SETTLE
-
-
-class History:
-    """The last ``keep`` candles of one symbol as arrays, in time order (appending is O(1)
-    amortised: the arrays are twice as long and moved back when full)."""
-
-    def __init__(self, keep: int) -> None:
-        self.keep = keep
-        self.ohlcv = np.empty((2 * keep, 5))
-        self.ts = np.empty(2 * keep, dtype=np.int64)
-        self.end = 0
-
-    def __len__(self) -> int:
-        return min(self.end, self.keep)
-
-    def append(self, c: Candle) -> None:
-        if self.end == len(self.ts):
-            k = self.keep - 1
-            self.ohlcv[:k] = self.ohlcv[self.end - k : self.end]
-            self.ts[:k] = self.ts[self.end - k : self.end]
-            self.end = k
-        self.ohlcv[self.end] = (c.open, c.high, c.low, c.close, c.volume)
-        self.ts[self.end] = c.ts
-        self.end += 1
-
-    def window(self) -> tuple[np.ndarray, np.ndarray]:
-        lo = max(0, self.end - self.keep)
-        return self.ohlcv[lo : self.end], self.ts[lo : self.end]
