@@ -29,6 +29,7 @@ from bot.feeds.files import load_candle_file  # noqa: E402
 from models.device import torch_thread  # noqa: E402
 from models.ensemble import Ensemble  # noqa: E402
 from models.ensemble_batch import BatchedEnsembleSignalSource  # noqa: E402
+from models.ensemble_module import gather_rows  # noqa: E402
 from models.ensemble_source import EnsembleSignalSource  # noqa: E402
 from models.features import normalise, raw_features  # noqa: E402
 
@@ -82,12 +83,12 @@ def per_member(ens: Ensemble, series: CandleSeries, chunk: int = 512) -> None:
             rows = torch.as_tensor(feats[first:int(e[-1]) + 1])
             idx = torch.as_tensor(e - first - (L - 1))[:, None] + torch.arange(L)
             if m.cross_sectional:
-                m.forward_panel(rows[idx].unsqueeze(1))  # type: ignore[operator]
+                m.forward_panel(gather_rows(rows, idx).unsqueeze(1))  # type: ignore[operator]
             elif m.name == "vae":
-                m.confident_regime(rows[idx])  # type: ignore[operator]
+                m.confident_regime(gather_rows(rows, idx))  # type: ignore[operator]
             else:
                 s = m.steps(rows)
-                m.windows(rows[idx] if s is rows else s[idx])
+                m.windows(gather_rows(s, idx))
         secs = time.perf_counter() - t0
         total += secs
         print(f"  {m.name:<16}{secs:6.2f} s", flush=True)

@@ -4,7 +4,8 @@ On the CPU, a backtest's two big costs are the members' forward over every windo
 series (the look-ahead) and the engine's loop over the candles, and both need the Python
 interpreter, whose lock one process's threads share (a look-ahead on a thread beside the
 engine's loop ran at 3 % of its speed). In one process they run one after the other; here
-the forward runs in child processes, each chunk of windows in turn to the next child, while
+the forward runs in child processes, each chunk of windows to the next child that is free
+(each holds ``DEPTH`` at a time, so none waits for the next while the parent is busy), while
 the engine takes the outputs chunk by chunk as they arrive, so the run takes about the longer
 of the two instead of their sum.
 
@@ -21,8 +22,10 @@ Messages are pickles over pipes: the first process's standard input and output (
 else may write to that output, so it points its file descriptor 1 at standard error first),
 and for each forked one a pair the parent made and handed over (``python -m
 models.ahead_worker R,W ...``). Parent -> first process ``("load", manifest, sha256,
-barrier)``; parent -> each ``("job", id, feats, ends, chunk, base, first, stride, alone)``
-(its chunks: ``first``, ``first + stride``, ...); each -> parent ``("ready", ensemble_id, pid,
+barrier)``; parent -> each ``("job", id, feats, ends, chunk, base, alone)`` (the windows to
+compute), then ``("do", id, lo)`` for each chunk dealt to it (the windows ``lo .. lo + chunk``
+of the job) and ``("end", id)`` once the job's chunks are all dealt; each -> parent ``("ready",
+ensemble_id, pid,
 described, cuda)`` (what the parent needs to combine the outputs without the weights, and so
 without torch: ``Ensemble.deferred``),
 ``("rows", id, lo, outs, regime)`` per chunk, or ``("error", text)``. A process exits when its
@@ -33,9 +36,12 @@ job with its error (``ModelError``), never leaves it waiting.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextlib
+import fcntl
 import os
 import pickle
+import queue
 import signal
 import subprocess
 import sys
@@ -53,6 +59,10 @@ from models.labels import BarrierSpec
 
 if TYPE_CHECKING:
     from models.ensemble import Ensemble
+
+
+PIPE_BYTES = 1 << 20  # Linux's default limit for a pipe an unprivileged process widens
+DEPTH = 2  # chunks each process holds at a time: one computing, one waiting behind it
 
 
 class AheadJob:
@@ -93,14 +103,22 @@ class AheadJob:
 
 
 class _Channel:
-    """One look-ahead process as the parent sees it: its input, its output (read by a thread
-    of its own), its pid once it is ready, and whether it is."""
+    """One look-ahead process as the parent sees it: its input (written by a thread of its
+    own, from ``outbox``), its output (read by another), its pid once it is ready, and
+    whether it is.
+
+    No thread that reads ever waits to write: a reader blocked on a send to a process that is
+    itself blocked sending it rows would never read them. So sends are queued, and the
+    writer waits on the pipe alone."""
 
     def __init__(self, stdin: IO[bytes], stdout: IO[bytes]) -> None:
         self.stdin, self.stdout = stdin, stdout
+        self.outbox: queue.SimpleQueue[tuple[Any, ...] | None] = queue.SimpleQueue()
+        self.held = 0  # chunks dealt to it and not back yet
         self.ready = threading.Event()
         self.pid: int | None = None
         self.reader: threading.Thread | None = None
+        self.writer: threading.Thread | None = None
 
 
 class AheadWorker:
@@ -136,19 +154,26 @@ class AheadWorker:
             for fd in (fd for pair in theirs for fd in pair):
                 os.close(fd)
         assert self._proc.stdin is not None and self._proc.stdout is not None
+        for fd in (self._proc.stdin.fileno(), self._proc.stdout.fileno(),
+                   *(fd for to, back in extra for fd in (to[1], back[0]))):
+            _widen(fd)
         self._loading = False
         self._described: tuple[Any, bool] | None = None  # the first process's, and its CUDA
         self._channels = [_Channel(self._proc.stdin, self._proc.stdout)]
         self._channels += [_Channel(os.fdopen(to[1], "wb"), os.fdopen(back[0], "rb"))
                            for to, back in extra]
         self._jobs: dict[int, AheadJob] = {}
-        self._lock = threading.Lock()
+        self._todo: collections.deque[tuple[int, int]] = collections.deque()  # (job, lo)
+        self._lock = threading.Lock()  # the jobs and the chunks to deal
         self._failed: str | None = None
         self.rows_received = 0
         for i, channel in enumerate(self._channels):
             channel.reader = threading.Thread(target=self._read, args=(channel,),
                                               name=f"ahead-reader-{i}", daemon=True)
+            channel.writer = threading.Thread(target=self._write, args=(channel,),
+                                              name=f"ahead-writer-{i}", daemon=True)
             channel.reader.start()
+            channel.writer.start()
 
     @property
     def pid(self) -> int:
@@ -197,20 +222,33 @@ class AheadWorker:
     def submit(self, job: AheadJob, feats: np.ndarray, ends: np.ndarray, chunk: int,
                base: int = 0, alone: bool = False) -> None:
         """Compute the windows of ``feats`` [T, F] that end at rows ``ends`` into ``job``,
-        from its row ``base`` on (the rows before are the parent's): the k-th chunk of
-        ``chunk`` windows goes to process k mod n. ``alone``: the cross-sectional members
+        from its row ``base`` on (the rows before are the parent's), ``chunk`` windows at a
+        time, each dealt to a process that is free. ``alone``: the cross-sectional members
         too, each window its own cross-section (``Ensemble.raw_rows``)."""
+        feats = np.ascontiguousarray(feats)
         with self._lock:
             key = len(self._jobs)
             self._jobs[key] = job
             failed = self._failed
+            if failed is None:
+                for channel in self._channels:  # every process gets the rows, once
+                    self._send(channel, ("job", key, feats, ends, chunk, base, alone))
+                self._todo.extend((key, lo) for lo in range(0, len(ends), chunk))
+                for _ in range(DEPTH):
+                    for channel in self._channels:
+                        self._deal(channel)
         if failed is not None:
             job.fail(failed)
-            return
-        feats = np.ascontiguousarray(feats)
-        n = len(self._channels)
-        for i, channel in enumerate(self._channels):
-            self._send(channel, ("job", key, feats, ends, chunk, base, i, n, alone))
+
+    def _deal(self, channel: _Channel) -> None:
+        """(under the lock) The next chunk to ``channel`` if it holds fewer than ``DEPTH``."""
+        if self._todo and channel.held < DEPTH and self._failed is None:
+            key, lo = self._todo.popleft()
+            channel.held += 1
+            self._send(channel, ("do", key, lo))
+            if not self._todo or self._todo[0][0] != key:  # its last chunk: all may drop it
+                for other in self._channels:
+                    self._send(other, ("end", key))
 
     def _stderr(self) -> str:
         try:
@@ -220,11 +258,18 @@ class AheadWorker:
             return ""
 
     def _send(self, channel: _Channel, msg: tuple[Any, ...]) -> None:
-        try:
-            pickle.dump(msg, channel.stdin, protocol=pickle.HIGHEST_PROTOCOL)
-            channel.stdin.flush()
-        except (BrokenPipeError, OSError, ValueError) as exc:
-            self._fail(f"cannot reach it ({exc}); {self._stderr()}")
+        channel.outbox.put(msg)
+
+    def _write(self, channel: _Channel) -> None:
+        """The channel's writer: its queued messages in order; None closes its input."""
+        while (msg := channel.outbox.get()) is not None:
+            try:
+                pickle.dump(msg, channel.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+                channel.stdin.flush()
+            except (BrokenPipeError, OSError, ValueError) as exc:
+                self._fail(f"cannot reach it ({exc}); {self._stderr()}")
+        with contextlib.suppress(OSError):
+            channel.stdin.close()
 
     def _read(self, channel: _Channel) -> None:
         try:
@@ -239,6 +284,8 @@ class AheadWorker:
                     self._jobs[key].deliver(lo, outs, regime)
                     with self._lock:
                         self.rows_received += len(outs)
+                        channel.held -= 1
+                        self._deal(channel)
                 elif msg[0] == "ready":
                     channel.pid = msg[2]
                     if channel is self._channels[0]:
@@ -264,8 +311,7 @@ class AheadWorker:
         if self._err.closed:
             return
         for channel in self._channels:
-            with contextlib.suppress(OSError):
-                channel.stdin.close()
+            channel.outbox.put(None)  # its writer closes the input once the rest is sent
         try:
             self._proc.wait(timeout=5)  # it waits for the ones it forked
         except subprocess.TimeoutExpired:
@@ -274,11 +320,21 @@ class AheadWorker:
                     os.kill(pid, signal.SIGKILL)
             self._proc.wait()
         for channel in self._channels:
-            if channel.reader is not None:
-                channel.reader.join(timeout=5)
+            for thread in (channel.writer, channel.reader):
+                if thread is not None:
+                    thread.join(timeout=5)
             with contextlib.suppress(OSError):
                 channel.stdout.close()
         self._err.close()
+
+
+def _widen(fd: int) -> None:
+    """A pipe that holds a few chunks' rows (Linux; elsewhere, or above the system's limit,
+    it stays as it is). At the default 64 KiB a chunk's rows (74 KiB at 512 windows and 12
+    members) did not fit: its process waited for the parent's reader, which waits for the
+    interpreter lock the engine's loop holds, and lost a fifth of a core to it."""
+    with contextlib.suppress(AttributeError, OSError):
+        fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BYTES)
 
 
 _early: AheadWorker | None = None
@@ -322,15 +378,21 @@ def _serve(inp: IO[bytes], out: IO[bytes], ens: Any) -> None:
     import torch
 
     _send_to(out, ("ready", ens.id, os.getpid(), ens.described, torch.cuda.is_available()))
+    jobs: dict[int, tuple[Any, ...]] = {}
     while True:
         try:
             msg = pickle.load(inp)
         except EOFError:
             return
-        _, key, feats, ends, chunk, base, first, stride, alone = msg
-        for lo in range(first * chunk, len(ends), stride * chunk):  # this process's turns
+        if msg[0] == "job":
+            jobs[msg[1]] = msg[2:]
+        elif msg[0] == "do":
+            _, key, lo = msg
+            feats, ends, chunk, base, alone = jobs[key]
             _send_to(out, ("rows", key, base + lo,
                            *ens.raw_ends(feats, ends[lo : lo + chunk], alone)))
+        elif msg[0] == "end":
+            del jobs[msg[1]]
 
 
 def _run(inp: IO[bytes], out: IO[bytes], extra: list[tuple[int, int]]) -> None:
@@ -393,6 +455,12 @@ def main() -> None:
         with contextlib.suppress(OSError):
             _send_to(out, ("error", f"{type(exc).__name__}: {exc}"))
         raise SystemExit(1) from exc
+    # done (its input closed, the ones it forked gone): leave without the interpreter's
+    # teardown, which with torch loaded took 0.3 s of the parent's wait for it (close())
+    with contextlib.suppress(OSError):
+        out.close()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":

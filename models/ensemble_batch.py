@@ -33,8 +33,9 @@ import numpy as np
 from bot.domain import Candle, CandleSeries, PromotedModel, Signal
 from models.ahead_worker import AheadJob, AheadWorker
 from models.ensemble import Calibrated, Ensemble
-from models.ensemble_source import ATR_COL, EnsembleSignalSource, Ready
+from models.ensemble_source import ATR_COL, EnsembleSignalSource, History, Ready
 from models.features import normalise, raw_features
+from models.online_ahead import OnlineAhead
 
 LOOK_AHEAD = 4096  # timestamps whose cross-sections are computed together
 
@@ -55,7 +56,9 @@ class _Ahead:
         self.lookback = 0
         self.job = AheadJob(0, 0, ())
         self.atr = np.empty(0)
+        self.high = self.low = self.close = np.empty(0)
         self.cal: Calibrated | None = None  # the outputs calibrated, rows < ``calibrated``
+        self.direct: OnlineAhead | None = None  # the combiner ahead (``_direct``)
         self.calibrated = 0
         self.crossed = 0  # rows whose cross-sectional columns are in (all: no such member)
 
@@ -83,6 +86,7 @@ class _Ahead:
         feats = normalise(raw).astype(np.float32)
         n, lookback = len(cs), ens.lookback
         self.ts, self.feats, self.lookback = ts, feats, lookback
+        self.high, self.low, self.close = ohlcv[:, 1], ohlcv[:, 2], ohlcv[:, 3]
         # a window ending at row i is scored when i + 1 >= need and none of its rows is NaN
         nan_rows = np.concatenate(([0], np.cumsum(np.isnan(feats).any(axis=1))))
         ok = np.zeros(n, dtype=bool)
@@ -200,9 +204,14 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         # the cross-sectional members run with the others, in the look-ahead processes,
         # instead of here (a candle of another symbol beside it takes the joint forward)
         self._single = len(self._series) == 1
+        # the one series' combiner computed ahead too (``models/online_ahead.py``): None not
+        # started, True on it, False left it for good (the source's state then brought to
+        # the candle it had reached, and candle by candle from there)
+        self._direct: bool | None = None
 
     def swap(self, model: PromotedModel) -> bool:
         """A new version scores from here on: what was computed ahead was the old one's."""
+        self._leave()
         swapped = super().swap(model)
         self.worker = None  # it holds the old version: the new one computes here
         for ahead in self._ahead.values():
@@ -369,4 +378,69 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 r = ahead.next_row()
                 if r >= 0 and not ahead.arrived(r):
                     await loop.run_in_executor(None, ahead.job.wait, r)
+        if self._direct is not False:
+            signals = self._take_direct(candles)
+            if signals is not None:
+                return signals
+            self._leave()
         return await super().on_candles(candles)
+
+    def _take_direct(self, candles: Sequence[Candle]) -> list[Signal] | None:
+        """The candle of the one series with everything about it computed ahead: its window's
+        outputs and the combiner's p (``OnlineAhead``), so all that is left here is its
+        signal. None: not such a candle (or the source has state that path did not make)."""
+        if len(candles) != 1 or not self._single:
+            return None
+        c = candles[0]
+        ahead = self._ahead.get(c.symbol)
+        if ahead is None or ahead.row is None or ahead.cal is None or not ahead.follows(c):
+            return None
+        if ahead.direct is None:
+            if self._direct is not None or self._replay or self._online.count or any(
+                    self._pending.values()):
+                return None
+            ahead.direct = OnlineAhead(ahead.ts, ahead.high, ahead.low, ahead.close, ahead.atr,
+                                       ahead.row, self.ens.barrier, self.step,
+                                       self.ens.stacker, len(self.ens.names),
+                                       start=ahead.pos + 1 - ahead.first)
+            self._direct = True
+        ahead.pos += 1
+        r = int(ahead.row[ahead.pos - ahead.first])
+        if r < 0:
+            return []
+        if not ahead.calibrate_to(self.ens, r):  # never for the one series (its columns
+            raise AssertionError("cross-sectional columns missing")  # come with the rest)
+        cal, direct = ahead.cal, ahead.direct
+        if r >= direct.p_done:
+            direct.p(ahead.calibrated, cal.member_p, cal.logits)
+        return [Signal(
+            symbol=c.symbol,
+            ts=c.ts,
+            p_up=float(direct.p_of[r]),
+            expected_return=float(cal.exp_ret[r]),
+            source=self.name,
+            model_version=self.model_version,
+            dispersion=float(cal.disp[r]),
+            regime=self.ens.regime_of(int(ahead.regime[r])),
+            price=c.close,
+            atr=float(ahead.atr[ahead.pos - ahead.first]),
+            members=tuple(zip(self.ens.names, cal.shown[r].tolist(), strict=True)),
+        )]
+
+    def _leave(self) -> None:
+        """Leave the combiner computed ahead for good, with the state the candle-by-candle
+        path would have: the series' candle buffer, the online weights and the predictions
+        waiting for an outcome, as of the last candle taken."""
+        if self._direct is True:
+            for sym, ahead in self._ahead.items():
+                if ahead is None or ahead.direct is None or ahead.cal is None:
+                    continue
+                j = ahead.pos - ahead.first
+                hist = self._hist[sym] = History(self.keep)
+                for c in ahead.candles[max(ahead.first, ahead.pos + 1 - self.keep)
+                                       : ahead.pos + 1]:
+                    hist.append(c)
+                self._online = ahead.direct.online(j, ahead.cal.member_p)
+                self._pending[sym] = ahead.direct.pending(j, ahead.cal.member_p)
+                ahead.direct = None
+        self._direct = False

@@ -13,6 +13,13 @@ from models.members import Member
 from models.members.vae import VAERegime
 
 
+def gather_rows(t: Tensor, idx: Tensor) -> Tensor:
+    """``t[idx]`` for an integer index ``idx`` [B, L] into the rows of ``t`` [T, ...]: the same
+    copy through ``index_select``, which on a CPU is about 4x faster than advanced indexing on
+    the look-ahead's 512-window chunks (the gathers were 6 % of its forward)."""
+    return t.index_select(0, idx.reshape(-1)).view(*idx.shape, *t.shape[1:])
+
+
 class EnsembleModule(nn.Module):
     """All members in one module: [S, L, F] -> [S, M, 3] plus the regime ids [S] (the VAE's
     regime, ordered 0 = bear .. k-1 = bull; -1 with no VAE or where it is not confident).
@@ -44,11 +51,11 @@ class EnsembleModule(nn.Module):
         a cross-section of its own and the cross-sectional members' columns are computed too
         (a one-symbol panel each)."""
         idx = (ends - (lookback - 1))[:, None] + torch.arange(lookback, device=rows.device)
-        x = rows[idx]  # [B, L, F]
+        x = gather_rows(rows, idx)  # [B, L, F]
 
         def windows(m: Member) -> Tensor:
             s = m.steps(rows)
-            return m.windows(x if s is rows else s[idx])
+            return m.windows(x if s is rows else gather_rows(s, idx))
 
         def cross(m: Member) -> Tensor:
             return m.forward_panel(x.unsqueeze(1)) if alone else self._zeros(x)  # type: ignore[operator]

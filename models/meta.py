@@ -57,6 +57,15 @@ class OnlineWeights:
         self._start = self._end = 0
         self._multipliers: np.ndarray | None = None  # until the next update
 
+    @classmethod
+    def of(cls, losses: np.ndarray, window: int, eta: float, members: int) -> OnlineWeights:
+        """Weights whose window holds ``losses`` [n <= window, members], oldest first: the
+        state the updates with them leave (``models/online_ahead.py`` hands a run over)."""
+        online = cls(members, window, eta)
+        online._losses[: len(losses)] = losses
+        online._end = len(losses)
+        return online
+
     @property
     def count(self) -> int:
         """Outcomes in the window (at most ``window``)."""

@@ -90,7 +90,7 @@ class TCN(Member):
             assert isinstance(block, _CausalBlock)
             y = F.relu(self._conv(block.conv1, h, step.first))
             y = F.relu(self._conv(block.conv2, y, step.second))
-            h = F.relu(h[:, step.residual] + y)
+            h = F.relu(h.index_select(1, step.residual) + y)
         return scaled(self.out(h[:, -1]))
 
     @staticmethod
@@ -98,7 +98,9 @@ class TCN(Member):
         """``conv`` at the steps ``idx`` gathers ([B, P, C] -> [B, len(idx), C])."""
         b, _, c = h.shape
         padded = torch.cat((h, h.new_zeros(b, 1, c)), dim=1)
-        taps = padded[:, idx].flatten(2)  # [B, P', k * C], tap-major
+        # padded[:, idx].flatten(2) ([B, P', k * C], tap-major), as one index_select: the
+        # same copy, 3x faster on a CPU than advanced indexing (which was half the TCN's time)
+        taps = padded.index_select(1, idx.reshape(-1)).view(b, len(idx), -1)
         w = conv.weight.permute(0, 2, 1).flatten(1)  # [C_out, k * C], the same order
         return F.linear(taps, w, conv.bias)
 
