@@ -57,8 +57,30 @@ def _causal_layer(layer: nn.TransformerEncoderLayer, h: Tensor, mask: Tensor) ->
 def _last_step(layer: nn.TransformerEncoderLayer, h: Tensor) -> Tensor:
     """The last layer (pre-norm, as ``TransformerEncoderLayer`` with ``norm_first``) for the
     last step alone, the only one that reaches the head: its query attends to every step,
-    which under the causal mask is exactly what that step sees. [B, L, d] -> [B, d]."""
+    which under the causal mask is exactly what that step sees. [B, L, d] -> [B, d].
+
+    At inference the attention is written out: the last step's query and every step's key
+    and value from one projection each, then one scaled-dot-product call. What
+    ``MultiheadAttention`` computes for them, without the copies its packed projection
+    makes when the query is not the key (a third of the member's forward on a CPU);
+    training keeps the module, and with it the attention's dropout."""
     n = layer.norm1(h)
-    y = h[:, -1:] + layer.dropout1(layer.self_attn(n[:, -1:], n, n, need_weights=False)[0])
+    if layer.training:
+        att = layer.self_attn(n[:, -1:], n, n, need_weights=False)[0][:, 0]
+    else:
+        att = _last_query(layer.self_attn, n)
+    y = h[:, -1] + layer.dropout1(att)
     ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(y)))))
-    return (y + layer.dropout2(ff))[:, 0]
+    return y + layer.dropout2(ff)
+
+
+def _last_query(attn: nn.MultiheadAttention, n: Tensor) -> Tensor:
+    """``attn(n[:, -1:], n, n)`` at inference, [B, L, d] -> [B, d]."""
+    b, steps, d = n.shape
+    heads = attn.num_heads
+    w, bias = attn.in_proj_weight, attn.in_proj_bias
+    q = F.linear(n[:, -1], w[:d], bias[:d]).view(b, heads, 1, d // heads)
+    kv = F.linear(n, w[d:], bias[d:])
+    k, v = kv.view(b, steps, 2, heads, d // heads).permute(2, 0, 3, 1, 4)
+    o = F.scaled_dot_product_attention(q, k, v)  # [B, heads, 1, d / heads]
+    return attn.out_proj(o.reshape(b, d))
