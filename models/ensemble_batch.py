@@ -208,6 +208,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         # started, True on it, False left it for good (the source's state then brought to
         # the candle it had reached, and candle by candle from there)
         self._direct: bool | None = None
+        self._on_script: _Ahead | None = None  # its series while on that path
 
     def swap(self, model: PromotedModel) -> bool:
         """A new version scores from here on: what was computed ahead was the old one's."""
@@ -365,6 +366,12 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
             aheads[s].crossed_in(self.ens, np.concatenate(done))
 
     async def on_candles(self, candles: Sequence[Candle]) -> list[Signal]:
+        ahead = self._on_script  # the one series' next candle, its combiner computed ahead
+        if ahead is not None and len(candles) == 1 and ahead.follows(candles[0]):
+            r = ahead.next_row()
+            if r >= 0 and not ahead.arrived(r):  # on its way from the look-ahead processes
+                await asyncio.get_running_loop().run_in_executor(None, ahead.job.wait, r)
+            return self._signal(candles[0], ahead)
         loop = asyncio.get_running_loop()
         if self._replay:  # the warm-up replay first: it hands over the older candles
             await loop.run_in_executor(self.executor, self._rebuild)
@@ -386,46 +393,42 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         return await super().on_candles(candles)
 
     def _take_direct(self, candles: Sequence[Candle]) -> list[Signal] | None:
-        """The candle of the one series with everything about it computed ahead: its window's
-        outputs and the combiner's p (``OnlineAhead``), so all that is left here is its
-        signal. None: not such a candle (or the source has state that path did not make)."""
-        if len(candles) != 1 or not self._single:
+        """The first candle of the path that computes the combiner ahead too (``OnlineAhead``)
+        for the one series: from there all that is left here, candle by candle, is its
+        signal (``on_candles``). None: not such a candle, or the source has state that path
+        did not make."""
+        if len(candles) != 1 or not self._single or self._direct is not None:
             return None
         c = candles[0]
         ahead = self._ahead.get(c.symbol)
-        if ahead is None or ahead.row is None or ahead.cal is None or not ahead.follows(c):
+        if (ahead is None or ahead.row is None or ahead.cal is None or not ahead.follows(c)
+                or self._replay or self._online.count or any(self._pending.values())):
             return None
-        if ahead.direct is None:
-            if self._direct is not None or self._replay or self._online.count or any(
-                    self._pending.values()):
-                return None
-            ahead.direct = OnlineAhead(ahead.ts, ahead.high, ahead.low, ahead.close, ahead.atr,
-                                       ahead.row, self.ens.barrier, self.step,
-                                       self.ens.stacker, len(self.ens.names),
-                                       start=ahead.pos + 1 - ahead.first)
-            self._direct = True
+        ahead.direct = OnlineAhead(ahead.ts, ahead.high, ahead.low, ahead.close, ahead.atr,
+                                   ahead.row, self.ens.barrier, self.step, self.ens.stacker,
+                                   len(self.ens.names), start=ahead.pos + 1 - ahead.first)
+        self._direct, self._on_script = True, ahead
+        return self._signal(c, ahead)
+
+    def _signal(self, c: Candle, ahead: _Ahead) -> list[Signal]:
+        """``c``, the next candle of ``ahead``'s series (its outputs in), taken: its signal,
+        none where its window is not scored."""
+        direct, cal = ahead.direct, ahead.cal
+        assert direct is not None and cal is not None
         ahead.pos += 1
-        r = int(ahead.row[ahead.pos - ahead.first])
+        i = ahead.pos - ahead.first
+        r = direct.rows[i]
         if r < 0:
             return []
-        if not ahead.calibrate_to(self.ens, r):  # never for the one series (its columns
-            raise AssertionError("cross-sectional columns missing")  # come with the rest)
-        cal, direct = ahead.cal, ahead.direct
         if r >= direct.p_done:
+            if not ahead.calibrate_to(self.ens, r):  # never for the one series (its
+                raise AssertionError("cross-sectional columns missing")  # come with it)
             direct.p(ahead.calibrated, cal.member_p, cal.logits)
-        return [Signal(
-            symbol=c.symbol,
-            ts=c.ts,
-            p_up=float(direct.p_of[r]),
-            expected_return=float(cal.exp_ret[r]),
-            source=self.name,
-            model_version=self.model_version,
-            dispersion=float(cal.disp[r]),
-            regime=self.ens.regime_of(int(ahead.regime[r])),
-            price=c.close,
-            atr=float(ahead.atr[ahead.pos - ahead.first]),
-            members=tuple(zip(self.ens.names, cal.shown[r].tolist(), strict=True)),
-        )]
+        p, ret, disp, regime, members = direct.fields(r, cal, ahead.regime,
+                                                      self.ens.regime_of, self.ens.names)
+        return [Signal(symbol=c.symbol, ts=c.ts, p_up=p, expected_return=ret, source=self.name,
+                       model_version=self.model_version, dispersion=disp, regime=regime,
+                       price=c.close, atr=direct.atr[i], members=members)]
 
     def _leave(self) -> None:
         """Leave the combiner computed ahead for good, with the state the candle-by-candle
@@ -443,4 +446,4 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
                 self._online = ahead.direct.online(j, ahead.cal.member_p)
                 self._pending[sym] = ahead.direct.pending(j, ahead.cal.member_p)
                 ahead.direct = None
-        self._direct = False
+        self._direct, self._on_script = False, None

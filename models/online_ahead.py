@@ -21,12 +21,19 @@ this path (a candle off the script, a new model version) goes on from the same s
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import numpy as np
 
+from bot.domain import Regime
 from models.calibrate import EPS, sigmoid
+from models.ensemble import Calibrated
 from models.labels import BarrierSpec
 from models.meta import LogitMoments, OnlineWeights, Stacker
 
+# what a row's signal says: p, expected return, dispersion, regime, each member's p
+Fields = tuple[float, float, float, Regime, tuple[tuple[str, float], ...]]
+FIELD_ROWS = 256  # rows whose signal fields are made at a time (``OnlineAhead.fields``)
 NEVER = -1  # an outcome that is never learned: the horizon passed, or the series ended first
 
 
@@ -93,6 +100,10 @@ class OnlineAhead:
         self.candle_of = np.flatnonzero(row >= 0)  # each row's candle
         self.p_of = np.empty(len(self.candle_of))
         self.p_done = int(np.searchsorted(self.candle_of, start))  # rows whose p is in
+        self._fields: list[Fields] = []  # rows from ``_fields_lo`` on (``fields``)
+        self._fields_lo = 0
+        self.atr: list[float] = atr.tolist()  # per candle, in price units
+        self.rows: list[int] = row.tolist()
 
     def learned_by(self, j: int) -> int:
         """Outcomes the source has learned once it has taken candle ``j``."""
@@ -126,6 +137,22 @@ class OnlineAhead:
         online = w / w.mean(axis=1, keepdims=True)
         self.p_of[lo:hi] = stacked_p(logits[lo:hi], online, self.stacker)
         self.p_done = hi
+
+    def fields(self, r: int, cal: Calibrated, regime: np.ndarray,
+               regime_of: Callable[[int], Regime], names: Sequence[str]) -> Fields:
+        """What row ``r``'s signal says (its p computed), made as Python objects for up to
+        ``FIELD_ROWS`` rows at a time, so that per candle it is a lookup (the rows before
+        are let go)."""
+        k = r - self._fields_lo
+        if not 0 <= k < len(self._fields):
+            hi = min(r + FIELD_ROWS, self.p_done)
+            self._fields = list(zip(
+                self.p_of[r:hi].tolist(), cal.exp_ret[r:hi].tolist(), cal.disp[r:hi].tolist(),
+                [regime_of(i) for i in regime[r:hi].tolist()],
+                [tuple(zip(names, row, strict=True)) for row in cal.shown[r:hi].tolist()],
+                strict=True))
+            self._fields_lo, k = r, 0
+        return self._fields[k]
 
     def online(self, j: int, member_p: np.ndarray) -> OnlineWeights:
         """The source's online weights once it has taken candle ``j``."""
