@@ -16,7 +16,7 @@ import os
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,6 +108,7 @@ async def drive(
     symbols: Sequence[str], feed: Feed, broker: Broker, ledger: Ledger, clock: Any,
     engine_hook: Any = None, venue_stops: bool = True, stack: tuple[Any, Any] | None = None,
     series: Sequence[CandleSeries] | None = None, ahead: AheadWorker | None = None,
+    firsts: Mapping[str, int | None] | None = None,
 ) -> Outcome:
     """Start a run, restore the account, stream until the feed ends or a stop, finish it."""
     started = time.perf_counter()
@@ -129,7 +130,8 @@ async def drive(
     risk = RiskManager(cfg.risk, timeframe_ms(cfg.timeframe), round_trip_cost=cost,
                        venue_stops=venue_stops, margin=cfg.futures.terms())
     shorts = any(m.margined for m in markets.values())
-    source, strategy = stack or await signal_stack(settings, ledger, cost, series, shorts, ahead)
+    source, strategy = stack or await signal_stack(settings, ledger, cost, series, shorts, ahead,
+                                                   firsts)
     parts = EngineParts(feed, source, strategy, risk, broker, ledger, clock)
     await ledger.start_run(run_id, account, mode.value, exchange_name, symbols, cfg.timeframe,
                            source.model_version, settings.redacted(),
@@ -210,11 +212,13 @@ async def _anchor(ledger: Ledger, settings: Settings) -> Any:
 async def signal_stack(settings: Settings, ledger: Any, cost: float,
                        series: Sequence[CandleSeries] | None = None,
                        margined: bool = False,
-                       ahead: AheadWorker | None = None) -> tuple[Any, Any]:
+                       ahead: AheadWorker | None = None,
+                       firsts: Mapping[str, int | None] | None = None) -> tuple[Any, Any]:
     """The signal source and strategy: the EMA baseline, or the active model ensemble. A
     backtest hands over its ``series``: the ensemble's member outputs are then computed
     ahead in large batches (``models/ensemble_batch.py``), with the same decisions, on the
-    CPU in the look-ahead processes ``ahead`` where the backtest started them.
+    CPU in the look-ahead processes ``ahead`` where the backtest started them; ``firsts``:
+    where in each series the run starts (``ReplayFeed.first_index``).
     ``margined``: the markets are perpetuals, where either strategy may also go short."""
     cfg = settings.strategy
     if cfg.name == "baseline":
@@ -232,9 +236,18 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
                           "(it promotes the first one) or `stackbot models promote ID`")
     barrier, manifest = barrier_from(settings.risk), Path(active.path)
     # a CPU backtest: the look-ahead processes load it, this process combines without torch
-    ens = (await asyncio.get_running_loop().run_in_executor(
-        None, ahead.ensemble, manifest, active.sha256, barrier)
-        if ahead is not None and series is not None and not cuda_possible(cfg.device) else None)
+    loop = asyncio.get_running_loop()
+    beside = ahead is not None and series is not None and not cuda_possible(cfg.device)
+    if beside and ahead is not None and series is not None:
+        from models.series_ahead import early_look_ahead
+
+        early = await loop.run_in_executor(None, early_look_ahead, ahead, manifest,
+                                           active.sha256, barrier, series, firsts,
+                                           timeframe_ms(settings.timeframe))
+    else:
+        early = None
+    ens = (await loop.run_in_executor(None, ahead.ensemble, manifest, active.sha256, barrier)
+           if beside and ahead is not None else None)
     if ens is None:  # or they failed (loading here raises why), are late, or CUDA is here:
         # loaded on the thread that will score with it (models/device.py says why)
         device = pick_device(cfg.device)
@@ -249,7 +262,7 @@ async def signal_stack(settings: Settings, ledger: Any, cost: float,
         from models.ensemble_batch import BatchedEnsembleSignalSource
 
         source: EnsembleSignalSource = BatchedEnsembleSignalSource(
-            ens, settings.timeframe, series, worker=ahead)
+            ens, settings.timeframe, series, worker=ahead, early=early)
     else:
         source = EnsembleSignalSource(ens, settings.timeframe)
     return source, EnsembleStrategy(
@@ -307,7 +320,8 @@ async def _backtest(settings: Settings, files: Sequence[Path] | Sequence[CandleS
     run_id = new_run_id()
     return await drive(settings, run_id, f"backtest:{run_id}", Mode.BACKTEST, "replay",
                        feed.symbols, feed, broker, ledger, clock, engine_hook, stack=stack,
-                       series=series, ahead=ahead)
+                       series=series, ahead=ahead,
+                       firsts={s.symbol: feed.first_index(s) for s in series})
 
 
 async def trade(settings: Settings, engine_hook: Any = None) -> Outcome:

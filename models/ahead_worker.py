@@ -240,6 +240,16 @@ class AheadWorker:
         if failed is not None:
             job.fail(failed)
 
+    def cancel(self, job: AheadJob) -> None:
+        """Deal no more of ``job``'s chunks (those dealt already still come in)."""
+        with self._lock:
+            keys = {k for k, j in self._jobs.items() if j is job}
+            if any(key in keys for key, _ in self._todo):
+                self._todo = collections.deque(t for t in self._todo if t[0] not in keys)
+                for key in keys:
+                    for channel in self._channels:
+                        self._send(channel, ("end", key))
+
     def _deal(self, channel: _Channel) -> None:
         """(under the lock) The next chunk to ``channel`` if it holds fewer than ``DEPTH``."""
         if self._todo and channel.held < DEPTH and self._failed is None:
@@ -392,7 +402,7 @@ def _serve(inp: IO[bytes], out: IO[bytes], ens: Any) -> None:
             _send_to(out, ("rows", key, base + lo,
                            *ens.raw_ends(feats, ends[lo : lo + chunk], alone)))
         elif msg[0] == "end":
-            del jobs[msg[1]]
+            jobs.pop(msg[1], None)
 
 
 def _run(inp: IO[bytes], out: IO[bytes], extra: list[tuple[int, int]]) -> None:

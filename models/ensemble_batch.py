@@ -4,9 +4,11 @@ A backtest knows every candle before it starts, so the expensive part of a decis
 wait for its candle. For each symbol, from the first candle the source is handed, this source
 computes the features of the whole series in one vectorised pass (the same functions as
 live) and runs every member over all of its scoreable windows, ``chunk`` windows per
-forward. What stays candle by candle is what depends on the run: the online re-weighting
-learns each outcome when its candle arrives, the combiner uses the multipliers of that
-moment, and the strategy and risk loop is the engine's own. On the CPU the members' forward
+forward. The online re-weighting learns each outcome when its candle arrives and the
+combiner uses the multipliers of that moment: with several series candle by candle, as the
+outcomes of all symbols come in turn; with one, ahead too (``models/online_ahead.py``), so
+that a candle on its script only looks up its signal. The strategy and risk loop is the
+engine's own. On the CPU the members' forward
 runs in look-ahead processes (``models/ahead_worker.py``) beside the engine, which takes
 each chunk's outputs as they arrive; they are calibrated when the run reaches them. So a
 backtest with this source takes the decisions the stepwise source would take
@@ -31,153 +33,20 @@ from concurrent.futures import Executor
 import numpy as np
 
 from bot.domain import Candle, CandleSeries, PromotedModel, Signal
-from models.ahead_worker import AheadJob, AheadWorker
-from models.ensemble import Calibrated, Ensemble
-from models.ensemble_source import ATR_COL, EnsembleSignalSource, History, Ready
-from models.features import normalise, raw_features
+from models.ahead_worker import AheadWorker
+from models.ensemble import Ensemble
+from models.ensemble_source import EnsembleSignalSource, History, Ready
 from models.online_ahead import OnlineAhead
+from models.series_ahead import CPU_CHUNK, SeriesAhead
 
 LOOK_AHEAD = 4096  # timestamps whose cross-sections are computed together
-
-
-class _Ahead:
-    """One symbol's series from the first candle the source saw, with (once computed) every
-    scoreable window's member outputs. They come chunk by chunk (from the look-ahead
-    processes, or from this one) and are calibrated as the run reaches them, once both they and
-    the cross-sectional members' columns are in."""
-
-    def __init__(self, candles: Sequence[Candle], first: int) -> None:
-        self.candles = candles
-        self.first = first
-        self.pos = first - 1  # the last candle handed to the source
-        self.row: np.ndarray | None = None  # per candle from ``first``: its window, or -1
-        self.ts = np.empty(0, dtype=np.int64)
-        self.feats = np.empty((0, 0), dtype=np.float32)
-        self.lookback = 0
-        self.job = AheadJob(0, 0, ())
-        self.atr = np.empty(0)
-        self.high = self.low = self.close = np.empty(0)
-        self.cal: Calibrated | None = None  # the outputs calibrated, rows < ``calibrated``
-        self.direct: OnlineAhead | None = None  # the combiner ahead (``_direct``)
-        self.calibrated = 0
-        self.crossed = 0  # rows whose cross-sectional columns are in (all: no such member)
-
-    @property
-    def outs(self) -> np.ndarray:
-        return self.job.outs
-
-    @property
-    def regime(self) -> np.ndarray:
-        return self.job.regime
-
-    def follows(self, c: Candle) -> bool:
-        nxt = self.pos + 1
-        return nxt < len(self.candles) and (self.candles[nxt] is c or self.candles[nxt] == c)
-
-    def compute(self, ens: Ensemble, step_ms: int, need: int, chunk: int,
-                worker: AheadWorker | None, alone: bool = False) -> None:
-        """Features of the series, its windows, and their outputs on their way. ``alone``:
-        the only series of the run, so each window is a cross-section of its own and the
-        cross-sectional members' columns come with the others'."""
-        cs = self.candles[self.first :]
-        ohlcv = np.array([(c.open, c.high, c.low, c.close, c.volume) for c in cs])
-        ts = np.array([c.ts for c in cs], dtype=np.int64)
-        raw = raw_features(ohlcv, ts, step_ms)
-        feats = normalise(raw).astype(np.float32)
-        n, lookback = len(cs), ens.lookback
-        self.ts, self.feats, self.lookback = ts, feats, lookback
-        self.high, self.low, self.close = ohlcv[:, 1], ohlcv[:, 2], ohlcv[:, 3]
-        # a window ending at row i is scored when i + 1 >= need and none of its rows is NaN
-        nan_rows = np.concatenate(([0], np.cumsum(np.isnan(feats).any(axis=1))))
-        ok = np.zeros(n, dtype=bool)
-        if n >= need:
-            end = np.arange(need - 1, n)
-            ok[need - 1 :] = nan_rows[end + 1] - nan_rows[end + 1 - lookback] == 0
-        idx = np.flatnonzero(ok)
-        self.row = np.full(n, -1)
-        self.row[idx] = np.arange(len(idx))
-        self.atr = raw[:, ATR_COL] * ohlcv[:, 3]
-        cross = [] if alone else ens.cross
-        self.job = AheadJob(len(idx), len(ens.names),
-                            [i for i in range(len(ens.names)) if i not in cross])
-        m = len(ens.names)
-        self.cal = Calibrated(np.empty((len(idx), m)), np.empty((len(idx), m)),
-                              np.empty(len(idx)), np.empty(len(idx)), np.empty((len(idx), m)))
-        self.calibrated = 0
-        self.crossed = 0 if cross else len(idx)
-        # until the look-ahead processes are ready (they start with the run and import torch
-        # meanwhile), here; from then on there, beside the engine, chunk by chunk; all here
-        # where they failed to start
-        for lo in range(0, len(idx), chunk):
-            if worker is not None and worker.is_ready():
-                worker.submit(self.job, feats, idx[lo:], chunk, base=lo, alone=alone)
-                return
-            self.job.deliver(lo, *ens.raw_ends(feats, idx[lo : lo + chunk], alone))
-
-    def crossed_in(self, ens: Ensemble, rows: np.ndarray) -> None:
-        """The cross-sectional columns of ``rows`` are in: rows calibrated before (a
-        cross-section computed again) are calibrated again."""
-        self.crossed = max(self.crossed, int(rows.max()) + 1)
-        old = rows[rows < self.calibrated]
-        if len(old):
-            self._calibrate(ens, old)
-
-    def _calibrate(self, ens: Ensemble, rows: np.ndarray | slice) -> None:
-        assert self.cal is not None
-        fresh = ens.calibrated(self.outs[rows])
-        for mine, new in zip(self.cal.parts(), fresh.parts(), strict=True):
-            mine[rows] = new
-
-    def next_row(self) -> int:
-        """The window of the next candle of the series (-1: none)."""
-        assert self.row is not None
-        i = self.pos + 1 - self.first
-        return int(self.row[i]) if i < len(self.row) else -1
-
-    def arrived(self, r: int) -> bool:
-        return r < self.job.done
-
-    def calibrate_to(self, ens: Ensemble, r: int) -> bool:
-        """Calibrate the rows that are in, waiting for ``r``; False where ``r``'s
-        cross-sectional columns are not in yet (the warm-up replay computes them after)."""
-        if r < self.calibrated:
-            return True
-        self.job.wait(r)
-        hi = min(self.job.done, self.crossed)
-        if hi > self.calibrated:
-            self._calibrate(ens, slice(self.calibrated, hi))
-            self.calibrated = hi
-        return r < hi
-
-    def window(self, i: int) -> np.ndarray:
-        return self.feats[i - self.lookback + 1 : i + 1]
-
-    def windows(self, ends: np.ndarray) -> np.ndarray:
-        """The windows ending at the candles ``ends`` [T]: [T, L, F]."""
-        return self.feats[ends[:, None] + np.arange(1 - self.lookback, 1)]
-
-    def ready(self, c: Candle, ens: Ensemble) -> Ready | None:
-        assert self.row is not None
-        i = self.pos - self.first
-        r = int(self.row[i])
-        if r < 0:
-            return None
-        cal = (self.cal.rows(slice(r, r + 1))
-               if self.calibrate_to(ens, r) and self.cal is not None else None)
-        return Ready(c, float(self.atr[i]), outs=self.outs[r], regime=int(self.regime[r]),
-                     cal=cal)
-
-    def todo(self, ready: Ready) -> Ready:
-        """The same candle, to score with a forward (its window from these features)."""
-        return Ready(ready.candle, ready.atr, x=self.window(self.pos - self.first))
-
-
 class BatchedEnsembleSignalSource(EnsembleSignalSource):
     """The ensemble's signal source for backtests over known ``series``."""
 
     def __init__(self, ensemble: Ensemble, timeframe: str, series: Sequence[CandleSeries],
                  chunk: int | None = None, executor: Executor | None = None,
-                 threads: int | None = None, worker: AheadWorker | None = None) -> None:
+                 threads: int | None = None, worker: AheadWorker | None = None,
+                 early: SeriesAhead | None = None) -> None:
         # the look-ahead's large batches: every core where it runs here (BTC/USDT 1h, 43k
         # windows: 6.3 s on 2 threads, 10.9 s on 1); one beside the look-ahead processes,
         # which have the other cores
@@ -187,14 +56,15 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         # the look-ahead processes (models/ahead_worker.py), loaded with this ensemble: the
         # members' forward runs there, beside the engine; None: here, on the torch thread
         self.worker = worker
-        # windows per forward: on the CPU small enough to stay in cache (512 measured fastest
-        # on 2 cores with the per-row forward, bench/RESULTS.md), on a GPU large enough to
-        # fill it
-        self.chunk = chunk or (512 if ensemble.device == "cpu" else 4096)
+        # windows per forward: on a GPU large enough to fill it
+        self.chunk = chunk or (CPU_CHUNK if ensemble.device == "cpu" else 4096)
+        # the one series' look-ahead handed to the processes before they were ready
+        # (``look_ahead_early``), adopted where the run starts where it was computed from
+        self._early = early
         self._series = {s.symbol: s.candles for s in series}
         self._stamps = {s.symbol: np.array([c.ts for c in s.candles], dtype=np.int64)
                         for s in series}
-        self._ahead: dict[str, _Ahead | None] = {}
+        self._ahead: dict[str, SeriesAhead | None] = {}
         # cross-sectional members (the GNN) see the symbols of one timestamp together: their
         # outputs are computed ahead for the symbols expected at each timestamp
         self._expected: dict[int, frozenset[str]] = {}
@@ -208,7 +78,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         # started, True on it, False left it for good (the source's state then brought to
         # the candle it had reached, and candle by candle from there)
         self._direct: bool | None = None
-        self._on_script: _Ahead | None = None  # its series while on that path
+        self._on_script: SeriesAhead | None = None  # its series while on that path
 
     def swap(self, model: PromotedModel) -> bool:
         """A new version scores from here on: what was computed ahead was the old one's."""
@@ -223,7 +93,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         self._computed = frozenset()
         return swapped
 
-    def _open(self, c: Candle) -> _Ahead | None:
+    def _open(self, c: Candle) -> SeriesAhead | None:
         """Where ``c`` sits in its series (None: not one of the given series' candles)."""
         candles = self._series.get(c.symbol)
         if candles is None:
@@ -231,9 +101,18 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         i = int(np.searchsorted(self._stamps[c.symbol], c.ts))
         if i >= len(candles) or not (candles[i] is c or candles[i] == c):
             return None
-        return _Ahead(candles, i)
+        early, self._early = self._early, None
+        if early is not None:
+            if (early.candles is candles and early.first == i and self._single
+                    and early.lookback == self.ens.lookback and self.chunk == CPU_CHUNK
+                    and early.job.outs.shape[1] == len(self.ens.names)
+                    and self.worker is not None):
+                return early
+            if self.worker is not None:  # computed for another start: the rest is not
+                self.worker.cancel(early.job)
+        return SeriesAhead(candles, i)
 
-    def _seen(self, c: Candle) -> _Ahead | None:
+    def _seen(self, c: Candle) -> SeriesAhead | None:
         if c.symbol not in self._ahead:
             self._ahead[c.symbol] = self._open(c)
             self._known_set = None
@@ -410,7 +289,7 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
         self._direct, self._on_script = True, ahead
         return self._signal(c, ahead)
 
-    def _signal(self, c: Candle, ahead: _Ahead) -> list[Signal]:
+    def _signal(self, c: Candle, ahead: SeriesAhead) -> list[Signal]:
         """``c``, the next candle of ``ahead``'s series (its outputs in), taken: its signal,
         none where its window is not scored."""
         direct, cal = ahead.direct, ahead.cal

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import heapq
 from collections.abc import AsyncIterator, Iterator, Sequence
 
@@ -57,6 +58,19 @@ class ReplayFeed:
                 yield (c.ts, series.symbol, 0, order, gap)
             first = False
             yield (c.ts, series.symbol, 1, order, c)
+
+    def first_index(self, series: CandleSeries) -> int | None:
+        """Where in ``series.candles`` the first candle this feed hands over for it sits, as
+        things stand (``resume_after`` may move it): the first of its warm-up, else the first
+        candle it streams (None: none)."""
+        cs = series.candles
+        lo = max(self._start or -1, self._resume.get(series.symbol, -1) + 1)
+        before = bisect.bisect_left(cs, lo, key=lambda c: c.ts)  # candles opening before lo
+        if lo > 0 and before:
+            return before - min(before, self._warmup)
+        if before < len(cs) and (self._end is None or cs[before].ts < self._end):
+            return before
+        return None
 
     def _warm(self) -> Iterator[FeedEvent]:
         """Up to ``warmup`` candles before the start (or the resume point), per symbol: they
