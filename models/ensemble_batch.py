@@ -103,12 +103,15 @@ class BatchedEnsembleSignalSource(EnsembleSignalSource):
             return None
         early, self._early = self._early, None
         if early is not None:
+            # theirs where it is this start's and they loaded this ensemble; not where they
+            # failed or are late (the run then computes here, as it would have)
             if (early.candles is candles and early.first == i and self._single
                     and early.lookback == self.ens.lookback and self.chunk == CPU_CHUNK
                     and early.job.outs.shape[1] == len(self.ens.names)
-                    and self.worker is not None):
+                    and self.worker is not None and self.worker.is_ready()
+                    and early.job.error is None):
                 return early
-            if self.worker is not None:  # computed for another start: the rest is not
+            if self.worker is not None:  # the rest of it is not computed
                 self.worker.cancel(early.job)
         return SeriesAhead(candles, i)
 

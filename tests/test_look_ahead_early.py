@@ -63,6 +63,35 @@ def test_a_look_ahead_handed_over_early_is_the_runs_where_it_starts_there(
         assert received >= windows > 1000
 
 
+@pytest.mark.parametrize("load", ["never", "refused"])
+def test_processes_that_never_load_leave_the_run_to_compute_here(tmp_path: Path,
+                                                                 load: str) -> None:
+    """Handed over to processes that never load the ensemble, or refuse its files: the run
+    (its ensemble loaded here, as the app does then) does not wait for them; it computes
+    here and gives the same signals."""
+    manifest, digest, ens = _saved(tmp_path)
+    series = [_series("AAA/USDT", candles("AAA/USDT", 1400, "1h", seed=73))]
+    steps = _timestamps(series)
+    want = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, threads=1),
+                                steps))
+    worker = AheadWorker(2)
+    try:
+        if load == "refused":
+            worker.load(manifest, "0" * 64, BAR.to_dict())
+        early = look_ahead_early(worker, series[0], 0, H, ens.lookback, len(ens.names))
+        if load == "refused":
+            assert worker.ensemble(manifest, "0" * 64, BAR, timeout=120) is None
+        src = BatchedEnsembleSignalSource(ens, "1h", series, threads=1, worker=worker,
+                                          early=early)
+        got = asyncio.run(_signals(src, steps))
+        adopted = src._ahead["AAA/USDT"] is early
+        received = worker.rows_received
+    finally:
+        worker.close()
+    assert not adopted and received == 0
+    _same(want, got)
+
+
 def test_a_dropped_look_ahead_deals_no_more_chunks(tmp_path: Path) -> None:
     """Dropped before the processes are ready: only the chunks dealt already come back, and
     the processes go on with the next job."""
