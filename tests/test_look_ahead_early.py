@@ -15,6 +15,7 @@ import pytest
 from bot.domain import Candle, CandleSeries, Signal, Warmup
 from bot.feeds.replay import ReplayFeed
 from models.ahead_worker import DEPTH, AheadJob, AheadWorker
+from models.ensemble import Ensemble
 from models.ensemble_batch import BatchedEnsembleSignalSource
 from models.series_ahead import look_ahead_early
 from tests.helpers import candles
@@ -30,17 +31,26 @@ def _same(want: dict[tuple[str, int], Signal], got: dict[tuple[str, int], Signal
                (y.p_up, y.expected_return, y.dispersion, y.regime, y.members), k
 
 
+def _case(tmp_path: Path, seed: int) -> tuple[Path, str, Ensemble, list[CandleSeries],
+                                              list[list[Candle]],
+                                              dict[tuple[str, int], Signal]]:
+    """A saved ensemble, one series, its steps, and the signals of a source that computes
+    everything in this process."""
+    manifest, digest, ens = _saved(tmp_path)
+    series = [_series("AAA/USDT", candles("AAA/USDT", 1400, "1h", seed=seed))]
+    steps = _timestamps(series)
+    want = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, threads=1),
+                                steps))
+    return manifest, digest, ens, series, steps, want
+
+
 @pytest.mark.parametrize("first", [0, 100])
 def test_a_look_ahead_handed_over_early_is_the_runs_where_it_starts_there(
         tmp_path: Path, first: int) -> None:
     """From the series' first candle (where the run starts): adopted, every window computed
     there once. From another candle: not adopted; the run computes its own, and the same
     signals come out either way."""
-    manifest, digest, ens = _saved(tmp_path)
-    series = [_series("AAA/USDT", candles("AAA/USDT", 1400, "1h", seed=71))]
-    steps = _timestamps(series)
-    want = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, threads=1),
-                                steps))
+    manifest, digest, ens, series, steps, want = _case(tmp_path, 71)
     worker = AheadWorker(2)
     try:
         worker.load(manifest, digest, BAR.to_dict())
@@ -69,11 +79,7 @@ def test_processes_that_never_load_leave_the_run_to_compute_here(tmp_path: Path,
     """Handed over to processes that never load the ensemble, or refuse its files: the run
     (its ensemble loaded here, as the app does then) does not wait for them; it computes
     here and gives the same signals."""
-    manifest, digest, ens = _saved(tmp_path)
-    series = [_series("AAA/USDT", candles("AAA/USDT", 1400, "1h", seed=73))]
-    steps = _timestamps(series)
-    want = asyncio.run(_signals(BatchedEnsembleSignalSource(ens, "1h", series, threads=1),
-                                steps))
+    manifest, digest, ens, series, steps, want = _case(tmp_path, 73)
     worker = AheadWorker(2)
     try:
         if load == "refused":
