@@ -153,10 +153,10 @@ def test_kill_over_http_is_audited_and_the_running_bot_carries_it_out(stack: Sta
             row, before = _kill_carried_out(c, stack)
             if json.loads(row["result"])["cancelled"] >= 1:
                 break
-            # what was working ended on its own between the look and the kill (the bot
-            # moves its stop every candle of the 60x simulator: cancelled, then placed
-            # again; or the stop filled): none of it may work now. Resume, and try again
-            # on the next working order
+            # what was working ended on its own between the look and the kill (on the 60x
+            # simulator the bot trails its stop in quarter-ATR steps, cancelled and then
+            # placed again, takes profit, or sees the stop fill): none of it may work now.
+            # Resume, and try again on the next working order
             left = _working_rows(stack.db, stack.account)
             assert not before & {r["client_order_id"] for r in left}, left
             assert c.post("/api/v1/resume", json={"reason": "retry"}).status_code == 202
